@@ -1,0 +1,98 @@
+"""The composition root: builds the engine, store, keyring, password hashing, signing keys
+and the Authlib server, and hands them to the routes through app.state. Nothing registers
+itself on import; tests build an app with their own settings and store."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from idp.db.engine import make_engine, make_sessionmaker
+from idp.db.migrate import is_current
+from idp.login.sessions import SessionPolicy
+from idp.oidc.clients import ClientRegistry
+from idp.oidc.context import OidcContext
+from idp.oidc.discovery import metadata_bytes
+from idp.oidc.server import IdpAuthorizationServer
+from idp.oidc.signing_keys import KeyCache, ensure_signing_key
+from idp.oidc.token_store import Lifetimes
+from idp.security.client_ip import parse_networks
+from idp.security.keyring import Keyring, load_or_create_dev_master_key
+from idp.security.passwords import PasswordHashing
+from idp.settings import Settings, SettingsError
+from idp.state.store import StateStore, open_store
+from idp.web.routes import routes
+from idp.web.security_headers import SecurityHeadersMiddleware
+from idp.web.services import Services
+
+log = logging.getLogger("idp")
+
+
+def master_key_of(settings: Settings) -> str:
+    return settings.secret_key or load_or_create_dev_master_key(settings.data_dir)
+
+
+def build_services(settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None) -> Services:
+    engine = make_engine(settings.database_url)
+    if not is_current(engine):
+        raise SettingsError("IDP_DATABASE_URL: the database schema is not current; run `idp db upgrade`")
+    sessions = make_sessionmaker(engine)
+    keyring = Keyring(master_key_of(settings))
+    with sessions.begin() as db:
+        ensure_signing_key(db, keyring)
+    if settings.clients_file:
+        from idp.clients_sync import sync_clients_file
+
+        sync_clients_file(sessions, keyring, settings.clients_file)
+    store = store or open_store(settings.redis_url)
+    lifetimes = Lifetimes(settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds,
+                          settings.refresh_token_absolute_ttl_seconds, settings.refresh_grace_seconds)
+    ctx = OidcContext(
+        issuer=settings.issuer, keyring=keyring, keys=KeyCache(sessions, keyring), clients=ClientRegistry(sessions, keyring),
+        store=store, lifetimes=lifetimes, code_ttl_seconds=settings.code_ttl_seconds,
+        id_token_ttl_seconds=settings.id_token_ttl_seconds,
+    )
+    hashing = hashing or PasswordHashing(max_concurrent=settings.max_concurrent_hashes, time_cost=settings.argon2_time_cost,
+                                         memory_cost_kib=settings.argon2_memory_kib)
+    return Services(
+        settings=settings, engine=engine, sessions=sessions, keyring=keyring, store=store, hashing=hashing, oidc=ctx,
+        server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds),
+        trusted_proxies=parse_networks(settings.trusted_proxies), discovery_bytes=metadata_bytes(settings.issuer),
+    )
+
+
+def create_app(settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None) -> Starlette:
+    services = build_services(settings, store=store, hashing=hashing)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services.oidc.keys.get()  # fail at start, not on the first request
+        yield
+        services.hashing.close()
+        services.store.close()
+        services.engine.dispose()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeadersMiddleware, hsts=settings.issuer.startswith("https://"))],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers={"cache-control": "no-store"})
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return PlainTextResponse("Internal error", status_code=500, headers={"cache-control": "no-store"})

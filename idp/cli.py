@@ -1,0 +1,207 @@
+"""The `idp` command line (DESIGN.md §3): serve, db upgrade, user, clients, keys.
+Errors are one line on stderr and exit status 2; nothing is half-written (each command
+is one transaction, and input is validated before it starts)."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+
+from idp.settings import Settings, SettingsError, load_settings
+
+
+class CommandError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        args.handler(settings, args)
+    except (CommandError, SettingsError, ValueError) as exc:
+        print(f"idp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idp", description="OpenID Connect identity provider")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_serve)
+
+    db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    add = user.add_parser("add", help="add a user")
+    add.add_argument("username")
+    add.add_argument("--email")
+    add.add_argument("--name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.set_defaults(handler=_user_add)
+    user.add_parser("list", help="list users").set_defaults(handler=_user_list)
+    disable = user.add_parser("disable", help="disable a user, end their sessions, revoke their refresh tokens")
+    disable.add_argument("username")
+    disable.set_defaults(handler=_user_disable)
+
+    clients = commands.add_parser("clients", help="relying parties").add_subparsers(dest="clients_command", required=True)
+    sync = clients.add_parser("sync", help="make the registered clients exactly those of FILE")
+    sync.add_argument("file")
+    sync.set_defaults(handler=_clients_sync)
+
+    keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("rotate", help="sign with a new key; keep the old one published until its tokens expire").set_defaults(handler=_keys_rotate)
+    keys.add_parser("list", help="list signing keys").set_defaults(handler=_keys_list)
+    return parser
+
+
+def _database(settings: Settings, *, migrated: bool = True):  # type: ignore[no-untyped-def]
+    from idp.db.engine import make_engine, make_sessionmaker
+    from idp.db.migrate import is_current
+
+    engine = make_engine(settings.database_url)
+    if migrated and not is_current(engine):
+        raise CommandError("the database schema is not current; run `idp db upgrade`")
+    return make_sessionmaker(engine)
+
+
+def _keyring(settings: Settings):  # type: ignore[no-untyped-def]
+    from idp.app import master_key_of
+    from idp.security.keyring import Keyring
+
+    return Keyring(master_key_of(settings))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    if args.workers > 1 and not settings.redis_url:
+        raise CommandError("--workers > 1 needs IDP_REDIS_URL: the in-process state store is not shared between processes")
+    from idp.app import create_app
+
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=False, server_header=False)
+    else:
+        create_app(settings)  # validate everything once before forking
+        uvicorn.run("idp.asgi:create", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    proxy_headers=False, server_header=False)
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.db.engine import make_engine
+    from idp.db.migrate import upgrade
+
+    upgrade(make_engine(settings.database_url))
+    print("database is up to date")
+
+
+def _user_add(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.security.password_policy import PasswordRejected, check_password
+    from idp.security.passwords import PasswordHashing
+    from idp.users import UserError, add_user, check_new_user
+
+    sessions = _database(settings)
+    password = _read_password(args.password_stdin)
+    with sessions() as db:
+        try:
+            username = check_new_user(db, args.username, args.email)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
+    password_hash = None
+    if password is not None:
+        try:
+            check_password(password, username=username, email=args.email)
+        except PasswordRejected as exc:
+            raise CommandError(f"password: {exc.reason}") from None
+        hashing = PasswordHashing(max_concurrent=1, time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_kib)
+        password_hash = hashing.hash(password)
+        hashing.close()
+    with sessions.begin() as db:
+        try:
+            check_new_user(db, args.username, args.email)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
+        add_user(db, username=username, email=args.email, name=args.name, password_hash=password_hash)
+    print(f"added user {username}" + ("" if password_hash else " (no password: cannot sign in with one)"))
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line.strip("\r\n"):
+            raise CommandError("--password-stdin: no password on standard input")
+        return line.rstrip("\r\n")
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise CommandError("the passwords do not match")
+        return first
+    return None
+
+
+def _user_list(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.users import list_users
+
+    with _database(settings)() as db:
+        for u in list_users(db):
+            state = "disabled" if u.disabled else "active"
+            print(f"{u.username}\t{u.email or '-'}\t{state}\t{u.subject}")
+
+
+def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
+    _with_user_command(settings, args.username, "disabled", "disable_user")
+
+
+def _with_user_command(settings: Settings, username: str, verb: str, function: str) -> None:
+    import idp.users as users
+
+    operation: Callable[..., object] = getattr(users, function)
+    with _database(settings).begin() as db:
+        try:
+            operation(db, username)
+        except users.UserError as exc:
+            raise CommandError(str(exc)) from None
+    print(f"{verb} user {username}")
+
+
+def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.clients_file import ClientsFileError
+    from idp.clients_sync import sync_clients_file
+
+    try:
+        report = sync_clients_file(_database(settings), _keyring(settings), args.file)
+    except ClientsFileError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"clients: {len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed")
+
+
+def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.oidc.signing_keys import rotate_signing_key
+
+    with _database(settings).begin() as db:
+        row = rotate_signing_key(db, _keyring(settings), id_token_ttl_seconds=settings.id_token_ttl_seconds)
+        print(f"new signing key {row.kid}; previous keys stay published until their tokens expire")
+
+
+def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.oidc.signing_keys import published_keys
+
+    with _database(settings)() as db:
+        for key in published_keys(db):
+            state = "active" if key.retired_at is None else f"retired, published until {key.unpublish_at:%Y-%m-%d %H:%M:%S}Z"
+            print(f"{key.kid}\t{key.alg}\t{key.created_at:%Y-%m-%d %H:%M:%S}Z\t{state}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,480 @@
+"""The admin's clients file (TOML): parse it and validate every client before any is used.
+
+Field names are RFC 7591 / OpenID Connect Registration 1.0 client metadata, plus the idp
+extension `first_party`. The first problem stops the whole file, in one line naming file:line,
+client and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from joserfc.jwk import KeySet
+
+SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
+SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+SUPPORTED_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+ACR_LADDER = ("pwd", "mfa", "phr")
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_CLIENTS_HEADER = re.compile(r"""\s*\[\[\s*(?:clients|"clients"|'clients')\s*\]\]""")
+_ANY_HEADER = re.compile(r"\s*\[")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # urlsplit drops the brackets of [::1]
+_MAX_URI_CHARS = 2000
+_MIN_SECRET_CHARS = 32
+_MIN_SECRET_DISTINCT_CHARS = 8  # "xxxx…" and "changeme…" placeholders are long but not secret
+_SECRET_HINT = "make a random one with: openssl rand -hex 32"
+# RSA, EC and OKP private members, RSA multi-prime, and a symmetric key's secret
+_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+_Table = dict[str, Any]  # one [[clients]] table as tomllib returns it
+_TOML_TYPES = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array", dict: "table"}
+
+
+class ClientsFileError(ValueError):
+    """The clients file cannot be used; the message is one line: file:line: client: field: problem."""
+
+    def __init__(self, message: str) -> None:
+        # the CLI prints this as its one line on stderr, whatever a value or a path contained
+        super().__init__(" ".join(message.splitlines()))
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """One relying party as the admin described it, every field validated and defaulted."""
+
+    client_id: str
+    client_name: str
+    client_secret: str | None = field(repr=False)  # plain; the DB layer keeps only a keyed hash
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...]
+    grant_types: tuple[str, ...]
+    response_types: tuple[str, ...]
+    token_endpoint_auth_method: str
+    scope: str  # space separated, as in RFC 7591
+    default_acr_values: tuple[str, ...]
+    backchannel_logout_uri: str | None
+    backchannel_logout_session_required: bool
+    frontchannel_logout_uri: str | None
+    jwks: dict[str, Any] | None = field(hash=False)  # public JWK Set; a dict is unhashable
+    jwks_uri: str | None
+    first_party: bool  # idp extension: no consent page for the admin's own apps
+    client_uri: str | None
+    logo_uri: str | None
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"
+
+
+_FIELDS = tuple(f.name for f in fields(ClientConfig))
+
+
+def parse_clients_file(path: str | os.PathLike[str]) -> list[ClientConfig]:
+    source = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ClientsFileError(f"{source}: no such clients file") from None
+    except OSError as exc:
+        raise ClientsFileError(f"{source}: cannot read the clients file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")  # TOML is UTF-8; tolerate the BOM some editors write
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ClientsFileError(f"{source}:{line}: not UTF-8 (byte {exc.start})") from None
+    return parse_clients_toml(text, source=source)
+
+
+def parse_clients_toml(text: str, *, source: str = "<clients>") -> list[ClientConfig]:
+    document = _load_toml(text, source)
+    layout = _Layout(text)
+    tables = _client_tables(document, source, layout)
+    taken: dict[str, int] = {}
+    clients = []
+    for index, table in enumerate(tables):
+        header_line, span = layout.client_span(index, len(tables))
+        clients.append(_read_client(table, _Where(source, layout, index, header_line, span), taken))
+    return clients
+
+
+def _load_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's decoder keeps its position only in the message: "… (at line 3, column 5)"
+        # or "… (at end of document)"
+        message, _, position = str(exc).partition(" (at ")
+        found = re.fullmatch(r"line (\d+), column (\d+)\)", position)
+        where = f"{found[1]}:{found[2]}" if found else str(text.count("\n") + 1)
+        raise ClientsFileError(f"{source}:{where}: invalid TOML: {message}") from None
+    except RecursionError:
+        raise ClientsFileError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
+
+
+def _client_tables(document: dict[str, Any], source: str, layout: _Layout) -> list[dict[str, Any]]:
+    for key in document:
+        if key != "clients":
+            line = layout.top_level_line(key)
+            problem = f"unknown top-level key {_show(key)}: only [[clients]] tables belong here"
+            raise ClientsFileError(_at(source, line) + problem)
+    tables = document.get("clients", [])  # no clients at all is a valid (empty) file
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        line = layout.top_level_line("clients")
+        raise ClientsFileError(f"{_at(source, line)}clients: must be an array of tables, written [[clients]]")
+    return tables
+
+
+class _Layout:
+    """Line numbers of tables and keys: tomllib reports none, so find them in the raw text."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.split("\n")  # TOML, and tomllib's error positions, count "\n" only
+        self.headers = [n for n, line in enumerate(self.lines, 1) if _CLIENTS_HEADER.match(line)]
+
+    def top_level_line(self, key: str) -> int | None:
+        assignment, table = _key_patterns(key, parent=None)
+        in_root = True
+        for number, line in enumerate(self.lines, 1):
+            in_root = in_root and not _ANY_HEADER.match(line)
+            if table.match(line) or (in_root and assignment.match(line)):
+                return number
+        return None
+
+    def client_span(self, index: int, count: int) -> tuple[int | None, range]:
+        if len(self.headers) != count:
+            # inline `clients = [{…}]`, or a header-like line inside a string: keep to what is sure
+            return self.top_level_line("clients"), range(0)
+        end = self.headers[index + 1] if index + 1 < count else len(self.lines) + 1
+        return self.headers[index], range(self.headers[index], end)
+
+    def key_line(self, key: str, span: range) -> int | None:
+        assignment, table = _key_patterns(key, parent="clients")
+        for number in span:
+            line = self.lines[number - 1]
+            if assignment.match(line) or table.match(line):
+                return number
+        return None
+
+
+def _key_patterns(key: str, parent: str | None) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """`key =` (or dotted `key.x =`) and a `[key]` / `[parent.key]` table header."""
+    name = _name_pattern(key)
+    prefix = rf"{_name_pattern(parent)}\s*\.\s*" if parent else ""
+    return re.compile(rf"\s*{name}\s*[=.]"), re.compile(rf"\s*\[\[?\s*{prefix}{name}\s*[\].]")
+
+
+def _name_pattern(key: str) -> str:
+    escaped = re.escape(key)
+    return rf"""(?:{escaped}|"{escaped}"|'{escaped}')"""
+
+
+@dataclass
+class _Where:
+    """Where one client sits in the file, so that each message names file:line, client and field."""
+
+    source: str
+    layout: _Layout
+    index: int
+    header_line: int | None
+    span: range
+    client_id: str | None = None
+
+    def fail(self, key: str, problem: str, index: int | None = None) -> NoReturn:
+        line = self.layout.key_line(key, self.span) or self.header_line
+        who = f'client "{self.client_id}"' if self.client_id else f"clients[{self.index}]"
+        label = (key if _BARE_KEY.fullmatch(key) else _show(key)) + ("" if index is None else f"[{index}]")
+        raise ClientsFileError(f"{_at(self.source, line)}{who}: {label}: {problem}")
+
+
+def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientConfig:
+    # Assembled in file-reading order so that "the first problem" is predictable.
+    if isinstance(table.get("client_id"), str) and _CLIENT_ID.fullmatch(table["client_id"]):
+        where.client_id = table["client_id"]  # name the client even in the first message
+    _check_known_keys(table, where)
+    client_id = _client_id(table, where, taken)
+    secret = _string(table, "client_secret", where)
+    grants = _grant_types(table, where)
+    method = _auth_method(table, where, secret)
+    jwks, jwks_uri = _jwks(table, where), _web_uri(table, "jwks_uri", where)
+    _check_credentials(where, method=method, secret=secret, grants=grants, jwks=jwks, jwks_uri=jwks_uri)
+    return ClientConfig(
+        client_id=client_id,
+        client_name=_client_name(table, where, client_id),
+        client_secret=secret,
+        redirect_uris=_redirect_uris(table, where, grants, public=method == "none"),
+        post_logout_redirect_uris=_web_uris(table, "post_logout_redirect_uris", where),
+        grant_types=grants,
+        response_types=_response_types(table, where, grants),
+        token_endpoint_auth_method=method,
+        scope=_scope(table, where, grants),
+        default_acr_values=_acr_values(table, where),
+        backchannel_logout_uri=_web_uri(table, "backchannel_logout_uri", where),
+        backchannel_logout_session_required=_flag(table, "backchannel_logout_session_required", where, True),
+        frontchannel_logout_uri=_web_uri(table, "frontchannel_logout_uri", where),
+        jwks=jwks,
+        jwks_uri=jwks_uri,
+        first_party=_flag(table, "first_party", where, False),
+        client_uri=_web_uri(table, "client_uri", where),
+        logo_uri=_web_uri(table, "logo_uri", where),
+    )
+
+
+def _check_known_keys(table: _Table, where: _Where) -> None:
+    for key in table:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            where.fail(key, "unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+def _client_id(table: _Table, where: _Where, taken: dict[str, int]) -> str:
+    client_id = _string(table, "client_id", where)
+    if client_id is None:
+        where.fail("client_id", "required")
+    if not _CLIENT_ID.fullmatch(client_id):
+        where.fail("client_id", "must be 1-128 characters of A-Z a-z 0-9 . _ ~ -")
+    if client_id in taken:
+        where.fail("client_id", f"already used by clients[{taken[client_id]}]")
+    taken[client_id] = where.index
+    return client_id
+
+
+def _client_name(table: _Table, where: _Where, client_id: str) -> str:
+    name = _string(table, "client_name", where)
+    if name is None:
+        return client_id
+    if not name.strip():
+        where.fail("client_name", "must not be blank")
+    return name
+
+
+def _grant_types(table: _Table, where: _Where) -> tuple[str, ...]:
+    grants = _strings(table, "grant_types", where, default=("authorization_code",))  # RFC 7591 §2
+    if not grants:
+        where.fail("grant_types", "must not be empty")
+    for index, grant in enumerate(grants):
+        if grant not in SUPPORTED_GRANT_TYPES:
+            supported = ", ".join(SUPPORTED_GRANT_TYPES)
+            where.fail("grant_types", f"unsupported grant type {_show(grant)} (supported: {supported})", index)
+    if "refresh_token" in grants and "authorization_code" not in grants:
+        # RFC 6749 §4.4.3: client_credentials gets no refresh token; only the code flow issues one
+        where.fail("grant_types", "refresh_token needs authorization_code")
+    return grants
+
+
+def _response_types(table: _Table, where: _Where, grants: tuple[str, ...]) -> tuple[str, ...]:
+    # RFC 7591 §2.1: response_types and grant_types must agree; "code" is the only flow we serve
+    uses_code = "authorization_code" in grants
+    types = _strings(table, "response_types", where, default=("code",) if uses_code else ())
+    for index, response_type in enumerate(types):
+        if response_type != "code":
+            problem = f'unsupported response type {_show(response_type)} (only "code")'
+            where.fail("response_types", problem, index)
+    if uses_code and "code" not in types:
+        where.fail("response_types", 'must include "code" when grant_types has authorization_code')
+    if types and not uses_code:
+        where.fail("response_types", '"code" needs authorization_code in grant_types')
+    return types
+
+
+def _auth_method(table: _Table, where: _Where, secret: str | None) -> str:
+    method = _string(table, "token_endpoint_auth_method", where)
+    if method is None:
+        return "none" if secret is None else "client_secret_basic"
+    if method not in SUPPORTED_AUTH_METHODS:
+        supported = ", ".join(SUPPORTED_AUTH_METHODS)
+        problem = f"unsupported method {_show(method)} (supported: {supported})"
+        where.fail("token_endpoint_auth_method", problem)
+    return method
+
+
+def _check_credentials(where: _Where, *, method: str, secret: str | None, grants: tuple[str, ...],
+                       jwks: dict[str, Any] | None, jwks_uri: str | None) -> None:
+    if method in ("client_secret_basic", "client_secret_post"):
+        _check_secret(secret, method, where)
+    elif secret is not None:
+        where.fail("client_secret", f'not used with token_endpoint_auth_method = "{method}": remove it')
+    if method == "none" and "client_credentials" in grants:
+        where.fail("grant_types", 'client_credentials needs an authenticated client, not method "none"')
+    if method != "private_key_jwt" and (jwks is not None or jwks_uri is not None):
+        key = "jwks" if jwks is not None else "jwks_uri"
+        where.fail(key, 'used only with token_endpoint_auth_method = "private_key_jwt"')
+    if method == "private_key_jwt" and jwks is not None and jwks_uri is not None:
+        where.fail("jwks", "give jwks or jwks_uri, not both")
+    if method == "private_key_jwt" and jwks is None and jwks_uri is None:
+        where.fail("token_endpoint_auth_method", "private_key_jwt needs jwks or jwks_uri (the client's public keys)")
+
+
+def _check_secret(secret: str | None, method: str, where: _Where) -> None:
+    # never echo the secret: these messages reach terminals and logs
+    if secret is None:
+        where.fail("client_secret", f'required with token_endpoint_auth_method = "{method}"')
+    if len(secret) < _MIN_SECRET_CHARS:
+        where.fail("client_secret", f"too short: at least {_MIN_SECRET_CHARS} characters ({_SECRET_HINT})")
+    if not all(" " <= char <= "~" for char in secret):
+        where.fail("client_secret", "must be printable ASCII (RFC 6749 appendix A: VSCHAR)")
+    if len(set(secret)) < _MIN_SECRET_DISTINCT_CHARS:
+        where.fail("client_secret", f"too weak: looks like a placeholder ({_SECRET_HINT})")
+
+
+def _jwks(table: _Table, where: _Where) -> dict[str, Any] | None:
+    jwks = table.get("jwks")
+    if jwks is None:
+        return None
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        where.fail("jwks", 'must be a JWK Set: a table with a non-empty "keys" array')
+    try:
+        json.dumps(jwks, allow_nan=False)  # it is published and compared as JSON
+    except (TypeError, ValueError):
+        where.fail("jwks", "must hold only strings, numbers, booleans, arrays and tables")
+    for index, key in enumerate(jwks["keys"]):
+        _check_public_jwk(key, index, where)
+    return jwks
+
+
+def _check_public_jwk(key: Any, index: int, where: _Where) -> None:
+    if not isinstance(key, dict):
+        where.fail("jwks", f"keys[{index}]: must be a table (a JWK)")
+    private = [member for member in _PRIVATE_JWK_MEMBERS if member in key]
+    if private:
+        # the private key belongs to the client alone; here it would leak through backups and the DB
+        where.fail("jwks", f'keys[{index}]: holds private key material ("{private[0]}"); list only public keys')
+    try:
+        # one key at a time: import_key_set silently skips a key whose kty it does not know
+        imported = KeySet.import_key_set({"keys": [key]})
+    except Exception as exc:  # joserfc reports bad input as JoseError, ValueError, TypeError, binascii.Error…
+        where.fail("jwks", f"keys[{index}]: not a valid JWK: {str(exc) or type(exc).__name__}")
+    if len(imported.keys) != 1:
+        where.fail("jwks", f"keys[{index}]: not a valid JWK")
+
+
+def _redirect_uris(table: _Table, where: _Where, grants: tuple[str, ...], *, public: bool) -> tuple[str, ...]:
+    uris = _strings(table, "redirect_uris", where, default=())
+    if not uris and "authorization_code" in grants:
+        where.fail("redirect_uris", "required (at least one) with grant type authorization_code")
+    for index, uri in enumerate(uris):
+        problem = _uri_problem(uri, private_use=True)
+        if problem is None and _is_private_use(uri) and not public:
+            problem = 'a private-use scheme is for native apps, which are public clients (method "none")'
+        if problem:
+            where.fail("redirect_uris", problem, index)
+    return uris
+
+
+def _web_uris(table: _Table, key: str, where: _Where) -> tuple[str, ...]:
+    uris = _strings(table, key, where, default=())
+    for index, uri in enumerate(uris):
+        if problem := _uri_problem(uri, private_use=False):
+            where.fail(key, problem, index)
+    return uris
+
+
+def _web_uri(table: _Table, key: str, where: _Where) -> str | None:
+    uri = _string(table, key, where)
+    if uri is not None and (problem := _uri_problem(uri, private_use=False)):
+        where.fail(key, problem)
+    return uri
+
+
+def _uri_problem(uri: str, *, private_use: bool) -> str | None:
+    """Why `uri` may not be registered (RFC 6749 §3.1.2, RFC 8252 §7), or None if it may."""
+    if len(uri) > _MAX_URI_CHARS:
+        return f"longer than {_MAX_URI_CHARS} characters"
+    if any(char <= " " or char in "\x7f\\" for char in uri):
+        # browsers rewrite "\" to "/" and drop whitespace: the URI they follow would not be this one
+        return "must not contain whitespace, control characters or backslashes"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a valid URI"
+    if not parts.scheme:
+        return "must be an absolute URI"
+    if "#" in uri:
+        return "must not have a fragment"
+    if "@" in parts.netloc:
+        return "must not contain userinfo (user@host)"
+    return _scheme_problem(parts.scheme.lower(), parts.hostname, private_use=private_use)
+
+
+def _scheme_problem(scheme: str, host: str | None, *, private_use: bool) -> str | None:
+    if scheme == "https":
+        return None if host else "must name a host"
+    if scheme == "http":
+        # RFC 8252 §7.3 loopback: nothing but this machine can answer, so TLS adds nothing
+        return None if host in _LOOPBACK_HOSTS else "http is allowed only for localhost, 127.0.0.1 and [::1]"
+    if private_use and "." in scheme:
+        return None  # RFC 8252 §7.1: reverse domain name, e.g. com.example.app:/cb
+    native = ", or a private-use scheme like com.example.app" if private_use else ""
+    return f"scheme {_show(scheme)} is not allowed (use https, http on localhost{native})"
+
+
+def _is_private_use(uri: str) -> bool:
+    return "." in urlsplit(uri).scheme
+
+
+def _scope(table: _Table, where: _Where, grants: tuple[str, ...]) -> str:
+    scope = _string(table, "scope", where)
+    tokens = (scope if scope is not None else "openid profile email").split()
+    for token in tokens:
+        if token not in SUPPORTED_SCOPES:
+            where.fail("scope", f"unsupported scope {_show(token)} (supported: {' '.join(SUPPORTED_SCOPES)})")
+    if "authorization_code" in grants and "openid" not in tokens:
+        where.fail("scope", 'must include "openid": every code flow here is OpenID Connect')
+    return " ".join(dict.fromkeys(tokens))
+
+
+def _acr_values(table: _Table, where: _Where) -> tuple[str, ...]:
+    values = _strings(table, "default_acr_values", where, default=())
+    for index, value in enumerate(values):
+        if value not in ACR_LADDER:
+            known = ", ".join(ACR_LADDER)
+            where.fail("default_acr_values", f"unknown acr {_show(value)} (known: {known})", index)
+    return values
+
+
+def _string(table: _Table, key: str, where: _Where) -> str | None:
+    value = table.get(key)  # TOML has no null: None means absent
+    if value is not None and not isinstance(value, str):
+        where.fail(key, f"must be a string, not {_type_name(value)}")
+    return value
+
+
+def _strings(table: _Table, key: str, where: _Where, *, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list):
+        where.fail(key, f"must be an array of strings, not {_type_name(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            where.fail(key, f"must be a string, not {_type_name(item)}", index)
+    return tuple(value)
+
+
+def _flag(table: _Table, key: str, where: _Where, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        where.fail(key, f"must be true or false, not {_type_name(value)}")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return _TOML_TYPES.get(type(value), "date/time")
+
+
+def _show(value: str) -> str:
+    shown = json.dumps(value, ensure_ascii=False)
+    return shown if len(shown) <= 60 else shown[:56] + '…"'
+
+
+def _at(source: str, line: int | None) -> str:
+    return f"{source}:{line}: " if line else f"{source}: "

@@ -1,0 +1,63 @@
+"""IdP sessions: the browser holds an opaque random id (cookie); the database holds its
+keyed digest with auth_time, acr and amr. Idle and absolute lifetimes end it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from idp.clock import utcnow
+from idp.db.models import IdpSession, User
+from idp.security.audit import record_audit
+from idp.security.keyring import Keyring, new_secret
+
+COOKIE_NAME = "idp_session"
+_TOUCH_EVERY = timedelta(seconds=60)  # last_seen is coarse: no write on every request
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    idle_seconds: int
+    absolute_seconds: int
+
+
+def start_session(
+    db: Session, keyring: Keyring, policy: SessionPolicy, user: User, *, acr: str, amr: list[str],
+    user_agent: str | None, ip: str | None,
+) -> tuple[str, IdpSession]:
+    cookie = new_secret(32)
+    now = utcnow()
+    row = IdpSession(
+        cookie_digest=keyring.digest(cookie), sid=new_secret(16), user_id=user.id, auth_time=now, acr=acr,
+        amr=amr, created_at=now, last_seen_at=now, expires_at=now + timedelta(seconds=policy.absolute_seconds),
+        user_agent=(user_agent or "")[:300] or None, ip=ip,
+    )
+    db.add(row)
+    db.flush()
+    record_audit(db, "session.started", user_id=user.id, ip=ip, sid=row.sid, acr=acr, amr=amr)
+    return cookie, row
+
+
+def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: str | None) -> tuple[IdpSession, User] | None:
+    if not cookie or len(cookie) > 100:
+        return None
+    row = db.scalar(select(IdpSession).where(IdpSession.cookie_digest == keyring.digest(cookie)))
+    now = utcnow()
+    if row is None or row.ended_at is not None or row.expires_at <= now:
+        return None
+    if now - row.last_seen_at > timedelta(seconds=policy.idle_seconds):
+        return None
+    user = db.get(User, row.user_id)
+    if user is None or user.disabled:
+        return None
+    if now - row.last_seen_at > _TOUCH_EVERY:
+        row.last_seen_at = now
+    return row, user
+
+
+def end_session(db: Session, row: IdpSession, *, reason: str) -> None:
+    if row.ended_at is None:
+        row.ended_at = utcnow()
+        record_audit(db, "session.ended", user_id=row.user_id, sid=row.sid, reason=reason)

@@ -1,0 +1,54 @@
+"""Login transactions: the parked authorization request and the steps done so far, kept in
+the state store (never in process memory) so a login may finish on another process."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from idp.security.keyring import new_secret
+from idp.state.store import StateStore
+
+_PREFIX = "login-tx:"
+
+
+@dataclass(frozen=True)
+class LoginTransaction:
+    id: str
+    params: dict[str, str]  # the authorization request as received
+    client_id: str
+    client_name: str
+    login_hint: str | None = None
+    authenticated_sid: str | None = None  # the IdP session the chain established for this request
+    steps_done: tuple[str, ...] = field(default_factory=tuple)
+
+    def finished_by(self, sid: str) -> "LoginTransaction":
+        return replace(self, authenticated_sid=sid)
+
+
+def new_transaction(params: dict[str, str], client_id: str, client_name: str, login_hint: str | None) -> LoginTransaction:
+    return LoginTransaction(id=new_secret(24), params=params, client_id=client_id, client_name=client_name, login_hint=login_hint)
+
+
+def save_transaction(store: StateStore, tx: LoginTransaction, *, ttl_seconds: int) -> None:
+    store.set(_PREFIX + tx.id, json.dumps(asdict(tx)).encode(), ttl_seconds=ttl_seconds)
+
+
+def find_transaction(store: StateStore, tx_id: object) -> LoginTransaction | None:
+    if not isinstance(tx_id, str) or not 8 <= len(tx_id) <= 64:
+        return None
+    raw = store.get(_PREFIX + tx_id)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    data["steps_done"] = tuple(data.get("steps_done", ()))
+    return LoginTransaction(**data)
+
+
+def consume_transaction(store: StateStore, tx_id: str) -> LoginTransaction | None:
+    """Single use: the request resumes exactly once."""
+    raw = store.take(_PREFIX + tx_id)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    data["steps_done"] = tuple(data.get("steps_done", ()))
+    return LoginTransaction(**data)

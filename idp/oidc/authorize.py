@@ -1,0 +1,188 @@
+"""The authorization endpoint's decision (RFC 6749 §4.1.1, OIDC Core §3.1.2): validate the
+request with Authlib, then either redirect to the client (code or error, always with the
+RFC 9207 `iss`), show an error page (client or redirect_uri not trusted: never redirect),
+or ask the login chain or the consent page for what is missing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from sqlalchemy import select
+
+from idp.clock import utcnow
+from idp.db.models import Consent, SessionClient, User
+from idp.oidc.grants import ApprovedLogin
+from idp.oidc.request import IdpRequest
+from idp.oidc.server import IdpAuthorizationServer
+from idp.security.audit import record_audit
+
+KNOWN_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+
+
+@dataclass(frozen=True)
+class CurrentSession:
+    user: User
+    sid: str
+    session_id: int
+    auth_time: datetime
+    acr: str
+    amr: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RedirectToClient:
+    location: str
+
+
+@dataclass(frozen=True)
+class ErrorPage:
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class NeedLogin:
+    client_name: str
+    login_hint: str | None
+
+
+@dataclass(frozen=True)
+class NeedConsent:
+    client_name: str
+    scopes: tuple[str, ...]
+
+
+Outcome = RedirectToClient | ErrorPage | NeedLogin | NeedConsent
+
+
+def decide(
+    server: IdpAuthorizationServer,
+    request: IdpRequest,
+    session: CurrentSession | None,
+    *,
+    authenticated_now: bool = False,
+    consent_decision: bool | None = None,
+) -> Outcome:
+    if not request.payload.redirect_uri:
+        return ErrorPage(400, "The request has no redirect_uri.")  # OIDC Core §3.1.2.1: REQUIRED
+    try:
+        grant = server.get_consent_grant(request=request, end_user=session.user if session else None)
+        _check_oidc_parameters(request, grant.redirect_uri)
+        prompts = set((request.payload.data.get("prompt") or "").split())
+        if _login_needed(request, session, prompts, authenticated_now):
+            if "none" in prompts:
+                raise LoginRequiredError(redirect_uri=grant.redirect_uri)
+            return NeedLogin(request.client.client_name, _login_hint(request))
+        assert session is not None
+        if consent_decision is True and not request.client.first_party:
+            record_consent(request, session.user)
+        if not _has_consent(request, session.user, prompts, consent_decision):
+            if consent_decision is False:
+                return _issue(server, request, grant, session, approved=False)
+            if "none" in prompts:
+                raise ConsentRequiredError(redirect_uri=grant.redirect_uri)
+            return NeedConsent(request.client.client_name, tuple(request.scope.split()))
+        return _issue(server, request, grant, session, approved=True)
+    except OAuth2Error as error:
+        return _error_outcome(request, error)
+
+
+def _check_oidc_parameters(request: IdpRequest, redirect_uri: str) -> None:
+    data = request.payload.data
+    if "request" in data:
+        raise _redirectable(InvalidRequestError, redirect_uri, "request_not_supported", "Request objects are not supported.")
+    if "request_uri" in data:
+        raise _redirectable(InvalidRequestError, redirect_uri, "request_uri_not_supported", "request_uri is not supported.")
+    if data.get("response_mode", "query") != "query":
+        raise InvalidRequestError("Only response_mode=query is supported.", redirect_uri=redirect_uri)
+    prompts = (data.get("prompt") or "").split()
+    if any(p not in KNOWN_PROMPTS for p in prompts):
+        raise InvalidRequestError("Unknown 'prompt' value.", redirect_uri=redirect_uri)
+    max_age = data.get("max_age")
+    if max_age is not None and not (max_age.isdigit() and len(max_age) <= 9):
+        raise InvalidRequestError("'max_age' must be a non-negative integer.", redirect_uri=redirect_uri)
+    if len(data.get("nonce") or "") > 512 or len(data.get("state") or "") > 2048:
+        raise InvalidRequestError("'nonce' or 'state' is too long.", redirect_uri=redirect_uri)
+
+
+def _redirectable(cls: type[OAuth2Error], redirect_uri: str, error: str, description: str) -> OAuth2Error:
+    exc = cls(description, redirect_uri=redirect_uri)
+    exc.error = error
+    return exc
+
+
+def _login_needed(request: IdpRequest, session: CurrentSession | None, prompts: set[str], authenticated_now: bool) -> bool:
+    if session is None:
+        return True
+    if authenticated_now:
+        return False  # prompt=login comes back on every pass: the chain just ran for this request
+    if "login" in prompts:
+        return True
+    max_age = request.payload.data.get("max_age")
+    return max_age is not None and (utcnow() - session.auth_time).total_seconds() > int(max_age)
+
+
+def _has_consent(request: IdpRequest, user: User, prompts: set[str], decision: bool | None) -> bool:
+    if request.client.first_party:
+        return True
+    if decision is not None:
+        return decision
+    if "consent" in prompts:
+        return False
+    row = request.db.scalar(select(Consent).where(Consent.user_id == user.id, Consent.client_id == request.client.client_id))
+    return row is not None and set(request.scope.split()) <= set(row.scope.split())
+
+
+def _issue(server: IdpAuthorizationServer, request: IdpRequest, grant: Any, session: CurrentSession, *, approved: bool) -> Outcome:
+    db = request.db
+    client_id = request.client.client_id
+    if approved:
+        request.login = ApprovedLogin(session.user, session.sid, session.auth_time, session.acr, session.amr)
+        _remember(request, session)
+    response = server.create_authorization_response(request, grant_user=session.user if approved else None, grant=grant)
+    kind = "authorize.code_issued" if approved else "authorize.denied"
+    record_audit(db, kind, user_id=session.user.id, client_id=client_id, ip=request.client_ip)
+    return RedirectToClient(_with_issuer(response.location, request))
+
+
+def _remember(request: IdpRequest, session: CurrentSession) -> None:
+    db, client_id = request.db, request.client.client_id
+    if db.scalar(select(SessionClient.id).where(SessionClient.session_id == session.session_id, SessionClient.client_id == client_id)) is None:
+        db.add(SessionClient(session_id=session.session_id, client_id=client_id))
+
+
+def record_consent(request: IdpRequest, user: User) -> None:
+    db, client_id = request.db, request.client.client_id
+    row = db.scalar(select(Consent).where(Consent.user_id == user.id, Consent.client_id == client_id))
+    scopes = set(request.scope.split())
+    if row is None:
+        db.add(Consent(user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes))))
+    else:
+        row.scope = " ".join(sorted(scopes | set(row.scope.split())))
+        row.granted_at = utcnow()
+    record_audit(db, "consent.granted", user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes)))
+
+
+def _error_outcome(request: IdpRequest, error: OAuth2Error) -> Outcome:
+    if not error.redirect_uri:
+        # client or redirect_uri not established: never redirect (open redirector)
+        return ErrorPage(400, error.description or error.error)
+    if error.state is None and request.payload.state:
+        error.state = request.payload.state
+    status, body, headers = error()
+    location = dict(headers)["Location"]
+    return RedirectToClient(_with_issuer(location, request))
+
+
+def _with_issuer(location: str | None, request: IdpRequest) -> str:
+    assert location is not None
+    return add_params_to_uri(location, [("iss", request.ctx.issuer)])  # RFC 9207 §2
+
+
+def _login_hint(request: IdpRequest) -> str | None:
+    hint = request.payload.data.get("login_hint")
+    return hint[:128] if hint else None

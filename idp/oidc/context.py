@@ -1,0 +1,26 @@
+"""What the OIDC layer needs from the rest of idp, handed over once at start-up."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from idp.oidc.clients import ClientRegistry
+from idp.oidc.signing_keys import KeyCache
+from idp.oidc.token_store import Lifetimes
+from idp.security.keyring import Keyring
+from idp.state.store import StateStore
+
+
+@dataclass(frozen=True)
+class OidcContext:
+    issuer: str
+    keyring: Keyring
+    keys: KeyCache
+    clients: ClientRegistry
+    store: StateStore
+    lifetimes: Lifetimes
+    code_ttl_seconds: int
+    id_token_ttl_seconds: int
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/token"

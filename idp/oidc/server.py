@@ -1,0 +1,226 @@
+"""Authlib's AuthorizationServer with idp's seams: clients from the registry, tokens into
+SQL, responses as framework-neutral values (the web layer turns them into HTTP)."""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749.errors import InvalidScopeError
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from joserfc.jwk import KeySet
+from sqlalchemy.orm import Session
+
+from idp.clock import epoch, utcnow
+from idp.db.models import AccessToken, RefreshToken, User
+from idp.oidc.clients import RegisteredClient
+from idp.oidc.context import OidcContext
+from idp.oidc.grants import AuthorizationCodeGrant, ClientCredentialsGrant, RefreshTokenGrant, S256CodeChallenge
+from idp.oidc.id_tokens import IdpOpenIDCode
+from idp.oidc.request import IdpRequest
+from idp.oidc.token_store import (
+    find_access_token,
+    find_refresh_token,
+    is_access_usable,
+    is_refresh_usable,
+    new_token_value,
+    revoke_family,
+)
+
+_endpoint_db: ContextVar[Session] = ContextVar("idp_endpoint_db")
+SUPPORTED_SCOPES = ["openid", "profile", "email", "offline_access"]
+CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_assertion_jwt"]
+
+
+@dataclass(frozen=True)
+class OAuthResponse:
+    status: int
+    body: dict[str, Any] | str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def location(self) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == "location"), None)
+
+
+class IdpAuthorizationServer(AuthorizationServer):
+    def __init__(self, ctx: OidcContext) -> None:
+        super().__init__(scopes_supported=SUPPORTED_SCOPES)
+        self.ctx = ctx
+        self.register_token_generator("default", self._generate_bearer_token)
+        self.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True), IdpOpenIDCode(require_nonce=False)])
+        self.register_grant(RefreshTokenGrant)
+        self.register_grant(ClientCredentialsGrant)
+        self.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT(ctx))
+        self.register_endpoint(Revocation)
+        self.register_endpoint(Introspection)
+
+    def query_client(self, client_id: str) -> RegisteredClient | None:
+        return self.ctx.clients.get(client_id)
+
+    def validate_requested_scope(self, scope: str | None) -> None:
+        if scope is not None and (not scope.strip() or len(scope) > 1000):
+            raise InvalidScopeError()
+        super().validate_requested_scope(scope)
+
+    def create_oauth2_request(self, request: IdpRequest) -> IdpRequest:
+        return request
+
+    def create_json_request(self, request: Any) -> Any:
+        raise NotImplementedError("idp takes no JSON requests")
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> OAuthResponse:
+        return OAuthResponse(status, body, list(headers))
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def _generate_bearer_token(
+        self, grant_type: str, client: RegisteredClient, user: Any = None, scope: str | None = None,
+        expires_in: int | None = None, include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": new_token_value(),
+            "expires_in": self.ctx.lifetimes.access_seconds,
+            "scope": scope or "",
+        }
+        if include_refresh_token and user is not None and client.check_grant_type("refresh_token"):
+            token["refresh_token"] = new_token_value()
+        return token
+
+    def save_token(self, token: dict[str, Any], request: IdpRequest) -> None:
+        now = utcnow()
+        life = self.ctx.lifetimes
+        keyring = self.ctx.keyring
+        user: User | None = request.user
+        code = getattr(request.authorization_code, "row", None)
+        parent: RefreshToken | None = getattr(request.refresh_token, "row", None)
+        family_id = code.family_id if code else parent.family_id if parent else None
+        request.db.add(AccessToken(
+            token_digest=keyring.digest(token["access_token"]), client_id=request.client.get_client_id(),
+            user_id=user.id if user else None, scope=token["scope"], family_id=family_id,
+            issued_at=now, expires_at=now + timedelta(seconds=life.access_seconds),
+        ))
+        if "refresh_token" not in token or user is None or family_id is None:
+            token.pop("refresh_token", None)
+            return
+        reissued = getattr(request, "reissued_refresh_token", None)
+        if reissued:
+            token["refresh_token"] = reissued  # grace period: the raced request gets the same successor
+            return
+        origin = code or parent
+        assert origin is not None
+        family_end = parent.family_expires_at if parent else now + timedelta(seconds=life.refresh_absolute_seconds)
+        request.db.add(RefreshToken(
+            token_digest=keyring.digest(token["refresh_token"]), family_id=family_id,
+            client_id=request.client.get_client_id(), user_id=user.id, scope=token["scope"], sid=origin.sid,
+            auth_time=origin.auth_time, acr=origin.acr, amr=list(origin.amr), issued_at=now,
+            expires_at=min(now + timedelta(seconds=life.refresh_idle_seconds), family_end),
+            family_expires_at=family_end,
+        ))
+        request.issued_refresh_token = token["refresh_token"]
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):
+    """private_key_jwt (RFC 7523 §2.2, OIDC Core §9) against the client's registered jwks."""
+
+    CLIENT_AUTH_METHOD = "client_assertion_jwt"
+
+    def __init__(self, ctx: OidcContext) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+        self.ctx = ctx
+
+    def get_audiences(self) -> list[str]:
+        return [self.ctx.token_endpoint, self.ctx.issuer]
+
+    def validate_jti(self, claims: Any, jti: Any) -> bool:
+        if not isinstance(jti, str) or not 8 <= len(jti) <= 200:
+            return False
+        lifetime = max(60, min(int(claims.get("exp", 0)) - epoch(utcnow()) + 60, 3600))
+        return self.ctx.store.add(f"jti:{claims['sub']}:{jti}", b"1", ttl_seconds=lifetime)
+
+    def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
+        jwks = client.config.get("jwks")
+        if not jwks:
+            from idp.oidc.remote_jwks import fetch_client_jwks
+
+            jwks = fetch_client_jwks(client.config.get("jwks_uri") or "")
+        return KeySet.import_key_set(jwks)
+
+
+class _TokenLookup:
+    """Revocation and introspection accept either kind of token, whatever the hint says."""
+
+    server: IdpAuthorizationServer
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> _TokenView | None:
+        ctx = self.server.ctx
+        db = _endpoint_db.get()
+        order = [find_refresh_token, find_access_token] if token_type_hint == "refresh_token" else [find_access_token, find_refresh_token]
+        for finder in order:
+            row = finder(db, ctx.keyring, token_string)
+            if row is not None:
+                return _TokenView(row)
+        return None
+
+    def create_endpoint_request(self, request: IdpRequest) -> IdpRequest:
+        # Endpoint objects are shared by all threads: the request's session goes in a context var.
+        _endpoint_db.set(request.db)
+        return request
+
+
+class _TokenView:
+    def __init__(self, row: AccessToken | RefreshToken) -> None:
+        self.row = row
+
+    def check_client(self, client: Any) -> bool:
+        return bool(self.row.client_id == client.get_client_id())
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+    def is_expired(self) -> bool:
+        now = utcnow()
+        row = self.row
+        return not (is_refresh_usable(row, now) if isinstance(row, RefreshToken) else row.expires_at > now)
+
+    def is_revoked(self) -> bool:
+        return self.row.revoked_at is not None
+
+
+class Revocation(_TokenLookup, RevocationEndpoint):
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS + ["none"]
+
+    def revoke_token(self, token: _TokenView, request: IdpRequest) -> None:
+        row = token.row
+        if isinstance(row, RefreshToken):
+            revoke_family(request.db, row.family_id)  # RFC 7009 §2.1: and the access tokens of that grant
+        elif row.revoked_at is None:
+            row.revoked_at = utcnow()
+
+
+class Introspection(_TokenLookup, IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS  # RFC 7662 §2.1: callers must authenticate
+
+    def check_permission(self, token: _TokenView, client: Any, request: IdpRequest) -> bool:
+        # A client may introspect only what was issued to it: no token scanning across RPs.
+        return token.check_client(client)
+
+    def introspect_token(self, token: _TokenView) -> dict[str, Any]:
+        row = token.row
+        payload: dict[str, Any] = {
+            "active": True, "client_id": row.client_id, "scope": row.scope, "iss": self.server.ctx.issuer,
+            "token_type": "Bearer" if isinstance(row, AccessToken) else "refresh_token",
+            "exp": epoch(row.expires_at), "iat": epoch(row.issued_at),
+        }
+        if row.user_id is not None:
+            user = _endpoint_db.get().get(User, row.user_id)
+            if user is None or user.disabled:
+                return {"active": False}
+            payload.update(sub=user.subject, username=user.username)
+        return payload

@@ -1,0 +1,155 @@
+"""Settings: environment variables (IDP_*) over an optional TOML file named by IDP_CONFIG.
+
+Each field documents its meaning, unit and default where it is defined. A bad value stops
+start-up with a message naming the setting (SettingsError).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+def _meta(default: int, doc: str, *, lo: int, hi: int) -> Any:
+    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class Settings:
+    issuer: str = "http://localhost:8000"
+    # ^ IDP_ISSUER: the public base URL; `iss` of every token. https unless localhost.
+    database_url: str = "sqlite:///var/idp.db"
+    # ^ IDP_DATABASE_URL: SQLAlchemy URL (sqlite:///path or postgresql+psycopg://…).
+    redis_url: str = ""
+    # ^ IDP_REDIS_URL: redis://… for shared short-lived state; empty = in-process store.
+    secret_key: str = field(default="", repr=False)
+    # ^ IDP_SECRET_KEY: master key (≥32 chars) from which every encryption and digest key
+    #   is derived. Required unless the issuer is localhost, where one is generated into
+    #   data_dir/secret.key on first start and kept.
+    clients_file: str = ""
+    # ^ IDP_CLIENTS_FILE: clients TOML synced into the database at start.
+    trusted_proxies: tuple[str, ...] = ()
+    # ^ IDP_TRUSTED_PROXIES: comma-separated CIDRs whose X-Forwarded-For is believed.
+    data_dir: str = "var"
+    # ^ IDP_DATA_DIR: where the generated development master key lives.
+    code_ttl_seconds: int = _meta(60, "authorization code lifetime", lo=1, hi=600)
+    access_token_ttl_seconds: int = _meta(900, "access token lifetime", lo=30, hi=86400)
+    id_token_ttl_seconds: int = _meta(3600, "ID token lifetime", lo=30, hi=86400)
+    refresh_token_ttl_seconds: int = _meta(14 * 86400, "refresh token idle (sliding) lifetime", lo=60, hi=31536000)
+    refresh_token_absolute_ttl_seconds: int = _meta(30 * 86400, "refresh token family absolute lifetime", lo=60, hi=31536000)
+    refresh_grace_seconds: int = _meta(0, "window in which a raced refresh gets the same successor; 0 = off", lo=0, hi=60)
+    login_ttl_seconds: int = _meta(600, "how long a parked login transaction waits for the user", lo=60, hi=3600)
+    session_idle_seconds: int = _meta(8 * 3600, "IdP session idle lifetime", lo=60, hi=31536000)
+    session_absolute_seconds: int = _meta(30 * 86400, "IdP session absolute lifetime", lo=60, hi=31536000)
+    argon2_time_cost: int = _meta(3, "Argon2id iterations", lo=1, hi=20)
+    argon2_memory_kib: int = _meta(65536, "Argon2id memory per hash in KiB", lo=8192, hi=4194304)
+    max_concurrent_hashes: int = _meta(0, "Argon2 hashes run at once (0 = CPU count)", lo=0, hi=1024)
+    max_body_bytes: int = _meta(65536, "largest request body accepted", lo=1024, hi=10485760)
+
+    @property
+    def issuer_is_local(self) -> bool:
+        return (urlsplit(self.issuer).hostname or "") in LOCAL_HOSTS
+
+    @property
+    def secure_cookies(self) -> bool:
+        # Secure cookies are not sent over http://localhost, the one place http is allowed.
+        return not (self.issuer.startswith("http://") and self.issuer_is_local)
+
+
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Reads IDP_CONFIG's TOML (if any), then IDP_* variables, then keyword overrides."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    raw.update(_read_config_file(env.get("IDP_CONFIG", "")))
+    for f in fields(Settings):
+        value = env.get(f"IDP_{f.name.upper()}")
+        if value is not None:
+            raw[f.name] = value
+    raw.update(overrides)
+    settings = Settings(**{f.name: _coerce(f.name, raw[f.name], f.type) for f in fields(Settings) if f.name in raw})
+    return _validated(settings)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"IDP_CONFIG: cannot read {path}: {exc}") from None
+    known = {f.name for f in fields(Settings)}
+    for key in data:
+        if key not in known:
+            raise SettingsError(f"IDP_CONFIG: unknown setting {key!r} in {path}")
+    return data
+
+
+def _coerce(name: str, value: Any, type_name: str) -> Any:
+    label = f"IDP_{name.upper()}"
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise SettingsError(f"{label}: must be an integer")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise SettingsError(f"{label}: must be an integer, got {str(value)[:40]!r}") from None
+    if type_name == "tuple[str, ...]":
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    if not isinstance(value, str):
+        raise SettingsError(f"{label}: must be a string")
+    return value.strip()
+
+
+def _validated(s: Settings) -> Settings:
+    for f in fields(Settings):
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        value = getattr(s, f.name)
+        if lo is not None and not (lo <= value <= hi):
+            raise SettingsError(f"IDP_{f.name.upper()}: must be between {lo} and {hi} ({f.metadata['doc']}), got {value}")
+    _check_issuer(s.issuer)
+    _check_database_url(s.database_url)
+    if s.redis_url and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("IDP_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+    for cidr in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"IDP_TRUSTED_PROXIES: {cidr!r} is not a CIDR") from None
+    if s.secret_key and len(s.secret_key) < 32:
+        raise SettingsError("IDP_SECRET_KEY: must be at least 32 characters")
+    if not s.secret_key and not s.issuer_is_local:
+        raise SettingsError("IDP_SECRET_KEY: required when the issuer is not localhost")
+    if s.refresh_token_absolute_ttl_seconds < s.refresh_token_ttl_seconds:
+        raise SettingsError("IDP_REFRESH_TOKEN_ABSOLUTE_TTL_SECONDS: must not be below IDP_REFRESH_TOKEN_TTL_SECONDS")
+    if s.max_concurrent_hashes == 0:
+        s = replace(s, max_concurrent_hashes=os.cpu_count() or 1)
+    return s
+
+
+def _check_issuer(issuer: str) -> None:
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError("IDP_ISSUER: must be an absolute http(s) URL")
+    if parts.query or parts.fragment or issuer.endswith("/"):
+        raise SettingsError("IDP_ISSUER: must have no query, fragment or trailing slash")
+    if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+        raise SettingsError("IDP_ISSUER: must use https unless the host is localhost")
+
+
+def _check_database_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+        raise SettingsError("IDP_DATABASE_URL: must be a sqlite:// or postgresql:// URL")

@@ -1,0 +1,126 @@
+"""In-process state store: the same TTL, SET NX, GETDEL and counter semantics as Redis.
+
+It serves one process only; with several workers each would see its own state, so the
+server warns at start-up when it is used that way (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from idp.state.store import StoreUnavailable, verify_ttl_seconds, verify_value
+
+Entry = tuple[bytes, float]  # (value, expires_at on the injected clock)
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1_000_000,
+        sweep_every_writes: int = 1000,
+    ) -> None:
+        self._clock = clock
+        self._max_keys = max_keys
+        self._sweep_every_writes = sweep_every_writes
+        self._writes_since_sweep = 0
+        self._entries: dict[str, Entry] = {}
+        # one lock around every operation is what makes take/add/incr atomic
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """Entries held in memory, expired ones included until they are purged."""
+        with self._lock:
+            return len(self._entries)
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._live_entry(key)
+            return None if entry is None else entry[0]
+
+    def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
+        verify_ttl_seconds(ttl_seconds)
+        verify_value(value)
+        with self._lock:
+            self._write(key, value, self._clock() + ttl_seconds)
+
+    def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
+        verify_ttl_seconds(ttl_seconds)
+        verify_value(value)
+        with self._lock:
+            if self._live_entry(key) is not None:
+                return False
+            self._write(key, value, self._clock() + ttl_seconds)
+            return True
+
+    def take(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._live_entry(key)
+            self._entries.pop(key, None)
+            return None if entry is None else entry[0]
+
+    def incr(self, key: str, *, ttl_seconds: int) -> int:
+        verify_ttl_seconds(ttl_seconds)
+        with self._lock:
+            entry = self._live_entry(key)
+            if entry is None:
+                entry = (b"0", self._clock() + ttl_seconds)
+            # a running counter keeps the expiry it was created with: fixed window
+            count = _as_counter(entry[0]) + 1
+            self._write(key, str(count).encode(), entry[1])
+            return count
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        # nothing to release; entries stay, as they would in Redis after a client closes
+        pass
+
+    def _live_entry(self, key: str) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] <= self._clock():
+            del self._entries[key]
+            return None
+        return entry
+
+    def _write(self, key: str, value: bytes, expires_at: float) -> None:
+        self._count_write()
+        if key not in self._entries:
+            self._make_room()
+        self._entries[key] = (value, expires_at)
+
+    def _count_write(self) -> None:
+        # lazy purging only sees keys that are read again; the sweep catches the rest
+        self._writes_since_sweep += 1
+        if self._writes_since_sweep >= self._sweep_every_writes:
+            self._sweep()
+
+    def _make_room(self) -> None:
+        if len(self._entries) < self._max_keys:
+            return
+        self._sweep()
+        if len(self._entries) >= self._max_keys:
+            raise StoreUnavailable("in-process store is full")
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        expired = [key for key, (_, expires_at) in self._entries.items() if expires_at <= now]
+        for key in expired:
+            del self._entries[key]
+        self._writes_since_sweep = 0
+
+
+def _as_counter(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        # same refusal as Redis: "value is not an integer"
+        raise ValueError("value is not an integer counter") from None

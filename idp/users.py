@@ -1,0 +1,74 @@
+"""Admin operations on users (the `idp user …` commands)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from idp.db.models import IdpSession, RefreshToken, User
+from idp.clock import utcnow
+from idp.login.steps.password import normalize_username
+from idp.security.audit import record_audit
+from idp.security.keyring import new_secret
+
+USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,127}$")
+EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+
+
+class UserError(ValueError):
+    """One-line message for the admin."""
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    username: str
+    email: str | None
+    name: str | None
+    disabled: bool
+    subject: str
+
+
+def check_new_user(db: Session, username: str, email: str | None) -> str:
+    name = normalize_username(username)
+    if not USERNAME_PATTERN.match(name):
+        raise UserError(f"username {username!r}: use 1-128 letters, digits and . _ @ + -")
+    if email is not None and not EMAIL_PATTERN.match(email):
+        raise UserError(f"--email {email!r}: not an email address")
+    if db.scalar(select(User.id).where(User.username == name)) is not None:
+        raise UserError(f"user {name!r} already exists")
+    return name
+
+
+def add_user(db: Session, *, username: str, email: str | None, name: str | None, password_hash: str | None) -> User:
+    user = User(username=username, email=email, name=name, password_hash=password_hash, subject=new_secret(16))
+    db.add(user)
+    db.flush()
+    record_audit(db, "user.added", user_id=user.id)
+    return user
+
+
+def list_users(db: Session) -> list[UserSummary]:
+    rows = db.scalars(select(User).order_by(User.username))
+    return [UserSummary(u.username, u.email, u.name, u.disabled, u.subject) for u in rows]
+
+
+def get_user(db: Session, username: str) -> User:
+    user = db.scalar(select(User).where(User.username == normalize_username(username)))
+    if user is None:
+        raise UserError(f"no user {username!r}")
+    return user
+
+
+def disable_user(db: Session, username: str) -> User:
+    """Disabled users cannot sign in; their sessions end and their refresh tokens die."""
+    user = get_user(db, username)
+    now = utcnow()
+    user.disabled = True
+    for session in db.scalars(select(IdpSession).where(IdpSession.user_id == user.id, IdpSession.ended_at.is_(None))):
+        session.ended_at = now
+    for token in db.scalars(select(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))):
+        token.revoked_at = now
+    record_audit(db, "user.disabled", user_id=user.id)
+    return user

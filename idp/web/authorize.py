@@ -1,0 +1,94 @@
+"""The authorization endpoint and its resumption after the login chain or the consent page
+(DESIGN.md §2: the OIDC layer parks the request as a login transaction, never asks for a
+password itself)."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from idp.login import transaction as tx_store
+from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
+from idp.login.sessions import find_session
+from idp.oidc.authorize import CurrentSession, ErrorPage, NeedConsent, NeedLogin, Outcome, RedirectToClient, decide
+from idp.oidc.request import IdpRequest
+from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
+from idp.web.pages import render
+from idp.web.params import BadParameters, read_params
+
+EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
+
+
+async def authorize(request: Request) -> Response:
+    services = services_of(request)
+    try:
+        params = await read_params(request, max_bytes=services.settings.max_body_bytes)
+    except BadParameters as exc:
+        return error_page(request, 400, str(exc))
+    outcome = await run_authorization(request, params)
+    return await respond(request, outcome, params, None)
+
+
+async def resume(request: Request) -> Response:
+    """Back from the login chain or consent: the parked request continues."""
+    services = services_of(request)
+    tx = await run_in_threadpool(tx_store.find_transaction, services.store, request.query_params.get("tx"))
+    if tx is None:
+        return error_page(request, 400, EXPIRED_MESSAGE)
+    outcome = await run_authorization(request, tx.params, tx=tx)
+    return await respond(request, outcome, tx.params, tx)
+
+
+async def run_authorization(
+    request: Request, params: dict[str, str], *, tx: tx_store.LoginTransaction | None = None, consent: bool | None = None
+) -> Outcome:
+    services = services_of(request)
+    ip = request_ip(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+
+    def unit_of_work() -> Outcome:
+        with services.sessions.begin() as db:
+            found = find_session(db, services.keyring, services.session_policy, cookie)
+            current = None
+            if found is not None:
+                row, user = found
+                current = CurrentSession(user, row.sid, row.id, row.auth_time, row.acr, tuple(row.amr))
+            oauth_request = IdpRequest(
+                method="GET", uri=f"{services.oidc.issuer}/authorize", headers=request.headers, params=params,
+                db=db, ctx=services.oidc, client_ip=ip,
+            )
+            # "authenticated for this request" only if the chain ran in this very browser session
+            fresh = tx is not None and current is not None and tx.authenticated_sid == current.sid
+            return decide(services.server, oauth_request, current, authenticated_now=fresh, consent_decision=consent)
+
+    return await run_in_threadpool(unit_of_work)
+
+
+async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx: tx_store.LoginTransaction | None) -> Response:
+    services = services_of(request)
+    if isinstance(outcome, RedirectToClient):
+        if tx is not None:
+            await run_in_threadpool(tx_store.consume_transaction, services.store, tx.id)
+        return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
+    if isinstance(outcome, ErrorPage):
+        return error_page(request, outcome.status, outcome.message)
+    if tx is None:
+        hint = outcome.login_hint if isinstance(outcome, NeedLogin) else None
+        tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, hint)
+        await run_in_threadpool(tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
+    target = "/login" if isinstance(outcome, NeedLogin) else "/consent"
+    return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
+
+
+def redirect_origin(params: dict[str, str]) -> tuple[str, ...]:
+    """The client's redirect origin, for the CSP form-action of pages that lead back to it."""
+    parts = urlsplit(params.get("redirect_uri", ""))
+    return (f"{parts.scheme}://{parts.netloc}",) if parts.scheme in ("http", "https") and parts.netloc else ()
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    response = render(request, "error.html", status=status, message=message)
+    response.headers.update(NO_STORE)
+    return response

@@ -1,0 +1,52 @@
+"""The consent page: Allow or Deny for a client and a scope set (remembered per user,
+client and scopes; prompt=consent asks again; first-party clients skip it)."""
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from idp.login import transaction as tx_store
+from idp.web.authorize import EXPIRED_MESSAGE, error_page, redirect_origin, respond, run_authorization
+from idp.web.oauth_endpoints import NO_STORE, services_of
+from idp.web.pages import check_form_csrf, render
+from idp.web.params import BadParameters, read_params
+
+SCOPE_TEXT = {
+    "openid": "Sign you in with your account",
+    "profile": "See your name and username",
+    "email": "See your email address",
+    "offline_access": "Stay signed in to the application while you are away",
+}
+
+
+async def show_consent(request: Request) -> Response:
+    services = services_of(request)
+    tx = await run_in_threadpool(tx_store.find_transaction, services.store, request.query_params.get("tx"))
+    if tx is None:
+        return error_page(request, 400, EXPIRED_MESSAGE)
+    scopes = (tx.params.get("scope") or "openid").split()
+    response = render(
+        request, "consent.html", tx=tx, client_name=tx.client_name,
+        scopes=[SCOPE_TEXT.get(s, s) for s in scopes], form_targets=redirect_origin(tx.params),
+    )
+    response.headers.update(NO_STORE)
+    return response
+
+
+async def submit_consent(request: Request) -> Response:
+    services = services_of(request)
+    try:
+        params = await read_params(request, max_bytes=services.settings.max_body_bytes)
+    except BadParameters as exc:
+        return error_page(request, 400, str(exc))
+    if not check_form_csrf(request, params):
+        return error_page(request, 403, "The form expired. Go back and try again.")
+    decision = params.get("decision")
+    if decision not in ("allow", "deny"):
+        return error_page(request, 400, "Choose Allow or Deny.")
+    tx = await run_in_threadpool(tx_store.find_transaction, services.store, params.get("tx"))
+    if tx is None:
+        return error_page(request, 400, EXPIRED_MESSAGE)
+    outcome = await run_authorization(request, tx.params, tx=tx, consent=decision == "allow")
+    return await respond(request, outcome, tx.params, tx)

@@ -1,0 +1,24 @@
+"""The site root: says who is signed in."""
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from idp.login.sessions import COOKIE_NAME, find_session
+from idp.web.oauth_endpoints import NO_STORE, services_of
+from idp.web.pages import render
+
+
+async def home(request: Request) -> Response:
+    services = services_of(request)
+    cookie = request.cookies.get(COOKIE_NAME)
+
+    def signed_in_username() -> str | None:
+        with services.sessions.begin() as db:
+            found = find_session(db, services.keyring, services.session_policy, cookie)
+            return found[1].username if found else None
+
+    response = render(request, "home.html", username=await run_in_threadpool(signed_in_username))
+    response.headers.update(NO_STORE)
+    return response

@@ -1,0 +1,97 @@
+"""The hosted login page: the password step of the login chain. Every failure (unknown
+user, wrong password, disabled account) gets the same page, status and message."""
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from idp.db.models import User
+from idp.login import transaction as tx_store
+from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
+from idp.login.sessions import start_session
+from idp.login.steps import password as password_step
+from idp.security.audit import record_audit
+from idp.web.authorize import EXPIRED_MESSAGE, error_page
+from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
+from idp.web.pages import check_form_csrf, render, set_cookie
+from idp.web.params import BadParameters, read_params
+
+
+async def show_login(request: Request) -> Response:
+    services = services_of(request)
+    tx_id = request.query_params.get("tx")
+    tx = None
+    if tx_id is not None:
+        tx = await run_in_threadpool(tx_store.find_transaction, services.store, tx_id)
+        if tx is None:
+            return error_page(request, 400, EXPIRED_MESSAGE)
+    return login_page(request, tx, username=tx.login_hint if tx else "", error=None, status=200)
+
+
+def login_page(request: Request, tx: tx_store.LoginTransaction | None, *, username: str | None, error: str | None, status: int) -> Response:
+    response = render(request, "login.html", status=status, tx=tx, username=username or "", error=error,
+                      client_name=tx.client_name if tx else None)
+    response.headers.update(NO_STORE)
+    return response
+
+
+async def submit_login(request: Request) -> Response:
+    services = services_of(request)
+    try:
+        params = await read_params(request, max_bytes=services.settings.max_body_bytes)
+    except BadParameters as exc:
+        return error_page(request, 400, str(exc))
+    if not check_form_csrf(request, params):
+        return error_page(request, 403, "The form expired. Go back and try again.")
+    tx = None
+    if "tx" in params:
+        tx = await run_in_threadpool(tx_store.find_transaction, services.store, params["tx"])
+        if tx is None:
+            return error_page(request, 400, EXPIRED_MESSAGE)
+    username, password = params.get("username", ""), params.get("password", "")
+    if not username or not password:
+        return login_page(request, tx, username=username[:128], error="Enter your username and password.", status=400)
+
+    candidate = await run_in_threadpool(_find_candidate, services, username)
+    result = await password_step.verify_password_step(services.hashing, candidate, password)
+    ip = request_ip(request)
+    if isinstance(result, password_step.PasswordFailed):
+        await run_in_threadpool(_record_failure, services, result.user_id, ip)
+        return login_page(request, tx, username=username[:128], error=result.public_message, status=401)
+
+    new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
+    cookie, sid = await run_in_threadpool(_sign_in, services, result.user_id, new_hash, request, ip)
+    if tx is not None:
+        await run_in_threadpool(tx_store.save_transaction, services.store, tx.finished_by(sid),
+                                ttl_seconds=services.settings.login_ttl_seconds)
+        target = f"/authorize/resume?tx={tx.id}"
+    else:
+        target = "/"
+    response = RedirectResponse(target, status_code=303, headers=NO_STORE)
+    set_cookie(response, request, SESSION_COOKIE, cookie, max_age=None)
+    return response
+
+
+def _find_candidate(services, username):  # type: ignore[no-untyped-def]
+    with services.sessions() as db:
+        return password_step.find_login_candidate(db, username)
+
+
+def _record_failure(services, user_id: int | None, ip: str | None) -> None:  # type: ignore[no-untyped-def]
+    with services.sessions.begin() as db:
+        record_audit(db, "login.password.failed", user_id=user_id, ip=ip)
+
+
+def _sign_in(services, user_id: int, new_hash: str | None, request: Request, ip: str | None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    with services.sessions.begin() as db:
+        user = db.get(User, user_id)
+        assert user is not None
+        if new_hash:
+            user.password_hash = new_hash
+        cookie, row = start_session(
+            db, services.keyring, services.session_policy, user, acr="pwd", amr=list(password_step.AMR),
+            user_agent=request.headers.get("user-agent"), ip=ip,
+        )
+        record_audit(db, "login.password.succeeded", user_id=user.id, ip=ip)
+        return cookie, row.sid

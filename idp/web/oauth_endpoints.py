@@ -1,0 +1,115 @@
+"""HTTP glue for the machine-facing endpoints: token, revocation, introspection, userinfo,
+discovery and JWKS. Read the request once, run the sync OAuth core in the threadpool
+with one unit of work, turn its result into a response."""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from idp.oidc.request import IdpRequest
+from idp.oidc.server import OAuthResponse
+from idp.oidc.userinfo import UserInfoError, userinfo_for
+from idp.security.client_ip import client_ip
+from idp.web.params import BadParameters, read_params
+from idp.web.services import Services
+
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def request_ip(request: Request) -> str | None:
+    services = services_of(request)
+    peer = request.client.host if request.client else None
+    return client_ip(peer, request.headers.get("x-forwarded-for"), services.trusted_proxies)
+
+
+def oauth_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status, headers=NO_STORE)
+
+
+def to_response(result: OAuthResponse) -> Response:
+    headers = {k: v for k, v in result.headers if k.lower() != "content-type"}
+    headers.update(NO_STORE)
+    if isinstance(result.body, dict):
+        return JSONResponse(result.body, status_code=result.status, headers=headers)
+    return Response(result.body, status_code=result.status, headers=headers)
+
+
+async def _run_endpoint(request: Request, call: Any) -> Response:
+    services = services_of(request)
+    if request.method != "POST":
+        return oauth_error(405, "invalid_request", "Use POST.")
+    try:
+        params = await read_params(request, max_bytes=services.settings.max_body_bytes)
+    except BadParameters as exc:
+        return oauth_error(400, "invalid_request", str(exc))
+    ip = request_ip(request)
+
+    def unit_of_work() -> OAuthResponse:
+        with services.sessions.begin() as db:
+            oauth_request = IdpRequest(
+                method="POST", uri=f"{services.oidc.issuer}{request.url.path}", headers=request.headers,
+                params=params, db=db, ctx=services.oidc, client_ip=ip,
+            )
+            return call(services.server, oauth_request)  # type: ignore[no-any-return]
+
+    return to_response(await run_in_threadpool(unit_of_work))
+
+
+async def token(request: Request) -> Response:
+    return await _run_endpoint(request, lambda server, req: server.create_token_response(req))
+
+
+async def revoke(request: Request) -> Response:
+    return await _run_endpoint(request, lambda server, req: server.create_endpoint_response("revocation", req))
+
+
+async def introspect(request: Request) -> Response:
+    return await _run_endpoint(request, lambda server, req: server.create_endpoint_response("introspection", req))
+
+
+async def userinfo(request: Request) -> Response:
+    services = services_of(request)
+    try:
+        access_token = await _bearer_token(request, services)
+    except BadParameters as exc:
+        return oauth_error(400, "invalid_request", str(exc))
+
+    def unit_of_work() -> dict[str, Any] | UserInfoError:
+        with services.sessions.begin() as db:
+            return userinfo_for(db, services.keyring, access_token)
+
+    result = await run_in_threadpool(unit_of_work)
+    if isinstance(result, UserInfoError):
+        challenge = f'Bearer error="{result.error}", error_description="{result.description}"'
+        headers = {**NO_STORE, "www-authenticate": challenge}
+        return JSONResponse({"error": result.error, "error_description": result.description}, result.status, headers)
+    return JSONResponse(result, headers=NO_STORE)
+
+
+async def _bearer_token(request: Request, services: Services) -> str | None:
+    header = request.headers.get("authorization", "")
+    from_header = header[7:].strip() if header[:7].lower() == "bearer " else None
+    from_body = None
+    if request.method == "POST" and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        from_body = (await read_params(request, max_bytes=services.settings.max_body_bytes)).get("access_token")
+    if from_header and from_body:
+        raise BadParameters("Send the access token in one place only.")  # RFC 6750 §2
+    return from_header or from_body
+
+
+async def discovery(request: Request) -> Response:
+    return Response(services_of(request).discovery_bytes, media_type="application/json",
+                    headers={"cache-control": "public, max-age=300", "access-control-allow-origin": "*"})
+
+
+async def jwks(request: Request) -> Response:
+    keys = await run_in_threadpool(services_of(request).oidc.keys.get)
+    return Response(keys.jwks_bytes, media_type="application/jwk-set+json",
+                    headers={"cache-control": "public, max-age=60", "access-control-allow-origin": "*"})

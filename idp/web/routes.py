@@ -1,0 +1,26 @@
+"""Every URL idp serves, on one screen."""
+from __future__ import annotations
+
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from idp.web import authorize, consent, home, login, oauth_endpoints
+
+STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "static"
+
+routes = [
+    Route("/", home.home, methods=["GET"]),
+    Route("/.well-known/openid-configuration", oauth_endpoints.discovery, methods=["GET"]),
+    Route("/jwks", oauth_endpoints.jwks, methods=["GET"]),
+    Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
+    Route("/authorize/resume", authorize.resume, methods=["GET"]),
+    Route("/login", login.show_login, methods=["GET"]),
+    Route("/login", login.submit_login, methods=["POST"]),
+    Route("/consent", consent.show_consent, methods=["GET"]),
+    Route("/consent", consent.submit_consent, methods=["POST"]),
+    Route("/token", oauth_endpoints.token, methods=["POST"]),
+    Route("/revoke", oauth_endpoints.revoke, methods=["POST"]),
+    Route("/introspect", oauth_endpoints.introspect, methods=["POST"]),
+    Route("/userinfo", oauth_endpoints.userinfo, methods=["GET", "POST"]),
+    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+]

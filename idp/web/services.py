@@ -1,0 +1,31 @@
+"""The services a request handler may use, built once by the composition root."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from idp.login.sessions import SessionPolicy
+from idp.oidc.context import OidcContext
+from idp.oidc.server import IdpAuthorizationServer
+from idp.security.client_ip import Network
+from idp.security.keyring import Keyring
+from idp.security.passwords import PasswordHashing
+from idp.settings import Settings
+from idp.state.store import StateStore
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    keyring: Keyring
+    store: StateStore
+    hashing: PasswordHashing
+    oidc: OidcContext
+    server: IdpAuthorizationServer
+    session_policy: SessionPolicy
+    trusted_proxies: tuple[Network, ...]
+    discovery_bytes: bytes
