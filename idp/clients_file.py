@@ -120,7 +120,7 @@ def _load_toml(text: str, source: str) -> dict[str, Any]:
         raise ClientsFileError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
 
 
-def _client_tables(document: dict[str, Any], source: str, layout: _Layout) -> list[dict[str, Any]]:
+def _client_tables(document: dict[str, Any], source: str, layout: _Layout) -> list[_Table]:
     for key in document:
         if key != "clients":
             line = layout.top_level_line(key)
@@ -196,7 +196,7 @@ class _Where:
 
 
 def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientConfig:
-    # Assembled in file-reading order so that "the first problem" is predictable.
+    # A fixed order (identity, authentication, then the rest) keeps "the first problem" stable.
     if isinstance(table.get("client_id"), str) and _CLIENT_ID.fullmatch(table["client_id"]):
         where.client_id = table["client_id"]  # name the client even in the first message
     _check_known_keys(table, where)

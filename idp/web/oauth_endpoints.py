@@ -34,7 +34,7 @@ def oauth_error(status: int, error: str, description: str) -> JSONResponse:
 
 
 def to_response(result: OAuthResponse) -> Response:
-    headers = {k: v for k, v in result.headers if k.lower() != "content-type"}
+    headers = {k.lower(): v for k, v in result.headers if k.lower() != "content-type"}
     headers.update(NO_STORE)
     if isinstance(result.body, dict):
         return JSONResponse(result.body, status_code=result.status, headers=headers)
