@@ -1,0 +1,198 @@
+"""Fixtures for end-to-end tests: idp run as an admin runs it (the `idp` CLI in
+subprocesses, a fresh SQLite database per test), a relying party's callback server, and
+Debian's Chromium driven by Playwright (never a downloaded browser)."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ALICE_PASSWORD = "correct horse battery staple"
+IDP_COMMAND = Path(sys.executable).with_name("idp")
+
+
+# --- relying party callback -------------------------------------------------------------
+
+@dataclass
+class Callback:
+    """The RP's redirect_uri: a real HTTP server that records each query it receives."""
+    url: str
+    queries: list[str] = field(default_factory=list)
+
+
+def _callback_handler(callback: Callback) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            parts = urlsplit(self.path)
+            if parts.path != "/callback":
+                self.send_error(404)
+                return
+            callback.queries.append(parts.query)
+            body = b"<!doctype html><title>Shop</title><p>Signed in.</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def rp_callback() -> Iterator[Callback]:
+    callback = Callback(url="")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _callback_handler(callback))
+    callback.url = f"http://localhost:{server.server_address[1]}/callback"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield callback
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+# --- the identity provider ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunningIdp:
+    issuer: str
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _idp(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
+    result = subprocess.run([str(IDP_COMMAND), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"`idp {' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}"
+
+
+def _clients_toml(secret: str, redirect_uri: str) -> str:
+    return f"""\
+[[clients]]
+client_id = "shop"
+client_name = "Shop"
+client_secret = "{secret}"
+redirect_uris = ["{redirect_uri}"]
+grant_types = ["authorization_code", "refresh_token"]
+token_endpoint_auth_method = "client_secret_basic"
+scope = "openid profile email offline_access"
+"""
+
+
+def _wait_until_serving(issuer: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"`idp serve` exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"`idp serve` did not answer discovery within 20 s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
+    """A fresh idp: migrated database, user alice, client shop, `idp serve` on a free port."""
+    port = _free_port()
+    issuer = f"http://localhost:{port}"
+    secret = secrets.token_urlsafe(36)  # 48 characters
+    clients_file = tmp_path / "clients.toml"
+    clients_file.write_text(_clients_toml(secret, rp_callback.url))
+    env = {
+        **os.environ,
+        "IDP_DATABASE_URL": f"sqlite:///{tmp_path}/idp.db",
+        "IDP_DATA_DIR": str(tmp_path / "var"),
+        "IDP_ISSUER": issuer,
+        "IDP_ARGON2_TIME_COST": "1",
+        "IDP_ARGON2_MEMORY_KIB": "8192",
+        "IDP_CLIENTS_FILE": str(clients_file),
+    }
+    env.pop("IDP_CONFIG", None)
+    env.pop("IDP_REDIS_URL", None)
+    _idp(env, "db", "upgrade")
+    _idp(env, "user", "add", "alice", "--email", "alice@example.com", "--name", "Alice Liddell", "--password-stdin",
+         stdin=ALICE_PASSWORD + "\n")
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(IDP_COMMAND), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        _wait_until_serving(issuer, process, log)
+        yield RunningIdp(issuer, "shop", secret, rp_callback.url, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- the browser -------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def browser():  # type: ignore[no-untyped-def]
+    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        message = f"{CHROMIUM} is missing: install Debian's chromium package (never `playwright install`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    """A fresh browser profile (no cookies) per test."""
+    context = browser.new_context()
+    context.set_default_timeout(10_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
