@@ -80,6 +80,8 @@ class RunningIdp:
     client_id: str
     client_secret: str
     redirect_uri: str
+    username: str
+    password: str
     log: Path
 
 
@@ -152,7 +154,7 @@ def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
         )
     try:
         _wait_until_serving(issuer, process, log)
-        yield RunningIdp(issuer, "shop", secret, rp_callback.url, log)
+        yield RunningIdp(issuer, "shop", secret, rp_callback.url, "alice", ALICE_PASSWORD, log)
     finally:
         process.terminate()
         try:

@@ -1,0 +1,464 @@
+"""The `idp` command (DESIGN.md §3), run as the admin runs it: a real subprocess against a
+real SQLite file. Errors are one line on stderr and a non-zero exit; nothing is half-written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+GOOD_PASSWORD = "violet-harbor-tram-42"
+SHOP_SECRET = "Zq8rT1vX4bN7mK2pL9sD3fG6hJ0wE5yU8iO1aC4e"  # 40 characters
+VALID_CLIENTS = f"""\
+[[clients]]
+client_id = "shop"
+client_name = "Shop"
+client_secret = "{SHOP_SECRET}"
+redirect_uris = ["https://shop.example/callback"]
+post_logout_redirect_uris = ["https://shop.example/"]
+grant_types = ["authorization_code", "refresh_token"]
+response_types = ["code"]
+token_endpoint_auth_method = "client_secret_basic"
+scope = "openid profile email offline_access"
+
+[[clients]]
+client_id = "app"
+client_name = "Native app"
+redirect_uris = ["http://127.0.0.1:8765/callback"]
+token_endpoint_auth_method = "none"
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Idp:
+    """The `idp` command bound to one scratch directory: its database and its data dir."""
+
+    home: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "idp.db"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("IDP_")}
+        env.update(
+            IDP_DATABASE_URL=f"sqlite:///{self.db_path}",
+            IDP_DATA_DIR=str(self.home / "var"),
+            IDP_ARGON2_TIME_COST="1",
+            IDP_ARGON2_MEMORY_KIB="8192",
+        )
+        env.update(extra)
+        return env
+
+    def __call__(self, *args: str, stdin: str | None = None, **extra_env: str) -> Result:
+        done = subprocess.run(
+            [sys.executable, "-m", "idp", *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            cwd=self.home,
+            env=self.env(**extra_env),
+            timeout=60,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def ok(self, *args: str, stdin: str | None = None, **extra_env: str) -> str:
+        result = self(*args, stdin=stdin, **extra_env)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stdout
+
+    def users(self) -> dict[str, list[str]]:
+        """`idp user list` as {username: [email, state, subject]}."""
+        rows = [line.split("\t") for line in self.ok("user", "list").splitlines()]
+        return {row[0]: row[1:] for row in rows}
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.db_path) as connection:
+            return connection.execute(sql).fetchall()
+
+    def database_bytes(self) -> bytes:
+        """The database file and any WAL/journal beside it: everything SQLite wrote."""
+        return b"".join(path.read_bytes() for path in sorted(self.home.glob("idp.db*")))
+
+    def write(self, name: str, text: str) -> str:
+        path = self.home / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+
+def assert_fails_in_one_line(result: Result, *fragments: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    idp = Idp(tmp_path_factory.mktemp("template"))
+    idp.ok("db", "upgrade")
+    return idp.home
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Idp:
+    """No database yet."""
+    return Idp(tmp_path)
+
+
+@pytest.fixture
+def idp(tmp_path: Path, migrated_template: Path) -> Idp:
+    """A migrated, empty database (a copy of one `idp db upgrade`, to keep the suite quick)."""
+    for path in migrated_template.glob("idp.db*"):
+        shutil.copy(path, tmp_path / path.name)
+    return Idp(tmp_path)
+
+
+# db upgrade
+
+
+def test_db_upgrade_migrates_a_fresh_sqlite_file_and_is_idempotent(fresh: Idp) -> None:
+    first = fresh.ok("db", "upgrade")
+    tables = {row[0] for row in fresh.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"users", "clients", "signing_keys", "alembic_version"} <= tables
+    version = fresh.query("SELECT version_num FROM alembic_version")
+
+    assert fresh.ok("db", "upgrade") == first
+    assert fresh.query("SELECT version_num FROM alembic_version") == version
+    assert fresh.users() == {}
+
+
+NEEDS_MIGRATED_DATABASE = [
+    pytest.param(["user", "list"], None, id="user list"),
+    pytest.param(["user", "add", "alice", "--password-stdin"], GOOD_PASSWORD + "\n", id="user add"),
+    pytest.param(["user", "disable", "alice"], None, id="user disable"),
+    pytest.param(["clients", "sync", "clients.toml"], None, id="clients sync"),
+    pytest.param(["keys", "rotate"], None, id="keys rotate"),
+    pytest.param(["keys", "list"], None, id="keys list"),
+    pytest.param(["serve", "--port", "0"], None, id="serve"),
+]
+
+
+@pytest.mark.parametrize(("args", "stdin"), NEEDS_MIGRATED_DATABASE)
+def test_commands_on_a_database_that_is_not_migrated_say_to_run_db_upgrade(
+    fresh: Idp, args: list[str], stdin: str | None
+) -> None:
+    fresh.write("clients.toml", VALID_CLIENTS)
+    assert_fails_in_one_line(fresh(*args, stdin=stdin), "idp db upgrade")
+
+
+# user add / list
+
+
+def test_user_add_creates_an_active_user_with_an_opaque_subject(idp: Idp) -> None:
+    out = idp.ok("user", "add", "alice", "--email", "alice@example.com", "--name", "Alice",
+                 "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    assert "alice" in out
+
+    users = idp.users()
+    assert list(users) == ["alice"]
+    email, state, subject = users["alice"]
+    assert (email, state) == ("alice@example.com", "active")
+    assert "alice" not in subject.lower()
+    assert len(subject) >= 16
+    [(stored_hash, name)] = idp.query("SELECT password_hash, name FROM users")
+    assert name == "Alice"
+    assert isinstance(stored_hash, str) and stored_hash.startswith("$argon2id$")
+    assert GOOD_PASSWORD.encode() not in idp.database_bytes()
+
+
+def test_two_users_get_different_subjects(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    idp.ok("user", "add", "bob.smith", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    users = idp.users()
+    assert users["alice"][2] != users["bob.smith"][2]
+
+
+@pytest.mark.parametrize("again", [
+    pytest.param("alice", id="same name"),
+    pytest.param("ALICE", id="same name in capitals"),
+    pytest.param(" alice ", id="same name with spaces around"),
+])
+def test_adding_an_existing_user_again_fails_and_changes_nothing(idp: Idp, again: str) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    before = idp.users()
+
+    result = idp("user", "add", again, "--email", "other@example.com", "--password-stdin", stdin=GOOD_PASSWORD + "x\n")
+
+    assert_fails_in_one_line(result, "alice", "already exists")
+    assert result.stdout == ""
+    assert idp.users() == before
+
+
+WEAK_PASSWORDS = [
+    pytest.param("violet-harbor7", "at least 15", id="refuses 14 characters"),
+    pytest.param("1qaz2wsx3edc4rfv", "common", id="refuses a common 16-character password"),
+    pytest.param("a" * 20, "repeated", id="refuses one repeated character"),
+    pytest.param("abcdefghijklmnopq", "sequence", id="refuses a letter sequence"),
+    pytest.param("alice-walks-the-long-road", "username", id="refuses a password containing the username"),
+]
+
+
+@pytest.mark.parametrize(("password", "reason"), WEAK_PASSWORDS)
+def test_a_weak_password_is_refused_and_no_user_is_created(idp: Idp, password: str, reason: str) -> None:
+    result = idp("user", "add", "alice", "--email", "alice@example.com", "--password-stdin", stdin=password + "\n")
+
+    line = assert_fails_in_one_line(result, "password", reason)
+    assert password not in line
+    assert result.stdout == ""
+    assert idp.users() == {}
+    assert idp.query("SELECT count(*) FROM users") == [(0,)]
+
+
+BAD_NEW_USERS = [
+    pytest.param(["alice", "--email", "not-an-email"], "--email", id="refuses an email without @"),
+    pytest.param(["alice", "--email", "alice @example.com"], "--email", id="refuses an email with a space"),
+    pytest.param(["alice", "--email", "alice@"], "--email", id="refuses an email without a domain"),
+    pytest.param(["al ice"], "username", id="refuses a username with a space"),
+    pytest.param([""], "username", id="refuses an empty username"),
+    pytest.param(["   "], "username", id="refuses a blank username"),
+    pytest.param(["alice/bob"], "username", id="refuses a username with a slash"),
+    pytest.param(["a" * 129], "username", id="refuses a 129-character username"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), BAD_NEW_USERS)
+def test_a_bad_username_or_email_is_refused_and_no_user_is_created(idp: Idp, args: list[str], named: str) -> None:
+    result = idp("user", "add", *args, "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+
+    assert_fails_in_one_line(result, named)
+    assert idp.users() == {}
+
+
+@pytest.mark.parametrize("stdin", [
+    pytest.param("", id="empty standard input"),
+    pytest.param("\n", id="an empty line"),
+])
+def test_password_stdin_without_a_password_is_refused(idp: Idp, stdin: str) -> None:
+    result = idp("user", "add", "alice", "--password-stdin", stdin=stdin)
+
+    assert_fails_in_one_line(result, "--password-stdin")
+    assert idp.users() == {}
+
+
+# user disable
+
+
+def test_user_disable_marks_the_user_disabled(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    idp.ok("user", "add", "bob.smith", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    subject = idp.users()["alice"][2]
+
+    assert "alice" in idp.ok("user", "disable", "alice")
+
+    users = idp.users()
+    assert users["alice"] == ["alice@example.com", "disabled", subject]
+    assert users["bob.smith"][1] == "active"
+
+
+def test_disabling_an_unknown_user_fails_cleanly(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+
+    result = idp("user", "disable", "mallory")
+
+    assert_fails_in_one_line(result, "mallory")
+    assert result.stdout == ""
+    assert idp.users()["alice"][1] == "active"
+
+
+# clients sync
+
+
+def sync_counts(output: str) -> tuple[int, int, int]:
+    found = re.search(r"(\d+) added, (\d+) updated, (\d+) removed", output)
+    assert found, output
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def stored_clients(idp: Idp) -> list[tuple[object, ...]]:
+    return idp.query("SELECT client_id, secret_digest, config FROM clients ORDER BY client_id")
+
+
+def test_clients_sync_adds_the_file_s_clients_and_a_second_run_adds_none(idp: Idp) -> None:
+    path = idp.write("clients.toml", VALID_CLIENTS)
+
+    assert sync_counts(idp.ok("clients", "sync", path)) == (2, 0, 0)
+    assert [row[0] for row in stored_clients(idp)] == ["app", "shop"]
+    assert sync_counts(idp.ok("clients", "sync", path)) == (0, 0, 0)
+
+
+def test_clients_sync_stores_a_secret_digest_and_never_the_secret(idp: Idp) -> None:
+    idp.ok("clients", "sync", idp.write("clients.toml", VALID_CLIENTS))
+
+    digests = dict(row[:2] for row in stored_clients(idp))
+    assert digests["app"] is None  # public client: nothing to store
+    assert isinstance(digests["shop"], str) and digests["shop"] and digests["shop"] != SHOP_SECRET
+    assert SHOP_SECRET.encode() not in idp.database_bytes()
+    assert SHOP_SECRET[:20].encode() not in idp.database_bytes()
+
+
+def test_clients_sync_reports_removed_and_updated_clients(idp: Idp) -> None:
+    idp.ok("clients", "sync", idp.write("clients.toml", VALID_CLIENTS))
+    only_shop = VALID_CLIENTS.split("[[clients]]\nclient_id = \"app\"")[0].replace('"Shop"', '"The Shop"')
+
+    assert sync_counts(idp.ok("clients", "sync", idp.write("shop-only.toml", only_shop))) == (0, 1, 1)
+    assert [row[0] for row in stored_clients(idp)] == ["shop"]
+
+
+INVALID_CLIENTS = [
+    pytest.param(VALID_CLIENTS.replace('scope = "openid', 'scop = "openid'), "scop",
+                 id="refuses an unknown key"),
+    pytest.param(VALID_CLIENTS.replace("https://shop.example/callback", "http://shop.example/callback"),
+                 "redirect_uris", id="refuses an http redirect for a host other than localhost"),
+    pytest.param(VALID_CLIENTS.replace('["authorization_code", "refresh_token"]', '["implicit"]'),
+                 "grant_types", id="refuses the implicit grant type"),
+]
+
+
+@pytest.mark.parametrize(("text", "field"), INVALID_CLIENTS)
+def test_an_invalid_clients_file_is_refused_whole_and_leaves_the_synced_clients_alone(
+    idp: Idp, text: str, field: str
+) -> None:
+    good = idp.write("clients.toml", VALID_CLIENTS)
+    idp.ok("clients", "sync", good)
+    before = stored_clients(idp)
+
+    result = idp("clients", "sync", idp.write("bad.toml", text))
+
+    line = assert_fails_in_one_line(result, "bad.toml", '"shop"', field)
+    assert SHOP_SECRET not in line
+    assert stored_clients(idp) == before
+    assert sync_counts(idp.ok("clients", "sync", good)) == (0, 0, 0)
+
+
+def test_an_invalid_clients_file_on_an_empty_database_adds_nothing(idp: Idp) -> None:
+    # the good client comes first in the file: it must not be added on its own
+    text = VALID_CLIENTS + '\n[[clients]]\nclient_id = "bad"\nredirect_uris = ["ftp://x"]\n'
+    result = idp("clients", "sync", idp.write("bad.toml", text))
+
+    assert_fails_in_one_line(result, '"bad"', "redirect_uris")
+    assert stored_clients(idp) == []
+
+
+def test_syncing_a_missing_clients_file_fails_cleanly(idp: Idp) -> None:
+    assert_fails_in_one_line(idp("clients", "sync", "no-such-file.toml"), "no-such-file.toml")
+
+
+# keys
+
+
+def parse_keys(output: str) -> list[list[str]]:
+    return [line.split("\t") for line in output.splitlines()]
+
+
+def test_keys_rotate_retires_the_old_key_and_keeps_it_published(idp: Idp) -> None:
+    first = idp.ok("keys", "rotate")
+    second = idp.ok("keys", "rotate", IDP_ID_TOKEN_TTL_SECONDS="600")
+    rotated_at = datetime.now(timezone.utc)
+
+    keys = parse_keys(idp.ok("keys", "list"))
+    assert len(keys) == 2
+    states = [key[3] for key in keys]
+    assert states.count("active") == 1
+    [active] = [key for key in keys if key[3] == "active"]
+    [retired] = [key for key in keys if key[3] != "active"]
+    assert active[0] in second and retired[0] in first
+    assert {key[1] for key in keys} == {"RS256"}
+
+    found = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", retired[3])
+    assert found, retired[3]
+    until = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    # the ID token lifetime in force at rotation (600 s) plus a small clock-skew margin
+    assert rotated_at + timedelta(seconds=600) - timedelta(seconds=5) <= until
+    assert until <= rotated_at + timedelta(seconds=600 + 900)
+
+
+def test_a_third_rotation_keeps_every_unexpired_key_published(idp: Idp) -> None:
+    for _ in range(3):
+        idp.ok("keys", "rotate")
+
+    states = [key[3] for key in parse_keys(idp.ok("keys", "list"))]
+    assert states[0] == "active"  # newest first
+    assert len(states) == 3 and all(state.startswith("retired, published until ") for state in states[1:])
+
+
+def test_signing_keys_are_not_stored_in_plain_text(idp: Idp) -> None:
+    idp.ok("keys", "rotate")
+    idp.ok("keys", "rotate")
+
+    stored = idp.database_bytes()
+    assert b"PRIVATE KEY" not in stored
+    assert b"BEGIN" not in stored
+    [(blob,)] = idp.query("SELECT private_key_encrypted FROM signing_keys LIMIT 1")
+    assert b"MII" not in blob  # the start of any base64 DER key
+
+
+def test_keys_list_on_a_migrated_database_without_keys_prints_nothing(idp: Idp) -> None:
+    assert idp.ok("keys", "list") == ""
+
+
+# every error: one line on stderr, non-zero exit
+
+
+def test_serve_with_several_workers_needs_redis(idp: Idp) -> None:
+    assert_fails_in_one_line(idp("serve", "--workers", "2", "--port", "0"), "IDP_REDIS_URL")
+
+
+def test_serve_with_zero_workers_is_refused(idp: Idp) -> None:
+    assert_fails_in_one_line(idp("serve", "--workers", "0", "--port", "0"), "--workers")
+
+
+@pytest.mark.parametrize(("extra_env", "named"), [
+    pytest.param({"IDP_CODE_TTL_SECONDS": "0"}, "IDP_CODE_TTL_SECONDS", id="an out-of-range lifetime"),
+    pytest.param({"IDP_ISSUER": "http://id.example.com"}, "IDP_ISSUER", id="an http issuer"),
+    pytest.param({"IDP_DATABASE_URL": "mysql://u:p@db/idp"}, "IDP_DATABASE_URL", id="a MySQL database"),
+    pytest.param({"IDP_CONFIG": "/nonexistent/idp.toml"}, "IDP_CONFIG", id="a missing config file"),
+])
+def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
+    idp: Idp, extra_env: dict[str, str], named: str
+) -> None:
+    assert_fails_in_one_line(idp("user", "list", **extra_env), named)
+
+
+def test_errors_go_to_stderr_and_successes_to_stdout(idp: Idp) -> None:
+    ok = idp("db", "upgrade")
+    assert ok.returncode == 0 and ok.stdout and ok.stderr == ""
+    failed = idp("user", "disable", "nobody")
+    assert failed.stdout == "" and failed.stderr.startswith("idp: error: ")
+
+
+def test_an_unusable_database_path_fails_in_one_line(fresh: Idp) -> None:
+    (fresh.home / "a-file").write_text("not a directory")
+    result = fresh("db", "upgrade", IDP_DATABASE_URL=f"sqlite:///{fresh.home}/a-file/idp.db")
+    assert_fails_in_one_line(result)
+
+
+def test_a_file_that_is_not_a_database_fails_in_one_line(fresh: Idp) -> None:
+    fresh.db_path.write_text("this is not SQLite\n" * 100)
+    assert_fails_in_one_line(fresh("user", "list"))
+
+
+def test_an_unwritable_data_dir_for_the_development_key_fails_in_one_line(idp: Idp) -> None:
+    (idp.home / "a-file").write_text("not a directory")
+    result = idp("keys", "rotate", IDP_DATA_DIR=str(idp.home / "a-file" / "var"))
+    assert_fails_in_one_line(result)
+    assert idp.query("SELECT count(*) FROM signing_keys") == [(0,)]
