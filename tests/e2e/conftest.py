@@ -171,7 +171,7 @@ def browser():  # type: ignore[no-untyped-def]
     if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         message = f"{CHROMIUM} is missing: install Debian's chromium package (never `playwright install`)"
         if os.environ.get("CI"):
-            pytest.fail(message)
+            pytest.fail(message + " [CI is set: the browser test must run, not skip]")
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
