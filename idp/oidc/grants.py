@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError, OAuth2Error
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
@@ -58,9 +58,14 @@ class S256CodeChallenge(CodeChallenge):
         super().validate_code_challenge(grant, redirect_uri)
 
     def validate_code_verifier(self, grant: Any, result: Any) -> None:
-        if not grant.request.form.get("code_verifier"):
-            raise InvalidRequestError("Missing 'code_verifier'")
-        super().validate_code_verifier(grant, result)
+        try:
+            if not grant.request.form.get("code_verifier"):
+                raise InvalidRequestError("Missing 'code_verifier'")
+            super().validate_code_verifier(grant, result)
+        except OAuth2Error:
+            # A failed verifier burns the code: no second guess at the same code (RFC 9700 §4.8 spirit).
+            consume_authorization_code(grant.request.db, grant.request.authorization_code.row)
+            raise
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):

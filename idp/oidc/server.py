@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749.errors import InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
@@ -58,6 +58,14 @@ class IdpAuthorizationServer(AuthorizationServer):
         self.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT(ctx))
         self.register_endpoint(Revocation)
         self.register_endpoint(Introspection)
+
+    def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> Any:
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError as error:
+            # Authlib's text lists internal method names; say what matters to the RP.
+            error.description = error.description if "assertion" in (error.description or "").lower() else "Client authentication failed."
+            raise
 
     def query_client(self, client_id: str) -> RegisteredClient | None:
         return self.ctx.clients.get(client_id)

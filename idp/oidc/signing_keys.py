@@ -87,9 +87,17 @@ class KeyCache:
         self._lock = threading.Lock()
 
     def get(self) -> ActiveKeys:
-        if self._keys is None or time.monotonic() - self._loaded_at > self._refresh_seconds:
+        keys = self.fresh()
+        if keys is None:
             self.reload()
-        assert self._keys is not None
+            keys = self._keys
+        assert keys is not None
+        return keys
+
+    def fresh(self) -> ActiveKeys | None:
+        """The cached key set if it is recent enough; None means a reload (database I/O) is due."""
+        if self._keys is None or time.monotonic() - self._loaded_at > self._refresh_seconds:
+            return None
         return self._keys
 
     def reload(self) -> None:

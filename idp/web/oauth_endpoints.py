@@ -110,6 +110,8 @@ async def discovery(request: Request) -> Response:
 
 
 async def jwks(request: Request) -> Response:
-    keys = await run_in_threadpool(services_of(request).oidc.keys.get)
-    return Response(keys.jwks_bytes, media_type="application/jwk-set+json",
+    # application/json rather than jwk-set+json: older RP libraries warn on the latter
+    cache = services_of(request).oidc.keys
+    keys = cache.fresh() or await run_in_threadpool(cache.get)  # database I/O only every few seconds
+    return Response(keys.jwks_bytes, media_type="application/json",
                     headers={"cache-control": "public, max-age=60", "access-control-allow-origin": "*"})

@@ -195,3 +195,10 @@ def test_disabled_user_loses_refresh_and_userinfo(client):
         disable_user(db, "alice")
     assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
     assert client.get("/userinfo", headers={"authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
+
+
+def test_a_wrong_code_verifier_burns_the_code(client):
+    request, code = sign_in_and_get_code(client)
+    wrong = redeem(client, request, code, code_verifier="y" * 64)
+    assert wrong.json()["error"] == "invalid_grant"
+    assert redeem(client, request, code).json()["error"] == "invalid_grant"
