@@ -1,0 +1,62 @@
+"""Discovery (OIDC Discovery §3, RFC 9207 §3), JWKS and signing-key rotation."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from joserfc import jws
+from sqlalchemy import select, update
+
+from idp.clock import utcnow
+from idp.db.models import SigningKey
+from idp.oidc.signing_keys import rotate_signing_key
+from tests.support.rp import decode_id_token, tokens_for
+
+
+def test_discovery_describes_the_provider(client):
+    meta = client.get("/.well-known/openid-configuration").json()
+    assert meta["issuer"] == "http://localhost:8000"
+    assert meta["token_endpoint"] == "http://localhost:8000/token"
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert meta["response_types_supported"] == ["code"]
+    assert meta["authorization_response_iss_parameter_supported"] is True
+    assert set(meta["acr_values_supported"]) == {"pwd", "mfa", "phr"}
+    assert "private_key_jwt" in meta["token_endpoint_auth_methods_supported"]
+
+
+def test_jwks_publishes_public_keys_only(client):
+    keys = client.get("/jwks").json()["keys"]
+    assert keys and all("d" not in key and key["alg"] == "RS256" and key["use"] == "sig" for key in keys)
+
+
+def _kid_of(token: str) -> str:
+    return jws.extract_compact(token.encode()).headers()["kid"]
+
+
+def test_rotation_signs_with_the_new_key_and_keeps_the_old_one_published(client):
+    services = client.app.state.services
+    old_tokens = tokens_for(client)
+    old_kid = _kid_of(old_tokens["id_token"])
+    with services.sessions.begin() as db:
+        new_kid = rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600).kid
+    services.oidc.keys.reload()  # every process reloads within its refresh interval; force it here
+    published = {k["kid"] for k in client.get("/jwks").json()["keys"]}
+    assert published == {old_kid, new_kid}
+    new_tokens = tokens_for(client)
+    assert _kid_of(new_tokens["id_token"]) == new_kid
+    assert decode_id_token(client, old_tokens["id_token"])["aud"] == "shop"  # still verifiable
+
+
+def test_retired_key_leaves_jwks_once_its_tokens_have_expired(client):
+    services = client.app.state.services
+    old_kid = _kid_of(tokens_for(client)["id_token"])
+    with services.sessions.begin() as db:
+        rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600)
+        db.execute(update(SigningKey).where(SigningKey.kid == old_kid).values(unpublish_at=utcnow() - timedelta(seconds=1)))
+    services.oidc.keys.reload()
+    assert old_kid not in {k["kid"] for k in client.get("/jwks").json()["keys"]}
+
+
+def test_private_keys_are_encrypted_at_rest(client):
+    with client.app.state.services.sessions() as db:
+        for row in db.scalars(select(SigningKey)):
+            assert b"PRIVATE KEY" not in row.private_key_encrypted
