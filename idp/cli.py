@@ -7,6 +7,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from idp.settings import Settings, SettingsError, load_settings
 
@@ -20,17 +21,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         args.handler(settings, args)
-    except (CommandError, SettingsError, ValueError) as exc:
-        print(f"idp: error: {exc}", file=sys.stderr)
-        return 2
+    except (CommandError, SettingsError, ValueError, OSError) as exc:
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # database errors: the driver's own message, on one line
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(exc, SQLAlchemyError):
+            raise
+        return _fail(f"database: {getattr(exc, 'orig', None) or exc}")
     return 0
 
 
+def _fail(message: str) -> int:
+    print(f"idp: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line too, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="idp", description="OpenID Connect identity provider")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="idp", description="OpenID Connect identity provider")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     serve = commands.add_parser("serve", help="serve HTTP")
     serve.add_argument("--host", default="127.0.0.1")
@@ -38,10 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(handler=_serve)
 
-    db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True, parser_class=_OneLineParser)
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)
 
-    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True, parser_class=_OneLineParser)
     add = user.add_parser("add", help="add a user")
     add.add_argument("username")
     add.add_argument("--email")
@@ -53,21 +71,28 @@ def _parser() -> argparse.ArgumentParser:
     disable.add_argument("username")
     disable.set_defaults(handler=_user_disable)
 
-    clients = commands.add_parser("clients", help="relying parties").add_subparsers(dest="clients_command", required=True)
+    clients = commands.add_parser("clients", help="relying parties").add_subparsers(dest="clients_command", required=True, parser_class=_OneLineParser)
     sync = clients.add_parser("sync", help="make the registered clients exactly those of FILE")
     sync.add_argument("file")
     sync.set_defaults(handler=_clients_sync)
 
-    keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
     keys.add_parser("rotate", help="sign with a new key; keep the old one published until its tokens expire").set_defaults(handler=_keys_rotate)
     keys.add_parser("list", help="list signing keys").set_defaults(handler=_keys_list)
     return parser
 
 
 def _database(settings: Settings, *, migrated: bool = True):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
     from idp.db.engine import make_engine, make_sessionmaker
     from idp.db.migrate import is_current
 
+    url = make_url(settings.database_url)
+    if migrated and url.drivername.startswith("sqlite") and url.database and not Path(url.database).exists():
+        raise CommandError(f"no database at {url.database}; run `idp db upgrade`")  # and do not create an empty one
     engine = make_engine(settings.database_url)
     if migrated and not is_current(engine):
         raise CommandError("the database schema is not current; run `idp db upgrade`")

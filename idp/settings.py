@@ -78,6 +78,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if value is not None:
             raw[f.name] = value
     raw.update(overrides)
+    if "secret_key" in raw and isinstance(raw["secret_key"], str) and raw["secret_key"] and not raw["secret_key"].strip():
+        raise SettingsError("IDP_SECRET_KEY: is blank")
     settings = Settings(**{f.name: _coerce(f.name, raw[f.name], f.type) for f in fields(Settings) if f.name in raw})
     return _validated(settings)
 
@@ -143,6 +145,12 @@ def _check_issuer(issuer: str) -> None:
     parts = urlsplit(issuer)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError("IDP_ISSUER: must be an absolute http(s) URL")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingsError("IDP_ISSUER: invalid port") from None
+    if "@" in parts.netloc:
+        raise SettingsError("IDP_ISSUER: must not contain credentials")
     if parts.query or parts.fragment or issuer.endswith("/"):
         raise SettingsError("IDP_ISSUER: must have no query, fragment or trailing slash")
     if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
@@ -151,5 +159,5 @@ def _check_issuer(issuer: str) -> None:
 
 def _check_database_url(url: str) -> None:
     scheme = urlsplit(url).scheme
-    if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+    if not (scheme.startswith("sqlite") or scheme.startswith("postgres")):
         raise SettingsError("IDP_DATABASE_URL: must be a sqlite:// or postgresql:// URL")

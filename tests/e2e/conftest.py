@@ -166,7 +166,7 @@ def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
 
 # --- the browser -------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright's sync API holds an event loop: stop it before other modules run
 def browser():  # type: ignore[no-untyped-def]
     if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         message = f"{CHROMIUM} is missing: install Debian's chromium package (never `playwright install`)"
