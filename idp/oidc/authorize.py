@@ -4,6 +4,7 @@ RFC 9207 `iss`), show an error page (client or redirect_uri not trusted: never r
 or ask the login chain or the consent page for what is missing."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from idp.oidc.request import IdpRequest
 from idp.oidc.server import IdpAuthorizationServer
 from idp.security.audit import record_audit
 
+_RESPONSE_TYPE = re.compile(r"[A-Za-z0-9_ ]{1,100}")
 KNOWN_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 
 
@@ -69,6 +71,11 @@ def decide(
 ) -> Outcome:
     if not request.payload.redirect_uri:
         return ErrorPage(400, "The request has no redirect_uri.")  # OIDC Core §3.1.2.1: REQUIRED
+    if not _printable_ascii(request.payload.redirect_uri):
+        return ErrorPage(400, "The redirect_uri is not registered for this client.")
+    response_type = request.payload.data.get("response_type")
+    if response_type is not None and not _RESPONSE_TYPE.fullmatch(response_type):
+        request.payload.data["response_type"] = "unsupported"  # Authlib would echo it into an error text
     try:
         grant = server.get_consent_grant(request=request, end_user=session.user if session else None)
         _check_oidc_parameters(request, grant.redirect_uri)
@@ -171,6 +178,8 @@ def _error_outcome(request: IdpRequest, error: OAuth2Error) -> Outcome:
     if not error.redirect_uri:
         # client or redirect_uri not established: never redirect (open redirector)
         return ErrorPage(400, error.description or error.error)
+    if error.error == "unsupported_response_type" and not request.payload.data.get("response_type"):
+        error.error = "invalid_request"  # RFC 6749 §4.1.2.1: a missing parameter
     if error.state is None and request.payload.state:
         error.state = request.payload.state
     status, body, headers = error()
@@ -181,6 +190,11 @@ def _error_outcome(request: IdpRequest, error: OAuth2Error) -> Outcome:
 def _with_issuer(location: str | None, request: IdpRequest) -> str:
     assert location is not None
     return add_params_to_uri(location, [("iss", request.ctx.issuer)])  # RFC 9207 §2
+
+
+def _printable_ascii(value: str) -> bool:
+    # what RFC 6749 allows in error texts, which Authlib builds from the redirect_uri
+    return all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in value)
 
 
 def _login_hint(request: IdpRequest) -> str | None:

@@ -53,11 +53,12 @@ class RegisteredClient(ClientMixin):
         uris = self.config.get("redirect_uris") or []
         return uris[0] if len(uris) == 1 else None
 
-    def get_allowed_scope(self, scope: str | None) -> str:
-        # Out-of-policy scopes are refused by validate_requested_scope, not silently dropped.
+    def get_allowed_scope(self, scope: str | None) -> str | None:
+        # A scope outside the client's policy is refused (None → invalid_scope), never silently dropped.
         if not scope:
             return " ".join(sorted(self.scopes & {"openid", "profile", "email"}))
-        return " ".join(s for s in scope.split() if s in self.scopes)
+        requested = scope.split()
+        return " ".join(requested) if set(requested) <= self.scopes else None
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in (self.config.get("redirect_uris") or [])  # exact match only

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
@@ -53,19 +53,16 @@ class S256CodeChallenge(CodeChallenge):
         data = grant.request.payload.data
         if not data.get("code_challenge"):
             raise InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256")
-        if data.get("code_challenge_method", "S256") != "S256":
+        if data.get("code_challenge_method") != "S256":  # absent means plain (RFC 7636 §4.3)
             raise InvalidRequestError("Unsupported 'code_challenge_method': only S256 is accepted")
         super().validate_code_challenge(grant, redirect_uri)
 
     def validate_code_verifier(self, grant: Any, result: Any) -> None:
-        try:
-            if not grant.request.form.get("code_verifier"):
-                raise InvalidRequestError("Missing 'code_verifier'")
-            super().validate_code_verifier(grant, result)
-        except OAuth2Error:
-            # A failed verifier burns the code: no second guess at the same code (RFC 9700 §4.8 spirit).
-            consume_authorization_code(grant.request.db, grant.request.authorization_code.row)
-            raise
+        # A wrong verifier does not burn the code: whoever holds only the code must not be able
+        # to spoil the real client's redemption, and 256-bit verifiers cannot be guessed.
+        if not grant.request.form.get("code_verifier"):
+            raise InvalidRequestError("Missing 'code_verifier'")
+        super().validate_code_verifier(grant, result)
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
@@ -162,6 +159,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
     request: IdpRequest
 
+    def validate_token_request(self) -> None:
+        self.server.validate_requested_scope(self.request.payload.scope)
+        super().validate_token_request()
+
     def authenticate_refresh_token(self, refresh_token: str) -> _RefreshView | None:
         db, ctx = self.request.db, self.request.ctx
         row = find_refresh_token(db, ctx.keyring, refresh_token)
@@ -195,9 +196,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
     def issue_token(self, user: User, refresh_token: Any) -> dict[str, Any]:
-        scope = self.request.payload.scope or refresh_token.get_scope()
-        if "offline_access" in refresh_token.get_scope().split() and "offline_access" not in scope.split():
-            scope = scope  # narrowing the scope is allowed (RFC 6749 §6)
+        scope = self.request.payload.scope or refresh_token.get_scope()  # narrowing is allowed (RFC 6749 §6)
         return self.generate_token(user=user, scope=scope, include_refresh_token=True)  # type: ignore[no-any-return]
 
     def revoke_old_credential(self, refresh_token: Any) -> None:

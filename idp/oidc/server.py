@@ -8,10 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, InvalidScopeError, UnsupportedTokenTypeError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
 
@@ -61,11 +62,22 @@ class IdpAuthorizationServer(AuthorizationServer):
 
     def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> Any:
         try:
-            return super().authenticate_client(request, methods, endpoint)
+            client = super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
             # Authlib's text lists internal method names; say what matters to the RP.
-            error.description = error.description if "assertion" in (error.description or "").lower() else "Client authentication failed."
+            if (error.description or "").startswith("The client cannot authenticate"):
+                error.description = "Client authentication failed."
             raise
+        named = request.payload.data.get("client_id")
+        if named is not None and named != client.get_client_id():
+            # RFC 7521 §4.2: a client_id that contradicts the authenticated client is an error
+            raise InvalidClientError(status_code=401, description="client_id does not match the authenticated client.")
+        return client
+
+    def create_token_response(self, request: IdpRequest) -> OAuthResponse:  # type: ignore[override]
+        if not request.payload.grant_type:
+            return self.handle_error_response(request, InvalidRequestError("Missing 'grant_type'."))  # RFC 6749 §5.2
+        return super().create_token_response(request)  # type: ignore[no-any-return]
 
     def query_client(self, client_id: str) -> RegisteredClient | None:
         return self.ctx.clients.get(client_id)
@@ -143,6 +155,23 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         super().__init__(validate_jti=True, leeway=30)
         self.ctx = ctx
 
+    def __call__(self, query_client: Any, request: Any) -> Any:
+        try:
+            return super().__call__(query_client, request)
+        except InvalidClientError:
+            raise
+        except (JoseError, ValueError, TypeError):
+            # joserfc and Authlib echo attacker-chosen header values into messages: fixed text
+            raise InvalidClientError(description="Invalid JWT assertion.") from None
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
+        try:
+            return super().process_assertion_claims(assertion, resolve_key)
+        except InvalidClientError:
+            raise
+        except (JoseError, ValueError, TypeError):
+            raise InvalidClientError(description="Invalid JWT assertion.") from None
+
     def get_audiences(self) -> list[str]:
         return [self.ctx.token_endpoint, self.ctx.issuer]
 
@@ -176,10 +205,25 @@ class _TokenLookup:
                 return _TokenView(row)
         return None
 
+    def check_params(self, request: IdpRequest, client: Any) -> None:
+        try:
+            super().check_params(request, client)  # type: ignore[misc]
+        except UnsupportedTokenTypeError:
+            raise _UnsupportedTokenType() from None
+
     def create_endpoint_request(self, request: IdpRequest) -> IdpRequest:
         # Endpoint objects are shared by all threads: the request's session goes in a context var.
         _endpoint_db.set(request.db)
         return request
+
+
+class _UnsupportedTokenType(UnsupportedTokenTypeError):
+    """RFC 7009 §2.2.1: a 400, not Authlib's 401 without a challenge."""
+
+    status_code = 400
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
 
 class _TokenView:

@@ -3,6 +3,7 @@ discovery and JWKS. Read the request once, run the sync OAuth core in the thread
 with one unit of work, turn its result into a response."""
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -44,11 +45,17 @@ def to_response(result: OAuthResponse) -> Response:
 async def _run_endpoint(request: Request, call: Any) -> Response:
     services = services_of(request)
     if request.method != "POST":
-        return oauth_error(405, "invalid_request", "Use POST.")
+        response = oauth_error(405, "invalid_request", "Use POST.")
+        response.headers["allow"] = "POST"
+        return response
     try:
         params = await read_params(request, max_bytes=services.settings.max_body_bytes)
     except BadParameters as exc:
         return oauth_error(400, "invalid_request", str(exc))
+    if not _basic_credentials_readable(request.headers.get("authorization")):
+        response = oauth_error(401, "invalid_client", "Client authentication failed.")
+        response.headers["www-authenticate"] = 'Basic error="invalid_client"'
+        return response
     ip = request_ip(request)
 
     def unit_of_work() -> OAuthResponse:
@@ -60,6 +67,22 @@ async def _run_endpoint(request: Request, call: Any) -> Response:
             return call(services.server, oauth_request)  # type: ignore[no-any-return]
 
     return to_response(await run_in_threadpool(unit_of_work))
+
+
+def _basic_credentials_readable(header: str | None) -> bool:
+    """Authlib decodes Basic credentials without catching bad UTF-8: refuse those here."""
+    if not header or " " not in header:
+        return True  # Authlib ignores these
+    parts = header.split(None, 1)
+    if len(parts) != 2:
+        return False  # Authlib would fail to unpack it
+    if parts[0].lower() != "basic":
+        return True
+    try:
+        decoded = base64.b64decode(parts[1].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return ":" in decoded and len(decoded) <= 1024
 
 
 async def token(request: Request) -> Response:
@@ -88,6 +111,8 @@ async def userinfo(request: Request) -> Response:
     result = await run_in_threadpool(unit_of_work)
     if isinstance(result, UserInfoError):
         challenge = f'Bearer error="{result.error}", error_description="{result.description}"'
+        if access_token is None:
+            challenge = 'Bearer realm="idp"'  # RFC 6750 §3.1: no error code when no credentials were sent
         headers = {**NO_STORE, "www-authenticate": challenge}
         return JSONResponse({"error": result.error, "error_description": result.description}, result.status, headers)
     return JSONResponse(result, headers=NO_STORE)

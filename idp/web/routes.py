@@ -18,9 +18,10 @@ routes = [
     Route("/login", login.submit_login, methods=["POST"]),
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),
-    Route("/token", oauth_endpoints.token, methods=["POST"]),
-    Route("/revoke", oauth_endpoints.revoke, methods=["POST"]),
-    Route("/introspect", oauth_endpoints.introspect, methods=["POST"]),
+    # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405
+    Route("/token", oauth_endpoints.token, methods=["GET", "POST"]),
+    Route("/revoke", oauth_endpoints.revoke, methods=["GET", "POST"]),
+    Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
     Route("/userinfo", oauth_endpoints.userinfo, methods=["GET", "POST"]),
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]

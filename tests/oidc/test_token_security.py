@@ -91,6 +91,7 @@ def test_pkce_verifier_must_match(client, verifier):
 @pytest.mark.parametrize("extra, error", [
     pytest.param({"code_challenge_method": "plain"}, "invalid_request", id="refuses code_challenge_method=plain"),
     pytest.param({"code_challenge": None, "code_challenge_method": None}, "invalid_request", id="refuses a request without PKCE"),
+    pytest.param({"code_challenge_method": None}, "invalid_request", id="refuses a challenge without a method (plain by default)"),
 ])
 def test_pkce_downgrade_is_refused_at_the_authorization_endpoint(client, extra, error):
     from tests.support.rp import query_of
@@ -197,8 +198,16 @@ def test_disabled_user_loses_refresh_and_userinfo(client):
     assert client.get("/userinfo", headers={"authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
 
 
-def test_a_wrong_code_verifier_burns_the_code(client):
+def test_a_wrong_code_verifier_does_not_let_a_code_thief_spoil_the_real_redemption(client):
     request, code = sign_in_and_get_code(client)
     wrong = redeem(client, request, code, code_verifier="y" * 64)
     assert wrong.json()["error"] == "invalid_grant"
-    assert redeem(client, request, code).json()["error"] == "invalid_grant"
+    assert redeem(client, request, code).status_code == 200
+
+
+def test_a_scope_outside_the_clients_policy_is_refused_not_dropped(client):
+    from tests.support.rp import query_of
+
+    response = start(client, AuthRequest(client_id="spa", redirect_uri="http://localhost:5173/callback",
+                                         scope="openid offline_access"))
+    assert query_of(response.headers["location"])["error"] == "invalid_scope"
