@@ -18,7 +18,10 @@ from idp.settings import Settings, load_settings
 from idp.state.memory import MemoryStore
 from tests.support.seed import seed
 
-POSTGRES_URL = os.environ.get("IDP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_SERVER_URL = os.environ.get("IDP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# One schema per test run, so two runs on one server (a laptop, CI beside a session) never collide.
+POSTGRES_SCHEMA = f"idp_test_{os.getpid()}"
+POSTGRES_URL = f"{POSTGRES_SERVER_URL}?options=-csearch_path%3D{POSTGRES_SCHEMA}"
 IN_CI = bool(os.environ.get("CI"))
 ISSUER = "http://localhost:8000"
 
@@ -34,20 +37,22 @@ def postgres_engine() -> Iterator[Engine]:
     engine = make_engine(POSTGRES_URL, pool_size=5)
     try:
         with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {POSTGRES_SCHEMA}"))
     except Exception as exc:  # noqa: BLE001 - any connection failure means "no PostgreSQL"
         engine.dispose()
-        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(exc).__name__}")
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_SERVER_URL}: {type(exc).__name__}")
     upgrade(engine)
     yield engine
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {POSTGRES_SCHEMA} CASCADE"))
     engine.dispose()
 
 
 def _truncate_all(engine: Engine) -> None:
     with engine.begin() as conn:
         tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"))]
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 
 

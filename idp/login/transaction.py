@@ -36,17 +36,15 @@ def save_transaction(store: StateStore, tx: LoginTransaction, *, ttl_seconds: in
 def find_transaction(store: StateStore, tx_id: object) -> LoginTransaction | None:
     if not isinstance(tx_id, str) or not 8 <= len(tx_id) <= 64:
         return None
-    raw = store.get(_PREFIX + tx_id)
-    if raw is None:
-        return None
-    data = json.loads(raw)
-    data["steps_done"] = tuple(data.get("steps_done", ()))
-    return LoginTransaction(**data)
+    return _decoded(store.get(_PREFIX + tx_id))
 
 
 def consume_transaction(store: StateStore, tx_id: str) -> LoginTransaction | None:
     """Single use: the request resumes exactly once."""
-    raw = store.take(_PREFIX + tx_id)
+    return _decoded(store.take(_PREFIX + tx_id))
+
+
+def _decoded(raw: bytes | None) -> LoginTransaction | None:
     if raw is None:
         return None
     data = json.loads(raw)

@@ -2,6 +2,8 @@
 SQL, responses as framework-neutral values (the web layer turns them into HTTP)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -156,21 +158,12 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         self.ctx = ctx
 
     def __call__(self, query_client: Any, request: Any) -> Any:
-        try:
+        with _fixed_assertion_errors():
             return super().__call__(query_client, request)
-        except InvalidClientError:
-            raise
-        except (JoseError, ValueError, TypeError):
-            # joserfc and Authlib echo attacker-chosen header values into messages: fixed text
-            raise InvalidClientError(description="Invalid JWT assertion.") from None
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
-        try:
+        with _fixed_assertion_errors():
             return super().process_assertion_claims(assertion, resolve_key)
-        except InvalidClientError:
-            raise
-        except (JoseError, ValueError, TypeError):
-            raise InvalidClientError(description="Invalid JWT assertion.") from None
 
     def get_audiences(self) -> list[str]:
         return [self.ctx.token_endpoint, self.ctx.issuer]
@@ -188,6 +181,18 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
             jwks = fetch_client_jwks(client.config.get("jwks_uri") or "")
         return KeySet.import_key_set(jwks)
+
+
+@contextmanager
+def _fixed_assertion_errors() -> Iterator[None]:
+    """joserfc and Authlib echo attacker-chosen header values into messages (and some raise
+    TypeError): any such failure becomes invalid_client with a fixed text."""
+    try:
+        yield
+    except InvalidClientError:
+        raise
+    except (JoseError, ValueError, TypeError):
+        raise InvalidClientError(description="Invalid JWT assertion.") from None
 
 
 class _TokenLookup:

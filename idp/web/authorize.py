@@ -15,7 +15,7 @@ from idp.login.sessions import find_session
 from idp.oidc.authorize import CurrentSession, ErrorPage, NeedConsent, NeedLogin, Outcome, RedirectToClient, decide
 from idp.oidc.request import IdpRequest
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import render
+from idp.web.pages import error_page
 from idp.web.params import BadParameters, read_params
 
 EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
@@ -86,9 +86,3 @@ def redirect_origin(params: dict[str, str]) -> tuple[str, ...]:
     """The client's redirect origin, for the CSP form-action of pages that lead back to it."""
     parts = urlsplit(params.get("redirect_uri", ""))
     return (f"{parts.scheme}://{parts.netloc}",) if parts.scheme in ("http", "https") and parts.netloc else ()
-
-
-def error_page(request: Request, status: int, message: str) -> Response:
-    response = render(request, "error.html", status=status, message=message)
-    response.headers.update(NO_STORE)
-    return response

@@ -7,10 +7,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from idp.login import transaction as tx_store
-from idp.web.authorize import EXPIRED_MESSAGE, error_page, redirect_origin, respond, run_authorization
+from idp.web.authorize import EXPIRED_MESSAGE, redirect_origin, respond, run_authorization
+from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, services_of
-from idp.web.pages import check_form_csrf, render
-from idp.web.params import BadParameters, read_params
+from idp.web.pages import error_page, render
 
 SCOPE_TEXT = {
     "openid": "Sign you in with your account",
@@ -36,12 +36,9 @@ async def show_consent(request: Request) -> Response:
 
 async def submit_consent(request: Request) -> Response:
     services = services_of(request)
-    try:
-        params = await read_params(request, max_bytes=services.settings.max_body_bytes)
-    except BadParameters as exc:
-        return error_page(request, 400, str(exc))
-    if not check_form_csrf(request, params):
-        return error_page(request, 403, "The form expired. Go back and try again.")
+    params = await read_form(request)
+    if isinstance(params, Response):
+        return params
     decision = params.get("decision")
     if decision not in ("allow", "deny"):
         return error_page(request, 400, "Choose Allow or Deny.")

@@ -12,10 +12,10 @@ from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import start_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
-from idp.web.authorize import EXPIRED_MESSAGE, error_page
+from idp.web.authorize import EXPIRED_MESSAGE
+from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import check_form_csrf, render, set_cookie
-from idp.web.params import BadParameters, read_params
+from idp.web.pages import error_page, render, set_cookie
 
 
 async def show_login(request: Request) -> Response:
@@ -38,12 +38,9 @@ def login_page(request: Request, tx: tx_store.LoginTransaction | None, *, userna
 
 async def submit_login(request: Request) -> Response:
     services = services_of(request)
-    try:
-        params = await read_params(request, max_bytes=services.settings.max_body_bytes)
-    except BadParameters as exc:
-        return error_page(request, 400, str(exc))
-    if not check_form_csrf(request, params):
-        return error_page(request, 403, "The form expired. Go back and try again.")
+    params = await read_form(request)
+    if isinstance(params, Response):
+        return params
     tx = None
     if "tx" in params:
         tx = await run_in_threadpool(tx_store.find_transaction, services.store, params["tx"])

@@ -53,3 +53,9 @@ def build_csp(form_targets: tuple[str, ...] = ()) -> str:
 def set_cookie(response: Response, request: Request, name: str, value: str, *, max_age: int | None) -> None:
     secure = request.app.state.services.settings.secure_cookies
     response.set_cookie(name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax")
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    response = render(request, "error.html", status=status, message=message)
+    response.headers.update({"cache-control": "no-store", "pragma": "no-cache"})
+    return response
