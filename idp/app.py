@@ -26,6 +26,7 @@ from idp.security.client_ip import parse_networks
 from idp.security.keyring import Keyring, load_or_create_dev_master_key
 from idp.security.passwords import PasswordHashing
 from idp.settings import Settings, SettingsError
+from idp.state.memory import MemoryStore
 from idp.state.store import StateStore, open_store
 from idp.web.routes import routes
 from idp.web.security_headers import SecurityHeadersMiddleware
@@ -64,6 +65,7 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         settings=settings, engine=engine, sessions=sessions, keyring=keyring, store=store, hashing=hashing, oidc=ctx,
         server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds),
         trusted_proxies=parse_networks(settings.trusted_proxies), discovery_bytes=metadata_bytes(settings.issuer),
+        blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
     )
 
 

@@ -116,11 +116,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     from idp.app import create_app
 
     if args.workers == 1:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=False, server_header=False)
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=False, server_header=False,
+                    access_log=False)
     else:
         create_app(settings)  # validate everything once before forking
         uvicorn.run("idp.asgi:create", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    proxy_headers=False, server_header=False)
+                    proxy_headers=False, server_header=False, access_log=False)
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from idp.web.blocking import run_blocking
 from idp.login import transaction as tx_store
 from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
@@ -34,7 +34,7 @@ async def authorize(request: Request) -> Response:
 async def resume(request: Request) -> Response:
     """Back from the login chain or consent: the parked request continues."""
     services = services_of(request)
-    tx = await run_in_threadpool(tx_store.find_transaction, services.store, request.query_params.get("tx"))
+    tx = await run_blocking(request, tx_store.find_transaction, services.store, request.query_params.get("tx"))
     if tx is None:
         return error_page(request, 400, EXPIRED_MESSAGE)
     outcome = await run_authorization(request, tx.params, tx=tx)
@@ -63,21 +63,21 @@ async def run_authorization(
             fresh = tx is not None and current is not None and tx.authenticated_sid == current.sid
             return decide(services.server, oauth_request, current, authenticated_now=fresh, consent_decision=consent)
 
-    return await run_in_threadpool(unit_of_work)
+    return await run_blocking(request, unit_of_work)
 
 
 async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx: tx_store.LoginTransaction | None) -> Response:
     services = services_of(request)
     if isinstance(outcome, RedirectToClient):
         if tx is not None:
-            await run_in_threadpool(tx_store.consume_transaction, services.store, tx.id)
+            await run_blocking(request, tx_store.consume_transaction, services.store, tx.id)
         return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
     if isinstance(outcome, ErrorPage):
         return error_page(request, outcome.status, outcome.message)
     if tx is None:
         hint = outcome.login_hint if isinstance(outcome, NeedLogin) else None
         tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, hint)
-        await run_in_threadpool(tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
+        await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
     target = "/login" if isinstance(outcome, NeedLogin) else "/consent"
     return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
 

@@ -2,10 +2,10 @@
 client and scopes; prompt=consent asks again; first-party clients skip it)."""
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from idp.web.blocking import run_blocking
 from idp.login import transaction as tx_store
 from idp.web.authorize import EXPIRED_MESSAGE, redirect_origin, respond, run_authorization
 from idp.web.forms import read_form
@@ -22,7 +22,7 @@ SCOPE_TEXT = {
 
 async def show_consent(request: Request) -> Response:
     services = services_of(request)
-    tx = await run_in_threadpool(tx_store.find_transaction, services.store, request.query_params.get("tx"))
+    tx = await run_blocking(request, tx_store.find_transaction, services.store, request.query_params.get("tx"))
     if tx is None:
         return error_page(request, 400, EXPIRED_MESSAGE)
     scopes = (tx.params.get("scope") or "openid").split()
@@ -42,7 +42,7 @@ async def submit_consent(request: Request) -> Response:
     decision = params.get("decision")
     if decision not in ("allow", "deny"):
         return error_page(request, 400, "Choose Allow or Deny.")
-    tx = await run_in_threadpool(tx_store.find_transaction, services.store, params.get("tx"))
+    tx = await run_blocking(request, tx_store.find_transaction, services.store, params.get("tx"))
     if tx is None:
         return error_page(request, 400, EXPIRED_MESSAGE)
     outcome = await run_authorization(request, tx.params, tx=tx, consent=decision == "allow")

@@ -1,10 +1,10 @@
 """The site root: says who is signed in."""
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from idp.web.blocking import run_blocking
 from idp.login.sessions import COOKIE_NAME, find_session
 from idp.web.oauth_endpoints import NO_STORE, services_of
 from idp.web.pages import render
@@ -19,6 +19,6 @@ async def home(request: Request) -> Response:
             found = find_session(db, services.keyring, services.session_policy, cookie)
             return found[1].username if found else None
 
-    response = render(request, "home.html", username=await run_in_threadpool(signed_in_username))
+    response = render(request, "home.html", username=await run_blocking(request, signed_in_username))
     response.headers.update(NO_STORE)
     return response

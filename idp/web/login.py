@@ -2,10 +2,10 @@
 user, wrong password, disabled account) gets the same page, status and message."""
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from idp.web.blocking import run_blocking
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
@@ -23,7 +23,7 @@ async def show_login(request: Request) -> Response:
     tx_id = request.query_params.get("tx")
     tx = None
     if tx_id is not None:
-        tx = await run_in_threadpool(tx_store.find_transaction, services.store, tx_id)
+        tx = await run_blocking(request, tx_store.find_transaction, services.store, tx_id)
         if tx is None:
             return error_page(request, 400, EXPIRED_MESSAGE)
     return login_page(request, tx, username=tx.login_hint if tx else "", error=None, status=200)
@@ -43,24 +43,24 @@ async def submit_login(request: Request) -> Response:
         return params
     tx = None
     if "tx" in params:
-        tx = await run_in_threadpool(tx_store.find_transaction, services.store, params["tx"])
+        tx = await run_blocking(request, tx_store.find_transaction, services.store, params["tx"])
         if tx is None:
             return error_page(request, 400, EXPIRED_MESSAGE)
     username, password = params.get("username", ""), params.get("password", "")
     if not username or not password:
         return login_page(request, tx, username=username[:128], error="Enter your username and password.", status=400)
 
-    candidate = await run_in_threadpool(_find_candidate, services, username)
+    candidate = await run_blocking(request, _find_candidate, services, username)
     result = await password_step.verify_password_step(services.hashing, candidate, password)
     ip = request_ip(request)
     if isinstance(result, password_step.PasswordFailed):
-        await run_in_threadpool(_record_failure, services, result.user_id, ip)
+        await run_blocking(request, _record_failure, services, result.user_id, ip)
         return login_page(request, tx, username=username[:128], error=result.public_message, status=401)
 
     new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
-    cookie, sid = await run_in_threadpool(_sign_in, services, result.user_id, new_hash, request, ip)
+    cookie, sid = await run_blocking(request, _sign_in, services, result.user_id, new_hash, request, ip)
     if tx is not None:
-        await run_in_threadpool(tx_store.save_transaction, services.store, tx.finished_by(sid),
+        await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid),
                                 ttl_seconds=services.settings.login_ttl_seconds)
         target = f"/authorize/resume?tx={tx.id}"
     else:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from idp.web.blocking import run_blocking
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import OAuthResponse
 from idp.oidc.userinfo import UserInfoError, userinfo_for
@@ -66,7 +66,7 @@ async def _run_endpoint(request: Request, call: Any) -> Response:
             )
             return call(services.server, oauth_request)  # type: ignore[no-any-return]
 
-    return to_response(await run_in_threadpool(unit_of_work))
+    return to_response(await run_blocking(request, unit_of_work))
 
 
 def _basic_credentials_readable(header: str | None) -> bool:
@@ -108,7 +108,7 @@ async def userinfo(request: Request) -> Response:
         with services.sessions.begin() as db:
             return userinfo_for(db, services.keyring, access_token)
 
-    result = await run_in_threadpool(unit_of_work)
+    result = await run_blocking(request, unit_of_work)
     if isinstance(result, UserInfoError):
         challenge = f'Bearer error="{result.error}", error_description="{result.description}"'
         if access_token is None:
@@ -137,6 +137,6 @@ async def discovery(request: Request) -> Response:
 async def jwks(request: Request) -> Response:
     # application/json rather than jwk-set+json: older RP libraries warn on the latter
     cache = services_of(request).oidc.keys
-    keys = cache.fresh() or await run_in_threadpool(cache.get)  # database I/O only every few seconds
+    keys = cache.fresh() or await run_blocking(request, cache.get)  # database I/O only every few seconds
     return Response(keys.jwks_bytes, media_type="application/json",
                     headers={"cache-control": "public, max-age=60", "access-control-allow-origin": "*"})

@@ -29,3 +29,4 @@ class Services:
     session_policy: SessionPolicy
     trusted_proxies: tuple[Network, ...]
     discovery_bytes: bytes
+    blocking_inline: bool  # see idp/web/blocking.py
