@@ -7,7 +7,7 @@ REDIRECT_URI = "http://localhost:9999/callback"  # never contacted: the driver s
 SCOPE = "openid profile email offline_access"
 CLIENT_CREDENTIALS_SCOPE = "profile"  # openid and offline_access need a user
 USERNAME = "alice"
-PASSWORD = "benchmark passphrase of alice, 42 chars"  # NIST: ≥15 characters, not a common one
+PASSWORD = "benchmark passphrase: horse battery 42"  # NIST: ≥15 characters, not a common one
 
 CLIENTS_TOML = f"""\
 # The benchmark's one relying party, the same as bench/peers/oidc-provider/server.mjs's.

@@ -88,6 +88,28 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Usage:
+    cpu_percent: float  # 100 = one core busy for the whole window
+    rss_bytes: int  # over the process tree, at the end of the window
+
+
+class Meter:
+    """The server's CPU time over a measured window, its memory at the end."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._cpu = self._started = 0.0
+
+    def start(self) -> None:
+        self._cpu, self._started = cpu_seconds(self._server.pids()), time.monotonic()
+
+    def stop(self) -> Usage:
+        pids = self._server.pids()
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        return Usage(100 * (cpu_seconds(pids) - self._cpu) / elapsed, sum(rss_bytes(pid) for pid in pids))
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name: [state, ppid, …, utime(11), stime(12)]."""
     try:

@@ -3,11 +3,13 @@ and the Authlib server, and hands them to the routes through app.state. Nothing 
 itself on import; tests build an app with their own settings and store."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -59,6 +61,7 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         store=store, lifetimes=lifetimes, code_ttl_seconds=settings.code_ttl_seconds,
         id_token_ttl_seconds=settings.id_token_ttl_seconds,
     )
+    _reload_caches_of(ctx)  # fail at start, not on the first request
     hashing = hashing or PasswordHashing(max_concurrent=settings.max_concurrent_hashes, time_cost=settings.argon2_time_cost,
                                          memory_cost_kib=settings.argon2_memory_kib)
     return Services(
@@ -74,8 +77,9 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services.oidc.keys.get()  # fail at start, not on the first request
+        refresher = asyncio.create_task(_refresh_caches(services))
         yield
+        refresher.cancel()
         services.hashing.close()
         services.store.close()
         services.engine.dispose()
@@ -88,6 +92,29 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
     )
     app.state.services = services
     return app
+
+
+REFRESH_SECONDS = 5.0  # bound on how long a `clients sync` or `keys rotate` takes to reach every process
+
+
+async def _refresh_caches(services: Services) -> None:
+    """Clients and signing keys are read in every token request: keep them in memory and
+    reload them here, off the request path, so a request never waits on this I/O."""
+    while True:
+        await asyncio.sleep(REFRESH_SECONDS)
+        try:
+            await run_in_threadpool(_reload_caches, services)
+        except Exception:  # noqa: BLE001 - a database blip must not stop the refresher
+            log.exception("reloading clients and signing keys failed; keeping the previous ones")
+
+
+def _reload_caches(services: Services) -> None:
+    _reload_caches_of(services.oidc)
+
+
+def _reload_caches_of(ctx: OidcContext) -> None:
+    ctx.clients.reload()
+    ctx.keys.reload()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

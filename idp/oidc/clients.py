@@ -1,10 +1,9 @@
 """Relying parties as Authlib sees them (ClientMixin), served from an in-memory registry
-that is reloaded from the database every few seconds, so a token request costs no client
-query and a `clients sync` on any host reaches every process."""
+that the app reloads from the database every few seconds, so a token request costs no
+client query and a `clients sync` on any host reaches every process."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from authlib.oauth2.rfc6749 import ClientMixin
@@ -81,25 +80,24 @@ class RegisteredClient(ClientMixin):
 
 
 class ClientRegistry:
-    """All clients in memory; reloaded when older than `refresh_seconds`."""
+    """All clients in memory. Loaded at start-up and reloaded by the app's background
+    refresher, never inside a request: a request may hold the only database connection."""
 
-    def __init__(self, sessions: sessionmaker[Session], keyring: Keyring, *, refresh_seconds: float = 5.0) -> None:
+    def __init__(self, sessions: sessionmaker[Session], keyring: Keyring) -> None:
         self._sessions = sessions
         self._keyring = keyring
-        self._refresh_seconds = refresh_seconds
-        self._clients: dict[str, RegisteredClient] = {}
-        self._loaded_at = float("-inf")
+        self._clients: dict[str, RegisteredClient] | None = None
         self._lock = threading.Lock()
 
     def get(self, client_id: object) -> RegisteredClient | None:
         if not isinstance(client_id, str) or len(client_id) > 128:
             return None
-        if time.monotonic() - self._loaded_at > self._refresh_seconds:
+        if self._clients is None:
             self.reload()
+        assert self._clients is not None
         return self._clients.get(client_id)
 
     def reload(self) -> None:
         with self._lock, self._sessions() as db:
             rows = db.scalars(select(Client)).all()
             self._clients = {r.client_id: RegisteredClient(r.config, r.secret_digest, self._keyring) for r in rows}
-            self._loaded_at = time.monotonic()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,31 +75,21 @@ def load_active_keys(db: Session, keyring: Keyring) -> ActiveKeys:
 
 
 class KeyCache:
-    """The active key set, reloaded from the database when older than `refresh_seconds`."""
+    """The active key set in memory. Loaded at start-up and reloaded by the app's background
+    refresher, never inside a request: a request may hold the only database connection."""
 
-    def __init__(self, sessions: sessionmaker[Session], keyring: Keyring, *, refresh_seconds: float = 10.0) -> None:
+    def __init__(self, sessions: sessionmaker[Session], keyring: Keyring) -> None:
         self._sessions = sessions
         self._keyring = keyring
-        self._refresh_seconds = refresh_seconds
         self._keys: ActiveKeys | None = None
-        self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def get(self) -> ActiveKeys:
-        keys = self.fresh()
-        if keys is None:
+        if self._keys is None:
             self.reload()
-            keys = self._keys
-        assert keys is not None
-        return keys
-
-    def fresh(self) -> ActiveKeys | None:
-        """The cached key set if it is recent enough; None means a reload (database I/O) is due."""
-        if self._keys is None or time.monotonic() - self._loaded_at > self._refresh_seconds:
-            return None
+        assert self._keys is not None
         return self._keys
 
     def reload(self) -> None:
         with self._lock, self._sessions() as db:
             self._keys = load_active_keys(db, self._keyring)
-            self._loaded_at = time.monotonic()

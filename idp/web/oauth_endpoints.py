@@ -136,7 +136,6 @@ async def discovery(request: Request) -> Response:
 
 async def jwks(request: Request) -> Response:
     # application/json rather than jwk-set+json: older RP libraries warn on the latter
-    cache = services_of(request).oidc.keys
-    keys = cache.fresh() or await run_blocking(request, cache.get)  # database I/O only every few seconds
+    keys = services_of(request).oidc.keys.get()  # in memory; the background refresher reloads it
     return Response(keys.jwks_bytes, media_type="application/json",
                     headers={"cache-control": "public, max-age=60", "access-control-allow-origin": "*"})

@@ -56,6 +56,7 @@ def seed(services: Services) -> None:
         sync_clients(db, services.keyring, configs)
         for username, email in (("alice", "alice@example.com"), ("bob", "bob@example.com")):
             add_user(db, username=username, email=email, name=username.title(), password_hash=services.hashing.hash(PASSWORD))
+    services.oidc.clients.reload()  # what the app's background refresher would do within seconds
 
 
 def _toml_with_inline_jwks() -> str:

@@ -1,0 +1,185 @@
+"""Rendering the results as Markdown: one table per backend and worker count, and the
+results file (machine, settings, how to read the table, notes)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from bench.ceiling import Argon2Ceiling
+from bench.loadgen import LoadResult
+from bench.machine import Machine
+from bench.scenarios import SCENARIOS, Scenario
+
+BACKEND_NAMES = {"sqlite": "SQLite + in-process store", "postgres": "PostgreSQL + Redis"}
+COLUMNS = ("scenario", "idp /s", "p50 ms", "p99 ms", "errors", "CPU %", "RSS MB", "peer /s", "peer p50", "peer p99",
+           "peer errors", "peer CPU %", "peer RSS MB", "idp/peer", "Keycloak /s/vCPU", "idp/Keycloak", "load CPU %")
+NO_PASSWORD = "†"
+
+
+@dataclass
+class Measured:
+    """One scenario against one server: the load result, or why there is none."""
+
+    result: LoadResult | None
+    failure: str = ""
+
+
+@dataclass
+class Section:
+    backend: str
+    workers: int
+    server_cpus: list[int] = field(default_factory=list)  # empty: not pinned
+    load_cpus: list[int] = field(default_factory=list)
+    idp_idle_rss: list[int] = field(default_factory=list)  # bytes, per process
+    peer_idle_rss: list[int] = field(default_factory=list)
+    runs: dict[tuple[str, str], Measured] = field(default_factory=dict)  # (scenario id, "idp"|"peer")
+    skipped: str = ""
+
+    @property
+    def title(self) -> str:
+        workers = f"{self.workers} idp worker{'s' if self.workers > 1 else ''}"
+        return f"{BACKEND_NAMES.get(self.backend, self.backend)}, {workers}"
+
+
+def render_tables(sections: list[Section], ceiling: Argon2Ceiling) -> str:
+    return "\n".join(_section(s, ceiling) for s in sections)
+
+
+def _section(section: Section, ceiling: Argon2Ceiling) -> str:
+    lines = [f"### {section.title}", ""]
+    if section.skipped:
+        return "\n".join([*lines, f"Skipped: {section.skipped}", ""])
+    lines += [_placement(section), "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_row(section, scenario)) + " |" for scenario in SCENARIOS
+              if (scenario.id, "idp") in section.runs]
+    lines += ["", *_section_notes(section, ceiling), ""]
+    return "\n".join(lines)
+
+
+def _placement(section: Section) -> str:
+    if section.server_cpus:
+        where = (f"idp and peer pinned to core(s) {_cpus(section.server_cpus)} (one at a time: they alternate), "
+                 f"load generators on core(s) {_cpus(section.load_cpus)}.")
+    else:
+        where = "not pinned: too few cores, so the servers and the load generators share every core."
+    idle = _idle(section.idp_idle_rss)
+    peer = f"; peer idle RSS {_idle(section.peer_idle_rss)}" if section.peer_idle_rss else ""
+    return f"{where} idp idle RSS {idle}{peer}."
+
+
+def _cpus(cpus: list[int]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def _idle(rss_bytes: list[int]) -> str:
+    mb = [b / 2**20 for b in rss_bytes]
+    if len(mb) == 1:
+        return f"{mb[0]:.0f} MB"
+    return f"{sum(mb):.0f} MB over {len(mb)} processes (largest {max(mb):.0f} MB)"
+
+
+def _rate(rate: float) -> str:
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _row(section: Section, scenario: Scenario) -> list[str]:
+    idp, peer = section.runs[(scenario.id, "idp")], section.runs.get((scenario.id, "peer"))
+    mark = "" if scenario.peer_comparable else NO_PASSWORD
+    cells = [f"{scenario.title} ({scenario.unit}/s)", *_measures(idp, with_rss=True)]
+    cells += [c + mark if i == 0 and c != "–" else c for i, c in enumerate(_measures(peer, with_rss=True))]
+    cells.append(_ratio(idp, peer) if scenario.peer_comparable else f"n/a{NO_PASSWORD}")
+    cells += _keycloak(idp, scenario, section.workers)
+    cells.append(_load_cpu(idp, peer))
+    return cells
+
+
+def _measures(measured: Measured | None, *, with_rss: bool) -> list[str]:
+    width = 7 if with_rss else 6
+    if measured is None:
+        return ["–"] * width
+    r = measured.result
+    if r is None:
+        return ["failed", "–", "–", "run failed", *["–"] * (width - 4)]
+    cells = [_rate(r.rate), _ms(r.p50_ms), _ms(r.p99_ms), str(r.errors), f"{r.server.cpu_percent:.0f}"]
+    return cells + ([f"{r.server.rss_bytes / 2**20:.0f}"] if with_rss else [])
+
+
+def _ratio(idp: Measured, peer: Measured | None) -> str:
+    if peer is None or idp.result is None or peer.result is None or peer.result.rate == 0:
+        return "–"
+    return f"{idp.result.rate / peer.result.rate:.2f}×"
+
+
+def _keycloak(idp: Measured, scenario: Scenario, workers: int) -> list[str]:
+    if scenario.keycloak_per_vcpu is None:
+        return ["–", "–"]
+    reference = f"{scenario.keycloak_per_vcpu:g}"
+    if idp.result is None:
+        return [reference, "–"]
+    return [reference, f"{idp.result.rate / workers / scenario.keycloak_per_vcpu:.1f}×"]
+
+
+def _load_cpu(idp: Measured, peer: Measured | None) -> str:
+    values = [m.result for m in (idp, peer) if m is not None and m.result is not None]
+    return " / ".join(f"{r.load_cpu_percent:.0f}" + (f" ({r.load_processes} procs)" if r.load_processes > 1 else "")
+                      for r in values) or "–"
+
+
+def _section_notes(section: Section, ceiling: Argon2Ceiling) -> list[str]:
+    notes = []
+    password = section.runs.get(("code_flow_password", "idp"))
+    if password and password.result:
+        cores = section.workers
+        share = password.result.rate / (ceiling.verifications_per_second * cores)
+        notes.append(f"- Password login: {password.result.rate:.1f} logins/s = **{share:.0%} of the Argon2 ceiling** "
+                     f"({ceiling.verifications_per_second:.2f} verifications/s per core × {cores} core"
+                     f"{'s' if cores > 1 else ''}).")
+    for (scenario_id, server), measured in section.runs.items():
+        if measured.failure or (measured.result and measured.result.errors):
+            detail = measured.failure or "; ".join(measured.result.error_samples if measured.result else [])
+            notes.append(f"- {server} {scenario_id}: {detail or 'errors (no sample)'}")
+    return notes
+
+
+def render_report(sections: list[Section], machine: Machine, ceiling: Argon2Ceiling, settings: list[str]) -> str:
+    dirty = " (working tree with uncommitted changes)" if machine.dirty else ""
+    return "\n".join([
+        f"# idp benchmark, {machine.date}, commit {machine.commit}{dirty}", "",
+        "## Machine", "",
+        f"- {machine.nproc} cores (nproc), {machine.cpu_model}, {machine.memory_gib:.0f} GiB, Linux {machine.kernel}",
+        f"- Python {machine.python}, Node {machine.node}, {machine.wrk}", "",
+        "## Settings", "", *[f"- {line}" for line in settings],
+        f"- Argon2id: time_cost {ceiling.time_cost}, memory {ceiling.memory_kib // 1024} MiB, parallelism 1 "
+        f"(idp's production defaults); ceiling {ceiling.verifications_per_second:.2f} verifications/s on one core", "",
+        "## How to read the tables", "", HOW_TO_READ, "",
+        "## Results", "", render_tables(sections, ceiling),
+    ])
+
+
+HOW_TO_READ = f"""\
+- One row per scenario. **idp /s** is completed requests per second (`req/s`) or complete
+  flows per second (`flow/s`: authorize → login/consent as needed → code → token exchange);
+  p50/p99 are latencies of one request or one whole flow, in milliseconds, at the stated
+  number of concurrent connections. **errors** counts non-2xx/3xx answers, socket errors and
+  failed flows; any non-zero value makes the row suspect.
+- **CPU %** is the server's CPU time over the measured window, summed over its process tree
+  (100 = one core fully busy). **RSS MB** is the tree's resident memory at the end of the
+  scenario. The same columns follow for the peer (node-oidc-provider, in-memory storage).
+- **idp/peer** is idp's throughput over the peer's, measured in the same run, alternating
+  (idp A, peer A, idp B, peer B …), on the same core. Above 1.00× idp is faster.
+- {NO_PASSWORD} The peer has no password step: its "password login" row is a plain code flow
+  through a fresh session (its login and consent interactions, no hashing), so no ratio.
+- **Keycloak /s/vCPU** is Keycloak's published sizing figure per vCPU (15 password logins,
+  120 client-credentials grants, 120 refresh grants); **idp/Keycloak** divides idp's rate per
+  worker process (one core each) by it.
+- **load CPU %** is the load generator's own CPU (wrk, or the flow driver from
+  /proc/self/stat) for idp / for the peer. Near 100 per process would mean the load
+  generator, not the server, is the limit.
+- The password-login rate is also given as a share of the **Argon2 ceiling**: how many
+  Argon2id verifications per second one core can do; the gap is everything else a login costs."""
