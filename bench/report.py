@@ -11,8 +11,9 @@ from bench.machine import Machine
 from bench.scenarios import SCENARIOS, Scenario
 
 BACKEND_NAMES = {"sqlite": "SQLite + in-process store", "postgres": "PostgreSQL + Redis"}
-COLUMNS = ("scenario", "idp /s", "p50 ms", "p99 ms", "errors", "CPU %", "RSS MB", "peer /s", "peer p50", "peer p99",
-           "peer errors", "peer CPU %", "peer RSS MB", "idp/peer", "Keycloak /s/vCPU", "idp/Keycloak", "load CPU %")
+IDP_COLUMNS = ("scenario", "idp /s", "p50 ms", "p99 ms", "errors", "CPU %", "RSS MB")
+PEER_COLUMNS = ("peer /s", "peer p50", "peer p99", "peer errors", "peer CPU %", "peer RSS MB", "idp/peer")
+REFERENCE_COLUMNS = ("Keycloak /s/vCPU", "idp/Keycloak", "load CPU %")
 NO_PASSWORD = "†"
 
 
@@ -49,8 +50,10 @@ def _section(section: Section, ceiling: Argon2Ceiling) -> str:
     lines = [f"### {section.title}", ""]
     if section.skipped:
         return "\n".join([*lines, f"Skipped: {section.skipped}", ""])
-    lines += [_placement(section), "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_row(section, scenario)) + " |" for scenario in SCENARIOS
+    with_peer = any(server == "peer" for _, server in section.runs)
+    columns = IDP_COLUMNS + (PEER_COLUMNS if with_peer else ()) + REFERENCE_COLUMNS
+    lines += [_placement(section), "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_row(section, scenario, with_peer)) + " |" for scenario in SCENARIOS
               if (scenario.id, "idp") in section.runs]
     lines += ["", *_section_notes(section, ceiling), ""]
     return "\n".join(lines)
@@ -88,26 +91,28 @@ def _ms(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _row(section: Section, scenario: Scenario) -> list[str]:
+def _row(section: Section, scenario: Scenario, with_peer: bool) -> list[str]:
     idp, peer = section.runs[(scenario.id, "idp")], section.runs.get((scenario.id, "peer"))
-    mark = "" if scenario.peer_comparable else NO_PASSWORD
-    cells = [f"{scenario.title} ({scenario.unit}/s)", *_measures(idp, with_rss=True)]
-    cells += [c + mark if i == 0 and c != "–" else c for i, c in enumerate(_measures(peer, with_rss=True))]
-    cells.append(_ratio(idp, peer) if scenario.peer_comparable else f"n/a{NO_PASSWORD}")
+    cells = [f"{scenario.title} ({scenario.unit}/s)", *_measures(idp)]
+    if with_peer:
+        mark = "" if scenario.peer_comparable else NO_PASSWORD
+        peer_cells = _measures(peer)
+        cells += [peer_cells[0] + (mark if peer and peer.result else ""), *peer_cells[1:]]
+        cells.append(_ratio(idp, peer) if scenario.peer_comparable else f"n/a{NO_PASSWORD}")
     cells += _keycloak(idp, scenario, section.workers)
     cells.append(_load_cpu(idp, peer))
     return cells
 
 
-def _measures(measured: Measured | None, *, with_rss: bool) -> list[str]:
-    width = 7 if with_rss else 6
+def _measures(measured: Measured | None) -> list[str]:
+    """rate, p50, p99, errors, server CPU %, server RSS MB."""
     if measured is None:
-        return ["–"] * width
+        return ["–"] * 6
     r = measured.result
     if r is None:
-        return ["failed", "–", "–", "run failed", *["–"] * (width - 4)]
-    cells = [_rate(r.rate), _ms(r.p50_ms), _ms(r.p99_ms), str(r.errors), f"{r.server.cpu_percent:.0f}"]
-    return cells + ([f"{r.server.rss_bytes / 2**20:.0f}"] if with_rss else [])
+        return ["failed", "–", "–", "run failed", "–", "–"]
+    return [_rate(r.rate), _ms(r.p50_ms), _ms(r.p99_ms), str(r.errors), f"{r.server.cpu_percent:.0f}",
+            f"{r.server.rss_bytes / 2**20:.0f}"]
 
 
 def _ratio(idp: Measured, peer: Measured | None) -> str:
@@ -171,6 +176,7 @@ HOW_TO_READ = f"""\
 - **CPU %** is the server's CPU time over the measured window, summed over its process tree
   (100 = one core fully busy). **RSS MB** is the tree's resident memory at the end of the
   scenario. The same columns follow for the peer (node-oidc-provider, in-memory storage).
+  PostgreSQL and Redis are outside the tree: their CPU is not in idp's column (nor pinned).
 - **idp/peer** is idp's throughput over the peer's, measured in the same run, alternating
   (idp A, peer A, idp B, peer B …), on the same core. Above 1.00× idp is faster.
 - {NO_PASSWORD} The peer has no password step: its "password login" row is a plain code flow
