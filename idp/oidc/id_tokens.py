@@ -16,7 +16,8 @@ from idp.oidc.request import IdpRequest
 from idp.oidc.signing_keys import ALG
 
 
-def build_user_info(user: User, scope: str) -> UserInfo:
+def build_user_info(user: Any, scope: str) -> UserInfo:
+    """Claims released by the scope; `user` is a User or a row with the same attributes."""
     scopes = set(scope.split())
     info = UserInfo(sub=user.subject)
     if "profile" in scopes:

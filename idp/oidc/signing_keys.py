@@ -64,7 +64,10 @@ def published_keys(db: Session) -> list[SigningKey]:
 
 
 def load_active_keys(db: Session, keyring: Keyring) -> ActiveKeys:
-    keys = published_keys(db)
+    return build_active_keys(published_keys(db), keyring)
+
+
+def build_active_keys(keys: list[SigningKey], keyring: Keyring) -> ActiveKeys:
     current = next((k for k in keys if k.retired_at is None), None)
     if current is None:
         raise RuntimeError("no active signing key: run `idp keys rotate`")
@@ -82,6 +85,7 @@ class KeyCache:
         self._sessions = sessions
         self._keyring = keyring
         self._keys: ActiveKeys | None = None
+        self._published: tuple[object, ...] = ()
         self._lock = threading.Lock()
 
     def get(self) -> ActiveKeys:
@@ -92,4 +96,8 @@ class KeyCache:
 
     def reload(self) -> None:
         with self._lock, self._sessions() as db:
-            self._keys = load_active_keys(db, self._keyring)
+            keys = published_keys(db)
+            published = tuple((k.kid, k.retired_at, k.unpublish_at) for k in keys)
+            if self._keys is None or published != self._published:  # decrypt and parse only on change
+                self._keys = build_active_keys(keys, self._keyring)
+                self._published = published

@@ -105,8 +105,8 @@ async def userinfo(request: Request) -> Response:
         return oauth_error(400, "invalid_request", str(exc))
 
     def unit_of_work() -> dict[str, Any] | UserInfoError:
-        with services.sessions.begin() as db:
-            return userinfo_for(db, services.keyring, access_token)
+        with services.engine.connect() as conn:  # read-only: no transaction bookkeeping beyond the driver's
+            return userinfo_for(conn, services.keyring, access_token)
 
     result = await run_blocking(request, unit_of_work)
     if isinstance(result, UserInfoError):
