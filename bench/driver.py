@@ -24,7 +24,14 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from bench import seed
-from bench.http1 import Connection, CookieJar, HTTPFailure, Response, basic_authorization, form_body
+from bench.http1 import (
+    Connection,
+    CookieJar,
+    HTTPFailure,
+    Response,
+    basic_authorization,
+    form_body,
+)
 from bench.servers import cpu_seconds
 
 MAX_REDIRECTS = 12

@@ -21,7 +21,16 @@ from bench.loadgen import LoadError, LoadResult, run_driver, run_wrk
 from bench.machine import describe_machine
 from bench.report import Measured, Section, render_report, render_tables
 from bench.scenarios import SCENARIOS, Scenario, wrk_request
-from bench.servers import PEER_DIR, REPO, Meter, Server, ServerError, install_peer, start_idp, start_peer
+from bench.servers import (
+    PEER_DIR,
+    REPO,
+    Meter,
+    Server,
+    ServerError,
+    install_peer,
+    start_idp,
+    start_peer,
+)
 
 BACKENDS = ("sqlite", "postgres")
 MAX_DRIVER_PROCESSES = 4

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from idp.db.models import IdpSession, RefreshToken, User
 from idp.clock import utcnow
+from idp.db.models import IdpSession, RefreshToken, User
 from idp.login.steps.password import normalize_username
 from idp.security.audit import record_audit
 from idp.security.keyring import new_secret

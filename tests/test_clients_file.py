@@ -13,7 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import ECKey, RSAKey
 
-from idp.clients_file import ClientConfig, ClientsFileError, parse_clients_file, parse_clients_toml
+from idp.clients_file import (
+    ClientConfig,
+    ClientsFileError,
+    parse_clients_file,
+    parse_clients_toml,
+)
 
 SECRET = "f3a9c1d27b8e4605a1c9e2b7d4f80c36-shop"
 EC_KEY = ECKey.generate_key("P-256")

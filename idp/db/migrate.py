@@ -1,8 +1,6 @@
 """Alembic migrations, found both in a checkout (top-level migrations/) and in the wheel."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext

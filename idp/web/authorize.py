@@ -8,12 +8,19 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from idp.web.blocking import run_blocking
 from idp.login import transaction as tx_store
 from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
-from idp.oidc.authorize import CurrentSession, ErrorPage, NeedConsent, NeedLogin, Outcome, RedirectToClient, decide
+from idp.oidc.authorize import (
+    CurrentSession,
+    ErrorPage,
+    NeedLogin,
+    Outcome,
+    RedirectToClient,
+    decide,
+)
 from idp.oidc.request import IdpRequest
+from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import error_page
 from idp.web.params import BadParameters, read_params

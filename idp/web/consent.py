@@ -5,9 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from idp.web.blocking import run_blocking
 from idp.login import transaction as tx_store
-from idp.web.authorize import EXPIRED_MESSAGE, redirect_origin, respond, run_authorization
+from idp.web.authorize import (
+    EXPIRED_MESSAGE,
+    redirect_origin,
+    respond,
+    run_authorization,
+)
+from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, services_of
 from idp.web.pages import error_page, render

@@ -4,8 +4,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from idp.web.blocking import run_blocking
 from idp.login.sessions import COOKIE_NAME, find_session
+from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, services_of
 from idp.web.pages import render
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from idp.web.blocking import run_blocking
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
@@ -13,6 +12,7 @@ from idp.login.sessions import start_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
 from idp.web.authorize import EXPIRED_MESSAGE
+from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import error_page, render, set_cookie

@@ -9,11 +9,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from idp.web.blocking import run_blocking
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import OAuthResponse
 from idp.oidc.userinfo import UserInfoError, userinfo_for
 from idp.security.client_ip import client_ip
+from idp.web.blocking import run_blocking
 from idp.web.params import BadParameters, read_params
 from idp.web.services import Services
 

@@ -17,7 +17,11 @@ import httpx
 import jwt
 import pytest
 from oic.oic import Client
-from oic.oic.message import AccessTokenResponse, AuthorizationResponse, RegistrationResponse
+from oic.oic.message import (
+    AccessTokenResponse,
+    AuthorizationResponse,
+    RegistrationResponse,
+)
 from oic.utils.authn.client import CLIENT_AUTHN_METHOD
 from playwright.sync_api import Page, expect
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support.rp import AuthRequest, form_value, query_of, start, submit_login
+from tests.support.rp import AuthRequest, form_value, start, submit_login
 from tests.support.seed import PASSWORD
 
 

@@ -17,9 +17,25 @@ from joserfc import jwt
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from idp.db.models import AccessToken, AuditEvent, AuthorizationCode, Consent, IdpSession, RefreshToken
+from idp.db.models import (
+    AccessToken,
+    AuditEvent,
+    AuthorizationCode,
+    Consent,
+    IdpSession,
+    RefreshToken,
+)
 from tests.support.rp import (
-    SHOP, SHOP_REDIRECT, AuthRequest, form_value, query_of, redeem, refresh, sign_in_and_get_code, start, submit_login,
+    SHOP,
+    SHOP_REDIRECT,
+    AuthRequest,
+    form_value,
+    query_of,
+    redeem,
+    refresh,
+    sign_in_and_get_code,
+    start,
+    submit_login,
     tokens_for,
 )
 from tests.support.seed import PASSWORD, RP_KEY, SHOP_SECRET

@@ -4,7 +4,16 @@ from __future__ import annotations
 import time
 
 from tests.support.rp import (
-    SHOP, AuthRequest, decode_id_token, follow_to_client, query_of, redeem, refresh, sign_in_and_get_code, start, tokens_for,
+    SHOP,
+    AuthRequest,
+    decode_id_token,
+    follow_to_client,
+    query_of,
+    redeem,
+    refresh,
+    sign_in_and_get_code,
+    start,
+    tokens_for,
 )
 
 

@@ -9,7 +9,15 @@ import uuid
 import pytest
 from joserfc import jwt
 
-from tests.support.rp import SHOP, AuthRequest, redeem, refresh, sign_in_and_get_code, start, tokens_for
+from tests.support.rp import (
+    SHOP,
+    AuthRequest,
+    redeem,
+    refresh,
+    sign_in_and_get_code,
+    start,
+    tokens_for,
+)
 from tests.support.seed import RP_KEY
 
 
