@@ -33,6 +33,7 @@ from idp.state.store import StateStore, open_store
 from idp.web.routes import routes
 from idp.web.security_headers import SecurityHeadersMiddleware
 from idp.web.services import Services
+from idp.web.static_documents import StaticDocumentsMiddleware
 
 log = logging.getLogger("idp")
 
@@ -86,7 +87,10 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeadersMiddleware, hsts=settings.issuer.startswith("https://"))],
+        middleware=[
+            Middleware(SecurityHeadersMiddleware, hsts=settings.issuer.startswith("https://")),
+            Middleware(StaticDocumentsMiddleware, services=services),
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

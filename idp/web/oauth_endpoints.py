@@ -127,15 +127,3 @@ async def _bearer_token(request: Request, services: Services) -> str | None:
     if from_header and from_body:
         raise BadParameters("Send the access token in one place only.")  # RFC 6750 §2
     return from_header or from_body
-
-
-async def discovery(request: Request) -> Response:
-    return Response(services_of(request).discovery_bytes, media_type="application/json",
-                    headers={"cache-control": "public, max-age=300", "access-control-allow-origin": "*"})
-
-
-async def jwks(request: Request) -> Response:
-    # application/json rather than jwk-set+json: older RP libraries warn on the latter
-    keys = services_of(request).oidc.keys.get()  # in memory; the background refresher reloads it
-    return Response(keys.jwks_bytes, media_type="application/json",
-                    headers={"cache-control": "public, max-age=60", "access-control-allow-origin": "*"})

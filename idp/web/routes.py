@@ -10,8 +10,8 @@ STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "sta
 
 routes = [
     Route("/", home.home, methods=["GET"]),
-    Route("/.well-known/openid-configuration", oauth_endpoints.discovery, methods=["GET"]),
-    Route("/jwks", oauth_endpoints.jwks, methods=["GET"]),
+    # GET/HEAD /.well-known/openid-configuration and /jwks: answered before routing by
+    # static_documents.StaticDocumentsMiddleware (precomputed bytes)
     Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
     Route("/authorize/resume", authorize.resume, methods=["GET"]),
     Route("/login", login.show_login, methods=["GET"]),
