@@ -55,9 +55,3 @@ def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: s
     if now - row.last_seen_at > _TOUCH_EVERY:
         row.last_seen_at = now
     return row, user
-
-
-def end_session(db: Session, row: IdpSession, *, reason: str) -> None:
-    if row.ended_at is None:
-        row.ended_at = utcnow()
-        record_audit(db, "session.ended", user_id=row.user_id, sid=row.sid, reason=reason)

@@ -63,10 +63,6 @@ def published_keys(db: Session) -> list[SigningKey]:
     return list(db.scalars(query.order_by(SigningKey.created_at.desc(), SigningKey.id.desc())))
 
 
-def load_active_keys(db: Session, keyring: Keyring) -> ActiveKeys:
-    return build_active_keys(published_keys(db), keyring)
-
-
 def build_active_keys(keys: list[SigningKey], keyring: Keyring) -> ActiveKeys:
     current = next((k for k in keys if k.retired_at is None), None)
     if current is None:

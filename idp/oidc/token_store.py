@@ -21,12 +21,6 @@ class Lifetimes:
     grace_seconds: int
 
 
-def find_access_token(db: Session, keyring: Keyring, raw: object) -> AccessToken | None:
-    if not isinstance(raw, str) or not 16 <= len(raw) <= 256:
-        return None
-    return db.scalar(select(AccessToken).where(AccessToken.token_digest == keyring.digest(raw)))
-
-
 def find_refresh_token(db: Session, keyring: Keyring, raw: object) -> RefreshToken | None:
     if not isinstance(raw, str) or not 16 <= len(raw) <= 256:
         return None
@@ -83,10 +77,6 @@ def revoke_family(db: Session, family_id: str) -> None:
 
 def is_refresh_usable(token: RefreshToken, now: datetime) -> bool:
     return token.revoked_at is None and token.expires_at > now and token.family_expires_at > now
-
-
-def is_access_usable(token: AccessToken, now: datetime) -> bool:
-    return token.revoked_at is None and token.expires_at > now
 
 
 def within_grace(token: RefreshToken, lifetimes: Lifetimes, now: datetime) -> bool:
