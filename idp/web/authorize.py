@@ -28,6 +28,12 @@ from idp.web.params import BadParameters, read_params
 EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
 
 
+async def load_transaction(request: Request, tx_id: str | None) -> tx_store.LoginTransaction | Response:
+    """The parked request a page or form refers to, or the page saying it is gone."""
+    tx = await run_blocking(request, tx_store.find_transaction, services_of(request).store, tx_id)
+    return error_page(request, 400, EXPIRED_MESSAGE) if tx is None else tx
+
+
 async def authorize(request: Request) -> Response:
     services = services_of(request)
     try:
@@ -40,10 +46,9 @@ async def authorize(request: Request) -> Response:
 
 async def resume(request: Request) -> Response:
     """Back from the login chain or consent: the parked request continues."""
-    services = services_of(request)
-    tx = await run_blocking(request, tx_store.find_transaction, services.store, request.query_params.get("tx"))
-    if tx is None:
-        return error_page(request, 400, EXPIRED_MESSAGE)
+    tx = await load_transaction(request, request.query_params.get("tx"))
+    if isinstance(tx, Response):
+        return tx
     outcome = await run_authorization(request, tx.params, tx=tx)
     return await respond(request, outcome, tx.params, tx)
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from idp.login import transaction as tx_store
 from idp.web.authorize import (
-    EXPIRED_MESSAGE,
+    load_transaction,
     redirect_origin,
     respond,
     run_authorization,
 )
-from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
-from idp.web.oauth_endpoints import NO_STORE, services_of
+from idp.web.oauth_endpoints import NO_STORE
 from idp.web.pages import error_page, render
 
 SCOPE_TEXT = {
@@ -26,10 +24,9 @@ SCOPE_TEXT = {
 
 
 async def show_consent(request: Request) -> Response:
-    services = services_of(request)
-    tx = await run_blocking(request, tx_store.find_transaction, services.store, request.query_params.get("tx"))
-    if tx is None:
-        return error_page(request, 400, EXPIRED_MESSAGE)
+    tx = await load_transaction(request, request.query_params.get("tx"))
+    if isinstance(tx, Response):
+        return tx
     scopes = (tx.params.get("scope") or "openid").split()
     response = render(
         request, "consent.html", tx=tx, client_name=tx.client_name,
@@ -40,15 +37,14 @@ async def show_consent(request: Request) -> Response:
 
 
 async def submit_consent(request: Request) -> Response:
-    services = services_of(request)
     params = await read_form(request)
     if isinstance(params, Response):
         return params
     decision = params.get("decision")
     if decision not in ("allow", "deny"):
         return error_page(request, 400, "Choose Allow or Deny.")
-    tx = await run_blocking(request, tx_store.find_transaction, services.store, params.get("tx"))
-    if tx is None:
-        return error_page(request, 400, EXPIRED_MESSAGE)
+    tx = await load_transaction(request, params.get("tx"))
+    if isinstance(tx, Response):
+        return tx
     outcome = await run_authorization(request, tx.params, tx=tx, consent=decision == "allow")
     return await respond(request, outcome, tx.params, tx)

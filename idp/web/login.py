@@ -11,21 +11,19 @@ from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import start_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
-from idp.web.authorize import EXPIRED_MESSAGE
+from idp.web.authorize import load_transaction
 from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page, render, set_cookie
+from idp.web.pages import render, set_cookie
+from idp.web.services import Services
 
 
 async def show_login(request: Request) -> Response:
-    services = services_of(request)
     tx_id = request.query_params.get("tx")
-    tx = None
-    if tx_id is not None:
-        tx = await run_blocking(request, tx_store.find_transaction, services.store, tx_id)
-        if tx is None:
-            return error_page(request, 400, EXPIRED_MESSAGE)
+    tx = None if tx_id is None else await load_transaction(request, tx_id)
+    if isinstance(tx, Response):
+        return tx
     return login_page(request, tx, username=tx.login_hint if tx else "", error=None, status=200)
 
 
@@ -41,11 +39,9 @@ async def submit_login(request: Request) -> Response:
     params = await read_form(request)
     if isinstance(params, Response):
         return params
-    tx = None
-    if "tx" in params:
-        tx = await run_blocking(request, tx_store.find_transaction, services.store, params["tx"])
-        if tx is None:
-            return error_page(request, 400, EXPIRED_MESSAGE)
+    tx = None if "tx" not in params else await load_transaction(request, params["tx"])
+    if isinstance(tx, Response):
+        return tx
     username, password = params.get("username", ""), params.get("password", "")
     if not username or not password:
         return login_page(request, tx, username=username[:128], error="Enter your username and password.", status=400)
@@ -70,17 +66,17 @@ async def submit_login(request: Request) -> Response:
     return response
 
 
-def _find_candidate(services, username):  # type: ignore[no-untyped-def]
+def _find_candidate(services: Services, username: str) -> tuple[int, str | None, bool] | None:
     with services.sessions() as db:
         return password_step.find_login_candidate(db, username)
 
 
-def _record_failure(services, user_id: int | None, ip: str | None) -> None:  # type: ignore[no-untyped-def]
+def _record_failure(services: Services, user_id: int | None, ip: str | None) -> None:
     with services.sessions.begin() as db:
         record_audit(db, "login.password.failed", user_id=user_id, ip=ip)
 
 
-def _sign_in(services, user_id: int, new_hash: str | None, request: Request, ip: str | None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _sign_in(services: Services, user_id: int, new_hash: str | None, request: Request, ip: str | None) -> tuple[str, str]:
     with services.sessions.begin() as db:
         user = db.get(User, user_id)
         assert user is not None
