@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
@@ -15,6 +15,7 @@ from idp.security.keyring import Keyring, new_secret
 
 COOKIE_NAME = "idp_session"
 _TOUCH_EVERY = timedelta(seconds=60)  # last_seen is coarse: no write on every request
+_SESSION_BY_DIGEST = select(IdpSession).where(IdpSession.cookie_digest == bindparam("digest"))
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def start_session(
 def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: str | None) -> tuple[IdpSession, User] | None:
     if not cookie or len(cookie) > 100:
         return None
-    row = db.scalar(select(IdpSession).where(IdpSession.cookie_digest == keyring.digest(cookie)))
+    row = db.scalar(_SESSION_BY_DIGEST, {"digest": keyring.digest(cookie)})
     now = utcnow()
     if row is None or row.ended_at is not None or row.expires_at <= now:
         return None

@@ -12,7 +12,7 @@ from typing import Any
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from idp.clock import utcnow
 from idp.db.models import Consent, SessionClient, User
@@ -22,6 +22,10 @@ from idp.oidc.server import IdpAuthorizationServer
 from idp.security.audit import record_audit
 
 _RESPONSE_TYPE = re.compile(r"[A-Za-z0-9_ ]{1,100}")
+# Built once (SQLAlchemy reuses their compiled form): these run on every authorization.
+_CONSENT = select(Consent).where(Consent.user_id == bindparam("user_id"), Consent.client_id == bindparam("client_id"))
+_SESSION_CLIENT = select(SessionClient.id).where(SessionClient.session_id == bindparam("session_id"),
+                                                 SessionClient.client_id == bindparam("client_id"))
 KNOWN_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 
 
@@ -140,7 +144,7 @@ def _has_consent(request: IdpRequest, user: User, prompts: set[str], decision: b
         return decision
     if "consent" in prompts:
         return False
-    row = request.db.scalar(select(Consent).where(Consent.user_id == user.id, Consent.client_id == request.client.client_id))
+    row = request.db.scalar(_CONSENT, {"user_id": user.id, "client_id": request.client.client_id})
     return row is not None and set(request.scope.split()) <= set(row.scope.split())
 
 
@@ -158,13 +162,13 @@ def _issue(server: IdpAuthorizationServer, request: IdpRequest, grant: Any, sess
 
 def _remember(request: IdpRequest, session: CurrentSession) -> None:
     db, client_id = request.db, request.client.client_id
-    if db.scalar(select(SessionClient.id).where(SessionClient.session_id == session.session_id, SessionClient.client_id == client_id)) is None:
+    if db.scalar(_SESSION_CLIENT, {"session_id": session.session_id, "client_id": client_id}) is None:
         db.add(SessionClient(session_id=session.session_id, client_id=client_id))
 
 
 def record_consent(request: IdpRequest, user: User) -> None:
     db, client_id = request.db, request.client.client_id
-    row = db.scalar(select(Consent).where(Consent.user_id == user.id, Consent.client_id == client_id))
+    row = db.scalar(_CONSENT, {"user_id": user.id, "client_id": client_id})
     scopes = set(request.scope.split())
     if row is None:
         db.add(Consent(user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes))))

@@ -18,15 +18,17 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
 from idp.clock import epoch, utcnow
-from idp.db.models import AuthorizationCode, RefreshToken, User
+from idp.db.models import AuthorizationCode, User
 from idp.oidc import id_tokens
 from idp.oidc.request import IdpRequest
 from idp.oidc.token_store import (
     consume_authorization_code,
     consume_refresh_token,
     find_authorization_code,
-    find_refresh_token,
+    find_refresh_grant,
     is_refresh_usable,
+    owner_of,
+    reload_refresh_grant,
     revoke_family,
     within_grace,
 )
@@ -169,7 +171,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def authenticate_refresh_token(self, refresh_token: str) -> _RefreshView | None:
         db, ctx = self.request.db, self.request.ctx
-        row = find_refresh_token(db, ctx.keyring, refresh_token)
+        row = find_refresh_grant(db, ctx.keyring, refresh_token)
         now = utcnow()
         if row is None or not is_refresh_usable(row, now):
             return None
@@ -181,47 +183,47 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         view: _RefreshView = self.request.refresh_token
         db, ctx, row = self.request.db, self.request.ctx, view.row
-        user = db.get(User, row.user_id)
-        if user is None or user.disabled:
+        owner = owner_of(row)
+        if owner.disabled:
             raise InvalidGrantError("The refresh token is no longer valid.")
-        self.request.user = user
-        if row.rotated_at is not None or not consume_refresh_token(db, row):
+        self.request.user = owner
+        token = self.issue_token(owner, view)
+        successor = token["refresh_token"]
+        claimed = row.rotated_at is None and consume_refresh_token(
+            db, row.id, successor_digest=ctx.keyring.digest(successor),
+            successor_encrypted=(ctx.keyring.encrypt("refresh-successor", successor.encode())
+                                 if ctx.lifetimes.grace_seconds > 0 else None),
+        )
+        if not claimed:
             # Raced with a concurrent refresh: inside the grace period it gets the same successor.
-            if not within_grace(row, ctx.lifetimes, utcnow()) or row.successor_encrypted is None:
+            current = reload_refresh_grant(db, row.id)
+            if current is None or not within_grace(current, ctx.lifetimes, utcnow()):
                 self._revoke_after_reuse(db, row)
                 raise InvalidGrantError("The refresh token is no longer valid.")
-            self.request.reissued_refresh_token = ctx.keyring.decrypt("refresh-successor", row.successor_encrypted).decode()
-        token = self.issue_token(user, view)
+            self.request.reissued_refresh_token = ctx.keyring.decrypt("refresh-successor", current.successor_encrypted).decode()
         self.save_token(token)
-        if view.row.successor_digest is None:
-            self.revoke_old_credential(view)
         if "openid" in token.get("scope", "").split():
             token["id_token"] = id_tokens.encode_refresh_id_token(self.request, token, row)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
-    def issue_token(self, user: User, refresh_token: Any) -> dict[str, Any]:
+    def issue_token(self, user: Any, refresh_token: Any) -> dict[str, Any]:
         scope = self.request.payload.scope or refresh_token.get_scope()  # narrowing is allowed (RFC 6749 §6)
-        return self.generate_token(user=user, scope=scope, include_refresh_token=True)  # type: ignore[no-any-return]
-
-    def revoke_old_credential(self, refresh_token: Any) -> None:
-        row: RefreshToken = refresh_token.row
-        ctx = self.request.ctx
-        successor = self.request.issued_refresh_token
-        row.successor_digest = ctx.keyring.digest(successor)
-        if ctx.lifetimes.grace_seconds > 0:
-            row.successor_encrypted = ctx.keyring.encrypt("refresh-successor", successor.encode())
+        token: dict[str, Any] = self.generate_token(user=user, scope=scope, include_refresh_token=True)
+        if "refresh_token" not in token:  # the client lost the refresh_token grant type since
+            raise InvalidGrantError("The refresh token is no longer valid.")
+        return token
 
     def authenticate_user(self, refresh_token: Any) -> User | None:
         return self.request.user  # type: ignore[no-any-return]
 
-    def _revoke_after_reuse(self, db: Session, row: RefreshToken) -> None:
+    def _revoke_after_reuse(self, db: Session, row: Any) -> None:
         # A rotated-out refresh token presented again: assume theft, kill the family.
         revoke_family(db, row.family_id)
         record_audit(db, "token.refresh_reused", user_id=row.user_id, client_id=row.client_id, ip=self.request.client_ip)
 
 
 class _RefreshView:
-    def __init__(self, row: RefreshToken) -> None:
+    def __init__(self, row: Any) -> None:  # a find_refresh_grant row
         self.row = row
 
     def check_client(self, client: Any) -> bool:
