@@ -22,6 +22,7 @@ test: install
 
 # Benchmark against node-oidc-provider (README "Benchmarks"); e.g. BENCH_ARGS="--duration 5 --workers 1,2"
 bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -35,6 +35,7 @@ class Section:
     peer_idle_rss: list[int] = field(default_factory=list)
     runs: dict[tuple[str, str], Measured] = field(default_factory=dict)  # (scenario id, "idp"|"peer")
     skipped: str = ""
+    floor: Measured | None = None  # bench/floor.py under the client_credentials request
 
     @property
     def title(self) -> str:
@@ -136,6 +137,22 @@ def _load_cpu(idp: Measured, peer: Measured | None) -> str:
                       for r in values) or "–"
 
 
+def _floor_notes(section: Section) -> list[str]:
+    floor = section.floor.result if section.floor else None
+    if floor is None or floor.rate <= 0:
+        return []
+    per_core = section.workers
+    lines = [f"- Stack floor: a bare Starlette POST on the same uvicorn (bench/floor.py: body parsed, JSON "
+             f"answered, no database, no crypto) serves {_rate(floor.rate)} req/s on one core."]
+    for scenario_id in ("client_credentials", "introspection", "userinfo", "refresh"):
+        idp = section.runs.get((scenario_id, "idp"))
+        peer = section.runs.get((scenario_id, "peer"))
+        if idp and idp.result:
+            peer_text = (f", the peer {peer.result.rate / floor.rate:.2f}× it" if peer and peer.result else "")
+            lines.append(f"  - {scenario_id}: idp {idp.result.rate / per_core / floor.rate:.0%} of the floor{peer_text}.")
+    return lines
+
+
 def _section_notes(section: Section, ceiling: Argon2Ceiling) -> list[str]:
     notes = []
     password = section.runs.get(("code_flow_password", "idp"))
@@ -145,6 +162,7 @@ def _section_notes(section: Section, ceiling: Argon2Ceiling) -> list[str]:
         notes.append(f"- Password login: {password.result.rate:.1f} logins/s = **{share:.0%} of the Argon2 ceiling** "
                      f"({ceiling.verifications_per_second:.2f} verifications/s per core × {cores} core"
                      f"{'s' if cores > 1 else ''}).")
+    notes += _floor_notes(section)
     for (scenario_id, server), measured in section.runs.items():
         if measured.failure or (measured.result and measured.result.errors):
             detail = measured.failure or "; ".join(measured.result.error_samples if measured.result else [])

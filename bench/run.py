@@ -28,6 +28,7 @@ from bench.servers import (
     Server,
     ServerError,
     install_peer,
+    start_floor,
     start_idp,
     start_peer,
 )
@@ -94,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             install_peer()
         with ExitStack() as stack:
             workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="idp-bench-")))
+            floor = measure_floor(options, workdir)
             sections = [run_section(backend, workers, options, workdir)
                         for backend in options.backends for workers in options.workers]
+            for section in sections:
+                section.floor = floor
     except ServerError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         output.write_text(render_report(sections, machine, ceiling, _settings_lines(options)) + "\n")
         _progress(f"written to {output}")
     return 1 if any(_is_bad(m) for s in sections for m in s.runs.values()) else 0
+
+
+def measure_floor(options: Options, workdir: Path) -> Measured:
+    """bench/floor.py under the client_credentials request, on the core the servers get."""
+    server_cpus, load_cpus = plan_cpus(1)
+    scenario = next(s for s in SCENARIOS if s.id == "client_credentials")
+    with start_floor(workdir / "floor", server_cpus[:1]) as server:
+        measured = run_scenario(scenario, server, options, load_cpus)
+    _progress(f"stack floor (bare Starlette POST): {_summary(measured)}")
+    return measured
 
 
 def run_section(backend: str, workers: int, options: Options, workdir: Path) -> Section:

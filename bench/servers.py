@@ -173,6 +173,20 @@ def _postgres(statement: str) -> None:
         connection.execute(statement)  # type: ignore[arg-type]  # the schema name is ours, not input
 
 
+# ---- the stack floor ----------------------------------------------------------------------
+
+@contextmanager
+def start_floor(workdir: Path, cpus: Sequence[int]) -> Iterator[Server]:
+    """bench/floor.py on uvicorn with the loop, parser and flags `idp serve` uses."""
+    workdir.mkdir(parents=True)
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.floor:app", "--host", "127.0.0.1", "--port", str(port),
+               "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header"]
+    with _running("floor", command, env=dict(os.environ), cwd=REPO, port=port, cpus=cpus, processes=1,
+                  log_dir=workdir) as server:
+        yield server
+
+
 # ---- the peer ---------------------------------------------------------------------------------
 
 def install_peer() -> None:
