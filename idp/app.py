@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import is_current
+from idp.login.lockout import Lockout
 from idp.login.sessions import SessionPolicy
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.context import OidcContext
@@ -27,13 +28,15 @@ from idp.oidc.token_store import Lifetimes
 from idp.security.client_ip import parse_networks
 from idp.security.keyring import Keyring, load_or_create_dev_master_key
 from idp.security.passwords import PasswordHashing
+from idp.security.rate_limits import RateLimits
 from idp.settings import Settings, SettingsError
 from idp.state.memory import MemoryStore
-from idp.state.store import StateStore, open_store
+from idp.state.store import StateStore, StoreUnavailable, open_store
 from idp.web.routes import routes
 from idp.web.security_headers import SecurityHeadersMiddleware
 from idp.web.services import Services
 from idp.web.static_documents import StaticDocumentsMiddleware
+from idp.web.throttle import SiteRateLimitMiddleware, is_api_path
 
 log = logging.getLogger("idp")
 
@@ -55,12 +58,13 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
 
         sync_clients_file(sessions, keyring, settings.clients_file)
     store = store or open_store(settings.redis_url)
+    rate_limits = RateLimits(settings)
     lifetimes = Lifetimes(settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds,
                           settings.refresh_token_absolute_ttl_seconds, settings.refresh_grace_seconds)
     ctx = OidcContext(
         issuer=settings.issuer, keyring=keyring, keys=KeyCache(sessions, keyring), clients=ClientRegistry(sessions, keyring),
         store=store, lifetimes=lifetimes, code_ttl_seconds=settings.code_ttl_seconds,
-        id_token_ttl_seconds=settings.id_token_ttl_seconds,
+        id_token_ttl_seconds=settings.id_token_ttl_seconds, rate_limits=rate_limits,
     )
     _reload_caches_of(ctx)  # fail at start, not on the first request
     hashing = hashing or PasswordHashing(max_concurrent=settings.max_concurrent_hashes, time_cost=settings.argon2_time_cost,
@@ -70,6 +74,8 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds),
         trusted_proxies=parse_networks(settings.trusted_proxies), discovery_bytes=metadata_bytes(settings.issuer),
         blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
+        rate_limits=rate_limits,
+        lockout=Lockout(store, attempts=settings.lockout_attempts, seconds=settings.lockout_seconds),
     )
 
 
@@ -89,9 +95,10 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
         routes=routes,
         middleware=[
             Middleware(SecurityHeadersMiddleware, hsts=settings.issuer.startswith("https://")),
+            Middleware(SiteRateLimitMiddleware, services=services),
             Middleware(StaticDocumentsMiddleware, services=services),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={HTTPException: _http_error, StoreUnavailable: _store_unavailable, Exception: _server_error},
         lifespan=lifespan,
     )
     app.state.services = services
@@ -124,6 +131,26 @@ def _reload_caches_of(ctx: OidcContext) -> None:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return PlainTextResponse(exc.detail, status_code=exc.status_code, headers={"cache-control": "no-store"})
+
+
+STORE_RETRY_SECONDS = 30
+UNAVAILABLE_MESSAGE = ("Sign-in is temporarily unavailable: idp cannot reach the store that holds sign-ins in progress. "
+                       "Try again in a minute.")
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The state store (Redis) is down: hosted pages cannot run without their challenge
+    state, so they say so with a 503, and nothing is checked without it (fail closed)."""
+    from idp.web.pages import error_page
+
+    log.warning("state store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    headers = {"retry-after": str(STORE_RETRY_SECONDS), "cache-control": "no-store"}
+    if is_api_path(request.url.path):
+        return JSONResponse({"error": "temporarily_unavailable", "error_description": "Try again shortly."},
+                            status_code=503, headers=headers)
+    response = error_page(request, 503, UNAVAILABLE_MESSAGE)
+    response.headers.update(headers)
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -55,6 +55,21 @@ class Settings:
     argon2_memory_kib: int = _meta(65536, "Argon2id memory per hash in KiB", lo=8192, hi=4194304)
     max_concurrent_hashes: int = _meta(0, "Argon2 hashes run at once (0 = CPU count)", lo=0, hi=1024)
     max_body_bytes: int = _meta(65536, "largest request body accepted", lo=1024, hi=10485760)
+    lockout_attempts: int = _meta(5, "failed password/code attempts that lock an account", lo=1, hi=100)
+    lockout_seconds: int = _meta(1800, "how long a locked account stays locked", lo=10, hi=86400)
+    # Rate limits, in the `limits` notation ("N/second|minute|hour|day", several joined by
+    # ";"), or "off". Login and token limits are shared by every process through Redis
+    # when IDP_REDIS_URL is set (per process while Redis is unreachable); the site-wide
+    # limit is per process, a flood guard checked before anything else (nginx's limit_req
+    # is the cross-process first line in front of it).
+    rate_limit_login_ip: str = "30/minute;300/hour"
+    # ^ IDP_RATE_LIMIT_LOGIN_IP: login steps (password, code, backup code, passkey begin) per client IP.
+    rate_limit_login_account: str = "10/minute;100/hour"
+    # ^ IDP_RATE_LIMIT_LOGIN_ACCOUNT: login steps per account name typed, known or not.
+    rate_limit_token_client: str = "200/second"
+    # ^ IDP_RATE_LIMIT_TOKEN_CLIENT: token endpoint requests per client_id.
+    rate_limit_site_ip: str = "100/second"
+    # ^ IDP_RATE_LIMIT_SITE_IP: every request, per client IP, per process.
 
     @property
     def issuer_is_local(self) -> bool:
@@ -136,9 +151,24 @@ def _validated(s: Settings) -> Settings:
         raise SettingsError("IDP_SECRET_KEY: required when the issuer is not localhost")
     if s.refresh_token_absolute_ttl_seconds < s.refresh_token_ttl_seconds:
         raise SettingsError("IDP_REFRESH_TOKEN_ABSOLUTE_TTL_SECONDS: must not be below IDP_REFRESH_TOKEN_TTL_SECONDS")
+    for f in fields(Settings):
+        if f.name.startswith("rate_limit_"):
+            _check_rate_limit(f"IDP_{f.name.upper()}", getattr(s, f.name))
     if s.max_concurrent_hashes == 0:
         s = replace(s, max_concurrent_hashes=os.cpu_count() or 1)
     return s
+
+
+def _check_rate_limit(label: str, value: str) -> None:
+    from limits import parse_many
+
+    if value.lower() == "off":
+        return
+    try:
+        if not parse_many(value):
+            raise ValueError
+    except ValueError:
+        raise SettingsError(f"{label}: expected e.g. '30/minute;300/hour' or 'off', got {value[:60]!r}") from None
 
 
 def _check_issuer(issuer: str) -> None:

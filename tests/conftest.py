@@ -73,6 +73,10 @@ def settings(database_url: str, tmp_path) -> Settings:  # type: ignore[no-untype
     return load_settings(
         environ={}, issuer=ISSUER, database_url=database_url, secret_key="test-master-key-" + "k" * 32,
         data_dir=str(tmp_path / "var"), argon2_time_cost=1, argon2_memory_kib=8192, max_concurrent_hashes=2,
+        # the limits get their own tests (tests/security/test_rate_limits.py); elsewhere a
+        # test's dozens of requests from one address must not trip them
+        rate_limit_login_ip="off", rate_limit_login_account="off", rate_limit_token_client="off",
+        rate_limit_site_ip="off",
     )
 
 

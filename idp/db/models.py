@@ -60,6 +60,10 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Lockout (idp/login/lockout.py): failures in the window that began at failures_since.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failures_since: Mapped[datetime | None] = mapped_column()
+    locked_until: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -187,4 +191,6 @@ class AuditEvent(Base):
     user_id: Mapped[int | None] = mapped_column(Integer)
     client_id: Mapped[str | None] = mapped_column(String(128))
     ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    outcome: Mapped[str | None] = mapped_column(String(16))  # success | failure | refused
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

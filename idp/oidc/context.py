@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.signing_keys import KeyCache
@@ -20,6 +21,9 @@ class OidcContext:
     lifetimes: Lifetimes
     code_ttl_seconds: int
     id_token_ttl_seconds: int
+    # RateLimits (idp/security/rate_limits.py): the token endpoint's per-client limit,
+    # counted after the client has authenticated, so nobody can spend another client's quota.
+    rate_limits: Any = None
 
     @property
     def token_endpoint(self) -> str:

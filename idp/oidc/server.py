@@ -14,6 +14,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidClientError,
     InvalidRequestError,
     InvalidScopeError,
+    OAuth2Error,
     UnsupportedTokenTypeError,
 )
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -41,6 +42,8 @@ from idp.oidc.token_store import (
     new_token_value,
     revoke_family,
 )
+from idp.security.audit import record_audit
+from idp.state.store import StoreUnavailable
 
 # Table-level inserts built once: the ORM's insert path (and building a statement per
 # request) cost more than the database work itself.
@@ -60,6 +63,29 @@ class OAuthResponse:
     @property
     def location(self) -> str | None:
         return next((v for k, v in self.headers if k.lower() == "location"), None)
+
+
+def _first_refusal(ctx: OidcContext, client_id: str, retry_after: int) -> bool:
+    """Audit the first refusal per client and window, not every one of a flood."""
+    try:
+        return ctx.store.add(f"rl-audited:token_client:{ctx.keyring.digest(client_id)}", b"1",
+                             ttl_seconds=max(1, retry_after))
+    except StoreUnavailable:
+        return True
+
+
+class TooManyRequests(OAuth2Error):
+    """429 from the token endpoint, with Retry-After (RFC 6585 §4)."""
+
+    error = "too_many_requests"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(description=f"Too many requests for this client; retry after {retry_after} seconds.")
+        self.retry_after = retry_after
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [*super().get_headers(), ("Retry-After", str(self.retry_after))]
 
 
 class IdpAuthorizationServer(AuthorizationServer):
@@ -86,6 +112,14 @@ class IdpAuthorizationServer(AuthorizationServer):
         if named is not None and named != client.get_client_id():
             # RFC 7521 §4.2: a client_id that contradicts the authenticated client is an error
             raise InvalidClientError(status_code=401, description="client_id does not match the authenticated client.")
+        if endpoint == "token" and self.ctx.rate_limits is not None:
+            verdict = self.ctx.rate_limits.hit("token_client", client.get_client_id())
+            if not verdict.allowed:
+                if _first_refusal(self.ctx, client.get_client_id(), verdict.retry_after):
+                    record_audit(request.db, "rate_limit.exceeded", client_id=client.get_client_id(), ip=request.client_ip,
+                                 user_agent=request.headers.get("user-agent"), outcome="refused",
+                                 scope=verdict.scope, path="/token", retry_after=verdict.retry_after)
+                raise TooManyRequests(verdict.retry_after)
         return client
 
     def create_token_response(self, request: IdpRequest) -> OAuthResponse:  # type: ignore[override]
@@ -137,6 +171,10 @@ class IdpAuthorizationServer(AuthorizationServer):
         family_id = code.family_id if code else parent.family_id if parent else None
         # Core inserts, not ORM objects: nothing reads these rows back in this request, and
         # the ORM's unit-of-work bookkeeping was a quarter of a token request's CPU.
+        grant_type = request.payload.grant_type
+        record_audit(request.db, "token.issued", user_id=user.id if user else None, client_id=request.client.get_client_id(),
+                     ip=request.client_ip, user_agent=request.headers.get("user-agent"), outcome="success",
+                     grant_type=grant_type, refresh=("refresh_token" in token and user is not None and family_id is not None))
         request.db.connection().execute(_INSERT_ACCESS_TOKEN, dict(
             token_digest=keyring.digest(token["access_token"]), client_id=request.client.get_client_id(),
             user_id=user.id if user else None, scope=token["scope"], family_id=family_id,
@@ -290,6 +328,8 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
     def revoke_token(self, token: _TokenView, request: IdpRequest) -> None:
         row = token.row
+        record_audit(request.db, "token.revoked", user_id=row.user_id, client_id=row.client_id, ip=request.client_ip,
+                     user_agent=request.headers.get("user-agent"), outcome="success", token_type=token.kind)
         if token.kind == "refresh":
             revoke_family(request.db, row.family_id)  # RFC 7009 §2.1: and the access tokens of that grant
         elif row.revoked_at is None:

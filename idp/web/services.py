@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from idp.login.lockout import Lockout
 from idp.login.sessions import SessionPolicy
 from idp.oidc.context import OidcContext
 from idp.oidc.server import IdpAuthorizationServer
 from idp.security.client_ip import Network
 from idp.security.keyring import Keyring
 from idp.security.passwords import PasswordHashing
+from idp.security.rate_limits import RateLimits
 from idp.settings import Settings
 from idp.state.store import StateStore
 
@@ -30,3 +32,5 @@ class Services:
     trusted_proxies: tuple[Network, ...]
     discovery_bytes: bytes
     blocking_inline: bool  # see idp/web/blocking.py
+    rate_limits: RateLimits
+    lockout: Lockout
