@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     disable = user.add_parser("disable", help="disable a user, end their sessions, revoke their refresh tokens")
     disable.add_argument("username")
     disable.set_defaults(handler=_user_disable)
+    unlock = user.add_parser("unlock", help="clear a user's failed-attempt counter and lock")
+    unlock.add_argument("username")
+    unlock.set_defaults(handler=_user_unlock)
+
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True, parser_class=_OneLineParser)
+    tail = audit.add_parser("tail", help="print the newest audit events as JSON lines, oldest first")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many events (default 20, at most 10000)")
+    tail.add_argument("--kind", default="", help="only kinds starting with this, e.g. login. or account.locked")
+    tail.add_argument("--user", help="only events of this username")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C stops)")
+    tail.set_defaults(handler=_audit_tail)
 
     clients = commands.add_parser("clients", help="relying parties").add_subparsers(dest="clients_command", required=True, parser_class=_OneLineParser)
     sync = clients.add_parser("sync", help="make the registered clients exactly those of FILE")
@@ -114,14 +125,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if args.workers > 1 and not settings.redis_url:
         raise CommandError("--workers > 1 needs IDP_REDIS_URL: the in-process state store is not shared between processes")
     from idp.app import create_app
+    from idp.logging_config import serve_log_config
 
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=False, server_header=False,
-                    access_log=False)
+                    access_log=False, log_config=serve_log_config())
     else:
         create_app(settings)  # validate everything once before forking
         uvicorn.run("idp.asgi:create", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    proxy_headers=False, server_header=False, access_log=False)
+                    proxy_headers=False, server_header=False, access_log=False, log_config=serve_log_config())
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
@@ -181,12 +193,50 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> None:
 
     with _database(settings)() as db:
         for u in list_users(db):
-            state = "disabled" if u.disabled else "active"
+            state = "disabled" if u.disabled else (
+                f"locked until {u.locked_until:%Y-%m-%d %H:%M:%S}Z" if u.locked_until else "active")
             print(f"{u.username}\t{u.email or '-'}\t{state}\t{u.subject}")
 
 
 def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
     _with_user_command(settings, args.username, "disabled", "disable_user")
+
+
+def _user_unlock(settings: Settings, args: argparse.Namespace) -> None:
+    _with_user_command(settings, args.username, "unlocked", "unlock_user")
+
+
+def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:
+    import time
+
+    from idp.login.steps.password import normalize_username
+    from idp.security.audit import recent_events
+
+    if not 1 <= args.lines <= 10000:
+        raise CommandError("--lines must be between 1 and 10000")
+    sessions = _database(settings)
+    username = normalize_username(args.user) if args.user is not None else None
+    last_id = 0
+    while True:
+        with sessions() as db:
+            events = recent_events(db, limit=args.lines if last_id == 0 else 1000, kind_prefix=args.kind,
+                                   username=username, after_id=last_id)
+        for event_id, line in events:
+            print(line, flush=True)
+            last_id = event_id
+        if not args.follow:
+            return
+        last_id = last_id or _newest_audit_id(sessions)
+        time.sleep(1.0)
+
+
+def _newest_audit_id(sessions) -> int:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from idp.db.models import AuditEvent
+
+    with sessions() as db:
+        return int(db.scalar(select(func.coalesce(func.max(AuditEvent.id), 0))) or 0)
 
 
 def _with_user_command(settings: Settings, username: str, verb: str, function: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,6 +29,7 @@ class UserSummary:
     name: str | None
     disabled: bool
     subject: str
+    locked_until: datetime | None = None
 
 
 def check_new_user(db: Session, username: str, email: str | None) -> str:
@@ -51,7 +53,9 @@ def add_user(db: Session, *, username: str, email: str | None, name: str | None,
 
 def list_users(db: Session) -> list[UserSummary]:
     rows = db.scalars(select(User).order_by(User.username))
-    return [UserSummary(u.username, u.email, u.name, u.disabled, u.subject) for u in rows]
+    now = utcnow()
+    return [UserSummary(u.username, u.email, u.name, u.disabled, u.subject,
+                        u.locked_until if u.locked_until and u.locked_until > now else None) for u in rows]
 
 
 def get_user(db: Session, username: str) -> User:
@@ -71,4 +75,16 @@ def disable_user(db: Session, username: str) -> User:
     for token in db.scalars(select(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))):
         token.revoked_at = now
     record_audit(db, "user.disabled", user_id=user.id)
+    return user
+
+
+def unlock_user(db: Session, username: str) -> User:
+    """Clears the lockout counter and any lock (idp/login/lockout.py)."""
+    from idp.login.lockout import Lockout
+
+    user = get_user(db, username)
+    was_locked = Lockout.locked_until(user) is not None
+    Lockout.unlock(db, user.id)
+    record_audit(db, "account.unlocked", user_id=user.id, outcome="success", was_locked=was_locked,
+                 failed_logins=user.failed_logins, by="cli")
     return user

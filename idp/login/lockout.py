@@ -88,7 +88,8 @@ class Lockout:
         result = db.connection().execute(_CLEAR_ON_SUCCESS, {"user_id": user_id, "now": utcnow()})
         return result.rowcount == 1
 
-    def unlock(self, db: Session, user_id: int) -> None:
+    @staticmethod
+    def unlock(db: Session, user_id: int) -> None:
         db.connection().execute(_UNLOCK, {"user_id": user_id})
 
     @staticmethod

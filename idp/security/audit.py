@@ -11,11 +11,11 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
-from idp.db.models import AuditEvent
+from idp.db.models import AuditEvent, User
 
 log = logging.getLogger("idp.audit")
 
@@ -43,7 +43,26 @@ def record_audit(
         "outcome": outcome, "detail": detail,
     })
     if log.isEnabledFor(logging.INFO):
-        log.info(json.dumps({
-            "event": "audit", "at": at.isoformat(), "kind": kind, "outcome": outcome, "user_id": user_id,
-            "client_id": client_id, "ip": ip, "user_agent": agent, "detail": detail,
-        }, separators=(",", ":"), default=str))
+        log.info(event_json(at=at, kind=kind, outcome=outcome, user_id=user_id, client_id=client_id, ip=ip,
+                            user_agent=agent, detail=detail))
+
+
+def event_json(**fields: Any) -> str:
+    """One audit event as one JSON line (the log line and `idp audit tail` print the same)."""
+    at = fields.pop("at")
+    return json.dumps({"event": "audit", "at": at.isoformat(), **fields}, separators=(",", ":"), default=str)
+
+
+def recent_events(db: Session, *, limit: int, kind_prefix: str = "", username: str | None = None,
+                  after_id: int = 0) -> list[tuple[int, str]]:
+    """(id, JSON line) of the newest `limit` events matching, oldest first."""
+    query = (select(AuditEvent, User.username).outerjoin(User, User.id == AuditEvent.user_id)
+             .where(AuditEvent.id > after_id))
+    if kind_prefix:
+        query = query.where(AuditEvent.kind.startswith(kind_prefix, autoescape=True))
+    if username is not None:
+        query = query.where(User.username == username)
+    rows = db.execute(query.order_by(AuditEvent.id.desc()).limit(limit)).all()
+    return [(e.id, event_json(at=e.at, kind=e.kind, outcome=e.outcome, user_id=e.user_id, username=name,
+                              client_id=e.client_id, ip=e.ip, user_agent=e.user_agent, detail=e.detail))
+            for e, name in reversed(rows)]
