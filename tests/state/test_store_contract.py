@@ -19,7 +19,7 @@ from idp.state.memory import MemoryStore
 from idp.state.redis_store import RedisStore
 from idp.state.store import StateStore, StoreUnavailable, open_store
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own on the shared server
 CLOSED_PORT_URL = "redis://:s3cret-password@127.0.0.1:1/0"
 
 T = TypeVar("T")
