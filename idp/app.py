@@ -57,7 +57,7 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         from idp.clients_sync import sync_clients_file
 
         sync_clients_file(sessions, keyring, settings.clients_file)
-    store = store or open_store(settings.redis_url)
+    store = store if store is not None else open_store(settings.redis_url)  # an empty MemoryStore is falsy
     rate_limits = RateLimits(settings)
     lifetimes = Lifetimes(settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds,
                           settings.refresh_token_absolute_ttl_seconds, settings.refresh_grace_seconds)
