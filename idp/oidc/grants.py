@@ -75,6 +75,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
     request: IdpRequest
 
+    def generate_authorization_code(self) -> str:
+        # 256 bits from one os.urandom call (Authlib's default draws one syscall per character)
+        return new_secret(32)
+
     def save_authorization_code(self, code: str, request: IdpRequest) -> None:
         login: ApprovedLogin = request.login
         data = request.payload.data
