@@ -58,7 +58,7 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
 
         sync_clients_file(sessions, keyring, settings.clients_file)
     store = store if store is not None else open_store(settings.redis_url)  # an empty MemoryStore is falsy
-    rate_limits = RateLimits(settings)
+    rate_limits = RateLimits(settings, digest=keyring.digest)
     lifetimes = Lifetimes(settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds,
                           settings.refresh_token_absolute_ttl_seconds, settings.refresh_grace_seconds)
     ctx = OidcContext(

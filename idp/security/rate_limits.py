@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -50,7 +51,8 @@ def _rules(value: str) -> tuple[RateLimitItem, ...]:
 
 
 class RateLimits:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, digest: Callable[[str], str]) -> None:
+        self._digest = digest  # the keyring's keyed digest: names and addresses never reach Redis
         self.rules: dict[str, tuple[RateLimitItem, ...]] = {
             "login_ip": _rules(settings.rate_limit_login_ip),
             "login_account": _rules(settings.rate_limit_login_account),
@@ -78,6 +80,7 @@ class RateLimits:
         if not items:
             return ALLOWED
         limiter = self._limiter_for(scope)
+        key = self._digest(f"rate-limit:{scope}:{key}")
         try:
             return self._hit(limiter, items, scope, key)
         except (StorageError, redis.RedisError, OSError) as exc:
