@@ -19,6 +19,7 @@ from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import is_current
 from idp.login.lockout import Lockout
 from idp.login.sessions import SessionPolicy
+from idp.mfa.factors import SecondFactors
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.context import OidcContext
 from idp.oidc.discovery import metadata_bytes
@@ -59,6 +60,7 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         sync_clients_file(sessions, keyring, settings.clients_file)
     store = store if store is not None else open_store(settings.redis_url)  # an empty MemoryStore is falsy
     rate_limits = RateLimits(settings, digest=keyring.digest)
+    lockout = Lockout(store, attempts=settings.lockout_attempts, seconds=settings.lockout_seconds)
     lifetimes = Lifetimes(settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds,
                           settings.refresh_token_absolute_ttl_seconds, settings.refresh_grace_seconds)
     ctx = OidcContext(
@@ -75,7 +77,8 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         trusted_proxies=parse_networks(settings.trusted_proxies), discovery_bytes=metadata_bytes(settings.issuer),
         blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
         rate_limits=rate_limits,
-        lockout=Lockout(store, attempts=settings.lockout_attempts, seconds=settings.lockout_seconds),
+        lockout=lockout,
+        factors=SecondFactors(keyring, lockout, issuer=settings.issuer),
     )
 
 

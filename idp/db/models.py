@@ -182,6 +182,34 @@ class RefreshToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
+class TotpCredential(Base):
+    """A user's TOTP authenticator (RFC 6238). The secret is AEAD-encrypted under a key
+    derived from the master key for this purpose; unusable until confirmed with a code."""
+
+    __tablename__ = "totp_credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column()
+    last_used_step: Mapped[int | None] = mapped_column(Integer)  # replay guard: only later steps are accepted
+
+
+class BackupCode(Base):
+    """One single-use recovery code: found by a keyed digest (one row, so one Argon2
+    verification per attempt), then checked against its Argon2id hash."""
+
+    __tablename__ = "backup_codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # keyed digest of (user, code): 40-bit codes collide across a million users, so the
+    # owner is part of what is digested, and the lookup is by (user_id, lookup)
+    lookup: Mapped[str] = mapped_column(String(128), index=True)
+    code_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None] = mapped_column()
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_at", "at"),)

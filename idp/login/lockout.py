@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Row, bindparam, case, or_, update
+from sqlalchemy import Row, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
@@ -87,6 +87,13 @@ class Lockout:
         """Resets the counter; False when the account is locked (the success must be refused)."""
         result = db.connection().execute(_CLEAR_ON_SUCCESS, {"user_id": user_id, "now": utcnow()})
         return result.rowcount == 1
+
+    @staticmethod
+    def is_locked(db: Session, user_id: int) -> bool:
+        """For steps that continue a chain (the code step): the password's success did not
+        reset the counter, so code guesses keep counting toward the same lock."""
+        until = db.scalar(select(User.locked_until).where(User.id == user_id))
+        return until is not None and until > utcnow()
 
     @staticmethod
     def unlock(db: Session, user_id: int) -> None:

@@ -36,18 +36,19 @@ class Keyring:
     def derive(self, purpose: str) -> bytes:
         return _hkdf(self._master, purpose.encode("utf-8"))
 
-    def encrypt(self, purpose: str, plaintext: bytes) -> bytes:
+    def encrypt(self, purpose: str, plaintext: bytes, *, context: str = "") -> bytes:
         nonce = os.urandom(12)
-        # the purpose is also bound as associated data: a ciphertext cannot be moved to another use
-        sealed = AESGCM(self.derive(f"aead:{purpose}")).encrypt(nonce, plaintext, purpose.encode())
+        # the purpose (and the owner, as `context`) is bound as associated data: a ciphertext
+        # cannot be moved to another use, nor to another user's row
+        sealed = AESGCM(self.derive(f"aead:{purpose}")).encrypt(nonce, plaintext, _aad(purpose, context))
         return _FORMAT_V1 + nonce + sealed
 
-    def decrypt(self, purpose: str, blob: bytes) -> bytes:
+    def decrypt(self, purpose: str, blob: bytes, *, context: str = "") -> bytes:
         if not blob.startswith(_FORMAT_V1) or len(blob) < 29:
             raise DecryptionFailed("unknown ciphertext format")
         nonce, sealed = blob[1:13], blob[13:]
         try:
-            return AESGCM(self.derive(f"aead:{purpose}")).decrypt(nonce, sealed, purpose.encode())
+            return AESGCM(self.derive(f"aead:{purpose}")).decrypt(nonce, sealed, _aad(purpose, context))
         except Exception:
             raise DecryptionFailed("ciphertext does not verify") from None
 
@@ -57,6 +58,10 @@ class Keyring:
 
     def check_digest(self, secret: str, expected_digest: str) -> bool:
         return hmac.compare_digest(self.digest(secret), expected_digest)
+
+
+def _aad(purpose: str, context: str) -> bytes:
+    return purpose.encode() if not context else f"{purpose}\x00{context}".encode()
 
 
 @cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from idp.web import authorize, consent, home, login, oauth_endpoints
+from idp.web import account, authorize, consent, home, login, login_steps, oauth_endpoints
 
 STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "static"
 
@@ -16,6 +16,18 @@ routes = [
     Route("/authorize/resume", authorize.resume, methods=["GET"]),
     Route("/login", login.show_login, methods=["GET"]),
     Route("/login", login.submit_login, methods=["POST"]),
+    # the login chain's later steps (idp/web/login_steps.py): the code step (TOTP or backup
+    # code) and the enforced TOTP enrolment
+    Route("/login/code", login_steps.show_code_step, methods=["GET"]),
+    Route("/login/code", login_steps.submit_code_step, methods=["POST"]),
+    Route("/login/enrol", login_steps.show_enrolment, methods=["GET"]),
+    Route("/login/enrol", login_steps.submit_enrolment, methods=["POST"]),
+    # self-service (idp/web/account.py)
+    Route("/account", account.account_page, methods=["GET"]),
+    Route("/account/totp/setup", account.totp_setup, methods=["POST"]),
+    Route("/account/totp/confirm", account.totp_confirm, methods=["POST"]),
+    Route("/account/totp/disable", account.totp_disable, methods=["POST"]),
+    Route("/account/backup-codes", account.regenerate_backup_codes, methods=["POST"]),
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),
     # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.login.lockout import Lockout
 from idp.login.sessions import SessionPolicy
+from idp.mfa.factors import SecondFactors
 from idp.oidc.context import OidcContext
 from idp.oidc.server import IdpAuthorizationServer
 from idp.security.client_ip import Network
@@ -34,3 +35,4 @@ class Services:
     blocking_inline: bool  # see idp/web/blocking.py
     rate_limits: RateLimits
     lockout: Lockout
+    factors: SecondFactors

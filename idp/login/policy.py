@@ -1,0 +1,86 @@
+"""The login chain's policy (DESIGN.md §2): from what is asked and what the user and the
+session already have, the next step. Pure functions, so the whole table is tested.
+
+Ladder: pwd (one factor) < mfa (two factors) < phr (phishing-resistant, a passkey).
+What is asked: the request's `acr_values` (space-separated, in the RP's order of
+preference: any listed level satisfies it, so the lowest known one is the minimum), else
+the client's `default_acr_values`; values idp does not know are ignored (OIDC Core
+§3.1.2.1: acr_values is a voluntary claim). Whatever is asked, a user with a second factor
+or an admin's MFA requirement never gets less than mfa.
+
+Methods done are RFC 8176 `amr` values: pwd (password), otp (a TOTP code or a backup code,
+both one-time passwords), and mfa whenever two independent factors were used.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+LEVELS = {"pwd": 1, "mfa": 2, "phr": 3}
+SUPPORTED_ACR = ("pwd", "mfa")  # phr needs passkeys: asking for it is unmet until they exist
+
+# next steps
+PASSWORD = "password"
+CODE = "code"  # a TOTP code, or a backup code
+ENROL_TOTP = "enrol_totp"
+DONE = "done"
+UNMET = "unmet"
+
+
+@dataclass(frozen=True)
+class UserFactors:
+    totp: bool = False  # a confirmed TOTP authenticator
+    backup_codes: int = 0  # unused backup codes
+    require_mfa: bool = False  # `idp user require-mfa`
+
+    @property
+    def has_second_factor(self) -> bool:
+        return self.totp
+
+
+def requested_level(acr_values: str | None, client_default: Sequence[str] = ()) -> str:
+    """The minimum level the RP asked for: the lowest known value it listed."""
+    for source in ((acr_values or "").split(), list(client_default)):
+        known = [value for value in source if value in LEVELS]
+        if known:
+            return min(known, key=LEVELS.__getitem__)
+    return "pwd"
+
+
+def required_level(requested: str, factors: UserFactors | None) -> str:
+    """What this user must reach: at least mfa once they have, or must have, a second factor."""
+    if factors is not None and (factors.has_second_factor or factors.require_mfa) and LEVELS[requested] < LEVELS["mfa"]:
+        return "mfa"
+    return requested
+
+
+def acr_of(methods: Iterable[str]) -> str:
+    done = set(methods)
+    if "pwd" in done and "otp" in done:
+        return "mfa"
+    return "pwd"
+
+
+def amr_of(methods: Iterable[str]) -> list[str]:
+    done = list(dict.fromkeys(m for m in methods if m in ("pwd", "otp")))
+    return done + ["mfa"] if acr_of(done) == "mfa" else done
+
+
+def satisfies(acr: str, required: str) -> bool:
+    return LEVELS.get(acr, 0) >= LEVELS[required]
+
+
+def next_step(required: str, methods: Iterable[str], factors: UserFactors | None, *, can_enrol: bool = True) -> str:
+    """The step that comes next, given the methods done so far in this login (or carried
+    over from the IdP session for a step-up)."""
+    done = set(methods)
+    if "pwd" not in done:
+        return PASSWORD  # first factor first: nothing about the account is shown before it
+    if satisfies(acr_of(done), required):
+        return DONE
+    if required not in SUPPORTED_ACR:
+        return UNMET
+    assert factors is not None  # past the password, the user is known
+    if factors.totp:
+        return CODE
+    return ENROL_TOTP if can_enrol else UNMET

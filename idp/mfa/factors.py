@@ -1,0 +1,177 @@
+"""A user's second factors in the database, and the one path every code check goes
+through (login code step, set-up confirmation, enforced enrolment, disable, regenerate):
+replay protection, the shared lockout counter, and nothing written on failure but the
+failure count. Rate limits are applied by the web layer before any of this runs.
+
+Argon2 never runs here: backup-code checks are split into `backup_code_hash` (find the one
+candidate row), the caller's `await hashing.verify_async(...)`, and `use_backup_code` (claim
+it), so the event loop never waits on a hash.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from idp.clock import utcnow
+from idp.db.models import BackupCode, TotpCredential, User
+from idp.login.lockout import FailureRecord, Lockout
+from idp.login.policy import UserFactors
+from idp.mfa import backup_codes, totp
+from idp.security.keyring import Keyring
+
+_PURPOSE = "totp-secret"
+
+_CLAIM_STEP = (
+    update(TotpCredential)
+    .where(TotpCredential.user_id == bindparam("user_id"), TotpCredential.id == bindparam("credential_id"),
+           or_(TotpCredential.last_used_step.is_(None), TotpCredential.last_used_step < bindparam("step")))
+    .values(last_used_step=bindparam("step"))
+)
+_CLAIM_BACKUP = (
+    update(BackupCode)
+    .where(BackupCode.id == bindparam("code_id"), BackupCode.used_at.is_(None))
+    .values(used_at=bindparam("now"))
+)
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    ok: bool
+    failure: FailureRecord | None = None  # when not ok: what the lockout counter says
+
+    @staticmethod
+    def passed() -> CodeCheck:
+        return CodeCheck(True)
+
+
+def _context(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+class SecondFactors:
+    def __init__(self, keyring: Keyring, lockout: Lockout, *, issuer: str, clock=time.time) -> None:  # type: ignore[no-untyped-def]
+        self.keyring = keyring
+        self.lockout = lockout
+        self.issuer = issuer
+        self.clock = clock
+
+    # ---- what a user has ---------------------------------------------------------------
+
+    def factors_of(self, db: Session, user: User) -> UserFactors:
+        confirmed = db.scalar(select(TotpCredential.id).where(
+            TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None))) is not None
+        return UserFactors(totp=confirmed, backup_codes=self.backup_codes_left(db, user.id), require_mfa=user.require_mfa)
+
+    def backup_codes_left(self, db: Session, user_id: int) -> int:
+        return int(db.scalar(select(func.count()).select_from(BackupCode).where(
+            BackupCode.user_id == user_id, BackupCode.used_at.is_(None))) or 0)
+
+    # ---- TOTP set-up -------------------------------------------------------------------
+
+    def begin_totp(self, db: Session, user_id: int) -> str:
+        """A new secret, stored encrypted and unusable until confirmed; a set-up begun again
+        before confirmation replaces it. Refused (ValueError) when TOTP is already enabled."""
+        existing = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id))
+        if existing is not None and existing.confirmed_at is not None:
+            raise ValueError("TOTP is already enabled")
+        secret = totp.new_secret()
+        sealed = self.keyring.encrypt(_PURPOSE, secret.encode(), context=_context(user_id))
+        if existing is None:
+            db.add(TotpCredential(user_id=user_id, secret_encrypted=sealed))
+        else:
+            existing.secret_encrypted, existing.created_at, existing.last_used_step = sealed, utcnow(), None
+        db.flush()
+        return secret
+
+    def pending_secret(self, db: Session, user_id: int) -> str | None:
+        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id,
+                                                     TotpCredential.confirmed_at.is_(None)))
+        return None if row is None else self._secret(row)
+
+    def provisioning(self, secret: str, username: str) -> tuple[str, str]:
+        """(otpauth URI, QR code data: URI) for an authenticator app."""
+        uri = totp.provisioning_uri(secret, account=username, issuer=self.issuer_label)
+        return uri, totp.qr_data_uri(uri)
+
+    @property
+    def issuer_label(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.issuer).hostname or "idp"
+
+    def confirm_totp(self, db: Session, user_id: int, raw_code: object) -> CodeCheck:
+        """The first code enables the pending authenticator (through the one check path)."""
+        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id,
+                                                     TotpCredential.confirmed_at.is_(None)))
+        check = self._check_totp_row(db, user_id, row, raw_code)
+        if check.ok:
+            assert row is not None
+            row.confirmed_at = utcnow()
+        return check
+
+    def disable_totp(self, db: Session, user_id: int) -> None:
+        db.execute(delete(TotpCredential).where(TotpCredential.user_id == user_id))
+        db.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
+
+    # ---- the one check path ------------------------------------------------------------
+
+    def check_totp(self, db: Session, user_id: int, raw_code: object) -> CodeCheck:
+        """A code from the user's confirmed authenticator, accepted once per time step."""
+        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id,
+                                                     TotpCredential.confirmed_at.is_not(None)))
+        return self._check_totp_row(db, user_id, row, raw_code)
+
+    def _check_totp_row(self, db: Session, user_id: int, row: TotpCredential | None, raw_code: object) -> CodeCheck:
+        if self.lockout.is_locked(db, user_id):
+            return CodeCheck(False, FailureRecord(remaining=0, locked_now=False, was_locked=True))
+        code = totp.normalize_code(raw_code)
+        step = None
+        if row is not None and code is not None:
+            step = totp.matching_step(self._secret(row), code, now=self.clock(), last_used_step=row.last_used_step)
+        # the step is claimed by a conditional UPDATE: two requests with one code, one wins
+        if step is not None and db.connection().execute(_CLAIM_STEP, {
+                "user_id": user_id, "credential_id": row.id, "step": step}).rowcount == 1:  # type: ignore[union-attr]
+            if row is not None:
+                row.last_used_step = step
+            return CodeCheck.passed()
+        return CodeCheck(False, self.lockout.record_failure(db, user_id))
+
+    def backup_code_hash(self, db: Session, user_id: int, raw_code: object) -> tuple[int, str] | None:
+        """(row id, Argon2 hash) of the one unused backup code the typed one can be, or None
+        (the caller then runs a dummy verification, so both cost one Argon2)."""
+        code = backup_codes.normalize(raw_code)
+        if code is None:
+            return None
+        lookup = self.keyring.digest(backup_codes.lookup_input(user_id, code))
+        row = db.execute(select(BackupCode.id, BackupCode.code_hash).where(
+            BackupCode.user_id == user_id, BackupCode.lookup == lookup, BackupCode.used_at.is_(None))).first()
+        return None if row is None else (row.id, row.code_hash)
+
+    def use_backup_code(self, db: Session, user_id: int, code_id: int | None, verified: bool) -> CodeCheck:
+        """After the caller's Argon2 verification: claim the code (single use) or count a failure."""
+        if self.lockout.is_locked(db, user_id):
+            return CodeCheck(False, FailureRecord(remaining=0, locked_now=False, was_locked=True))
+        if verified and code_id is not None and db.connection().execute(
+                _CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1:
+            return CodeCheck.passed()
+        return CodeCheck(False, self.lockout.record_failure(db, user_id))
+
+    # ---- backup codes ------------------------------------------------------------------
+
+    def replace_backup_codes(self, db: Session, user_id: int, hashed: list[tuple[str, str]]) -> None:
+        """Stores new codes (code, Argon2 hash), replacing every old one, used or not."""
+        db.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
+        for code, code_hash in hashed:
+            db.add(BackupCode(user_id=user_id, code_hash=code_hash,
+                              lookup=self.keyring.digest(backup_codes.lookup_input(user_id, code))))
+        db.flush()
+
+    def reset(self, db: Session, user_id: int) -> None:
+        """Every second factor gone (`idp user reset-mfa`)."""
+        self.disable_totp(db, user_id)
+
+    def _secret(self, row: TotpCredential) -> str:
+        return self.keyring.decrypt(_PURPOSE, row.secret_encrypted, context=_context(row.user_id)).decode()

@@ -1,0 +1,1 @@
+"""/account: self-service second factors (being written)."""

@@ -1,0 +1,1 @@
+"""The login chain's later steps (being written)."""
