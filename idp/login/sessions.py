@@ -56,3 +56,14 @@ def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: s
     if now - row.last_seen_at > _TOUCH_EVERY:
         row.last_seen_at = now
     return row, user
+
+
+def upgrade_session(db: Session, user_id: int, sid: str, *, acr: str, amr: list[str], ip: str | None) -> IdpSession | None:
+    """A step-up: the same session (same cookie and sid) now holds more, as of now."""
+    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id,
+                                             IdpSession.ended_at.is_(None)))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    row.acr, row.amr, row.auth_time = acr, amr, utcnow()
+    record_audit(db, "session.stepped_up", user_id=user_id, ip=ip, sid=sid, acr=acr, amr=amr)
+    return row

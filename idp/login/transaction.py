@@ -19,14 +19,30 @@ class LoginTransaction:
     client_name: str
     login_hint: str | None = None
     authenticated_sid: str | None = None  # the IdP session the chain established for this request
-    steps_done: tuple[str, ...] = field(default_factory=tuple)
+    steps_done: tuple[str, ...] = field(default_factory=tuple)  # RFC 8176 methods done so far: pwd, otp
+    requested_acr: str = "pwd"  # what the RP asked for (the policy adds what the user's factors demand)
+    user_id: int | None = None  # known once the password step (or the step-up session) named the user
+    username: str | None = None  # normalized, for the per-account rate limit of later steps
+    step_up_sid: str | None = None  # a step-up upgrades this session instead of starting a new one
+    return_to: str | None = None  # where a chain without an authorization request ends (/account)
 
     def finished_by(self, sid: str) -> "LoginTransaction":
         return replace(self, authenticated_sid=sid)
 
+    def with_step(self, method: str, *, user_id: int | None = None, username: str | None = None) -> "LoginTransaction":
+        return replace(self, steps_done=tuple(dict.fromkeys((*self.steps_done, method))),
+                       user_id=user_id if user_id is not None else self.user_id,
+                       username=username if username is not None else self.username)
 
-def new_transaction(params: dict[str, str], client_id: str, client_name: str, login_hint: str | None) -> LoginTransaction:
-    return LoginTransaction(id=new_secret(24), params=params, client_id=client_id, client_name=client_name, login_hint=login_hint)
+    @property
+    def resume_url(self) -> str:
+        return self.return_to or f"/authorize/resume?tx={self.id}"
+
+
+def new_transaction(params: dict[str, str], client_id: str, client_name: str, login_hint: str | None,
+                    **fields: object) -> LoginTransaction:
+    return LoginTransaction(id=new_secret(24), params=params, client_id=client_id, client_name=client_name,
+                            login_hint=login_hint, **fields)  # type: ignore[arg-type]
 
 
 def save_transaction(store: StateStore, tx: LoginTransaction, *, ttl_seconds: int) -> None:

@@ -60,10 +60,11 @@ class SecondFactors:
 
     # ---- what a user has ---------------------------------------------------------------
 
-    def factors_of(self, db: Session, user: User) -> UserFactors:
+    def factors_of(self, db: Session, user: User, *, count_backup_codes: bool = False) -> UserFactors:
         confirmed = db.scalar(select(TotpCredential.id).where(
             TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None))) is not None
-        return UserFactors(totp=confirmed, backup_codes=self.backup_codes_left(db, user.id), require_mfa=user.require_mfa)
+        left = self.backup_codes_left(db, user.id) if count_backup_codes else 0
+        return UserFactors(totp=confirmed, backup_codes=left, require_mfa=user.require_mfa)
 
     def backup_codes_left(self, db: Session, user_id: int) -> int:
         return int(db.scalar(select(func.count()).select_from(BackupCode).where(

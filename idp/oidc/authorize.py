@@ -16,6 +16,13 @@ from sqlalchemy import bindparam, select
 
 from idp.clock import utcnow
 from idp.db.models import Consent, SessionClient, User
+from idp.login.policy import (
+    SUPPORTED_ACR,
+    UserFactors,
+    requested_level,
+    required_level,
+    satisfies,
+)
 from idp.oidc.grants import ApprovedLogin
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import IdpAuthorizationServer
@@ -54,6 +61,11 @@ class ErrorPage:
 class NeedLogin:
     client_name: str
     login_hint: str | None
+    requested_acr: str = "pwd"  # what the RP asked for (acr_values, else the client's default_acr_values)
+    step_up: bool = False  # the session is valid but below what is required: ask only for what is missing
+    session_user_id: int | None = None  # for a step-up: whose session, and what it already holds
+    session_sid: str | None = None
+    session_amr: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,9 @@ def decide(
     *,
     authenticated_now: bool = False,
     consent_decision: bool | None = None,
+    factors: UserFactors | None = None,
 ) -> Outcome:
+    """`factors`: the session user's second factors (None without a session)."""
     if not request.payload.redirect_uri:
         return ErrorPage(400, "The request has no redirect_uri.")  # OIDC Core §3.1.2.1: REQUIRED
     if not _printable_ascii(request.payload.redirect_uri):
@@ -84,11 +98,22 @@ def decide(
         grant = server.get_consent_grant(request=request, end_user=session.user if session else None)
         _check_oidc_parameters(request, grant.redirect_uri)
         prompts = set((request.payload.data.get("prompt") or "").split())
+        requested = requested_level(request.payload.data.get("acr_values"),
+                                    request.client.config.get("default_acr_values") or ())
+        if requested not in SUPPORTED_ACR:
+            raise _redirectable(InvalidRequestError, grant.redirect_uri, "unmet_authentication_requirements",
+                                f"This provider cannot authenticate at the level '{requested}'.")
         if _login_needed(request, session, prompts, authenticated_now):
             if "none" in prompts:
                 raise LoginRequiredError(redirect_uri=grant.redirect_uri)
-            return NeedLogin(request.client.client_name, _login_hint(request))
+            return NeedLogin(request.client.client_name, _login_hint(request), requested)
         assert session is not None
+        if not satisfies(session.acr, required_level(requested, factors)):
+            if "none" in prompts:  # a step-up needs the user: OIDC Core §3.1.2.6
+                raise _redirectable(InvalidRequestError, grant.redirect_uri, "interaction_required",
+                                    "A stronger sign-in is required.")
+            return NeedLogin(request.client.client_name, _login_hint(request), requested, step_up=True,
+                             session_user_id=session.user.id, session_sid=session.sid, session_amr=session.amr)
         if consent_decision is True and not request.client.first_party:
             record_consent(request, session.user)
         if not _has_consent(request, session.user, prompts, consent_decision):

@@ -7,7 +7,8 @@ from typing import Any
 
 from idp.oidc.server import SUPPORTED_SCOPES
 
-ACR_VALUES = ["pwd", "mfa", "phr"]
+# phr (a passkey) joins when passkeys exist: a request for it is unmet until then
+ACR_VALUES = ["pwd", "mfa"]
 
 
 def build_metadata(issuer: str) -> dict[str, Any]:

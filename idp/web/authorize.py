@@ -73,7 +73,9 @@ async def run_authorization(
             )
             # "authenticated for this request" only if the chain ran in this very browser session
             fresh = tx is not None and current is not None and tx.authenticated_sid == current.sid
-            return decide(services.server, oauth_request, current, authenticated_now=fresh, consent_decision=consent)
+            factors = services.factors.factors_of(db, current.user) if current is not None else None
+            return decide(services.server, oauth_request, current, authenticated_now=fresh, consent_decision=consent,
+                          factors=factors)
 
     return await run_blocking(request, unit_of_work)
 
@@ -86,12 +88,25 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
         return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
     if isinstance(outcome, ErrorPage):
         return error_page(request, outcome.status, outcome.message)
-    if tx is None:
-        hint = outcome.login_hint if isinstance(outcome, NeedLogin) else None
-        tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, hint)
+    if isinstance(outcome, NeedLogin):
+        # a new transaction for each pass that needs the chain: a step-up starts from what the
+        # session holds, a (re-)authentication from nothing
+        if outcome.step_up:
+            tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, outcome.login_hint,
+                                          requested_acr=outcome.requested_acr, user_id=outcome.session_user_id,
+                                          steps_done=tuple(m for m in outcome.session_amr if m in ("pwd", "otp")),
+                                          step_up_sid=outcome.session_sid)
+            target = "/login/code"
+        else:
+            tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, outcome.login_hint,
+                                          requested_acr=outcome.requested_acr)
+            target = "/login"
         await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
-    target = "/login" if isinstance(outcome, NeedLogin) else "/consent"
-    return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
+        return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
+    if tx is None:
+        tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, None)
+        await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
+    return RedirectResponse(f"/consent?tx={tx.id}", status_code=303, headers=NO_STORE)
 
 
 def redirect_origin(params: dict[str, str]) -> tuple[str, ...]:

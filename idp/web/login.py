@@ -4,20 +4,19 @@ rate limits run before Argon2, lockout after it (so a locked account costs the s
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
-from idp.login.sessions import start_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
 from idp.web.authorize import load_transaction
 from idp.web.blocking import run_blocking
+from idp.web.chain import advance
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import render, set_cookie
+from idp.web.pages import render
 from idp.web.services import Services
 from idp.web.throttle import check_limits, too_many_page
 
@@ -59,15 +58,20 @@ async def submit_login(request: Request) -> Response:
 
     candidate = await run_blocking(request, _find_candidate, services, username)
     result = await password_step.verify_password_step(services.hashing, candidate, password)
-    if isinstance(result, password_step.PasswordVerified):
-        new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
-        signed_in = await run_blocking(request, _sign_in, services, result.user_id, new_hash, request, ip)
-        if signed_in is not None:
-            return await _continue(request, tx, *signed_in)
-        failure = FailureRecord(remaining=0, locked_now=False, was_locked=True)  # locked: refused like a bad password
-    else:
+    if isinstance(result, password_step.PasswordFailed):
         failure = await run_blocking(request, _record_failure, services, result.user_id, name, ip, agent)
-    return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
+        return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
+
+    if result.needs_rehash:
+        new_hash = await services.hashing.hash_async(password)
+        await run_blocking(request, _store_rehash, services, result.user_id, new_hash)
+    # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
+    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account")
+    outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
+    if isinstance(outcome, FailureRecord):  # locked: refused exactly like a bad password
+        await run_blocking(request, _record_refusal, services, result.user_id, ip, agent)
+        return login_page(request, tx, username=username[:128], error=failure_message(services, outcome), status=401)
+    return outcome
 
 
 def failure_message(services: Services, failure: FailureRecord) -> str:
@@ -81,19 +85,6 @@ def failure_message(services: Services, failure: FailureRecord) -> str:
         left = f"{failure.remaining} attempt{'s' if failure.remaining != 1 else ''}"
         return f"{password_step.FAILED_MESSAGE} {left} left before sign-in is paused for {minutes} minutes."
     return password_step.FAILED_MESSAGE
-
-
-async def _continue(request: Request, tx: tx_store.LoginTransaction | None, cookie: str, sid: str) -> Response:
-    services = services_of(request)
-    if tx is not None:
-        await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid),
-                           ttl_seconds=services.settings.login_ttl_seconds)
-        target = f"/authorize/resume?tx={tx.id}"
-    else:
-        target = "/"
-    response = RedirectResponse(target, status_code=303, headers=NO_STORE)
-    set_cookie(response, request, SESSION_COOKIE, cookie, max_age=None)
-    return response
 
 
 def _find_candidate(services: Services, username: str) -> tuple[int, str | None, bool] | None:
@@ -116,23 +107,14 @@ def _record_failure(services: Services, user_id: int | None, name: str, ip: str 
         return failure
 
 
-def _sign_in(services: Services, user_id: int, new_hash: str | None, request: Request,
-             ip: str | None) -> tuple[str, str] | None:
-    """A session for the user, unless the account is locked (then nothing is written but
-    the audit row): the lock check and the counter reset are one conditional UPDATE."""
-    agent = request.headers.get("user-agent")
+def _store_rehash(services: Services, user_id: int, new_hash: str) -> None:
     with services.sessions.begin() as db:
-        if not services.lockout.record_success(db, user_id):
-            record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent, outcome="refused",
-                         known_user=True, reason="locked")
-            return None
         user = db.get(User, user_id)
-        assert user is not None
-        if new_hash:
+        if user is not None:
             user.password_hash = new_hash
-        cookie, row = start_session(
-            db, services.keyring, services.session_policy, user, acr="pwd", amr=list(password_step.AMR),
-            user_agent=agent, ip=ip,
-        )
-        record_audit(db, "login.password.succeeded", user_id=user.id, ip=ip, user_agent=agent, outcome="success")
-        return cookie, row.sid
+
+
+def _record_refusal(services: Services, user_id: int, ip: str | None, agent: str | None) -> None:
+    with services.sessions.begin() as db:
+        record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent, outcome="refused",
+                     known_user=True, reason="locked")

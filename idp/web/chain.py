@@ -1,0 +1,119 @@
+"""Moving through the login chain (DESIGN.md §2): after each step the policy names the
+next one (idp/login/policy.py); when nothing is missing the chain ends by starting an IdP
+session, or upgrading the one a step-up began from, and the parked request resumes.
+
+The lockout counter is reset only when the whole chain has succeeded: a right password
+followed by wrong codes keeps counting, so knowing the password does not buy unlimited
+code guesses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from idp.db.models import User
+from idp.login import policy
+from idp.login import transaction as tx_store
+from idp.login.lockout import FailureRecord
+from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
+from idp.login.sessions import start_session, upgrade_session
+from idp.security.audit import record_audit
+from idp.web.blocking import run_blocking
+from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
+from idp.web.pages import set_cookie
+from idp.web.services import Services
+
+LOCKED = FailureRecord(remaining=0, locked_now=False, was_locked=True)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What the policy needs about the chain's user, read in one unit of work."""
+
+    required: str
+    next_step: str
+    factors: policy.UserFactors
+
+
+def chain_state(services: Services, tx: tx_store.LoginTransaction) -> ChainState:
+    assert tx.user_id is not None
+    with services.sessions() as db:
+        user = db.get(User, tx.user_id)
+        if user is None or user.disabled:
+            return ChainState("pwd", policy.UNMET, policy.UserFactors())
+        factors = services.factors.factors_of(db, user, count_backup_codes=True)
+    client = services.oidc.clients.get(tx.client_id) if tx.client_id else None
+    requested = tx.requested_acr
+    if client is not None:  # the client's default may have changed since the request was parked
+        requested = max(requested, policy.requested_level(None, client.config.get("default_acr_values") or ()),
+                        key=policy.LEVELS.__getitem__)
+    required = policy.required_level(requested, factors)
+    return ChainState(required, policy.next_step(required, tx.steps_done, factors), factors)
+
+
+async def advance(request: Request, tx: tx_store.LoginTransaction) -> Response | FailureRecord:
+    """After a step: on to the next one, or the end of the chain. A FailureRecord means the
+    account is locked and the caller answers as for a bad credential."""
+    services = services_of(request)
+    state = await run_blocking(request, chain_state, services, tx)
+    if state.next_step == policy.DONE:
+        return await finish(request, tx)
+    if state.next_step == policy.UNMET:
+        return LOCKED if tx.user_id is None else _unmet(request, tx)
+    if await run_blocking(request, _locked, services, tx.user_id):
+        return LOCKED
+    await run_blocking(request, tx_store.save_transaction, services.store, tx,
+                       ttl_seconds=services.settings.login_ttl_seconds)
+    target = "/login/code" if state.next_step == policy.CODE else "/login/enrol"
+    return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
+
+
+def _locked(services: Services, user_id: int | None) -> bool:
+    with services.sessions() as db:
+        return user_id is not None and services.lockout.is_locked(db, user_id)
+
+
+def _unmet(request: Request, tx: tx_store.LoginTransaction) -> Response:
+    from idp.web.pages import error_page
+
+    return error_page(request, 403, "Your account cannot sign in at the level this application asks for.")
+
+
+async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | FailureRecord:
+    services = services_of(request)
+    ip = request_ip(request)
+    done = await run_blocking(request, _finish, services, tx, ip, request.headers.get("user-agent"))
+    if done is None:
+        return LOCKED
+    cookie, sid = done
+    await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid),
+                       ttl_seconds=services.settings.login_ttl_seconds)
+    response = RedirectResponse(tx.resume_url, status_code=303, headers=NO_STORE)
+    if cookie is not None:
+        set_cookie(response, request, SESSION_COOKIE, cookie, max_age=None)
+    return response
+
+
+def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
+            agent: str | None) -> tuple[str | None, str] | None:
+    """(new session cookie or None for a step-up, sid); None when the account is locked."""
+    assert tx.user_id is not None
+    acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
+    with services.sessions.begin() as db:
+        if not services.lockout.record_success(db, tx.user_id):
+            record_audit(db, "login.refused", user_id=tx.user_id, ip=ip, user_agent=agent, outcome="refused",
+                         reason="locked")
+            return None
+        user = db.get(User, tx.user_id)
+        if user is None or user.disabled:
+            return None
+        record_audit(db, "login.succeeded", user_id=user.id, ip=ip, user_agent=agent, outcome="success",
+                     acr=acr, amr=amr, client_id=tx.client_id or None, step_up=tx.step_up_sid is not None)
+        if tx.step_up_sid is not None:
+            upgraded = upgrade_session(db, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
+            if upgraded is not None:
+                return None, upgraded.sid
+        cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
+                                    user_agent=agent, ip=ip)
+        return cookie, row.sid
