@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     unlock = user.add_parser("unlock", help="clear a user's failed-attempt counter and lock")
     unlock.add_argument("username")
     unlock.set_defaults(handler=_user_unlock)
+    require = user.add_parser("require-mfa", help="the user's next login must enrol a second factor; every login then needs it")
+    require.add_argument("username")
+    require.set_defaults(handler=_user_require_mfa)
+    reset = user.add_parser("reset-mfa", help="remove the user's second factors (TOTP, backup codes)")
+    reset.add_argument("username")
+    reset.set_defaults(handler=_user_reset_mfa)
 
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True, parser_class=_OneLineParser)
     tail = audit.add_parser("tail", help="print the newest audit events as JSON lines, oldest first")
@@ -195,6 +201,8 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> None:
         for u in list_users(db):
             state = "disabled" if u.disabled else (
                 f"locked until {u.locked_until:%Y-%m-%d %H:%M:%S}Z" if u.locked_until else "active")
+            if u.require_mfa:
+                state += ",mfa-required"
             print(f"{u.username}\t{u.email or '-'}\t{state}\t{u.subject}")
 
 
@@ -204,6 +212,14 @@ def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
 
 def _user_unlock(settings: Settings, args: argparse.Namespace) -> None:
     _with_user_command(settings, args.username, "unlocked", "unlock_user")
+
+
+def _user_require_mfa(settings: Settings, args: argparse.Namespace) -> None:
+    _with_user_command(settings, args.username, "MFA now required for", "require_mfa")
+
+
+def _user_reset_mfa(settings: Settings, args: argparse.Namespace) -> None:
+    _with_user_command(settings, args.username, "second factors removed for", "reset_mfa")
 
 
 def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ class UserSummary:
     disabled: bool
     subject: str
     locked_until: datetime | None = None
+    require_mfa: bool = False
 
 
 def check_new_user(db: Session, username: str, email: str | None) -> str:
@@ -55,7 +56,8 @@ def list_users(db: Session) -> list[UserSummary]:
     rows = db.scalars(select(User).order_by(User.username))
     now = utcnow()
     return [UserSummary(u.username, u.email, u.name, u.disabled, u.subject,
-                        u.locked_until if u.locked_until and u.locked_until > now else None) for u in rows]
+                        u.locked_until if u.locked_until and u.locked_until > now else None, u.require_mfa)
+            for u in rows]
 
 
 def get_user(db: Session, username: str) -> User:
@@ -87,4 +89,24 @@ def unlock_user(db: Session, username: str) -> User:
     Lockout.unlock(db, user.id)
     record_audit(db, "account.unlocked", user_id=user.id, outcome="success", was_locked=was_locked,
                  failed_logins=user.failed_logins, by="cli")
+    return user
+
+
+def require_mfa(db: Session, username: str) -> User:
+    """The next login must enrol a second factor (if the user has none) before any code is
+    issued; from then on every login needs it (policy.required_level)."""
+    user = get_user(db, username)
+    user.require_mfa = True
+    record_audit(db, "user.mfa_required", user_id=user.id, outcome="success", by="cli")
+    return user
+
+
+def reset_mfa(db: Session, username: str) -> User:
+    """Every second factor removed (TOTP, backup codes): for a user who lost them. With
+    require-mfa still set, the next login enrols again."""
+    from idp.mfa.factors import SecondFactors
+
+    user = get_user(db, username)
+    SecondFactors.remove_all(db, user.id)
+    record_audit(db, "user.mfa_reset", user_id=user.id, outcome="success", by="cli")
     return user

@@ -26,7 +26,7 @@ _PURPOSE = "totp-secret"
 
 _CLAIM_STEP = (
     update(TotpCredential)
-    .where(TotpCredential.user_id == bindparam("user_id"), TotpCredential.id == bindparam("credential_id"),
+    .where(TotpCredential.user_id == bindparam("owner"), TotpCredential.id == bindparam("credential_id"),
            or_(TotpCredential.last_used_step.is_(None), TotpCredential.last_used_step < bindparam("step")))
     .values(last_used_step=bindparam("step"))
 )
@@ -114,6 +114,11 @@ class SecondFactors:
         return check
 
     def disable_totp(self, db: Session, user_id: int) -> None:
+        self.remove_all(db, user_id)
+
+    @staticmethod
+    def remove_all(db: Session, user_id: int) -> None:
+        """TOTP and backup codes gone (disable, or `idp user reset-mfa`)."""
         db.execute(delete(TotpCredential).where(TotpCredential.user_id == user_id))
         db.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
 
@@ -134,7 +139,7 @@ class SecondFactors:
             step = totp.matching_step(self._secret(row), code, now=self.clock(), last_used_step=row.last_used_step)
         # the step is claimed by a conditional UPDATE: two requests with one code, one wins
         if step is not None and db.connection().execute(_CLAIM_STEP, {
-                "user_id": user_id, "credential_id": row.id, "step": step}).rowcount == 1:  # type: ignore[union-attr]
+                "owner": user_id, "credential_id": row.id, "step": step}).rowcount == 1:  # type: ignore[union-attr]
             if row is not None:
                 row.last_used_step = step
             return CodeCheck.passed()
@@ -169,10 +174,6 @@ class SecondFactors:
             db.add(BackupCode(user_id=user_id, code_hash=code_hash,
                               lookup=self.keyring.digest(backup_codes.lookup_input(user_id, code))))
         db.flush()
-
-    def reset(self, db: Session, user_id: int) -> None:
-        """Every second factor gone (`idp user reset-mfa`)."""
-        self.disable_totp(db, user_id)
 
     def _secret(self, row: TotpCredential) -> str:
         return self.keyring.decrypt(_PURPOSE, row.secret_encrypted, context=_context(row.user_id)).decode()

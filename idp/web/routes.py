@@ -4,7 +4,15 @@ from __future__ import annotations
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from idp.web import account, authorize, consent, home, login, login_steps, oauth_endpoints
+from idp.web import (
+    account,
+    authorize,
+    consent,
+    home,
+    login,
+    login_steps,
+    oauth_endpoints,
+)
 
 STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "static"
 

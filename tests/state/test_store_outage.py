@@ -17,7 +17,14 @@ from idp.app import create_app
 from idp.state.memory import MemoryStore
 from idp.state.store import StoreUnavailable
 from tests.conftest import ISSUER
-from tests.support.rp import SHOP, AuthRequest, form_value, start, submit_login, tokens_for
+from tests.support.rp import (
+    SHOP,
+    AuthRequest,
+    form_value,
+    start,
+    submit_login,
+    tokens_for,
+)
 from tests.support.seed import RP_KEY, seed
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
