@@ -9,6 +9,7 @@ it), so the event loop never waits on a hash.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,9 @@ from idp.db.models import BackupCode, TotpCredential, User
 from idp.login.lockout import FailureRecord, Lockout
 from idp.login.policy import UserFactors
 from idp.mfa import backup_codes, totp
-from idp.security.keyring import Keyring
+from idp.security.keyring import DecryptionFailed, Keyring
+
+log = logging.getLogger("idp.mfa")
 
 _PURPOSE = "totp-secret"
 
@@ -136,7 +139,9 @@ class SecondFactors:
         code = totp.normalize_code(raw_code)
         step = None
         if row is not None and code is not None:
-            step = totp.matching_step(self._secret(row), code, now=self.clock(), last_used_step=row.last_used_step)
+            secret = self._secret_or_none(row)
+            if secret is not None:
+                step = totp.matching_step(secret, code, now=self.clock(), last_used_step=row.last_used_step)
         # the step is claimed by a conditional UPDATE: two requests with one code, one wins
         if step is not None and db.connection().execute(_CLAIM_STEP, {
                 "owner": user_id, "credential_id": row.id, "step": step}).rowcount == 1:  # type: ignore[union-attr]
@@ -174,6 +179,15 @@ class SecondFactors:
             db.add(BackupCode(user_id=user_id, code_hash=code_hash,
                               lookup=self.keyring.digest(backup_codes.lookup_input(user_id, code))))
         db.flush()
+
+    def _secret_or_none(self, row: TotpCredential) -> str | None:
+        """A row whose secret does not decrypt for its owner (tampered with, moved from
+        another user, or sealed under another master key) refuses every code."""
+        try:
+            return self._secret(row)
+        except DecryptionFailed:
+            log.error("TOTP secret of user %s does not decrypt: every code is refused", row.user_id)
+            return None
 
     def _secret(self, row: TotpCredential) -> str:
         return self.keyring.decrypt(_PURPOSE, row.secret_encrypted, context=_context(row.user_id)).decode()

@@ -14,7 +14,7 @@ import segno
 DIGITS = 6
 PERIOD_SECONDS = 30
 WINDOW_STEPS = 1  # ±1 step: 30 s of clock drift either way
-_CODE = re.compile(r"\d{6}")
+_CODE = re.compile(r"[0-9]{6}")  # ASCII only: \d would pass other scripts' digits
 
 
 def new_secret() -> str:
