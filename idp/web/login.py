@@ -74,17 +74,17 @@ async def submit_login(request: Request) -> Response:
     return outcome
 
 
-def failure_message(services: Services, failure: FailureRecord) -> str:
+def failure_message(services: Services, failure: FailureRecord, words: str = password_step.FAILED_MESSAGE) -> str:
     """The same words for unknown, wrong and locked: only the counter's arithmetic speaks,
-    and unknown names have the same arithmetic (phantom counters)."""
+    and unknown names have the same arithmetic (phantom counters). Later steps pass their
+    own `words` (a code, not a password, was wrong)."""
     minutes = max(1, services.lockout.seconds // 60)
     if failure.locked_now:
-        return (f"{password_step.FAILED_MESSAGE} Too many failed attempts: sign-in for this account is paused "
-                f"for {minutes} minutes.")
+        return f"{words} Too many failed attempts: sign-in for this account is paused for {minutes} minutes."
     if failure.warn:
         left = f"{failure.remaining} attempt{'s' if failure.remaining != 1 else ''}"
-        return f"{password_step.FAILED_MESSAGE} {left} left before sign-in is paused for {minutes} minutes."
-    return password_step.FAILED_MESSAGE
+        return f"{words} {left} left before sign-in is paused for {minutes} minutes."
+    return words
 
 
 def _find_candidate(services: Services, username: str) -> tuple[int, str | None, bool] | None:

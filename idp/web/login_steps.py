@@ -102,7 +102,7 @@ async def submit_code_step(request: Request) -> Response:
 
 def _code_failure_message(services: Services, failure: FailureRecord, backup: bool) -> str:
     words = "That backup code is not valid or was already used." if backup else "That code is not valid."
-    return failure_message(services, failure).replace("The username or password is incorrect.", words)
+    return failure_message(services, failure, words)
 
 
 def _check_totp(services: Services, user_id: int, typed: str, ip: str | None, agent: str | None) -> CodeCheck:
@@ -207,8 +207,7 @@ async def submit_enrolment(request: Request) -> Response:
     if not check.ok:
         assert check.failure is not None
         secret, username = await run_blocking(request, _pending_or_new_secret, services, tx.user_id)
-        message = failure_message(services, check.failure).replace("The username or password is incorrect.",
-                                                                   "That code is not valid.")
+        message = failure_message(services, check.failure, "That code is not valid.")
         return _enrolment_page(request, tx, secret, username, error=message, status=401)
     # the ten Argon2 hashes only once the code is right: a wrong code must not cost ten hashes
     codes = backup_codes.generate()
