@@ -198,3 +198,27 @@ def page(browser):  # type: ignore[no-untyped-def]
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+# --- the admin's command line against a running idp ----------------------------------------
+
+@pytest.fixture
+def idp_cli(idp: RunningIdp, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Runs `idp <args>` as the admin would, on the database and data directory of the `idp`
+    fixture's server (the same settings it was started with); fails the test on an error."""
+    env = {
+        **os.environ,
+        "IDP_DATABASE_URL": f"sqlite:///{tmp_path}/idp.db",
+        "IDP_DATA_DIR": str(tmp_path / "var"),
+        "IDP_ISSUER": idp.issuer,
+        "IDP_ARGON2_TIME_COST": "1",
+        "IDP_ARGON2_MEMORY_KIB": "8192",
+        "IDP_CLIENTS_FILE": str(tmp_path / "clients.toml"),
+    }
+    env.pop("IDP_CONFIG", None)
+    env.pop("IDP_REDIS_URL", None)
+
+    def run(*args: str, stdin: str | None = None) -> None:
+        _idp(env, *args, stdin=stdin)
+
+    return run
