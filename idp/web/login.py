@@ -62,9 +62,8 @@ async def submit_login(request: Request) -> Response:
         failure = await run_blocking(request, _record_failure, services, result.user_id, name, ip, agent)
         return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
 
-    if result.needs_rehash:
-        new_hash = await services.hashing.hash_async(password)
-        await run_blocking(request, _store_rehash, services, result.user_id, new_hash)
+    new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
+    await run_blocking(request, _password_passed, services, result.user_id, new_hash, ip, agent)
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
     chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account")
     outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
@@ -107,11 +106,16 @@ def _record_failure(services: Services, user_id: int | None, name: str, ip: str 
         return failure
 
 
-def _store_rehash(services: Services, user_id: int, new_hash: str) -> None:
+def _password_passed(services: Services, user_id: int, new_hash: str | None, ip: str | None,
+                     agent: str | None) -> None:
+    """The password step's own record (the chain's end writes login.succeeded), and the
+    hash upgrade when the Argon2 parameters changed."""
     with services.sessions.begin() as db:
-        user = db.get(User, user_id)
-        if user is not None:
-            user.password_hash = new_hash
+        record_audit(db, "login.password.succeeded", user_id=user_id, ip=ip, user_agent=agent, outcome="success")
+        if new_hash:
+            user = db.get(User, user_id)
+            if user is not None:
+                user.password_hash = new_hash
 
 
 def _record_refusal(services: Services, user_id: int, ip: str | None, agent: str | None) -> None:
