@@ -20,6 +20,7 @@ from idp.db.migrate import is_current
 from idp.login.lockout import Lockout
 from idp.login.sessions import SessionPolicy
 from idp.mfa.factors import SecondFactors
+from idp.mfa.passkeys import Passkeys, RelyingParty
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.context import OidcContext
 from idp.oidc.discovery import metadata_bytes
@@ -79,6 +80,7 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         rate_limits=rate_limits,
         lockout=lockout,
         factors=SecondFactors(keyring, lockout, issuer=settings.issuer),
+        passkeys=Passkeys(keyring, store, RelyingParty.from_issuer(settings.issuer)),
     )
 
 

@@ -285,6 +285,31 @@ def test_disabling_an_unknown_user_fails_cleanly(idp: Idp) -> None:
     assert idp.users()["alice"][1] == "active"
 
 
+
+def test_require_mfa_flags_the_user_and_reset_mfa_removes_every_second_factor(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    assert "alice" in idp.ok("user", "require-mfa", "alice")
+    assert idp.users()["alice"][1] == "active,mfa-required"
+    [(user_id,)] = idp.query("SELECT id FROM users WHERE username = 'alice'")
+    with sqlite3.connect(idp.db_path) as connection:  # as /account would leave them
+        connection.execute("INSERT INTO totp_credentials (user_id, secret_encrypted, created_at, confirmed_at) "
+                           "VALUES (?, x'01', '2026-01-01', '2026-01-01')", (user_id,))
+        connection.execute("INSERT INTO backup_codes (user_id, lookup, code_hash, created_at) "
+                           "VALUES (?, 'l', 'h', '2026-01-01')", (user_id,))
+
+    assert "alice" in idp.ok("user", "reset-mfa", "alice")
+
+    assert idp.query("SELECT count(*) FROM totp_credentials") == [(0,)]
+    assert idp.query("SELECT count(*) FROM backup_codes") == [(0,)]
+    kinds = [kind for (kind,) in idp.query("SELECT kind FROM audit_events ORDER BY id")]
+    assert kinds[-2:] == ["user.mfa_required", "user.mfa_reset"]
+
+
+@pytest.mark.parametrize("command", ["require-mfa", "reset-mfa"])
+def test_mfa_commands_on_an_unknown_user_fail_cleanly(idp: Idp, command: str) -> None:
+    assert_fails_in_one_line(idp("user", command, "mallory"), "mallory")
+
+
 # clients sync
 
 

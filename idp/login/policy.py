@@ -9,7 +9,10 @@ the client's `default_acr_values`; values idp does not know are ignored (OIDC Co
 or an admin's MFA requirement never gets less than mfa.
 
 Methods done are RFC 8176 `amr` values: pwd (password), otp (a TOTP code or a backup code,
-both one-time passwords), and mfa whenever two independent factors were used.
+both one-time passwords), hwk or swk (a passkey: hardware-bound or synced key) with user
+(user verification), and mfa whenever two independent factors were used. A passkey with
+user verification is phishing-resistant and multi-factor on its own: phr, which satisfies
+mfa and pwd too.
 """
 from __future__ import annotations
 
@@ -17,11 +20,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 LEVELS = {"pwd": 1, "mfa": 2, "phr": 3}
-SUPPORTED_ACR = ("pwd", "mfa")  # phr needs passkeys: asking for it is unmet until they exist
+SUPPORTED_ACR = ("pwd", "mfa", "phr")
+PASSKEY_METHODS = frozenset({"hwk", "swk"})
+FIRST_FACTORS = PASSKEY_METHODS | {"pwd"}
+KNOWN_METHODS = ("pwd", "otp", "hwk", "swk", "user")
 
 # next steps
 PASSWORD = "password"
 CODE = "code"  # a TOTP code, or a backup code
+PASSKEY = "passkey"  # a passkey as the next step (after a password, or for a step-up to phr)
 ENROL_TOTP = "enrol_totp"
 DONE = "done"
 UNMET = "unmet"
@@ -32,10 +39,11 @@ class UserFactors:
     totp: bool = False  # a confirmed TOTP authenticator
     backup_codes: int = 0  # unused backup codes
     require_mfa: bool = False  # `idp user require-mfa`
+    passkeys: int = 0  # registered passkeys
 
     @property
     def has_second_factor(self) -> bool:
-        return self.totp
+        return self.totp or self.passkeys > 0
 
 
 def requested_level(acr_values: str | None, client_default: Sequence[str] = ()) -> str:
@@ -56,14 +64,16 @@ def required_level(requested: str, factors: UserFactors | None) -> str:
 
 def acr_of(methods: Iterable[str]) -> str:
     done = set(methods)
+    if done & PASSKEY_METHODS and "user" in done:
+        return "phr"
     if "pwd" in done and "otp" in done:
         return "mfa"
     return "pwd"
 
 
 def amr_of(methods: Iterable[str]) -> list[str]:
-    done = list(dict.fromkeys(m for m in methods if m in ("pwd", "otp")))
-    return done + ["mfa"] if acr_of(done) == "mfa" else done
+    done = list(dict.fromkeys(m for m in methods if m in KNOWN_METHODS))
+    return done + ["mfa"] if acr_of(done) in ("mfa", "phr") else done
 
 
 def satisfies(acr: str, required: str) -> bool:
@@ -74,13 +84,17 @@ def next_step(required: str, methods: Iterable[str], factors: UserFactors | None
     """The step that comes next, given the methods done so far in this login (or carried
     over from the IdP session for a step-up)."""
     done = set(methods)
-    if "pwd" not in done:
-        return PASSWORD  # first factor first: nothing about the account is shown before it
+    if not done & FIRST_FACTORS:
+        return PASSWORD  # first factor first (or a passkey, offered on the same page): a code alone is nothing
     if satisfies(acr_of(done), required):
         return DONE
     if required not in SUPPORTED_ACR:
         return UNMET
-    assert factors is not None  # past the password, the user is known
+    assert factors is not None  # past the first factor, the user is known
+    if required == "phr":  # only a passkey is phishing-resistant
+        return PASSKEY if factors.passkeys else UNMET
     if factors.totp:
         return CODE
+    if factors.passkeys:
+        return PASSKEY
     return ENROL_TOTP if can_enrol else UNMET

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
-from idp.db.models import BackupCode, TotpCredential, User
+from idp.db.models import BackupCode, Passkey, TotpCredential, User
 from idp.login.lockout import FailureRecord, Lockout
 from idp.login.policy import UserFactors
 from idp.mfa import backup_codes, totp
@@ -67,7 +67,8 @@ class SecondFactors:
         confirmed = db.scalar(select(TotpCredential.id).where(
             TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None))) is not None
         left = self.backup_codes_left(db, user.id) if count_backup_codes else 0
-        return UserFactors(totp=confirmed, backup_codes=left, require_mfa=user.require_mfa)
+        passkeys = int(db.scalar(select(func.count()).select_from(Passkey).where(Passkey.user_id == user.id)) or 0)
+        return UserFactors(totp=confirmed, backup_codes=left, require_mfa=user.require_mfa, passkeys=passkeys)
 
     def backup_codes_left(self, db: Session, user_id: int) -> int:
         return int(db.scalar(select(func.count()).select_from(BackupCode).where(

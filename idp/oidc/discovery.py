@@ -7,8 +7,7 @@ from typing import Any
 
 from idp.oidc.server import SUPPORTED_SCOPES
 
-# phr (a passkey) joins when passkeys exist: a request for it is unmet until then
-ACR_VALUES = ["pwd", "mfa"]
+ACR_VALUES = ["pwd", "mfa", "phr"]  # the ladder of idp/login/policy.py
 
 
 def build_metadata(issuer: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ code guesses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -60,12 +61,15 @@ async def advance(request: Request, tx: tx_store.LoginTransaction) -> Response |
     if state.next_step == policy.DONE:
         return await finish(request, tx)
     if state.next_step == policy.UNMET:
-        return LOCKED if tx.user_id is None else _unmet(request, tx)
+        if tx.user_id is None:
+            return LOCKED
+        await run_blocking(request, tx_store.consume_transaction, services.store, tx.id)
+        return _unmet(request, tx)
     if await run_blocking(request, _locked, services, tx.user_id):
         return LOCKED
     await run_blocking(request, tx_store.save_transaction, services.store, tx,
                        ttl_seconds=services.settings.login_ttl_seconds)
-    target = "/login/code" if state.next_step == policy.CODE else "/login/enrol"
+    target = {policy.CODE: "/login/code", policy.PASSKEY: "/login/passkey"}.get(state.next_step, "/login/enrol")
     return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
 
 
@@ -75,9 +79,21 @@ def _locked(services: Services, user_id: int | None) -> bool:
 
 
 def _unmet(request: Request, tx: tx_store.LoginTransaction) -> Response:
+    """The level asked for cannot be reached by this user (e.g. phr without a passkey): the
+    OIDC error goes back to the RP (OpenID's registered unmet_authentication_requirements),
+    to the redirect_uri validated when the request was parked."""
     from idp.web.pages import error_page
 
-    return error_page(request, 403, "Your account cannot sign in at the level this application asks for.")
+    redirect_uri = tx.params.get("redirect_uri")
+    if not tx.client_id or not redirect_uri:
+        return error_page(request, 403, "Your account cannot sign in at the level asked for.")
+    error = {"error": "unmet_authentication_requirements",
+             "error_description": "The user cannot authenticate at the level requested."}
+    if tx.params.get("state"):
+        error["state"] = tx.params["state"]
+    error["iss"] = services_of(request).oidc.issuer  # RFC 9207
+    separator = "&" if urlsplit(redirect_uri).query else "?"
+    return RedirectResponse(redirect_uri + separator + urlencode(error), status_code=303, headers=NO_STORE)
 
 
 async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | FailureRecord:

@@ -48,8 +48,9 @@ async def show_code_step(request: Request) -> Response:
     if isinstance(tx, Response):
         return tx
     state = await run_blocking(request, chain_state, services_of(request), tx)
-    if state.next_step == policy.ENROL_TOTP:
-        return RedirectResponse(f"/login/enrol?tx={tx.id}", status_code=303, headers=NO_STORE)
+    if state.next_step in (policy.ENROL_TOTP, policy.PASSKEY):
+        target = "/login/enrol" if state.next_step == policy.ENROL_TOTP else "/login/passkey"
+        return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
     if state.next_step != policy.CODE:
         return error_page(request, 400, NOT_STARTED)
     backup = request.query_params.get("method") == "backup"
@@ -148,6 +149,20 @@ def _interstitial(request: Request, template: str, outcome: Response, **context:
         if name == b"set-cookie":
             response.raw_headers.append((name, value))
     return response
+
+
+# ---- a passkey as the next step -------------------------------------------------------------
+
+async def show_passkey_step(request: Request) -> Response:
+    """After a password (or for a step-up to phr): the page whose button runs the passkey
+    ceremony for this user (idp/static/passkeys.js)."""
+    tx = await _chain_tx(request, request.query_params.get("tx"))
+    if isinstance(tx, Response):
+        return tx
+    state = await run_blocking(request, chain_state, services_of(request), tx)
+    if state.next_step != policy.PASSKEY:
+        return error_page(request, 400, NOT_STARTED)
+    return _page(request, "login_passkey.html", tx, offer_code=state.factors.totp, error=None)
 
 
 # ---- enrolment demanded at login -----------------------------------------------------------

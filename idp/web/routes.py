@@ -12,6 +12,7 @@ from idp.web import (
     login,
     login_steps,
     oauth_endpoints,
+    passkey_routes,
 )
 
 STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "static"
@@ -28,6 +29,9 @@ routes = [
     # code) and the enforced TOTP enrolment
     Route("/login/code", login_steps.show_code_step, methods=["GET"]),
     Route("/login/code", login_steps.submit_code_step, methods=["POST"]),
+    Route("/login/passkey", login_steps.show_passkey_step, methods=["GET"]),
+    Route("/login/passkey/options", passkey_routes.sign_in_options, methods=["POST"]),
+    Route("/login/passkey/verify", passkey_routes.sign_in_verify, methods=["POST"]),
     Route("/login/enrol", login_steps.show_enrolment, methods=["GET"]),
     Route("/login/enrol", login_steps.submit_enrolment, methods=["POST"]),
     # self-service (idp/web/account.py)
@@ -36,6 +40,10 @@ routes = [
     Route("/account/totp/confirm", account.totp_confirm, methods=["POST"]),
     Route("/account/totp/disable", account.totp_disable, methods=["POST"]),
     Route("/account/backup-codes", account.regenerate_backup_codes, methods=["POST"]),
+    Route("/account/passkeys/options", passkey_routes.registration_options, methods=["POST"]),
+    Route("/account/passkeys", passkey_routes.register, methods=["POST"]),
+    Route("/account/passkeys/{passkey_id:int}/rename", passkey_routes.rename, methods=["POST"]),
+    Route("/account/passkeys/{passkey_id:int}/remove", passkey_routes.remove, methods=["POST"]),
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),
     # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405

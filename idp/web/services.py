@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from idp.login.lockout import Lockout
 from idp.login.sessions import SessionPolicy
 from idp.mfa.factors import SecondFactors
+from idp.mfa.passkeys import Passkeys
 from idp.oidc.context import OidcContext
 from idp.oidc.server import IdpAuthorizationServer
 from idp.security.client_ip import Network
@@ -36,3 +37,4 @@ class Services:
     rate_limits: RateLimits
     lockout: Lockout
     factors: SecondFactors
+    passkeys: Passkeys

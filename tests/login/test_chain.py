@@ -14,7 +14,15 @@ from sqlalchemy import select, update
 
 from idp.db.models import Client, User
 from idp.users import require_mfa
-from tests.support.rp import AuthRequest, decode_id_token, form_value, query_of, redeem, start, submit_login
+from tests.support.rp import (
+    AuthRequest,
+    decode_id_token,
+    form_value,
+    query_of,
+    redeem,
+    start,
+    submit_login,
+)
 from tests.support.seed import PASSWORD
 
 T0 = 1_900_000_020.0  # a fixed clock for the code checks (a step boundary plus 20 s)
@@ -151,10 +159,16 @@ def test_a_clients_default_acr_values_demand_a_second_factor(client):
 
 
 def test_an_unsatisfiable_level_is_an_error_returned_to_the_rp(client):
-    response = start(client, AuthRequest(extra={"acr_values": "phr"}))
-    params = query_of(response.headers["location"])
+    """phr for a user without a passkey: after the password, the RP gets the OIDC error."""
+    request = AuthRequest(extra={"acr_values": "phr"})
+    response = submit_login(client, start(client, request).headers["location"])
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert location.startswith("https://shop.example/callback?")
+    params = query_of(location)
     assert params["error"] == "unmet_authentication_requirements"
-    assert "iss" in params
+    assert params["state"] == request.state and params["iss"] == "http://localhost:8000"
+    assert "code" not in params
 
 
 def test_prompt_none_when_a_step_up_is_needed_is_interaction_required(client):
@@ -226,7 +240,7 @@ def test_a_replayed_code_is_refused_at_login(client):
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_discovery_advertises_the_levels_idp_can_reach(client):
-    assert client.get("/.well-known/openid-configuration").json()["acr_values_supported"] == ["pwd", "mfa"]
+    assert client.get("/.well-known/openid-configuration").json()["acr_values_supported"] == ["pwd", "mfa", "phr"]
 
 
 def test_plain_sign_in_to_idp_with_totp_goes_through_the_code_step_to_the_account_page(client):

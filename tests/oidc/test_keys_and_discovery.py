@@ -19,7 +19,7 @@ def test_discovery_describes_the_provider(client):
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert meta["response_types_supported"] == ["code"]
     assert meta["authorization_response_iss_parameter_supported"] is True
-    assert set(meta["acr_values_supported"]) == {"pwd", "mfa"}
+    assert set(meta["acr_values_supported"]) == {"pwd", "mfa", "phr"}
     assert "private_key_jwt" in meta["token_endpoint_auth_methods_supported"]
 
 

@@ -1,0 +1,271 @@
+"""The passkey ceremonies over JSON (called by idp/static/passkeys.js): sign-in as a login
+step (usernameless, username-first, or as the next step after a password / for a
+step-up), and registration, rename and removal on /account.
+
+Every call carries the page's CSRF token in its JSON body; answers are JSON: the options
+for navigator.credentials, then {"redirect": …} or {"error": …} with a 4xx status."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from idp.db.models import User
+from idp.login import transaction as tx_store
+from idp.login.lockout import FailureRecord
+from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
+from idp.login.sessions import find_session
+from idp.login.steps.password import normalize_username
+from idp.mfa.passkeys import PasskeyError, SignedIn
+from idp.security import csrf
+from idp.security.audit import record_audit
+from idp.web.blocking import run_blocking
+from idp.web.chain import advance
+from idp.web.forms import read_form
+from idp.web.login import failure_message
+from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
+from idp.web.pages import error_page
+from idp.web.params import BadParameters, read_body
+from idp.web.services import Services
+from idp.web.throttle import check_limits, too_many_json
+
+JSON_MAX_BYTES = 64 * 1024
+SIGN_IN_FAILED = "That passkey could not sign you in."
+# Removing a passkey needs a sign-in this recent (a stolen session alone cannot do it).
+RECENT_AUTH_SECONDS = 10 * 60
+
+
+def _json_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=NO_STORE)
+
+
+async def _read_json(request: Request) -> dict[str, Any] | Response:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return _json_error(400, "The body must be application/json.")
+    try:
+        body = await read_body(request, max_bytes=JSON_MAX_BYTES)
+        data = json.loads(body)
+    except (BadParameters, ValueError):
+        return _json_error(400, "The body is not a JSON object of a sensible size.")
+    if not isinstance(data, dict):
+        return _json_error(400, "The body is not a JSON object.")
+    keyring = services_of(request).keyring
+    if not csrf.check_csrf(keyring, request.cookies.get(csrf.COOKIE_NAME), data.get("csrf_token")):
+        return _json_error(403, "The page expired. Reload it and try again.")
+    return data
+
+
+def _options(challenge_id: str, options_json: str) -> Response:
+    return JSONResponse({"challenge_id": challenge_id, "publicKey": json.loads(options_json)}, headers=NO_STORE)
+
+
+# ---- sign-in ------------------------------------------------------------------------------
+
+async def sign_in_options(request: Request) -> Response:
+    services = services_of(request)
+    data = await _read_json(request)
+    if isinstance(data, Response):
+        return data
+    tx = await run_blocking(request, tx_store.find_transaction, services.store, data.get("tx"))
+    if tx is None:
+        tx = tx_store.new_transaction({}, "", "", None, return_to="/account")  # signing in to idp itself
+        await run_blocking(request, tx_store.save_transaction, services.store, tx,
+                           ttl_seconds=services.settings.login_ttl_seconds)
+    typed = data.get("username")
+    username = normalize_username(typed)[:128] if isinstance(typed, str) and typed.strip() else None
+    ip = request_ip(request)
+    checks = [("login_ip", ip or "-")] + ([("login_account", username)] if username else [])
+    verdict = await check_limits(request, checks, ip=ip)
+    if not verdict.allowed:
+        return too_many_json(verdict)
+    # a chain that already named its user (password done, or a step-up) signs in that user only
+    challenge = await run_blocking(request, _sign_in_options, services, tx, username)
+    return JSONResponse({"challenge_id": challenge.id, "tx": tx.id, "publicKey": json.loads(challenge.options_json)},
+                        headers=NO_STORE)
+
+
+def _sign_in_options(services: Services, tx: tx_store.LoginTransaction, username: str | None):  # type: ignore[no-untyped-def]
+    with services.sessions.begin() as db:
+        if tx.user_id is not None:
+            return services.passkeys.sign_in_options(db, tx_id=tx.id, user_id=tx.user_id)
+        return services.passkeys.sign_in_options(db, tx_id=tx.id, username=username)
+
+
+async def sign_in_verify(request: Request) -> Response:
+    services = services_of(request)
+    data = await _read_json(request)
+    if isinstance(data, Response):
+        return data
+    tx = await run_blocking(request, tx_store.find_transaction, services.store, data.get("tx"))
+    if tx is None:
+        return _json_error(400, "This sign-in has expired. Reload the page and try again.")
+    ip = request_ip(request)
+    verdict = await check_limits(request, [("login_ip", ip or "-")], ip=ip)
+    if not verdict.allowed:
+        return too_many_json(verdict)
+    agent = request.headers.get("user-agent")
+    result = await run_blocking(request, _verify_sign_in, services, tx, data.get("challenge_id"),
+                                data.get("credential"), ip, agent)
+    if isinstance(result, FailureRecord):
+        return _json_error(401, failure_message(services, result, SIGN_IN_FAILED))
+    if isinstance(result, str):
+        return _json_error(401, SIGN_IN_FAILED)
+    chained = tx.with_step(result.methods[0], user_id=result.user_id)
+    chained = chained.with_step(result.methods[1])
+    outcome = await advance(request, chained)
+    if isinstance(outcome, FailureRecord):
+        return _json_error(401, failure_message(services, outcome, SIGN_IN_FAILED))
+    answer = JSONResponse({"redirect": outcome.headers["location"]}, headers=NO_STORE)
+    for name, value in outcome.raw_headers:
+        if name == b"set-cookie":
+            answer.raw_headers.append((name, value))
+    return answer
+
+
+def _verify_sign_in(services: Services, tx: tx_store.LoginTransaction, challenge_id: object, credential: object,
+                    ip: str | None, agent: str | None) -> SignedIn | FailureRecord | str:
+    """The verified sign-in; a FailureRecord when a known user's assertion failed (counted
+    toward the lockout); a reason when no user can be blamed (unknown credential, bad JSON)."""
+    with services.sessions.begin() as db:
+        try:
+            signed = services.passkeys.sign_in(db, tx_id=tx.id, challenge_id=challenge_id, credential=credential)
+        except PasskeyError as exc:
+            blamed = tx.user_id or services.passkeys.owner_of(db, credential)
+            if exc.reason == "sign counter went backwards":
+                record_audit(db, "passkey.counter_regression", user_id=blamed, ip=ip, user_agent=agent,
+                             outcome="refused")
+            record_audit(db, "login.passkey.failed", user_id=blamed, ip=ip, user_agent=agent, outcome="failure",
+                         reason=exc.reason)
+            if blamed is None:
+                return exc.reason
+            failure = services.lockout.record_failure(db, blamed)
+            if failure.locked_now:
+                record_audit(db, "account.locked", user_id=blamed, ip=ip, user_agent=agent, outcome="success",
+                             known_user=True)
+            return failure
+        if services.lockout.is_locked(db, signed.user_id):
+            record_audit(db, "login.passkey.failed", user_id=signed.user_id, ip=ip, user_agent=agent,
+                         outcome="refused", reason="locked")
+            return FailureRecord(remaining=0, locked_now=False, was_locked=True)
+        record_audit(db, "login.passkey.succeeded", user_id=signed.user_id, ip=ip, user_agent=agent,
+                     outcome="success", methods=list(signed.methods))
+        return signed
+
+
+# ---- /account: register, rename, remove ------------------------------------------------------
+
+def _session_user(services: Services, cookie: str | None) -> tuple[int, float] | None:
+    """(user id, seconds since the session's last interactive sign-in) for the session."""
+    from idp.clock import utcnow
+
+    with services.sessions.begin() as db:
+        found = find_session(db, services.keyring, services.session_policy, cookie)
+        if found is None:
+            return None
+        row, user = found
+        return user.id, (utcnow() - row.auth_time).total_seconds()
+
+
+async def registration_options(request: Request) -> Response:
+    services = services_of(request)
+    data = await _read_json(request)
+    if isinstance(data, Response):
+        return data
+    session = await run_blocking(request, _session_user, services, request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return _json_error(401, "Sign in first.")
+    challenge = await run_blocking(request, _registration_options, services, session[0])
+    return _options(challenge.id, challenge.options_json)
+
+
+def _registration_options(services: Services, user_id: int):  # type: ignore[no-untyped-def]
+    with services.sessions.begin() as db:
+        user = db.get(User, user_id)
+        assert user is not None
+        return services.passkeys.registration_options(db, user)
+
+
+async def register(request: Request) -> Response:
+    services = services_of(request)
+    data = await _read_json(request)
+    if isinstance(data, Response):
+        return data
+    session = await run_blocking(request, _session_user, services, request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return _json_error(401, "Sign in first.")
+    ip, agent = request_ip(request), request.headers.get("user-agent")
+    error = await run_blocking(request, _register, services, session[0], data, ip, agent)
+    if error:
+        return _json_error(400, "The passkey could not be added. Try again.")
+    return JSONResponse({"redirect": "/account"}, headers=NO_STORE)
+
+
+def _register(services: Services, user_id: int, data: dict[str, Any], ip: str | None, agent: str | None) -> str:
+    with services.sessions.begin() as db:
+        user = db.get(User, user_id)
+        assert user is not None
+        try:
+            row = services.passkeys.register(db, user, data.get("challenge_id"), data.get("credential"),
+                                             data.get("name"))
+        except PasskeyError as exc:
+            db.rollback()
+            with services.sessions.begin() as audit_db:
+                record_audit(audit_db, "passkey.registration_failed", user_id=user_id, ip=ip, user_agent=agent,
+                             outcome="failure", reason=exc.reason)
+            return exc.reason
+        record_audit(db, "passkey.added", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
+                     passkey=row.id, name=row.name)
+        return ""
+
+
+async def rename(request: Request) -> Response:
+    return await _change(request, "rename")
+
+
+async def remove(request: Request) -> Response:
+    return await _change(request, "remove")
+
+
+async def _change(request: Request, action: str) -> Response:
+    services = services_of(request)
+    params = await read_form(request)
+    if isinstance(params, Response):
+        return params
+    session = await run_blocking(request, _session_user, services, request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return RedirectResponse("/login", status_code=303, headers=NO_STORE)
+    user_id, since_auth = session
+    try:
+        passkey_id = int(request.path_params["passkey_id"])
+    except (KeyError, ValueError):
+        return error_page(request, 404, "No such passkey.")
+    if action == "remove" and since_auth > RECENT_AUTH_SECONDS:
+        # a fresh sign-in first: the chain sends the user back to /account afterwards
+        return RedirectResponse("/login?reauth=1", status_code=303, headers=NO_STORE)
+    ip, agent = request_ip(request), request.headers.get("user-agent")
+    done = await run_blocking(request, _apply_change, services, action, user_id, passkey_id, params.get("name"), ip,
+                              agent)
+    if not done:
+        return error_page(request, 404, "No such passkey.")
+    return RedirectResponse("/account", status_code=303, headers=NO_STORE)
+
+
+def _apply_change(services: Services, action: str, user_id: int, passkey_id: int, name: str | None, ip: str | None,
+                  agent: str | None) -> bool:
+    from idp.mfa.passkeys import clean_name
+
+    with services.sessions.begin() as db:
+        row = services.passkeys.find(db, user_id, passkey_id)
+        if row is None:
+            return False
+        if action == "rename":
+            row.name = clean_name(name)
+            record_audit(db, "passkey.renamed", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
+                         passkey=row.id)
+        else:
+            db.delete(row)
+            record_audit(db, "passkey.removed", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
+                         passkey=passkey_id)
+        return True
