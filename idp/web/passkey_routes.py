@@ -47,7 +47,7 @@ async def _read_json(request: Request) -> dict[str, Any] | Response:
     try:
         body = await read_body(request, max_bytes=JSON_MAX_BYTES)
         data = json.loads(body)
-    except (BadParameters, ValueError):
+    except (BadParameters, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return _json_error(400, "The body is not a JSON object of a sensible size.")
     if not isinstance(data, dict):
         return _json_error(400, "The body is not a JSON object.")
