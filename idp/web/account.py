@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session
 from starlette.requests import Request
@@ -31,6 +32,15 @@ MFA_REQUIRED = "Your administrator requires a second factor, so the authenticato
 
 
 @dataclass(frozen=True)
+class PasskeyView:
+    """A passkey as the /account list shows it (times already formatted, UTC)."""
+    id: int
+    name: str
+    created_at: str
+    last_used_at: str | None
+
+
+@dataclass(frozen=True)
 class Account:
     user_id: int
     username: str
@@ -38,6 +48,7 @@ class Account:
     totp: bool
     backup_codes_left: int
     password_hash: str | None = field(repr=False)
+    passkeys: tuple[PasskeyView, ...] = ()
 
 
 # ---- pages ---------------------------------------------------------------------------------
@@ -152,7 +163,7 @@ async def _new_backup_codes(request: Request, account: Account, *, kind: str | N
 
 def _account(request: Request, account: Account, *, error: str | None = None, status: int = 200) -> Response:
     response = render(request, "account.html", status=status, account=account, error=error,
-                      warn_at=backup_codes.WARN_AT)
+                      warn_at=backup_codes.WARN_AT, passkeys=account.passkeys)
     response.headers.update(NO_STORE)
     return response
 
@@ -190,8 +201,18 @@ def _find_account(services: Services, cookie: str | None) -> Account | None:
             return None
         user = found[1]
         factors = services.factors.factors_of(db, user, count_backup_codes=True)
+        passkeys = tuple(PasskeyView(id=p.id, name=p.name, created_at=_utc(p.created_at),
+                                     last_used_at=_utc(p.last_used_at) if p.last_used_at else None)
+                         for p in services.passkeys.list(db, user.id))
         return Account(user_id=user.id, username=user.username, require_mfa=user.require_mfa, totp=factors.totp,
-                       backup_codes_left=factors.backup_codes, password_hash=user.password_hash)
+                       backup_codes_left=factors.backup_codes, password_hash=user.password_hash, passkeys=passkeys)
+
+
+def _utc(moment: datetime) -> str:
+    """YYYY-MM-DD HH:MM UTC (stored times are naive UTC, or aware)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _begin_totp(services: Services, user_id: int) -> str | None:

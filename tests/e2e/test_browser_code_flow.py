@@ -84,7 +84,7 @@ def at_path(path: str) -> Callable[[str], bool]:
 def sign_in(page: Page, username: str, password: str) -> None:
     page.locator("input[name=username]").fill(username)
     page.locator("input[name=password]").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def callback_query(page: Page, idp: RunningIdp) -> dict[str, str]:

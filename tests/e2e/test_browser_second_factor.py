@@ -163,7 +163,7 @@ def sign_in(page: Page, username: str, password: str) -> None:
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.locator("input[name=username]").fill(username)
     page.locator("input[name=password]").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def code_input(page: Page) -> Locator:
