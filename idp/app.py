@@ -74,7 +74,8 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
                                          memory_cost_kib=settings.argon2_memory_kib)
     return Services(
         settings=settings, engine=engine, sessions=sessions, keyring=keyring, store=store, hashing=hashing, oidc=ctx,
-        server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds),
+        server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds,
+                                     settings.sessions_per_user),
         trusted_proxies=parse_networks(settings.trusted_proxies), discovery_bytes=metadata_bytes(settings.issuer),
         blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
         rate_limits=rate_limits,

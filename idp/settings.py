@@ -55,6 +55,9 @@ class Settings:
     argon2_memory_kib: int = _meta(65536, "Argon2id memory per hash in KiB", lo=8192, hi=4194304)
     max_concurrent_hashes: int = _meta(0, "Argon2 hashes run at once (0 = CPU count)", lo=0, hi=1024)
     max_body_bytes: int = _meta(65536, "largest request body accepted", lo=1024, hi=10485760)
+    sessions_per_user: int = _meta(10, "concurrent IdP sessions per user; the oldest is ended beyond it", lo=1, hi=1000)
+    reauth_seconds: int = _meta(600, "how recent a sign-in sensitive account actions need", lo=30, hi=86400)
+    passkey_removal_ends_sessions: int = _meta(1, "1 = removing a passkey ends the user's other sessions", lo=0, hi=1)
     lockout_attempts: int = _meta(5, "failed password/code attempts that lock an account", lo=1, hi=100)
     lockout_seconds: int = _meta(1800, "how long a locked account stays locked", lo=10, hi=86400)
     # Rate limits, in the `limits` notation ("N/second|minute|hour|day", several joined by

@@ -70,12 +70,8 @@ def get_user(db: Session, username: str) -> User:
 def disable_user(db: Session, username: str) -> User:
     """Disabled users cannot sign in; their sessions end and their refresh tokens die."""
     user = get_user(db, username)
-    now = utcnow()
     user.disabled = True
-    for session in db.scalars(select(IdpSession).where(IdpSession.user_id == user.id, IdpSession.ended_at.is_(None))):
-        session.ended_at = now
-    for token in db.scalars(select(RefreshToken).where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))):
-        token.revoked_at = now
+    _end_sessions_and_refresh_tokens(db, user.id)
     record_audit(db, "user.disabled", user_id=user.id)
     return user
 
@@ -102,11 +98,21 @@ def require_mfa(db: Session, username: str) -> User:
 
 
 def reset_mfa(db: Session, username: str) -> User:
-    """Every second factor removed (TOTP, backup codes): for a user who lost them. With
-    require-mfa still set, the next login enrols again."""
+    """Every second factor removed (TOTP, backup codes, passkeys): for a user who lost them.
+    Their sessions end and their refresh tokens are revoked: whoever holds the lost device
+    must not stay signed in. With require-mfa still set, the next login enrols again."""
     from idp.mfa.factors import SecondFactors
 
     user = get_user(db, username)
     SecondFactors.remove_all(db, user.id)
+    _end_sessions_and_refresh_tokens(db, user.id)
     record_audit(db, "user.mfa_reset", user_id=user.id, outcome="success", by="cli")
     return user
+
+
+def _end_sessions_and_refresh_tokens(db: Session, user_id: int) -> None:
+    now = utcnow()
+    for session in db.scalars(select(IdpSession).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None))):
+        session.ended_at = now
+    for token in db.scalars(select(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))):
+        token.revoked_at = now

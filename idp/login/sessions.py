@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
-from idp.db.models import IdpSession, User
+from idp.db.models import IdpSession, RefreshToken, User
 from idp.security.audit import record_audit
 from idp.security.keyring import Keyring, new_secret
 
@@ -22,6 +22,7 @@ _SESSION_BY_DIGEST = select(IdpSession).where(IdpSession.cookie_digest == bindpa
 class SessionPolicy:
     idle_seconds: int
     absolute_seconds: int
+    max_per_user: int = 10
 
 
 def start_session(
@@ -38,7 +39,23 @@ def start_session(
     db.add(row)
     db.flush()
     record_audit(db, "session.started", user_id=user.id, ip=ip, sid=row.sid, acr=acr, amr=amr)
+    _evict_beyond_cap(db, user.id, policy.max_per_user, ip)
     return cookie, row
+
+
+def _evict_beyond_cap(db: Session, user_id: int, cap: int, ip: str | None) -> None:
+    """A user has at most `cap` live sessions: the oldest beyond it end (and their refresh
+    tokens, except offline_access ones, are revoked), audited."""
+    now = utcnow()
+    live = list(db.scalars(select(IdpSession).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None),
+                                                    IdpSession.expires_at > now)
+                          .order_by(IdpSession.created_at.desc(), IdpSession.id.desc())))
+    for old in live[cap:]:
+        old.ended_at = now
+        for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == old.sid, RefreshToken.revoked_at.is_(None))):
+            if "offline_access" not in token.scope.split():
+                token.revoked_at = now
+        record_audit(db, "session.evicted", user_id=user_id, ip=ip, outcome="success", sid=old.sid, cap=cap)
 
 
 def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: str | None) -> tuple[IdpSession, User] | None:

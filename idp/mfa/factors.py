@@ -118,13 +118,16 @@ class SecondFactors:
         return check
 
     def disable_totp(self, db: Session, user_id: int) -> None:
-        self.remove_all(db, user_id)
+        """TOTP and its backup codes gone (passkeys stay)."""
+        db.execute(delete(TotpCredential).where(TotpCredential.user_id == user_id))
+        db.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
 
     @staticmethod
     def remove_all(db: Session, user_id: int) -> None:
-        """TOTP and backup codes gone (disable, or `idp user reset-mfa`)."""
+        """Every second factor gone: TOTP, backup codes and passkeys (`idp user reset-mfa`)."""
         db.execute(delete(TotpCredential).where(TotpCredential.user_id == user_id))
         db.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
+        db.execute(delete(Passkey).where(Passkey.user_id == user_id))
 
     # ---- the one check path ------------------------------------------------------------
 

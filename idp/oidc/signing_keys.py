@@ -90,6 +90,10 @@ class KeyCache:
         assert self._keys is not None
         return self._keys
 
+    def jwks(self) -> dict[str, object]:
+        """The published public keys (current and retired-but-published), as a JWK Set."""
+        return json.loads(self.get().jwks_bytes)  # type: ignore[no-any-return]
+
     def reload(self) -> None:
         with self._lock, self._sessions() as db:
             keys = published_keys(db)

@@ -11,6 +11,7 @@ from idp.web import (
     home,
     login,
     login_steps,
+    logout,
     oauth_endpoints,
     passkey_routes,
 )
@@ -44,6 +45,7 @@ routes = [
     Route("/account/passkeys", passkey_routes.register, methods=["POST"]),
     Route("/account/passkeys/{passkey_id:int}/rename", passkey_routes.rename, methods=["POST"]),
     Route("/account/passkeys/{passkey_id:int}/remove", passkey_routes.remove, methods=["POST"]),
+    Route("/logout", logout.end_session_endpoint, methods=["GET", "POST"]),  # RP-Initiated Logout
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),
     # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405

@@ -1,0 +1,113 @@
+"""Logout (OpenID Connect RP-Initiated Logout 1.0 and Back-Channel Logout 1.0): checking
+an `id_token_hint`, matching `post_logout_redirect_uri`, ending an IdP session, and the
+logout tokens the RPs it signed into are sent.
+
+- The hint must carry our signature and our issuer; it may have expired (RP-Initiated
+  Logout §2 allows it: a user logs out long after signing in). Its `aud` names the client.
+- `post_logout_redirect_uri` must equal one of the client's registered URIs exactly; no
+  redirect otherwise (an open redirector is worse than a "signed out" page).
+- Ending a session revokes the refresh tokens bound to it (`sid`), except those granted
+  `offline_access`: that scope exists so an RP keeps access when the user is gone.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from idp.clock import utcnow
+from idp.db.models import IdpSession, RefreshToken, SessionClient, User
+from idp.oidc.clients import RegisteredClient
+from idp.oidc.context import OidcContext
+from idp.oidc.signing_keys import ALG
+
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LOGOUT_TOKEN_TTL_SECONDS = 120
+HINT_MAX_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class Hint:
+    client_id: str
+    sub: str
+    sid: str | None
+
+
+class InvalidHint(ValueError):
+    """The id_token_hint is not an ID token of ours; the message is safe to show."""
+
+
+def check_hint(ctx: OidcContext, hint: str) -> Hint:
+    if not isinstance(hint, str) or not 20 <= len(hint) <= HINT_MAX_CHARS:
+        raise InvalidHint("The id_token_hint is not an ID token issued here.")
+    keys = KeySet.import_key_set(ctx.keys.jwks())
+    try:
+        token = jwt.decode(hint, keys, algorithms=[ALG])
+    except (JoseError, ValueError, TypeError):
+        raise InvalidHint("The id_token_hint is not an ID token issued here.") from None
+    claims = token.claims
+    aud = claims.get("aud")
+    client_id = aud[0] if isinstance(aud, list) and len(aud) == 1 else aud
+    if claims.get("iss") != ctx.issuer or not isinstance(client_id, str) or not isinstance(claims.get("sub"), str):
+        raise InvalidHint("The id_token_hint is not an ID token issued here.")
+    sid = claims.get("sid")
+    return Hint(client_id=client_id, sub=claims["sub"], sid=sid if isinstance(sid, str) else None)
+
+
+def allowed_redirect(client: RegisteredClient | None, uri: str | None) -> str | None:
+    """The post-logout redirect if it is exactly one the client registered; else None."""
+    if client is None or not uri:
+        return None
+    registered = client.config.get("post_logout_redirect_uris") or []
+    return uri if uri in registered else None
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    user_id: int
+    sid: str
+    subject: str
+    clients: tuple[str, ...]  # the RPs it had signed into
+
+
+def end_session(db: Session, session_id: int) -> EndedSession | None:
+    row = db.get(IdpSession, session_id)
+    if row is None or row.ended_at is not None:
+        return None
+    now = utcnow()
+    row.ended_at = now
+    user = db.get(User, row.user_id)
+    clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
+    for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == row.sid, RefreshToken.revoked_at.is_(None))):
+        if "offline_access" not in token.scope.split():
+            token.revoked_at = now
+    return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
+
+
+def end_all_sessions(db: Session, user_id: int, *, except_session_id: int | None = None) -> list[EndedSession]:
+    ids = db.scalars(select(IdpSession.id).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None)))
+    ended = [end_session(db, session_id) for session_id in list(ids) if session_id != except_session_id]
+    return [e for e in ended if e is not None]
+
+
+def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
+    db.execute(update(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+               .values(revoked_at=utcnow()))
+
+
+def logout_token(ctx: OidcContext, *, client_id: str, sub: str, sid: str) -> str:
+    """Back-Channel Logout 1.0 §2.4: iss, aud, iat, exp, jti, events, sub and sid; no nonce."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": ctx.issuer, "aud": client_id, "iat": now, "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
+        "jti": uuid.uuid4().hex, "events": {BACKCHANNEL_EVENT: {}}, "sub": sub, "sid": sid,
+    }
+    key = ctx.keys.get().signing_key
+    return jwt.encode({"alg": ALG, "kid": key.kid, "typ": "logout+jwt"}, claims, key, [ALG])
