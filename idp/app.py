@@ -34,6 +34,7 @@ from idp.security.rate_limits import RateLimits
 from idp.settings import Settings, SettingsError
 from idp.state.memory import MemoryStore
 from idp.state.store import StateStore, StoreUnavailable, open_store
+from idp.web import backchannel
 from idp.web.routes import routes
 from idp.web.security_headers import SecurityHeadersMiddleware
 from idp.web.services import Services
@@ -93,6 +94,7 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
         refresher = asyncio.create_task(_refresh_caches(services))
         yield
         refresher.cancel()
+        await backchannel.wait_for_deliveries(timeout=10.0)  # graceful stop: let logout deliveries finish
         services.hashing.close()
         services.store.close()
         services.engine.dispose()

@@ -56,6 +56,7 @@ def _evict_beyond_cap(db: Session, user_id: int, cap: int, ip: str | None) -> No
             if "offline_access" not in token.scope.split():
                 token.revoked_at = now
         record_audit(db, "session.evicted", user_id=user_id, ip=ip, outcome="success", sid=old.sid, cap=cap)
+        db.info.setdefault("ended_sids", []).append(old.sid)  # the web layer sends their back-channel logouts
 
 
 def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: str | None) -> tuple[IdpSession, User] | None:

@@ -30,7 +30,7 @@ from idp.oidc.signing_keys import ALG
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TOKEN_TTL_SECONDS = 120
-HINT_MAX_CHARS = 8192
+HINT_MAX_CHARS = 4096  # the request parameter limit (idp/web/params.py) is the same
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ def check_hint(ctx: OidcContext, hint: str) -> Hint:
     except (JoseError, ValueError, TypeError):
         raise InvalidHint("The id_token_hint is not an ID token issued here.") from None
     claims = token.claims
+    if "events" in claims or str(token.header.get("typ", "")).lower() == "logout+jwt":
+        raise InvalidHint("The id_token_hint is not an ID token issued here.")  # a logout token is not a hint
     aud = claims.get("aud")
     client_id = aud[0] if isinstance(aud, list) and len(aud) == 1 else aud
     if claims.get("iss") != ctx.issuer or not isinstance(client_id, str) or not isinstance(claims.get("sub"), str):
@@ -88,6 +90,16 @@ def end_session(db: Session, session_id: int) -> EndedSession | None:
     for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == row.sid, RefreshToken.revoked_at.is_(None))):
         if "offline_access" not in token.scope.split():
             token.revoked_at = now
+    return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
+
+
+def describe_ended(db: Session, sid: str) -> EndedSession | None:
+    """An already ended session (e.g. evicted by the per-user cap), for its back-channel logouts."""
+    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid))
+    if row is None:
+        return None
+    user = db.get(User, row.user_id)
+    clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
     return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
 
 

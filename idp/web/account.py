@@ -1,23 +1,53 @@
-"""/account: self-service second factors (DESIGN.md §3, §4): TOTP set-up and confirmation,
-turning it off, and new backup codes. Turning off and regenerating need the password and a
-current code; the password is checked first, and the code only after a right password (so
-a wrong password never uses up a code). Nothing is written but failure counts until both
-checks pass. Rate limits run before any Argon2; Argon2 runs outside every transaction."""
+"""/account: self-service (DESIGN.md §3, §4): TOTP set-up and confirmation, turning it
+off, new backup codes, a new password, and the user's sessions (listed; any other one, or
+all others, signed out).
+
+Turning TOTP off and regenerating need the password and a current code; the password is
+checked first, and the code only after a right password (so a wrong password never uses up
+a code). Nothing is written but failure counts until both checks pass. A new password needs
+the current one (a wrong one counts toward the lockout) and passes the password policy;
+it ends the other sessions and revokes every refresh token.
+
+Sensitive actions (TOTP off, new backup codes, new password; passkey removal in
+passkey_routes) first need a recent sign-in (account_sessions.needs_reauth), before any
+Argon2 or code check; otherwise the login chain runs again. Rate limits run before any
+Argon2; Argon2 runs outside every transaction."""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from idp.db.models import User
 from idp.login.lockout import FailureRecord
 from idp.login.sessions import COOKIE_NAME, find_session
 from idp.mfa import backup_codes, totp
 from idp.mfa.factors import CodeCheck
+from idp.oidc.logout import EndedSession
 from idp.security.audit import record_audit
+from idp.security.password_policy import (
+    MIN_LENGTH_SINGLE_FACTOR,
+    MIN_LENGTH_WITH_SECOND_FACTOR,
+    PasswordRejected,
+    check_password,
+)
+from idp.web.account_sessions import (
+    REAUTH_URL,
+    SessionView,
+    end_one,
+    end_others,
+    end_others_and_revoke_tokens,
+    live_sessions,
+    needs_reauth,
+    schedule_backchannel,
+    utc_text,
+    valid_row_id,
+)
 from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.login import failure_message
@@ -29,6 +59,14 @@ from idp.web.throttle import check_limits, too_many_page
 WRONG_CODE = "That code is not right."
 WRONG_PASSWORD_OR_CODE = "The password or code is not right."
 MFA_REQUIRED = "Your administrator requires a second factor, so the authenticator cannot be turned off."
+WRONG_CURRENT_PASSWORD = "Your current password is not right."
+LOCKED = FailureRecord(remaining=0, locked_now=False, was_locked=True)
+# GET /account?done=… after a POST that redirected: a fixed message, never text from the URL
+NOTICES = {
+    "password": "Your password was changed. Your other sessions were signed out.",
+    "session": "That session was signed out.",
+    "sessions": "All your other sessions were signed out.",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +87,20 @@ class Account:
     backup_codes_left: int
     password_hash: str | None = field(repr=False)
     passkeys: tuple[PasskeyView, ...] = ()
+    email: str | None = None
+    session_id: int = 0  # this browser's session (idp_sessions.id)
+    auth_time: datetime | None = None  # its last interactive sign-in
+    sessions: tuple[SessionView, ...] = ()  # the user's live sessions, this one first
+    has_second_factor: bool = False
+
+    @property
+    def has_password(self) -> bool:
+        return self.password_hash is not None
+
+    @property
+    def password_min(self) -> int:
+        """The policy's minimum length for this user (shorter with a second factor)."""
+        return MIN_LENGTH_WITH_SECOND_FACTOR if self.has_second_factor else MIN_LENGTH_SINGLE_FACTOR
 
 
 # ---- pages ---------------------------------------------------------------------------------
@@ -57,7 +109,7 @@ async def account_page(request: Request) -> Response:
     account = await _signed_in(request)
     if account is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
-    return _account(request, account)
+    return _account(request, account, notice=NOTICES.get(request.query_params.get("done", "")))
 
 
 async def totp_setup(request: Request) -> Response:
@@ -91,7 +143,7 @@ async def totp_confirm(request: Request) -> Response:
 
 
 async def totp_disable(request: Request) -> Response:
-    started = await _start_post(request)
+    started = await _start_post(request, reauth=True)
     if isinstance(started, Response):
         return started
     params, account = started
@@ -104,7 +156,7 @@ async def totp_disable(request: Request) -> Response:
 
 
 async def regenerate_backup_codes(request: Request) -> Response:
-    started = await _start_post(request)
+    started = await _start_post(request, reauth=True)
     if isinstance(started, Response):
         return started
     params, account = started
@@ -114,16 +166,99 @@ async def regenerate_backup_codes(request: Request) -> Response:
     return await _new_backup_codes(request, account, kind="mfa.backup_codes.regenerated")
 
 
+async def change_password(request: Request) -> Response:
+    """Current password + new one twice. The new one is judged by the policy first (no
+    Argon2 for a password that cannot be set), then the current one is verified (a wrong
+    one counts toward the lockout). Success: the new hash, the other sessions ended, every
+    refresh token revoked, audited; this session stays."""
+    started = await _start_post(request, reauth=True)
+    if isinstance(started, Response):
+        return started
+    params, account = started
+    if not account.has_password:
+        return error_page(request, 409, "This account signs in without a password.")
+    current = params.get("current_password", "")
+    new, confirm = params.get("new_password", ""), params.get("confirm_password", "")
+    if not current or not new or not confirm:
+        return _account(request, account, status=400,
+                        password_error="Enter your current password, then the new one twice.")
+    if new != confirm:
+        return _account(request, account, status=400, password_error="The two new passwords are not the same.")
+    try:
+        check_password(new, username=account.username, email=account.email,
+                       has_second_factor=account.has_second_factor)
+    except PasswordRejected as exc:
+        return _account(request, account, status=400, password_error=exc.reason)
+    services = services_of(request)
+    if not await services.hashing.verify_async(account.password_hash, current):
+        failure = await run_blocking(request, _password_change_failed, services, account.user_id, *_client(request))
+        return _account(request, account, status=401,
+                        password_error=_failure(services, failure, WRONG_CURRENT_PASSWORD))
+    new_hash = await services.hashing.hash_async(new)
+    outcome = await run_blocking(request, _store_password, services, account, new_hash, *_client(request))
+    if isinstance(outcome, FailureRecord):  # locked: refused like a wrong password
+        return _account(request, account, status=401,
+                        password_error=_failure(services, outcome, WRONG_CURRENT_PASSWORD))
+    if outcome is None:
+        return error_page(request, 409, "Your password was changed from elsewhere meanwhile. Sign in again.")
+    schedule_backchannel(services, outcome)
+    return RedirectResponse("/account?done=password", status_code=303, headers=NO_STORE)
+
+
+async def end_one_session(request: Request) -> Response:
+    """Signs out one other session of the user's (someone else's, or no such one: 404)."""
+    started = await _start_form(request)
+    if isinstance(started, Response):
+        return started
+    _, account = started
+    session_id = valid_row_id(request.path_params.get("session_id"))
+    if session_id is None:
+        return error_page(request, 404, "No such session.")
+    if session_id == account.session_id:
+        return error_page(request, 400, "That is the session you are using. To end it, sign out.")
+    services = services_of(request)
+    ended = await run_blocking(request, _end_one, services, account.user_id, session_id, *_client(request))
+    if ended is None:
+        return error_page(request, 404, "No such session.")
+    schedule_backchannel(services, [ended])
+    return RedirectResponse("/account?done=session", status_code=303, headers=NO_STORE)
+
+
+async def end_other_sessions(request: Request) -> Response:
+    started = await _start_form(request)
+    if isinstance(started, Response):
+        return started
+    _, account = started
+    services = services_of(request)
+    ended = await run_blocking(request, _end_others, services, account.user_id, account.session_id,
+                               *_client(request))
+    schedule_backchannel(services, ended)
+    return RedirectResponse("/account?done=sessions", status_code=303, headers=NO_STORE)
+
+
 # ---- steps shared by the handlers ------------------------------------------------------------
 
-async def _start_post(request: Request) -> tuple[dict[str, str], Account] | Response:
-    """CSRF, the signed-in user, then the login rate limits (before any Argon2)."""
+async def _start_form(request: Request) -> tuple[dict[str, str], Account] | Response:
+    """CSRF, then the signed-in user."""
     params = await read_form(request)
     if isinstance(params, Response):
         return params
     account = await _signed_in(request)
     if account is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
+    return params, account
+
+
+async def _start_post(request: Request, *, reauth: bool = False) -> tuple[dict[str, str], Account] | Response:
+    """CSRF, the signed-in user, for sensitive actions a recent sign-in (before anything
+    else is looked at), then the login rate limits (before any Argon2)."""
+    started = await _start_form(request)
+    if isinstance(started, Response):
+        return started
+    params, account = started
+    if reauth and (account.auth_time is None or needs_reauth(services_of(request).settings, account.auth_time)):
+        # the login chain runs again and lands back on /account
+        return RedirectResponse(REAUTH_URL, status_code=303, headers=NO_STORE)
     ip = request_ip(request)
     verdict = await check_limits(request, [("login_ip", ip or "-"), ("login_account", account.username)], ip=ip)
     if not verdict.allowed:
@@ -161,9 +296,11 @@ async def _new_backup_codes(request: Request, account: Account, *, kind: str | N
     return response
 
 
-def _account(request: Request, account: Account, *, error: str | None = None, status: int = 200) -> Response:
+def _account(request: Request, account: Account, *, error: str | None = None, status: int = 200,
+             password_error: str | None = None, notice: str | None = None) -> Response:
     response = render(request, "account.html", status=status, account=account, error=error,
-                      warn_at=backup_codes.WARN_AT, passkeys=account.passkeys)
+                      warn_at=backup_codes.WARN_AT, passkeys=account.passkeys, sessions=account.sessions,
+                      password_error=password_error, notice=notice)
     response.headers.update(NO_STORE)
     return response
 
@@ -199,20 +336,16 @@ def _find_account(services: Services, cookie: str | None) -> Account | None:
         found = find_session(db, services.keyring, services.session_policy, cookie)
         if found is None:
             return None
-        user = found[1]
+        row, user = found
         factors = services.factors.factors_of(db, user, count_backup_codes=True)
-        passkeys = tuple(PasskeyView(id=p.id, name=p.name, created_at=_utc(p.created_at),
-                                     last_used_at=_utc(p.last_used_at) if p.last_used_at else None)
+        passkeys = tuple(PasskeyView(id=p.id, name=p.name, created_at=utc_text(p.created_at),
+                                     last_used_at=utc_text(p.last_used_at) if p.last_used_at else None)
                          for p in services.passkeys.list(db, user.id))
         return Account(user_id=user.id, username=user.username, require_mfa=user.require_mfa, totp=factors.totp,
-                       backup_codes_left=factors.backup_codes, password_hash=user.password_hash, passkeys=passkeys)
-
-
-def _utc(moment: datetime) -> str:
-    """YYYY-MM-DD HH:MM UTC (stored times are naive UTC, or aware)."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+                       backup_codes_left=factors.backup_codes, password_hash=user.password_hash, passkeys=passkeys,
+                       email=user.email, session_id=row.id, auth_time=row.auth_time,
+                       sessions=live_sessions(db, services.session_policy, user.id, row.id),
+                       has_second_factor=factors.has_second_factor)
 
 
 def _begin_totp(services: Services, user_id: int) -> str | None:
@@ -269,3 +402,42 @@ def _audit(db: Session, kind: str, user_id: int, failure: FailureRecord | None, 
     if failure is not None and failure.locked_now:
         record_audit(db, "account.locked", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
                      known_user=True)
+
+
+def _password_change_failed(services: Services, user_id: int, ip: str | None, agent: str | None) -> FailureRecord:
+    with services.sessions.begin() as db:
+        failure = services.lockout.record_failure(db, user_id)
+        _audit(db, "password.change_failed", user_id, failure, ip, agent, reason="password")
+        return failure
+
+
+def _store_password(services: Services, account: Account, new_hash: str, ip: str | None,
+                    agent: str | None) -> list[EndedSession] | FailureRecord | None:
+    """The new hash, replacing exactly the one that was verified (None when it changed
+    meanwhile), in one unit of work with the other sessions' end and the revocation of
+    every refresh token. A locked account is refused (LOCKED) and nothing changes."""
+    with services.sessions.begin() as db:
+        if services.lockout.is_locked(db, account.user_id):
+            _audit(db, "password.change_failed", account.user_id, LOCKED, ip, agent, reason="locked")
+            return LOCKED
+        changed = db.execute(update(User).where(User.id == account.user_id,
+                                                User.password_hash == account.password_hash)
+                             .values(password_hash=new_hash)).rowcount
+        if changed != 1:
+            return None
+        ended = end_others_and_revoke_tokens(db, account.user_id, account.session_id, ip=ip, agent=agent,
+                                             reason="password.changed")
+        _audit(db, "password.changed", account.user_id, None, ip, agent, sessions_ended=len(ended))
+        return ended
+
+
+def _end_one(services: Services, user_id: int, session_id: int, ip: str | None,
+             agent: str | None) -> EndedSession | None:
+    with services.sessions.begin() as db:
+        return end_one(db, user_id, session_id, ip=ip, agent=agent)
+
+
+def _end_others(services: Services, user_id: int, current_id: int, ip: str | None,
+                agent: str | None) -> list[EndedSession]:
+    with services.sessions.begin() as db:
+        return end_others(db, user_id, current_id, ip=ip, agent=agent, reason="signed_out_others")

@@ -19,7 +19,9 @@ from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
 from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import start_session, upgrade_session
+from idp.oidc.logout import EndedSession, describe_ended
 from idp.security.audit import record_audit
+from idp.web import backchannel
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import set_cookie
@@ -102,7 +104,9 @@ async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | 
     done = await run_blocking(request, _finish, services, tx, ip, request.headers.get("user-agent"))
     if done is None:
         return LOCKED
-    cookie, sid = done
+    cookie, sid, evicted = done
+    for ended in evicted:  # sessions beyond the per-user cap: their RPs hear of it too
+        backchannel.schedule(services, ended)
     await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid),
                        ttl_seconds=services.settings.login_ttl_seconds)
     response = RedirectResponse(tx.resume_url, status_code=303, headers=NO_STORE)
@@ -112,8 +116,9 @@ async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | 
 
 
 def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
-            agent: str | None) -> tuple[str | None, str] | None:
-    """(new session cookie or None for a step-up, sid); None when the account is locked."""
+            agent: str | None) -> tuple[str | None, str, list[EndedSession]] | None:
+    """(new session cookie or None for a step-up, sid, sessions evicted by the cap); None
+    when the account is locked."""
     assert tx.user_id is not None
     acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
     with services.sessions.begin() as db:
@@ -129,7 +134,8 @@ def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
         if tx.step_up_sid is not None:
             upgraded = upgrade_session(db, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
             if upgraded is not None:
-                return None, upgraded.sid
+                return None, upgraded.sid, []
         cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
                                     user_agent=agent, ip=ip)
-        return cookie, row.sid
+        evicted = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])]
+        return cookie, row.sid, [e for e in evicted if e is not None]

@@ -19,8 +19,17 @@ from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
 from idp.login.steps.password import normalize_username
 from idp.mfa.passkeys import PasskeyError, SignedIn
+from idp.oidc.logout import EndedSession
 from idp.security import csrf
 from idp.security.audit import record_audit
+from idp.web.account_sessions import (
+    REAUTH_URL,
+    current_session,
+    end_others_and_revoke_tokens,
+    needs_reauth,
+    schedule_backchannel,
+    valid_row_id,
+)
 from idp.web.blocking import run_blocking
 from idp.web.chain import advance
 from idp.web.forms import read_form
@@ -33,8 +42,6 @@ from idp.web.throttle import check_limits, too_many_json
 
 JSON_MAX_BYTES = 64 * 1024
 SIGN_IN_FAILED = "That passkey could not sign you in."
-# Removing a passkey needs a sign-in this recent (a stolen session alone cannot do it).
-RECENT_AUTH_SECONDS = 10 * 60
 
 
 def _json_error(status: int, message: str) -> JSONResponse:
@@ -229,43 +236,52 @@ async def remove(request: Request) -> Response:
 
 
 async def _change(request: Request, action: str) -> Response:
+    """Rename or remove. Removing needs a sign-in no older than settings.reauth_seconds (a
+    stolen session alone cannot do it), checked first; with
+    settings.passkey_removal_ends_sessions = 1 it also ends the user's other sessions
+    (back-channel logout for each) and revokes every refresh token of theirs."""
     services = services_of(request)
     params = await read_form(request)
     if isinstance(params, Response):
         return params
-    session = await run_blocking(request, _session_user, services, request.cookies.get(SESSION_COOKIE))
+    session = await run_blocking(request, current_session, services, request.cookies.get(SESSION_COOKIE))
     if session is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
-    user_id, since_auth = session
-    try:
-        passkey_id = int(request.path_params["passkey_id"])
-    except (KeyError, ValueError):
+    passkey_id = valid_row_id(request.path_params.get("passkey_id"))
+    if passkey_id is None:
         return error_page(request, 404, "No such passkey.")
-    if action == "remove" and since_auth > RECENT_AUTH_SECONDS:
+    if action == "remove" and needs_reauth(services.settings, session.auth_time):
         # a fresh sign-in first: the chain sends the user back to /account afterwards
-        return RedirectResponse("/login?reauth=1", status_code=303, headers=NO_STORE)
+        return RedirectResponse(REAUTH_URL, status_code=303, headers=NO_STORE)
     ip, agent = request_ip(request), request.headers.get("user-agent")
-    done = await run_blocking(request, _apply_change, services, action, user_id, passkey_id, params.get("name"), ip,
-                              agent)
-    if not done:
+    done = await run_blocking(request, _apply_change, services, action, session.user_id, session.session_id,
+                              passkey_id, params.get("name"), ip, agent)
+    if done is None:
         return error_page(request, 404, "No such passkey.")
+    schedule_backchannel(services, done)
     return RedirectResponse("/account", status_code=303, headers=NO_STORE)
 
 
-def _apply_change(services: Services, action: str, user_id: int, passkey_id: int, name: str | None, ip: str | None,
-                  agent: str | None) -> bool:
+def _apply_change(services: Services, action: str, user_id: int, session_id: int, passkey_id: int, name: str | None,
+                  ip: str | None, agent: str | None) -> list[EndedSession] | None:
+    """None when the user has no such passkey; else the sessions the removal ended."""
     from idp.mfa.passkeys import clean_name
 
     with services.sessions.begin() as db:
         row = services.passkeys.find(db, user_id, passkey_id)
         if row is None:
-            return False
+            return None
         if action == "rename":
             row.name = clean_name(name)
             record_audit(db, "passkey.renamed", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
                          passkey=row.id)
-        else:
-            db.delete(row)
-            record_audit(db, "passkey.removed", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
-                         passkey=passkey_id)
-        return True
+            return []
+        db.delete(row)
+        ended: list[EndedSession] = []
+        if services.settings.passkey_removal_ends_sessions:
+            ended = end_others_and_revoke_tokens(db, user_id, session_id, ip=ip, agent=agent,
+                                                 reason="passkey.removed")
+        record_audit(db, "passkey.removed", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
+                     passkey=passkey_id, sessions_ended=len(ended),
+                     refresh_tokens_revoked=bool(services.settings.passkey_removal_ends_sessions))
+        return ended
