@@ -54,7 +54,7 @@ async def show_code_step(request: Request) -> Response:
     if state.next_step != policy.CODE:
         return error_page(request, 400, NOT_STARTED)
     backup = request.query_params.get("method") == "backup"
-    return _page(request, "login_code.html", tx, backup=backup, error=None)
+    return _page(request, "login_code.html", tx, backup=backup, error=None, offer_passkey=state.factors.passkeys > 0)
 
 
 async def submit_code_step(request: Request) -> Response:
@@ -160,9 +160,10 @@ async def show_passkey_step(request: Request) -> Response:
     if isinstance(tx, Response):
         return tx
     state = await run_blocking(request, chain_state, services_of(request), tx)
-    if state.next_step != policy.PASSKEY:
+    # the passkey step proper, or a passkey chosen instead of a code (it satisfies mfa too)
+    if not (state.next_step == policy.PASSKEY or (state.next_step == policy.CODE and state.factors.passkeys)):
         return error_page(request, 400, NOT_STARTED)
-    return _page(request, "login_passkey.html", tx, offer_code=state.factors.totp, error=None)
+    return _page(request, "login_passkey.html", tx, offer_code=state.next_step == policy.CODE, error=None)
 
 
 # ---- enrolment demanded at login -----------------------------------------------------------
