@@ -9,6 +9,8 @@ from starlette.responses import Response
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
+from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
+from idp.login.sessions import find_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
 from idp.web.authorize import load_transaction
@@ -65,7 +67,10 @@ async def submit_login(request: Request) -> Response:
     new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
     await run_blocking(request, _password_passed, services, result.user_id, new_hash, ip, agent)
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
-    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account")
+    # (a re-authentication for /account renews this browser's own session rather than adding one)
+    own_sid = None if tx else await run_blocking(request, _own_session_sid, services,
+                                                 request.cookies.get(SESSION_COOKIE), result.user_id)
+    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account", step_up_sid=own_sid)
     outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
     if isinstance(outcome, FailureRecord):  # locked: refused exactly like a bad password
         await run_blocking(request, _record_refusal, services, result.user_id, ip, agent)
@@ -116,6 +121,12 @@ def _password_passed(services: Services, user_id: int, new_hash: str | None, ip:
             user = db.get(User, user_id)
             if user is not None:
                 user.password_hash = new_hash
+
+
+def _own_session_sid(services: Services, cookie: str | None, user_id: int) -> str | None:
+    with services.sessions.begin() as db:
+        found = find_session(db, services.keyring, services.session_policy, cookie)
+        return found[0].sid if found is not None and found[1].id == user_id else None
 
 
 def _record_refusal(services: Services, user_id: int, ip: str | None, agent: str | None) -> None:

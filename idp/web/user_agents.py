@@ -18,7 +18,7 @@ _BROWSERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(pat
     ("Samsung Internet", r"\bSamsungBrowser/"),
     ("Vivaldi", r"\bVivaldi/"),
     ("Firefox", r"\b(?:Firefox|FxiOS)/"),
-    ("Chrome", r"\b(?:Chrome|CriOS|Chromium)/"),
+    ("Chrome", r"\b(?:Chrome|HeadlessChrome|CriOS|Chromium)/"),
     ("Safari", r"\bVersion/[\d.]+.*\bSafari/"),
     ("Safari", r"\b(?:iPhone|iPad|iPod);.*\bAppleWebKit/"),  # in-app browsers on iOS are WebKit
     ("curl", r"^curl/"),
