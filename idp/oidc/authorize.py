@@ -13,6 +13,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
 
 from idp.clock import utcnow
 from idp.db.models import Consent, SessionClient, User
@@ -196,8 +197,12 @@ def record_consent(request: IdpRequest, user: User) -> None:
     row = db.scalar(_CONSENT, {"user_id": user.id, "client_id": client_id})
     scopes = set(request.scope.split())
     if row is None:
-        db.add(Consent(user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes))))
-    else:
+        try:
+            with db.begin_nested():  # two first consents at once (two tabs): the loser updates instead
+                db.add(Consent(user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes))))
+        except IntegrityError:
+            row = db.scalar(_CONSENT, {"user_id": user.id, "client_id": client_id})
+    if row is not None:
         row.scope = " ".join(sorted(scopes | set(row.scope.split())))
         row.granted_at = utcnow()
     record_audit(db, "consent.granted", user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes)))

@@ -8,6 +8,7 @@ from idp.web import (
     account,
     authorize,
     consent,
+    health,
     home,
     login,
     login_steps,
@@ -20,6 +21,8 @@ STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "sta
 
 routes = [
     Route("/", home.home, methods=["GET"]),
+    Route("/healthz", health.healthz, methods=["GET"]),  # the process answers
+    Route("/readyz", health.readyz, methods=["GET"]),  # database, schema and state store reachable
     # GET/HEAD /.well-known/openid-configuration and /jwks: answered before routing by
     # static_documents.StaticDocumentsMiddleware (precomputed bytes)
     Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
