@@ -19,7 +19,7 @@ from idp.web.chain import advance, chain_state
 from idp.web.forms import read_form
 from idp.web.login import failure_message
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page, render
+from idp.web.pages import copy_cookies, error_page, render
 from idp.web.services import Services
 from idp.web.throttle import check_limits, too_many_page
 
@@ -145,10 +145,7 @@ def _interstitial(request: Request, template: str, outcome: Response, **context:
     backup codes): its Continue link goes where the chain was going, with the same cookies."""
     response = render(request, template, continue_url=outcome.headers["location"], **context)
     response.headers.update(NO_STORE)
-    for name, value in outcome.raw_headers:
-        if name == b"set-cookie":
-            response.raw_headers.append((name, value))
-    return response
+    return copy_cookies(outcome, response)
 
 
 # ---- a passkey as the next step -------------------------------------------------------------

@@ -59,3 +59,10 @@ def error_page(request: Request, status: int, message: str) -> Response:
     response = render(request, "error.html", status=status, message=message)
     response.headers.update({"cache-control": "no-store", "pragma": "no-cache"})
     return response
+
+
+def copy_cookies(source: Response, target: Response) -> Response:
+    """The cookies `source` sets, set by `target` too (a page or JSON answer shown instead
+    of the redirect that would have carried them)."""
+    target.raw_headers.extend((name, value) for name, value in source.raw_headers if name == b"set-cookie")
+    return target

@@ -35,7 +35,7 @@ from idp.web.chain import advance
 from idp.web.forms import read_form
 from idp.web.login import failure_message
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page
+from idp.web.pages import copy_cookies, error_page
 from idp.web.params import BadParameters, read_body
 from idp.web.services import Services
 from idp.web.throttle import check_limits, too_many_json
@@ -124,11 +124,7 @@ async def sign_in_verify(request: Request) -> Response:
     outcome = await advance(request, chained)
     if isinstance(outcome, FailureRecord):
         return _json_error(401, failure_message(services, outcome, SIGN_IN_FAILED))
-    answer = JSONResponse({"redirect": outcome.headers["location"]}, headers=NO_STORE)
-    for name, value in outcome.raw_headers:
-        if name == b"set-cookie":
-            answer.raw_headers.append((name, value))
-    return answer
+    return copy_cookies(outcome, JSONResponse({"redirect": outcome.headers["location"]}, headers=NO_STORE))
 
 
 def _verify_sign_in(services: Services, tx: tx_store.LoginTransaction, challenge_id: object, credential: object,
@@ -175,15 +171,23 @@ def _session_user(services: Services, cookie: str | None) -> tuple[int, float] |
         return user.id, (utcnow() - row.auth_time).total_seconds()
 
 
-async def registration_options(request: Request) -> Response:
-    services = services_of(request)
+async def _signed_in_json(request: Request) -> tuple[dict[str, Any], int] | Response:
+    """The JSON body (CSRF checked) and the signed-in user's id, or the error answer."""
     data = await _read_json(request)
     if isinstance(data, Response):
         return data
-    session = await run_blocking(request, _session_user, services, request.cookies.get(SESSION_COOKIE))
+    session = await run_blocking(request, _session_user, services_of(request), request.cookies.get(SESSION_COOKIE))
     if session is None:
         return _json_error(401, "Sign in first.")
-    challenge = await run_blocking(request, _registration_options, services, session[0])
+    return data, session[0]
+
+
+async def registration_options(request: Request) -> Response:
+    services = services_of(request)
+    signed_in = await _signed_in_json(request)
+    if isinstance(signed_in, Response):
+        return signed_in
+    challenge = await run_blocking(request, _registration_options, services, signed_in[1])
     return _options(challenge.id, challenge.options_json)
 
 
@@ -196,14 +200,12 @@ def _registration_options(services: Services, user_id: int):  # type: ignore[no-
 
 async def register(request: Request) -> Response:
     services = services_of(request)
-    data = await _read_json(request)
-    if isinstance(data, Response):
-        return data
-    session = await run_blocking(request, _session_user, services, request.cookies.get(SESSION_COOKIE))
-    if session is None:
-        return _json_error(401, "Sign in first.")
+    signed_in = await _signed_in_json(request)
+    if isinstance(signed_in, Response):
+        return signed_in
+    data, user_id = signed_in
     ip, agent = request_ip(request), request.headers.get("user-agent")
-    error = await run_blocking(request, _register, services, session[0], data, ip, agent)
+    error = await run_blocking(request, _register, services, user_id, data, ip, agent)
     if error:
         return _json_error(400, "The passkey could not be added. Try again.")
     return JSONResponse({"redirect": "/account"}, headers=NO_STORE)
