@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=_worker_count, default=1,
+                       help="worker processes: a number, or 'auto' for one per core (more than one needs IDP_REDIS_URL)")
     serve.set_defaults(handler=_serve)
 
     db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True, parser_class=_OneLineParser)
@@ -123,11 +124,29 @@ def _keyring(settings: Settings):  # type: ignore[no-untyped-def]
     return Keyring(master_key_of(settings))
 
 
+def _worker_count(value: str) -> int:
+    import os
+
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor 'auto'") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("must be between 1 and 256")
+    return count
+
+
+# After SIGTERM, uvicorn stops accepting connections and waits this long for requests in
+# flight to finish before closing the rest (systemd's TimeoutStopSec in deploy/idp.service
+# and the compose stop_grace_period are 30 s: longer, so the wait is never cut short).
+GRACEFUL_STOP_SECONDS = 25
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
-    if args.workers < 1:
-        raise CommandError("--workers must be at least 1")
     if args.workers > 1 and not settings.redis_url:
         raise CommandError("--workers > 1 needs IDP_REDIS_URL: the in-process state store is not shared between processes")
     from idp.app import create_app
@@ -135,11 +154,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     if args.workers == 1:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=False, server_header=False,
-                    access_log=False, log_config=serve_log_config())
+                    access_log=False, log_config=serve_log_config(), timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
     else:
         create_app(settings)  # validate everything once before forking
         uvicorn.run("idp.asgi:create", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    proxy_headers=False, server_header=False, access_log=False, log_config=serve_log_config())
+                    proxy_headers=False, server_header=False, access_log=False, log_config=serve_log_config(),
+                    timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:

@@ -243,6 +243,7 @@ class IdpProcess:
     env: dict[str, str]
     port: int
     log_path: Path
+    workers: int = 1
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -251,7 +252,7 @@ class IdpProcess:
         return f"http://localhost:{self.port}"
 
     def start(self) -> None:
-        command = [str(IDP_COMMAND), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [str(IDP_COMMAND), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
         cwd = Path(self.env.get("IDP_DATA_DIR", str(self.log_path.parent))).parent
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, env=self.env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
@@ -292,12 +293,12 @@ class IdpProcess:
 
 
 @contextmanager
-def run_idp(env: dict[str, str], port: int, log_dir: Path | None = None) -> Iterator[IdpProcess]:
-    """`idp serve` on 127.0.0.1:port with this environment, ready (discovery answers 200)."""
+def run_idp(env: dict[str, str], port: int, log_dir: Path | None = None, *, workers: int = 1) -> Iterator[IdpProcess]:
+    """`idp serve --workers N` on 127.0.0.1:port with this environment, ready (discovery answers 200)."""
     with tempfile.TemporaryDirectory(prefix="idp-log-") as scratch:
         directory = log_dir or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        server = IdpProcess(env=env, port=port, log_path=directory / f"idp-{port}.log")
+        server = IdpProcess(env=env, port=port, log_path=directory / f"idp-{port}.log", workers=workers)
         server.start()
         try:
             yield server
