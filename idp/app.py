@@ -35,6 +35,7 @@ from idp.settings import Settings, SettingsError
 from idp.state.memory import MemoryStore
 from idp.state.store import StateStore, StoreUnavailable, open_store
 from idp.web import backchannel
+from idp.web.observation import RequestObservationMiddleware
 from idp.web.routes import routes
 from idp.web.security_headers import SecurityHeadersMiddleware
 from idp.web.services import Services
@@ -77,7 +78,8 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
         settings=settings, engine=engine, sessions=sessions, keyring=keyring, store=store, hashing=hashing, oidc=ctx,
         server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds,
                                      settings.sessions_per_user),
-        trusted_proxies=parse_networks(settings.trusted_proxies), discovery_bytes=metadata_bytes(settings.issuer),
+        trusted_proxies=parse_networks(settings.trusted_proxies), metrics_allowed=parse_networks(settings.metrics_allowed),
+        discovery_bytes=metadata_bytes(settings.issuer),
         blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
         rate_limits=rate_limits,
         lockout=lockout,
@@ -103,10 +105,12 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
         routes=routes,
         middleware=[
             Middleware(SecurityHeadersMiddleware, hsts=settings.issuer.startswith("https://")),
+            Middleware(RequestObservationMiddleware, services=services, routes=routes),
             Middleware(SiteRateLimitMiddleware, services=services),
             Middleware(StaticDocumentsMiddleware, services=services),
         ],
-        exception_handlers={HTTPException: _http_error, StoreUnavailable: _store_unavailable, Exception: _server_error},
+        # an exception nothing handled becomes a 500 in RequestObservationMiddleware (with its request id)
+        exception_handlers={HTTPException: _http_error, StoreUnavailable: _store_unavailable},
         lifespan=lifespan,
     )
     app.state.services = services
@@ -160,7 +164,3 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     response.headers.update(headers)
     return response
 
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return PlainTextResponse("Internal error", status_code=500, headers={"cache-control": "no-store"})

@@ -149,17 +149,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
     if args.workers > 1 and not settings.redis_url:
         raise CommandError("--workers > 1 needs IDP_REDIS_URL: the in-process state store is not shared between processes")
-    from idp.app import create_app
-    from idp.logging_config import serve_log_config
+    from idp.observability.multiprocess import metrics_directory
 
-    if args.workers == 1:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=False, server_header=False,
-                    access_log=False, log_config=serve_log_config(), timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
-    else:
-        create_app(settings)  # validate everything once before forking
-        uvicorn.run("idp.asgi:create", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    proxy_headers=False, server_header=False, access_log=False, log_config=serve_log_config(),
-                    timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
+    with metrics_directory(args.workers):  # before idp.app imports prometheus_client
+        from idp.app import create_app
+        from idp.logging_config import serve_log_config
+
+        options = dict(host=args.host, port=args.port, proxy_headers=False, server_header=False, access_log=False,
+                       log_config=serve_log_config(access_log=bool(settings.access_log)),
+                       timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
+        if args.workers == 1:
+            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        else:
+            create_app(settings)  # validate everything once before forking
+            uvicorn.run("idp.asgi:create", factory=True, workers=args.workers, **options)  # type: ignore[arg-type]
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:

@@ -1,13 +1,14 @@
 """Logging for `idp serve`: uvicorn's own loggers as uvicorn sets them, idp's warnings and
-errors on stderr, and the audit trail (`idp.audit`) as bare JSON lines, one per event, for
-a log shipper to pick up (idp/security/audit.py writes them)."""
+errors on stderr, and the audit trail (`idp.audit`) and the request log (`idp.access`) as
+bare JSON lines, one per event or request, for a log shipper to pick up
+(idp/security/audit.py and idp/observability/access_log.py write them)."""
 from __future__ import annotations
 
 import copy
 from typing import Any
 
 
-def serve_log_config() -> dict[str, Any]:
+def serve_log_config(*, access_log: bool = True) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
@@ -17,4 +18,7 @@ def serve_log_config() -> dict[str, Any]:
     config["handlers"]["idp"] = {"class": "logging.StreamHandler", "formatter": "idp", "stream": "ext://sys.stderr"}
     config["loggers"]["idp"] = {"handlers": ["idp"], "level": "WARNING", "propagate": False}
     config["loggers"]["idp.audit"] = {"handlers": ["audit"], "level": "INFO", "propagate": False}
+    # one JSON line per request (idp/observability/access_log.py); IDP_ACCESS_LOG=0 turns it off
+    config["loggers"]["idp.access"] = {"handlers": ["audit"], "level": "INFO" if access_log else "WARNING",
+                                       "propagate": False}
     return config

@@ -40,6 +40,10 @@ class Settings:
     # ^ IDP_CLIENTS_FILE: clients TOML synced into the database at start.
     trusted_proxies: tuple[str, ...] = ()
     # ^ IDP_TRUSTED_PROXIES: comma-separated CIDRs whose X-Forwarded-For is believed.
+    metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # ^ IDP_METRICS_ALLOWED: comma-separated CIDRs whose clients may read /metrics (the
+    #   client address as worked out with IDP_TRUSTED_PROXIES); empty = /metrics is off (404).
+    access_log: int = _meta(1, "1 = one JSON line per request on stderr (logger idp.access)", lo=0, hi=1)
     data_dir: str = "var"
     # ^ IDP_DATA_DIR: where the generated development master key lives.
     code_ttl_seconds: int = _meta(60, "authorization code lifetime", lo=1, hi=600)
@@ -143,11 +147,12 @@ def _validated(s: Settings) -> Settings:
     _check_database_url(s.database_url)
     if s.redis_url and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise SettingsError("IDP_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
-    for cidr in s.trusted_proxies:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise SettingsError(f"IDP_TRUSTED_PROXIES: {cidr!r} is not a CIDR") from None
+    for label, cidrs in (("IDP_TRUSTED_PROXIES", s.trusted_proxies), ("IDP_METRICS_ALLOWED", s.metrics_allowed)):
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(f"{label}: {cidr!r} is not a CIDR") from None
     if s.secret_key and len(s.secret_key) < 32:
         raise SettingsError("IDP_SECRET_KEY: must be at least 32 characters")
     if not s.secret_key and not s.issuer_is_local:

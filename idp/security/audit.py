@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
 from idp.db.models import AuditEvent, User
+from idp.observability.metrics import count_audit_event
+from idp.observability.request_ids import current_request_id
 
 log = logging.getLogger("idp.audit")
 
@@ -38,6 +40,9 @@ def record_audit(
 ) -> None:
     at = utcnow()
     agent = user_agent[:USER_AGENT_MAX] if user_agent else None
+    request_id = current_request_id.get()
+    if request_id is not None:  # ties the row to the request's log line (and nginx's)
+        detail["request_id"] = request_id
     db.connection().execute(_INSERT, {
         "at": at, "kind": kind, "user_id": user_id, "client_id": client_id, "ip": ip, "user_agent": agent,
         "outcome": outcome, "detail": detail,
@@ -45,6 +50,7 @@ def record_audit(
     if log.isEnabledFor(logging.INFO):
         log.info(event_json(at=at, kind=kind, outcome=outcome, user_id=user_id, client_id=client_id, ip=ip,
                             user_agent=agent, detail=detail))
+    count_audit_event(kind, outcome, detail)
 
 
 def event_json(**fields: Any) -> str:

@@ -12,7 +12,7 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
-def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -21,12 +21,12 @@ def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str | None:
-    if peer is None or not trusted or not forwarded_for or not _is_trusted(peer, trusted):
+    if peer is None or not trusted or not forwarded_for or not is_trusted(peer, trusted):
         return peer
     hops = [h.strip() for h in forwarded_for.split(",")[:20] if h.strip()]
     # Walk from the nearest hop outwards; the first address we do not trust is the client.
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:

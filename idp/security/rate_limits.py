@@ -27,6 +27,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from idp.observability import metrics
 from idp.settings import Settings
 
 log = logging.getLogger("idp.rate_limits")
@@ -100,6 +101,7 @@ class RateLimits:
     def _hit(self, limiter: FixedWindowRateLimiter, items: tuple[RateLimitItem, ...], scope: str, key: str) -> Verdict:
         for item in items:
             if not limiter.hit(item, scope, key):
+                metrics.rate_limit_hits.labels(scope).inc()
                 reset_at = limiter.get_window_stats(item, scope, key).reset_time
                 return Verdict(False, max(1, math.ceil(reset_at - time.time())), scope)
         return ALLOWED

@@ -13,6 +13,7 @@ from idp.web import (
     login,
     login_steps,
     logout,
+    metrics_endpoint,
     oauth_endpoints,
     passkey_routes,
 )
@@ -23,6 +24,7 @@ routes = [
     Route("/", home.home, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),  # the process answers
     Route("/readyz", health.readyz, methods=["GET"]),  # database, schema and state store reachable
+    Route("/metrics", metrics_endpoint.metrics, methods=["GET"]),  # Prometheus, for IDP_METRICS_ALLOWED only
     # GET/HEAD /.well-known/openid-configuration and /jwks: answered before routing by
     # static_documents.StaticDocumentsMiddleware (precomputed bytes)
     Route("/authorize", authorize.authorize, methods=["GET", "POST"]),

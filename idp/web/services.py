@@ -32,6 +32,7 @@ class Services:
     server: IdpAuthorizationServer
     session_policy: SessionPolicy
     trusted_proxies: tuple[Network, ...]
+    metrics_allowed: tuple[Network, ...]  # who may read /metrics; empty = off
     discovery_bytes: bytes
     blocking_inline: bool  # see idp/web/blocking.py
     rate_limits: RateLimits
