@@ -154,6 +154,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     with metrics_directory(args.workers):  # before idp.app imports prometheus_client
         from idp.app import create_app
         from idp.logging_config import serve_log_config
+        from idp.serving import serve_workers
 
         options = dict(host=args.host, port=args.port, proxy_headers=False, server_header=False, access_log=False,
                        log_config=serve_log_config(access_log=bool(settings.access_log)),
@@ -162,7 +163,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
             uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
         else:
             create_app(settings)  # validate everything once before forking
-            uvicorn.run("idp.asgi:create", factory=True, workers=args.workers, **options)  # type: ignore[arg-type]
+            serve_workers("idp.asgi:create", workers=args.workers, **options)
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
