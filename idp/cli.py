@@ -95,7 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.set_defaults(handler=_clients_sync)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
-    keys.add_parser("rotate", help="sign with a new key; keep the old one published until its tokens expire").set_defaults(handler=_keys_rotate)
+    rotate = keys.add_parser("rotate", help="publish a new key now, sign with it from --signs-in seconds later; "
+                             "the old key stays published until its tokens expire")
+    rotate.add_argument("--signs-in", type=int, default=None, metavar="SECONDS",
+                        help="delay before the new key signs (default: long enough for every process and every "
+                             "relying party's cached JWKS to have it; 0 = at once, for a compromised key)")
+    rotate.set_defaults(handler=_keys_rotate)
     keys.add_parser("list", help="list signing keys").set_defaults(handler=_keys_list)
     return parser
 
@@ -303,19 +308,34 @@ def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
-    from idp.oidc.signing_keys import rotate_signing_key
+    from idp.oidc.signing_keys import PUBLISH_LEAD_SECONDS, rotate_signing_key
 
+    signs_in = PUBLISH_LEAD_SECONDS if args.signs_in is None else args.signs_in
+    if not 0 <= signs_in <= 86400:
+        raise CommandError("--signs-in must be between 0 and 86400 seconds")
     with _database(settings).begin() as db:
-        row = rotate_signing_key(db, _keyring(settings), id_token_ttl_seconds=settings.id_token_ttl_seconds)
-        print(f"new signing key {row.kid}; previous keys stay published until their tokens expire")
+        row = rotate_signing_key(db, _keyring(settings), id_token_ttl_seconds=settings.id_token_ttl_seconds,
+                                 signs_in_seconds=signs_in)
+        when = "now" if row.signs_from is None else f"from {row.signs_from:%Y-%m-%d %H:%M:%S}Z ({signs_in} s)"
+        print(f"new signing key {row.kid}: published now, signs {when}; "
+              "previous keys stay published until their tokens expire")
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.clock import utcnow
     from idp.oidc.signing_keys import published_keys
 
+    now = utcnow()
     with _database(settings)() as db:
         for key in published_keys(db):
-            state = "active" if key.retired_at is None else f"retired, published until {key.unpublish_at:%Y-%m-%d %H:%M:%S}Z"
+            if key.signs_from is not None and key.signs_from > now:
+                state = f"next, published, signs from {key.signs_from:%Y-%m-%d %H:%M:%S}Z"
+            elif key.retired_at is None:
+                state = "active"
+            elif key.retired_at > now:
+                state = f"active until {key.retired_at:%Y-%m-%d %H:%M:%S}Z"
+            else:
+                state = f"retired, published until {key.unpublish_at:%Y-%m-%d %H:%M:%S}Z"
             print(f"{key.kid}\t{key.alg}\t{key.created_at:%Y-%m-%d %H:%M:%S}Z\t{state}")
 
 

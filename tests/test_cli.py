@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from idp.oidc.signing_keys import PUBLISH_LEAD_SECONDS
+
 GOOD_PASSWORD = "violet-harbor-tram-42"
 SHOP_SECRET = "Zq8rT1vX4bN7mK2pL9sD3fG6hJ0wE5yU8iO1aC4e"  # 40 characters
 VALID_CLIENTS = f"""\
@@ -396,8 +398,8 @@ def parse_keys(output: str) -> list[list[str]]:
 
 
 def test_keys_rotate_retires_the_old_key_and_keeps_it_published(idp: Idp) -> None:
-    first = idp.ok("keys", "rotate")
-    second = idp.ok("keys", "rotate", IDP_ID_TOKEN_TTL_SECONDS="600")
+    first = idp.ok("keys", "rotate")  # no key yet: this one signs at once
+    second = idp.ok("keys", "rotate", "--signs-in", "0", IDP_ID_TOKEN_TTL_SECONDS="600")
     rotated_at = datetime.now(timezone.utc)
 
     keys = parse_keys(idp.ok("keys", "list"))
@@ -417,9 +419,36 @@ def test_keys_rotate_retires_the_old_key_and_keeps_it_published(idp: Idp) -> Non
     assert until <= rotated_at + timedelta(seconds=600 + 900)
 
 
+def test_keys_rotate_publishes_the_new_key_before_it_signs(idp: Idp) -> None:
+    first = idp.ok("keys", "rotate")
+    assert "signs now" in first
+    second = idp.ok("keys", "rotate")  # the default lead: PUBLISH_LEAD_SECONDS
+    rotated_at = datetime.now(timezone.utc)
+    found = re.search(r"signs from (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z \((\d+) s\)", second)
+    assert found, second
+    assert int(found[2]) == PUBLISH_LEAD_SECONDS
+
+    keys = {key[0]: key[3] for key in parse_keys(idp.ok("keys", "list"))}
+    [old_kid] = [kid for kid in keys if kid in first]
+    [new_kid] = [kid for kid in keys if kid in second]
+    switch = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    assert rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS - 5) <= switch <= rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS)
+    assert keys[new_kid] == f"next, published, signs from {found[1]}Z"
+    assert keys[old_kid] == f"active until {found[1]}Z"
+
+
+@pytest.mark.parametrize("value", ["-1", "86401", "soon"])
+def test_keys_rotate_refuses_a_bad_lead_and_changes_nothing(idp: Idp, value: str) -> None:
+    idp.ok("keys", "rotate")
+    before = idp.ok("keys", "list")
+    result = idp("keys", "rotate", "--signs-in", value)
+    assert result.returncode == 2 and "--signs-in" in result.stderr
+    assert idp.ok("keys", "list") == before
+
+
 def test_a_third_rotation_keeps_every_unexpired_key_published(idp: Idp) -> None:
     for _ in range(3):
-        idp.ok("keys", "rotate")
+        idp.ok("keys", "rotate", "--signs-in", "0")
 
     states = [key[3] for key in parse_keys(idp.ok("keys", "list"))]
     assert states[0] == "active"  # newest first

@@ -87,7 +87,8 @@ class SigningKey(Base):
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    retired_at: Mapped[datetime | None] = mapped_column()  # stopped signing
+    signs_from: Mapped[datetime | None] = mapped_column()  # published before it signs; None = since created
+    retired_at: Mapped[datetime | None] = mapped_column()  # stops (stopped) signing
     unpublish_at: Mapped[datetime | None] = mapped_column()  # leaves JWKS once what it signed has expired
 
 

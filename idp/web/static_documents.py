@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from idp.oidc.signing_keys import JWKS_MAX_AGE_SECONDS
 from idp.web.services import Services
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -12,7 +13,7 @@ JWKS_PATH = "/jwks"
 _DISCOVERY_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"public, max-age=300"),
                       (b"access-control-allow-origin", b"*")]
 # application/json rather than jwk-set+json: older RP libraries warn on the latter
-_JWKS_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"public, max-age=60"),
+_JWKS_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", f"public, max-age={JWKS_MAX_AGE_SECONDS}".encode()),
                  (b"access-control-allow-origin", b"*")]
 
 

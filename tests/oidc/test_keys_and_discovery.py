@@ -1,14 +1,20 @@
 """Discovery (OIDC Discovery §3, RFC 9207 §3), JWKS and signing-key rotation."""
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from joserfc import jws
 from sqlalchemy import select, update
 
+import idp.app
 from idp.clock import utcnow
 from idp.db.models import SigningKey
-from idp.oidc.signing_keys import rotate_signing_key
+from idp.oidc.signing_keys import (
+    JWKS_MAX_AGE_SECONDS,
+    PUBLISH_LEAD_SECONDS,
+    rotate_signing_key,
+)
 from tests.support.rp import decode_id_token, tokens_for
 
 
@@ -60,3 +66,51 @@ def test_private_keys_are_encrypted_at_rest(client):
     with client.app.state.services.sessions() as db:
         for row in db.scalars(select(SigningKey)):
             assert b"PRIVATE KEY" not in row.private_key_encrypted
+
+
+def test_a_rotated_key_is_published_at_once_but_signs_only_from_its_time(client):
+    """Publish first, sign later: no process may sign under a kid that another process's JWKS
+    (or a relying party's cached copy) does not have yet."""
+    services = client.app.state.services
+    old_kid = _kid_of(tokens_for(client)["id_token"])
+    with services.sessions.begin() as db:
+        new_kid = rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600, signs_in_seconds=3600).kid
+    services.oidc.keys.reload()
+    assert {k["kid"] for k in client.get("/jwks").json()["keys"]} == {old_kid, new_kid}
+    assert _kid_of(tokens_for(client)["id_token"]) == old_kid  # published, not signing yet
+
+    with services.sessions.begin() as db:  # the hour has passed
+        earlier = utcnow() - timedelta(seconds=1)
+        db.execute(update(SigningKey).where(SigningKey.kid == new_kid).values(signs_from=earlier))
+        db.execute(update(SigningKey).where(SigningKey.kid == old_kid).values(retired_at=earlier))
+    services.oidc.keys.reload()
+    assert _kid_of(tokens_for(client)["id_token"]) == new_kid
+    assert {k["kid"] for k in client.get("/jwks").json()["keys"]} == {old_kid, new_kid}
+
+
+def test_the_switch_happens_on_a_reload_even_when_no_row_changed(client):
+    """The key cache rebuilds when the signing key changes with time alone."""
+    services = client.app.state.services
+    with services.sessions.begin() as db:
+        new_kid = rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600, signs_in_seconds=1).kid
+    services.oidc.keys.reload()
+    assert _kid_of(tokens_for(client)["id_token"]) != new_kid
+    time.sleep(1.1)
+    services.oidc.keys.reload()
+    assert _kid_of(tokens_for(client)["id_token"]) == new_kid
+
+
+def test_the_publishing_lead_covers_every_process_and_every_cached_jwks(client):
+    assert PUBLISH_LEAD_SECONDS >= 2 * idp.app.REFRESH_SECONDS + JWKS_MAX_AGE_SECONDS
+    assert client.get("/jwks").headers["cache-control"] == f"public, max-age={JWKS_MAX_AGE_SECONDS}"
+
+
+def test_a_rotation_with_nothing_signing_signs_at_once(client):
+    services = client.app.state.services
+    with services.sessions.begin() as db:
+        db.execute(update(SigningKey).values(retired_at=utcnow() - timedelta(seconds=1)))
+        row = rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600, signs_in_seconds=3600)
+        assert row.signs_from is None
+        new_kid = row.kid
+    services.oidc.keys.reload()
+    assert _kid_of(tokens_for(client)["id_token"]) == new_kid
