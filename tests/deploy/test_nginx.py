@@ -87,7 +87,8 @@ def test_config_keeps_f03_real_ip_rule() -> None:
     assert ("real_ip_header", "X-Forwarded-For") in found
     assert ("real_ip_recursive", "on") in found
     assert ("proxy_set_header", "X-Forwarded-For $proxy_add_x_forwarded_for") in found
-    assert ("proxy_next_upstream", "error timeout http_502 http_503") in found
+    # not http_503: a Redis outage (503 from every idp) must not mark every upstream down
+    assert ("proxy_next_upstream", "error timeout http_502") in found
     assert not any("non_idempotent" in args for _, args in found)
     for name, args in found:
         if name == "set_real_ip_from":  # belt and braces: no catch-all hides behind another spelling
@@ -368,3 +369,32 @@ def test_tls_for_another_host_name_is_refused(stack: Stack) -> None:
             context.wrap_socket(raw, server_hostname="evil.example").close()
     with socket.create_connection(("127.0.0.1", stack.ports.https), timeout=5, source_address=(CLIENT_IP, 0)) as raw:
         context.wrap_socket(raw, server_hostname="localhost").close()  # the issuer's name: accepted
+
+
+def test_metrics_are_not_served_through_nginx(stack: Stack) -> None:
+    with client(stack) as http:
+        through = http.get(f"{stack.https_url}/metrics")
+    assert through.status_code == 404
+    assert "idp_http_requests" not in through.text
+    # ... while idp itself serves them to a loopback scraper (here CLIENT_IP, in 127/8, would
+    # pass idp's own check: nginx's refusal is what stops it)
+    with httpx.Client(timeout=10) as local:
+        scraped = local.get(f"{stack.idp_url}/metrics")
+    assert scraped.status_code == 200 and "idp_http_requests_total" in scraped.text
+
+
+def test_idp_keeps_nginx_request_id_so_both_logs_share_it(stack: Stack, tmp_path: Path) -> None:
+    with client(stack) as http:
+        response = http.get(f"{stack.https_url}{DISCOVERY_PATH}", headers={"x-request-id": "client-chosen-id-1234"})
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id  # nginx's $request_id, not the client's
+    logs = stack.database.parent / "logs" / "access.log"
+    deadline = time.monotonic() + 5
+    while f"rid={request_id}" not in logs.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"rid={request_id}" in logs.read_text(errors="replace")
+    idp_log = stack.database.parent / "idp.log"  # idp's JSON request line carries the same id
+    while f'"request_id":"{request_id}"' not in idp_log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f'"request_id":"{request_id}"' in idp_log.read_text(errors="replace")

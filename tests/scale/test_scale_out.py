@@ -534,10 +534,10 @@ def test_three_processes_behind_nginx_survive_load_a_killed_process_and_a_redis_
         time.sleep(1.0)
         deployment.redis.start()
 
-    # While Redis is down idp answers 503; deploy/nginx.conf passes a 503 on to the next
-    # upstream (proxy_next_upstream http_503) and counts it as a failure (max_fails=3), so
-    # a short Redis outage leaves nginx with "no live upstreams" (502) for fail_timeout=10s.
-    # Clean, but longer than the outage: the RP retries for up to ~15 s.
+    # While Redis is down idp answers 503 to logins (clean: the RP retries). deploy/nginx.conf
+    # does not retry a 503 on another upstream nor count it against max_fails: every idp
+    # shares Redis, so that would only mark them all down and turn the outage into 502s for
+    # fail_timeout, on every path.
     outcomes, _ = run_flows(deployment, "redis", REDIS_FLOWS, attempts=6, retry_pause=3.0, during=restart_redis)
     redis_failures = failure_summary(outcomes)
     unclean = [f for o in outcomes for f in o.failures if f.status is not None and f.status not in CLEAN_STATUSES]
