@@ -236,7 +236,7 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
-    _with_user_command(settings, args.username, "disabled", "disable_user")
+    _tell_relying_parties(settings, _with_user_command(settings, args.username, "disabled", "disable_user"))
 
 
 def _user_unlock(settings: Settings, args: argparse.Namespace) -> None:
@@ -248,7 +248,7 @@ def _user_require_mfa(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _user_reset_mfa(settings: Settings, args: argparse.Namespace) -> None:
-    _with_user_command(settings, args.username, "second factors removed for", "reset_mfa")
+    _tell_relying_parties(settings, _with_user_command(settings, args.username, "second factors removed for", "reset_mfa"))
 
 
 def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:
@@ -284,16 +284,39 @@ def _newest_audit_id(sessions) -> int:  # type: ignore[no-untyped-def]
         return int(db.scalar(select(func.coalesce(func.max(AuditEvent.id), 0))) or 0)
 
 
-def _with_user_command(settings: Settings, username: str, verb: str, function: str) -> None:
+def _with_user_command(settings: Settings, username: str, verb: str, function: str) -> object:
     import idp.users as users
 
     operation: Callable[..., object] = getattr(users, function)
     with _database(settings).begin() as db:
         try:
-            operation(db, username)
+            result = operation(db, username)
         except users.UserError as exc:
             raise CommandError(str(exc)) from None
     print(f"{verb} user {username}")
+    return result
+
+
+def _tell_relying_parties(settings: Settings, ended: object) -> None:
+    """Back-channel logouts for the sessions a command ended, after its commit (the change
+    stands whatever the RPs answer), waited for so the admin sees the outcome. Failures are
+    reported and audited, not fatal: the sessions are ended in any case."""
+    import asyncio
+
+    from idp.oidc.clients import ClientRegistry
+    from idp.oidc.signing_keys import KeyCache
+    from idp.web.backchannel import Sender, deliver_all
+
+    assert isinstance(ended, list)
+    if not ended:
+        return
+    sessions, keyring = _database(settings), _keyring(settings)
+    sender = Sender(settings.issuer, KeyCache(sessions, keyring), ClientRegistry(sessions, keyring), sessions)
+    sender.clients.reload()
+    delivered = asyncio.run(deliver_all(sender, ended))
+    failed = [d for d in delivered if d.outcome != "success"]
+    print(f"{len(ended)} session(s) ended; back-channel logouts: {len(delivered) - len(failed)} delivered, "
+          f"{len(failed)} failed" + "".join(f"; {d.client_id}: {d.detail}" for d in failed))
 
 
 def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:

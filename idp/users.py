@@ -9,8 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
-from idp.db.models import IdpSession, RefreshToken, User
+from idp.db.models import User
 from idp.login.steps.password import normalize_username
+from idp.oidc.logout import EndedSession, end_all_sessions, revoke_all_refresh_tokens
 from idp.security.audit import record_audit
 from idp.security.keyring import new_secret
 
@@ -67,13 +68,14 @@ def get_user(db: Session, username: str) -> User:
     return user
 
 
-def disable_user(db: Session, username: str) -> User:
-    """Disabled users cannot sign in; their sessions end and their refresh tokens die."""
+def disable_user(db: Session, username: str) -> list[EndedSession]:
+    """Disabled users cannot sign in; their sessions end and their refresh tokens die. The
+    ended sessions are returned for their back-channel logouts."""
     user = get_user(db, username)
     user.disabled = True
-    _end_sessions_and_refresh_tokens(db, user.id)
-    record_audit(db, "user.disabled", user_id=user.id)
-    return user
+    ended = _end_sessions_and_refresh_tokens(db, user.id)
+    record_audit(db, "user.disabled", user_id=user.id, sessions_ended=len(ended))
+    return ended
 
 
 def unlock_user(db: Session, username: str) -> User:
@@ -97,7 +99,7 @@ def require_mfa(db: Session, username: str) -> User:
     return user
 
 
-def reset_mfa(db: Session, username: str) -> User:
+def reset_mfa(db: Session, username: str) -> list[EndedSession]:
     """Every second factor removed (TOTP, backup codes, passkeys): for a user who lost them.
     Their sessions end and their refresh tokens are revoked: whoever holds the lost device
     must not stay signed in. With require-mfa still set, the next login enrols again."""
@@ -105,14 +107,13 @@ def reset_mfa(db: Session, username: str) -> User:
 
     user = get_user(db, username)
     SecondFactors.remove_all(db, user.id)
-    _end_sessions_and_refresh_tokens(db, user.id)
-    record_audit(db, "user.mfa_reset", user_id=user.id, outcome="success", by="cli")
-    return user
+    ended = _end_sessions_and_refresh_tokens(db, user.id)
+    record_audit(db, "user.mfa_reset", user_id=user.id, outcome="success", by="cli", sessions_ended=len(ended))
+    return ended
 
 
-def _end_sessions_and_refresh_tokens(db: Session, user_id: int) -> None:
-    now = utcnow()
-    for session in db.scalars(select(IdpSession).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None))):
-        session.ended_at = now
-    for token in db.scalars(select(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))):
-        token.revoked_at = now
+def _end_sessions_and_refresh_tokens(db: Session, user_id: int) -> list[EndedSession]:
+    """Every session ended, every refresh token revoked, offline_access ones included."""
+    ended = end_all_sessions(db, user_id)
+    revoke_all_refresh_tokens(db, user_id)
+    return ended

@@ -26,7 +26,7 @@ from idp.clock import utcnow
 from idp.db.models import IdpSession, RefreshToken, SessionClient, User
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext
-from idp.oidc.signing_keys import ALG
+from idp.oidc.signing_keys import ALG, KeyCache
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TOKEN_TTL_SECONDS = 120
@@ -114,12 +114,12 @@ def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
                .values(revoked_at=utcnow()))
 
 
-def logout_token(ctx: OidcContext, *, client_id: str, sub: str, sid: str) -> str:
+def logout_token(issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: str) -> str:
     """Back-Channel Logout 1.0 §2.4: iss, aud, iat, exp, jti, events, sub and sid; no nonce."""
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": ctx.issuer, "aud": client_id, "iat": now, "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
+        "iss": issuer, "aud": client_id, "iat": now, "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
         "jti": uuid.uuid4().hex, "events": {BACKCHANNEL_EVENT: {}}, "sub": sub, "sid": sid,
     }
-    key = ctx.keys.get().signing_key
+    key = keys.get().signing_key
     return jwt.encode({"alg": ALG, "kid": key.kid, "typ": "logout+jwt"}, claims, key, [ALG])

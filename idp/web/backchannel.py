@@ -1,17 +1,22 @@
 """Back-Channel Logout 1.0 delivery: after a session ends, each RP it signed into that
-registered a `backchannel_logout_uri` is POSTed a logout token. Delivery runs off the
-request path (a task on the event loop), retries with backoff, is bounded in time, and
-every outcome is audited. Deliveries in flight when a process stops are lost: the RPs'
-own session lifetimes are the backstop (documented in the README)."""
+registered a `backchannel_logout_uri` is POSTed a logout token. Delivery retries with
+backoff, is bounded in time, and every outcome is audited. In the server it runs off the
+request path (a task on the event loop); deliveries in flight when a process stops are lost,
+and the RPs' own session lifetimes are the backstop (documented in the README). The CLI's
+`user disable` and `user reset-mfa` deliver before they return (`deliver_all`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import httpx
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from idp.oidc.clients import ClientRegistry
 from idp.oidc.logout import EndedSession, logout_token
+from idp.oidc.signing_keys import KeyCache
 from idp.security.audit import record_audit
 from idp.web.services import Services
 
@@ -21,19 +26,53 @@ ATTEMPTS = 3
 ATTEMPT_TIMEOUT_SECONDS = 5.0
 TOTAL_SECONDS = 30.0  # the bound on one delivery, retries included
 BACKOFF_SECONDS = (0.5, 2.0)
-_in_flight: set[asyncio.Task[None]] = set()
+_in_flight: set[asyncio.Task[Delivered]] = set()
+
+
+@dataclass(frozen=True)
+class Sender:
+    """What a delivery needs: who we are, the key that signs, the RPs' URIs, the audit."""
+    issuer: str
+    keys: KeyCache
+    clients: ClientRegistry
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def of(cls, services: Services) -> Sender:
+        return cls(services.oidc.issuer, services.oidc.keys, services.oidc.clients, services.sessions)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    client_id: str
+    sid: str
+    outcome: str  # success | failure
+    detail: str
 
 
 def schedule(services: Services, ended: EndedSession) -> None:
     """Starts the deliveries for one ended session without waiting for them."""
-    for client_id in ended.clients:
-        client = services.oidc.clients.get(client_id)
-        uri = client.config.get("backchannel_logout_uri") if client is not None else None
-        if not uri:
-            continue
-        task = asyncio.get_running_loop().create_task(_deliver(services, client_id, uri, ended))
+    sender = Sender.of(services)
+    for client_id, uri in _destinations(sender, ended):
+        task = asyncio.get_running_loop().create_task(_deliver(sender, client_id, uri, ended))
         _in_flight.add(task)
         task.add_done_callback(_in_flight.discard)
+
+
+async def deliver_all(sender: Sender, ended: list[EndedSession]) -> list[Delivered]:
+    """Every delivery for these ended sessions, at once, waiting for all (at most TOTAL_SECONDS)."""
+    deliveries = [_deliver(sender, client_id, uri, one) for one in ended for client_id, uri in _destinations(sender, one)]
+    return list(await asyncio.gather(*deliveries))
+
+
+def _destinations(sender: Sender, ended: EndedSession) -> list[tuple[str, str]]:
+    found = []
+    for client_id in ended.clients:
+        client = sender.clients.get(client_id)
+        uri = client.config.get("backchannel_logout_uri") if client is not None else None
+        if uri:
+            found.append((client_id, uri))
+    return found
 
 
 async def wait_for_deliveries(timeout: float = TOTAL_SECONDS) -> None:
@@ -42,26 +81,27 @@ async def wait_for_deliveries(timeout: float = TOTAL_SECONDS) -> None:
         await asyncio.wait(set(_in_flight), timeout=timeout)
 
 
-async def _deliver(services: Services, client_id: str, uri: str, ended: EndedSession) -> None:
+async def _deliver(sender: Sender, client_id: str, uri: str, ended: EndedSession) -> Delivered:
     outcome, detail = "failure", "timed out"
     try:
-        outcome, detail = await asyncio.wait_for(_post_with_retries(services, client_id, uri, ended), TOTAL_SECONDS)
+        outcome, detail = await asyncio.wait_for(_post_with_retries(sender, client_id, uri, ended), TOTAL_SECONDS)
     except asyncio.TimeoutError:
         pass
     except Exception as exc:  # noqa: BLE001 - a delivery must never take the process down
         detail = type(exc).__name__
         log.exception("back-channel logout to %s failed", client_id)
     try:
-        await run_in_threadpool(_audit, services, client_id, ended, outcome, detail)
+        await run_in_threadpool(_audit, sender, client_id, ended, outcome, detail)
     except Exception:  # noqa: BLE001
         log.exception("auditing a back-channel logout delivery failed")
+    return Delivered(client_id, ended.sid, outcome, detail)
 
 
-async def _post_with_retries(services: Services, client_id: str, uri: str, ended: EndedSession) -> tuple[str, str]:
+async def _post_with_retries(sender: Sender, client_id: str, uri: str, ended: EndedSession) -> tuple[str, str]:
     detail = ""
     async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_SECONDS, follow_redirects=False) as http:
         for attempt in range(ATTEMPTS):
-            token = logout_token(services.oidc, client_id=client_id, sub=ended.subject, sid=ended.sid)
+            token = logout_token(sender.issuer, sender.keys, client_id=client_id, sub=ended.subject, sid=ended.sid)
             try:
                 response = await http.post(uri, data={"logout_token": token},
                                            headers={"cache-control": "no-store"})
@@ -77,7 +117,7 @@ async def _post_with_retries(services: Services, client_id: str, uri: str, ended
     return "failure", detail
 
 
-def _audit(services: Services, client_id: str, ended: EndedSession, outcome: str, detail: str) -> None:
-    with services.sessions.begin() as db:
+def _audit(sender: Sender, client_id: str, ended: EndedSession, outcome: str, detail: str) -> None:
+    with sender.sessions.begin() as db:
         record_audit(db, "logout.backchannel", user_id=ended.user_id, client_id=client_id, outcome=outcome,
                      sid=ended.sid, result=detail)

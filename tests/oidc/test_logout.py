@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -608,3 +612,57 @@ def test_backchannel_logout_is_not_sent_to_rps_the_session_never_signed_into(cli
         time.sleep(0.2)
         assert rp.posts == []
         assert audit_events(client, "logout.backchannel") == []
+
+
+# ---- sessions ended by the admin's commands ----------------------------------------------------
+
+def run_admin_command(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """`idp …` as the admin runs it, on the same database and master key as the test app."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
+    env.update(IDP_ISSUER=ISSUER, IDP_DATABASE_URL=settings.database_url, IDP_SECRET_KEY=settings.secret_key,
+               IDP_DATA_DIR=settings.data_dir)
+    return subprocess.run([str(Path(sys.executable).with_name("idp")), *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.mark.parametrize("command", [["user", "disable", "alice"], ["user", "reset-mfa", "alice"]],
+                         ids=["disable", "reset-mfa"])
+def test_admin_commands_that_end_sessions_deliver_backchannel_logouts_before_returning(client, settings, command):
+    with receiver(200) as rp:
+        configure(client, "shop", backchannel_logout_uri=rp.url)
+        tokens = sign_in(client)
+        done = run_admin_command(settings, *command)
+        assert done.returncode == 0, done.stderr
+        assert "1 session(s) ended; back-channel logouts: 1 delivered, 0 failed" in done.stdout
+        [post] = rp.posts  # already there: the command waited for it
+        token = parse_qs(post["body"])["logout_token"][0]
+        header = pyjwt.get_unverified_header(token)
+        assert header["typ"] == "logout+jwt"
+        jwks = pyjwt.PyJWKSet.from_dict(client.get("/jwks").json())
+        key = next(k for k in jwks.keys if k.key_id == header["kid"])
+        claims = pyjwt.decode(token, key=key.key, algorithms=["RS256"], audience="shop", issuer=ISSUER)
+        assert claims["sid"] == tokens["claims"]["sid"] and claims["sub"] == tokens["claims"]["sub"]
+        assert claims["events"] == {BACKCHANNEL_EVENT: {}}
+        [event] = audit_events(client, "logout.backchannel")
+        assert event.outcome == "success" and event.detail["sid"] == tokens["claims"]["sid"]
+
+
+def test_an_rp_refusing_the_admins_logout_is_reported_and_the_user_stays_disabled(client, settings):
+    with receiver(500) as rp:
+        configure(client, "shop", backchannel_logout_uri=rp.url)
+        tokens = sign_in(client)
+        done = run_admin_command(settings, "user", "disable", "alice")
+        assert done.returncode == 0, done.stderr  # the sessions are ended whatever the RP says
+        assert "0 delivered, 1 failed; shop: HTTP 500" in done.stdout
+        assert len(rp.posts) == 3  # retried
+        assert refresh(client, tokens["refresh_token"]).status_code == 400
+        [event] = audit_events(client, "logout.backchannel")
+        assert event.outcome == "failure"
+
+
+def test_an_admin_command_with_no_sessions_to_end_sends_nothing(client, settings):
+    with receiver(200) as rp:
+        configure(client, "shop", backchannel_logout_uri=rp.url)
+        done = run_admin_command(settings, "user", "disable", "alice")
+        assert done.returncode == 0, done.stderr
+        assert "back-channel" not in done.stdout and rp.posts == []
