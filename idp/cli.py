@@ -144,9 +144,10 @@ def _worker_count(value: str) -> int:
 
 
 # After SIGTERM, uvicorn stops accepting connections and waits this long for requests in
-# flight to finish before closing the rest (systemd's TimeoutStopSec in deploy/idp.service
-# and the compose stop_grace_period are 30 s: longer, so the wait is never cut short).
-GRACEFUL_STOP_SECONDS = 25
+# flight to finish before closing the rest; then the app's shutdown gives back-channel
+# deliveries up to 10 s more (idp/app.py). 18 + 10 stays under the 30 s that systemd
+# (TimeoutStopSec in deploy/idp.service) and compose (stop_grace_period) wait before SIGKILL.
+GRACEFUL_STOP_SECONDS = 18
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
