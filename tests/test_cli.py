@@ -481,6 +481,18 @@ def test_serve_with_zero_workers_is_refused(idp: Idp) -> None:
     assert_fails_in_one_line(idp("serve", "--workers", "0", "--port", "0"), "--workers")
 
 
+@pytest.mark.parametrize("value", ["-2", "257", "all", ""])
+def test_serve_with_a_bad_worker_count_is_refused(idp: Idp, value: str) -> None:
+    assert_fails_in_one_line(idp("serve", "--workers", value, "--port", "0"), "--workers")
+
+
+def test_workers_auto_is_one_per_core_this_process_may_use() -> None:
+    from idp.cli import _worker_count
+
+    assert _worker_count("auto") == len(os.sched_getaffinity(0))
+    assert _worker_count("3") == 3
+
+
 @pytest.mark.parametrize(("extra_env", "named"), [
     pytest.param({"IDP_CODE_TTL_SECONDS": "0"}, "IDP_CODE_TTL_SECONDS", id="an out-of-range lifetime"),
     pytest.param({"IDP_ISSUER": "http://id.example.com"}, "IDP_ISSUER", id="an http issuer"),
