@@ -15,7 +15,7 @@ from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
 from idp.web.authorize import load_transaction
 from idp.web.blocking import run_blocking
-from idp.web.chain import advance
+from idp.web.chain import LOCKED, advance
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import render
@@ -65,7 +65,9 @@ async def submit_login(request: Request) -> Response:
         return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
 
     new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
-    await run_blocking(request, _password_passed, services, result.user_id, new_hash, ip, agent)
+    if not await run_blocking(request, _password_passed, services, result.user_id, new_hash, ip, agent):
+        # locked: the right password is refused exactly like a bad one, and recorded as refused
+        return login_page(request, tx, username=username[:128], error=failure_message(services, LOCKED), status=401)
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
     # (a re-authentication for /account renews this browser's own session rather than adding one)
     own_sid = None if tx else await run_blocking(request, _own_session_sid, services,
@@ -112,15 +114,20 @@ def _record_failure(services: Services, user_id: int | None, name: str, ip: str 
 
 
 def _password_passed(services: Services, user_id: int, new_hash: str | None, ip: str | None,
-                     agent: str | None) -> None:
+                     agent: str | None) -> bool:
     """The password step's own record (the chain's end writes login.succeeded), and the
-    hash upgrade when the Argon2 parameters changed."""
+    hash upgrade when the Argon2 parameters changed; False, with a refusal recorded instead,
+    when the account is locked (the chain checks again, for a lock taken after this)."""
     with services.sessions.begin() as db:
+        if services.lockout.is_locked(db, user_id):
+            _audit_refusal(db, user_id, ip, agent)
+            return False
         record_audit(db, "login.password.succeeded", user_id=user_id, ip=ip, user_agent=agent, outcome="success")
         if new_hash:
             user = db.get(User, user_id)
             if user is not None:
                 user.password_hash = new_hash
+        return True
 
 
 def _own_session_sid(services: Services, cookie: str | None, user_id: int) -> str | None:
@@ -131,5 +138,9 @@ def _own_session_sid(services: Services, cookie: str | None, user_id: int) -> st
 
 def _record_refusal(services: Services, user_id: int, ip: str | None, agent: str | None) -> None:
     with services.sessions.begin() as db:
-        record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent, outcome="refused",
-                     known_user=True, reason="locked")
+        _audit_refusal(db, user_id, ip, agent)
+
+
+def _audit_refusal(db, user_id: int, ip: str | None, agent: str | None) -> None:  # type: ignore[no-untyped-def]
+    record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent, outcome="refused",
+                 known_user=True, reason="locked")

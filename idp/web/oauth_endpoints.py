@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import OAuthResponse
 from idp.oidc.userinfo import UserInfoError, userinfo_for
-from idp.security.client_ip import client_ip
+from idp.security.client_ip import client_ip, joined_forwarded_for
 from idp.web.blocking import run_blocking
 from idp.web.params import BadParameters, read_params
 from idp.web.services import Services
@@ -27,7 +27,8 @@ def services_of(request: Request) -> Services:
 def request_ip(request: Request) -> str | None:
     services = services_of(request)
     peer = request.client.host if request.client else None
-    return client_ip(peer, request.headers.get("x-forwarded-for"), services.trusted_proxies)
+    forwarded = joined_forwarded_for(request.headers.getlist("x-forwarded-for")) if services.trusted_proxies else None
+    return client_ip(peer, forwarded, services.trusted_proxies)
 
 
 def oauth_error(status: int, error: str, description: str) -> JSONResponse:

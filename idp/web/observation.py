@@ -21,7 +21,7 @@ from idp.observability.request_ids import (
     current_request_id,
     new_request_id,
 )
-from idp.security.client_ip import client_ip, is_trusted
+from idp.security.client_ip import client_ip, is_trusted, joined_forwarded_for
 from idp.web.services import Services
 from idp.web.static_documents import DISCOVERY_PATH, JWKS_PATH
 
@@ -43,14 +43,15 @@ class RequestObservationMiddleware:
             return
         started_at = time.perf_counter()
         peer = scope["client"][0] if scope.get("client") else None
-        sent_id = forwarded = agent = None
-        for name, value in scope["headers"]:
+        sent_id = agent = None
+        forwarded: list[str] = []
+        for name, value in scope["headers"]:  # the first of repeated lines, as Starlette's headers.get
             if name == HEADER:
-                sent_id = value
+                sent_id = sent_id if sent_id is not None else value
             elif name == b"x-forwarded-for":
-                forwarded = value
+                forwarded.append(value.decode("latin-1"))  # all of them: client_ip.joined_forwarded_for
             elif name == b"user-agent":
-                agent = value
+                agent = agent if agent is not None else value
         from_proxy = bool(self.trusted) and peer is not None and is_trusted(peer, self.trusted)
         request_id = (accepted_request_id(sent_id) if from_proxy else None) or new_request_id()
         context_token = current_request_id.set(request_id)
@@ -80,7 +81,7 @@ class RequestObservationMiddleware:
             endpoint = self._endpoint(scope)
             request_counters.observe(endpoint, scope["method"], status, seconds)
             if access_log.enabled():
-                ip = client_ip(peer, forwarded.decode("latin-1") if forwarded and from_proxy else None, self.trusted)
+                ip = client_ip(peer, joined_forwarded_for(forwarded) if from_proxy else None, self.trusted)
                 access_log.write_request_line(
                     request_id=request_id, method=scope["method"], path=scope["path"], endpoint=endpoint, status=status,
                     seconds=seconds, ip=ip, user_agent=agent.decode("latin-1") if agent else None)

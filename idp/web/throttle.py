@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from idp.security.audit import record_audit
-from idp.security.client_ip import client_ip
+from idp.security.client_ip import client_ip, joined_forwarded_for
 from idp.security.rate_limits import ALLOWED, Verdict
 from idp.state.store import StoreUnavailable
 from idp.web.blocking import run_blocking
@@ -96,7 +96,7 @@ class SiteRateLimitMiddleware:
         peer = scope["client"][0] if scope.get("client") else None
         forwarded = None
         if self.services.trusted_proxies:
-            forwarded = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"), None)
+            forwarded = joined_forwarded_for([v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"])
         ip = client_ip(peer, forwarded, self.services.trusted_proxies)
         verdict = self.services.rate_limits.hit("site_ip", ip or "-")
         if verdict.allowed:
