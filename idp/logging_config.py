@@ -18,7 +18,9 @@ def serve_log_config(*, access_log: bool = True) -> dict[str, Any]:
     config["handlers"]["idp"] = {"class": "logging.StreamHandler", "formatter": "idp", "stream": "ext://sys.stderr"}
     config["loggers"]["idp"] = {"handlers": ["idp"], "level": "WARNING", "propagate": False}
     config["loggers"]["idp.audit"] = {"handlers": ["audit"], "level": "INFO", "propagate": False}
-    # one JSON line per request (idp/observability/access_log.py); IDP_ACCESS_LOG=0 turns it off
-    config["loggers"]["idp.access"] = {"handlers": ["audit"], "level": "INFO" if access_log else "WARNING",
+    # one JSON line per request (idp/observability/access_log.py), written in batches
+    # (idp/observability/log_batching.py); IDP_ACCESS_LOG=0 turns it off
+    config["handlers"]["access"] = {"()": "idp.observability.log_batching.BatchingStderrHandler", "formatter": "bare"}
+    config["loggers"]["idp.access"] = {"handlers": ["access"], "level": "INFO" if access_log else "WARNING",
                                        "propagate": False}
     return config
