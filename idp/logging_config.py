@@ -20,7 +20,8 @@ def serve_log_config(*, access_log: bool = True) -> dict[str, Any]:
     config["loggers"]["idp.audit"] = {"handlers": ["audit"], "level": "INFO", "propagate": False}
     # one JSON line per request (idp/observability/access_log.py), written in batches
     # (idp/observability/log_batching.py); IDP_ACCESS_LOG=0 turns it off
-    config["handlers"]["access"] = {"()": "idp.observability.log_batching.BatchingStderrHandler", "formatter": "bare"}
-    config["loggers"]["idp.access"] = {"handlers": ["access"], "level": "INFO" if access_log else "WARNING",
-                                       "propagate": False}
+    if access_log:
+        config["handlers"]["idp_requests"] = {"()": "idp.observability.access_log.stderr_handler", "formatter": "bare"}
+    config["loggers"]["idp.access"] = {"handlers": ["idp_requests"] if access_log else [],
+                                       "level": "INFO" if access_log else "WARNING", "propagate": False}
     return config

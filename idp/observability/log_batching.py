@@ -36,6 +36,15 @@ class BatchingStderrHandler(logging.Handler):
         if self._size >= self._max_bytes:
             self._write()
 
+    def write_line(self, line: str) -> None:
+        """The same as logging `line` through this handler, without a LogRecord: the request
+        log's direct path (idp/observability/access_log.py)."""
+        with self.lock:
+            self._lines.append(line + "\n")
+            self._size += len(line) + 1
+            if self._size >= self._max_bytes:
+                self._write()
+
     def flush(self) -> None:
         with self.lock:
             self._write()

@@ -77,3 +77,19 @@ def test_close_writes_what_is_left(target: tuple[int, Path]) -> None:
     assert path.read_text() == ""
     handler.close()
     assert json.loads(path.read_text())["request_id"] == f"{7:032x}"
+
+
+def test_under_idp_serve_request_lines_take_the_direct_path(target: tuple[int, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The handler `idp serve` configures is also where write_request_line puts lines
+    directly (no LogRecord); the lines are the same JSON."""
+    import idp.observability.access_log as access_log
+
+    fd, path = target
+    monkeypatch.setattr(access_log, "_direct", None)  # restored afterwards: other tests use the logger
+    handler = access_log.stderr_handler(fd=fd)
+    assert access_log.enabled()
+    access_log.write_request_line(request_id="b" * 32, method="GET", path="/jwks", endpoint="/jwks", status=200,
+                                  seconds=0.002, ip="127.0.0.1", user_agent="t")
+    assert path.read_text() == ""  # batched
+    handler.close()
+    assert json.loads(path.read_text())["request_id"] == "b" * 32

@@ -281,9 +281,11 @@ def test_no_line_when_the_request_log_is_switched_off(make_client: MakeClient) -
     off = serve_log_config(access_log=bool(settings.access_log))["loggers"]["idp.access"]
     on = serve_log_config(access_log=True)["loggers"]["idp.access"]
     assert (logging.getLevelName(off["level"]), logging.getLevelName(on["level"])) == (logging.WARNING, logging.INFO)
-    assert off["propagate"] is False and on["handlers"] == ["access"]  # bare JSON lines on stderr, batched
-    handler = serve_log_config()["handlers"]["access"]
-    assert handler["()"] == "idp.observability.log_batching.BatchingStderrHandler" and handler["formatter"] == "bare"
+    assert off["propagate"] is False and off["handlers"] == [] and on["handlers"] == ["idp_requests"]
+    assert "idp_requests" not in serve_log_config(access_log=False)["handlers"]  # so no direct path is set up
+    assert serve_log_config()["handlers"]["access"]["formatter"] == "access"  # uvicorn's own, left alone
+    handler = serve_log_config()["handlers"]["idp_requests"]  # bare JSON lines on stderr, batched
+    assert handler["()"] == "idp.observability.access_log.stderr_handler" and handler["formatter"] == "bare"
 
     client = make_client()
     with captured("idp.access", logging.getLevelName(off["level"])) as access:
