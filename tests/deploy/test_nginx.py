@@ -12,14 +12,10 @@ No nginx here: the tests skip, or fail under CI (tests/conftest.py's `unavailabl
 from __future__ import annotations
 
 import contextlib
-import datetime
-import grp
 import ipaddress
 import os
-import pwd
 import re
 import secrets
-import shutil
 import signal
 import socket
 import sqlite3
@@ -34,17 +30,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.conftest import unavailable
+from tests.support.nginx import (
+    CONFIG,
+    Rule,
+    adapted_config,
+    local_rules,
+    nginx_binary,
+    self_signed,
+)
 
 pytestmark = pytest.mark.nginx
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "deploy" / "nginx.conf"
 IDP_COMMAND = Path(sys.executable).with_name("idp")
 CLIENT_IP = "127.0.0.7"  # the real client: not nginx (127.0.0.1), not a trusted proxy
 SPOOFED_IP = "203.0.113.66"  # what the client claims to be (TEST-NET-3)
@@ -103,19 +101,12 @@ class Ports:
     idp: int
 
 
-def substitutions(work: Path, ports: Ports, ipv6: bool) -> list[tuple[str, str, int]]:
+def substitutions(work: Path, ports: Ports, ipv6: bool) -> list[Rule]:
     """(pattern, replacement, how many times the pattern must occur in deploy/nginx.conf)."""
-    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
     v6 = (lambda port: f"listen [::1]:{port}") if ipv6 else (lambda port: f"# listen [::1]:{port} (no IPv6 here)")
     return [
-        (r"^user www-data;", f"user {user} {group};", 1),  # only used when run as root
-        (r"/run/nginx\.pid", f"{work}/nginx.pid", 1),
-        (r"/var/log/nginx/", f"{work}/logs/", 2),
-        (r"/var/lib/nginx/", f"{work}/temp/", 5),
-        (r"/etc/nginx/tls/idp\.crt", f"{work}/tls/idp.crt", 2),  # counts include the header comment
-        (r"/etc/nginx/tls/idp\.key", f"{work}/tls/idp.key", 2),
+        *local_rules(work),
         (r"\b10\.0\.0\.1[12]:8000\b", f"127.0.0.1:{ports.idp}", 4),  # both upstreams: this one idp
-        (r"\bid\.example\.com\b", "localhost", 4),  # the issuer's host name
         (r"listen 80\b", f"listen 127.0.0.1:{ports.http}", 2),
         (r"listen \[::\]:80\b", v6(ports.http), 2),
         (r"listen 443\b", f"listen 127.0.0.1:{ports.https}", 2),
@@ -125,10 +116,8 @@ def substitutions(work: Path, ports: Ports, ipv6: bool) -> list[tuple[str, str, 
 
 def config_for_test(work: Path, ports: Ports, ipv6: bool) -> str:
     production = CONFIG.read_text()
-    text, rules = production, substitutions(work, ports, ipv6)
-    for pattern, replacement, count in rules:
-        text, done = re.subn(pattern, replacement, text, flags=re.MULTILINE)
-        assert done == count, f"deploy/nginx.conf changed shape: {pattern!r} found {done} times, not {count}"
+    rules = substitutions(work, ports, ipv6)
+    text = adapted_config(rules)
     # Only substitutions, only of those values: line for line the same file, and every
     # security-relevant directive identical to production.
     for before, after in zip(production.splitlines(), text.splitlines(), strict=True):
@@ -141,13 +130,6 @@ def config_for_test(work: Path, ports: Ports, ipv6: bool) -> str:
 
 
 # ---- processes ------------------------------------------------------------------------------
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if found is None:
-        unavailable("nginx not found (apt-get install nginx)")
-    return str(found)
-
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -204,28 +186,6 @@ def answers(url: str, verify: ssl.SSLContext | bool = False) -> bool:
         return httpx.get(url, verify=verify, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def self_signed(directory: Path) -> Path:
-    """An EC P-256 certificate for localhost and 127.0.0.1; returns the certificate's path."""
-    directory.mkdir()
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "idp.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (directory / "idp.key").chmod(0o600)
-    (directory / "idp.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return directory / "idp.crt"
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,8 @@ written to tests/scale/artifacts/scale-out-figures.txt; only "> 0" is asserted."
 from __future__ import annotations
 
 import contextlib
-import datetime
-import grp
-import ipaddress
 import os
-import pwd
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -40,10 +35,6 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from oic.oic import Client
 from oic.oic.message import (
     AccessTokenResponse,
@@ -53,7 +44,7 @@ from oic.oic.message import (
 from oic.utils.authn.client import CLIENT_AUTHN_METHOD
 from oic.utils.settings import OicClientSettings
 
-from tests.conftest import unavailable
+from tests.support.nginx import adapted_config, local_rules, nginx_binary, self_signed
 from tests.support.processes import (
     DISCOVERY_PATH,
     SHOP,
@@ -78,8 +69,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "deploy" / "nginx.conf"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 PROCESSES = 3
 WORKERS = 20  # concurrent flows
@@ -98,50 +87,14 @@ USERS = [f"user{n:02d}" for n in range(WORKERS)]  # what a flow may fail with wh
 
 # ---- nginx -----------------------------------------------------------------------------------
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if found is None:
-        unavailable("nginx not found (apt-get install nginx)")
-    return str(found)
-
-
-def self_signed(directory: Path) -> Path:
-    """An EC P-256 certificate for localhost; returns the certificate's path (key beside it)."""
-    directory.mkdir(parents=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "idp.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (directory / "idp.key").chmod(0o600)
-    (directory / "idp.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return directory / "idp.crt"
-
-
 def nginx_config(work: Path, http_port: int, https_port: int, upstream_ports: list[int]) -> str:
     """deploy/nginx.conf with these substitutions only (each must match as often as stated)."""
-    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
     servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in upstream_ports)
-    rules = [
-        (r"^user www-data;", f"user {user} {group};", 1),  # only used when run as root
-        (r"/run/nginx\.pid", f"{work}/nginx.pid", 1),
-        (r"/var/log/nginx/", f"{work}/logs/", 2),
-        (r"/var/lib/nginx/", f"{work}/temp/", 5),
-        (r"/etc/nginx/tls/idp\.crt", f"{work}/tls/idp.crt", 2),
-        (r"/etc/nginx/tls/idp\.key", f"{work}/tls/idp.key", 2),
+    return adapted_config([
+        *local_rules(work),
         # the upstream block: the processes of this test instead of the two example servers
         (r"^ *server 10\.0\.0\.11:8000 max_fails=3 fail_timeout=10s;\n *server 10\.0\.0\.12:8000 "
          r"max_fails=3 fail_timeout=10s;$", servers, 1),
-        (r"\bid\.example\.com\b", "localhost", 4),
         (r"listen 80\b", f"listen 127.0.0.1:{http_port}", 2),
         (r"listen \[::\]:80\b", "# listen [::]:80 (test: IPv4 only)", 2),
         (r"listen 443\b", f"listen 127.0.0.1:{https_port}", 2),
@@ -152,12 +105,7 @@ def nginx_config(work: Path, http_port: int, https_port: int, upstream_ports: li
         (r"rate=\d+r/s", "rate=100000r/s", 3),
         # Which upstream served each request, to show that one login spans processes.
         (r"ua=\"\$http_user_agent\"';", "ua=\"$http_user_agent\" upstream=$upstream_addr';", 1),
-    ]
-    text = CONFIG.read_text()
-    for pattern, replacement, count in rules:
-        text, done = re.subn(pattern, replacement, text, flags=re.MULTILINE)
-        assert done == count, f"deploy/nginx.conf changed shape: {pattern!r} found {done} times, not {count}"
-    return text
+    ])
 
 
 @dataclass
