@@ -34,9 +34,7 @@ from tests.observability.support import Samples
 from tests.support.processes import (
     IdpProcess,
     free_port,
-    idp_environment,
-    postgres_schema,
-    prepare_database,
+    prepared_environment,
     run_idp,
     shared_redis,
 )
@@ -74,12 +72,10 @@ class Run:
 def deployment(workdir: Path, port: int, **extra: str) -> Iterator[dict[str, str]]:
     """A fresh schema with alice, and the environment of an idp on it (no inherited
     PROMETHEUS_MULTIPROC_DIR unless `extra` names one)."""
-    redis_url = shared_redis(REDIS_URL)
-    with postgres_schema("idp_metrics") as database_url:
-        env = idp_environment(workdir, issuer_port=port, database_url=database_url, redis_url=redis_url)
+    with prepared_environment(workdir, issuer_port=port, redis_url=shared_redis(REDIS_URL),
+                              schema_prefix="idp_metrics") as env:
         env.pop(MULTIPROC_ENV, None)
         env.update(extra)
-        prepare_database(env)
         yield env
 
 

@@ -41,11 +41,8 @@ from tests.support.processes import (
     IdpProcess,
     ScriptedRP,
     free_port,
-    idp_environment,
-    postgres_schema,
-    prepare_database,
+    prepared_environment,
     run_idp,
-    shared_redis,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.multiprocess]
@@ -69,11 +66,8 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     workdir: Path = tmp_path_factory.mktemp("graceful-stop")
-    redis_url = shared_redis()
-    with postgres_schema() as database_url:
-        env = idp_environment(workdir, issuer_port=free_port(), database_url=database_url, redis_url=redis_url,
-                              **SLOW_HASHING)
-        prepare_database(env)  # alice's hash made with the slow parameters too: no rehash on login
+    # alice's hash is made with the slow parameters too: no rehash on login
+    with prepared_environment(workdir, issuer_port=free_port(), **SLOW_HASHING) as env:
         yield Deployment(env, workdir)
 
 

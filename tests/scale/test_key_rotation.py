@@ -30,7 +30,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,13 +42,8 @@ from tests.support.processes import (
     DISCOVERY_PATH,
     IdpProcess,
     ScriptedRP,
-    free_port,
-    idp_environment,
-    postgres_schema,
-    prepare_database,
     run_cli,
-    run_idp,
-    shared_redis,
+    two_processes,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.multiprocess]
@@ -69,15 +63,8 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    workdir: Path = tmp_path_factory.mktemp("key-rotation")
-    redis_url = shared_redis()
-    with postgres_schema() as database_url:
-        port_a, port_b = free_port(), free_port()
-        env = idp_environment(workdir, issuer_port=port_a, database_url=database_url, redis_url=redis_url)
-        prepare_database(env)
-        # one after the other: the first start creates the signing key and syncs the clients
-        with run_idp(env, port_a, workdir) as a, run_idp(env, port_b, workdir) as b:
-            yield Deployment(env, a, b)
+    with two_processes(tmp_path_factory.mktemp("key-rotation")) as (env, a, b):
+        yield Deployment(env, a, b)
 
 
 def jwks_path(http: httpx.Client, base: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,12 +16,7 @@ from idp.db.engine import make_engine
 from idp.db.models import AuditEvent, User
 from tests.support.processes import (
     IdpProcess,
-    free_port,
-    idp_environment,
-    postgres_schema,
-    prepare_database,
-    run_idp,
-    shared_redis,
+    two_processes,
 )
 from tests.support.seed import PASSWORD
 
@@ -34,14 +28,9 @@ WRONG = 50
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[IdpProcess, IdpProcess, str]]:
-    workdir: Path = tmp_path_factory.mktemp("lockout-burst")
-    with postgres_schema("idp_burst") as database_url:
-        port_a, port_b = free_port(), free_port()
-        env = idp_environment(workdir, issuer_port=port_a, database_url=database_url, redis_url=shared_redis(),
-                              IDP_LOCKOUT_ATTEMPTS=str(LIMIT))
-        prepare_database(env)
-        with run_idp(env, port_a, workdir) as a, run_idp(env, port_b, workdir) as b:
-            yield a, b, database_url
+    with two_processes(tmp_path_factory.mktemp("lockout-burst"), schema_prefix="idp_burst",
+                       IDP_LOCKOUT_ATTEMPTS=str(LIMIT)) as (env, a, b):
+        yield a, b, env["IDP_DATABASE_URL"]
 
 
 async def _form(client: httpx.AsyncClient, base: str) -> dict[str, str]:

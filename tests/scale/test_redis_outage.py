@@ -18,10 +18,8 @@ from tests.support.processes import (
     PrivateRedis,
     ScriptedRP,
     free_port,
-    idp_environment,
     on,
-    postgres_schema,
-    prepare_database,
+    prepared_environment,
     private_redis,
     run_idp,
 )
@@ -33,10 +31,9 @@ RECOVERY_SECONDS = 10.0
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[IdpProcess, PrivateRedis]]:
-    with postgres_schema() as database_url, private_redis(free_port(), tmp_path) as redis_server:
-        port = free_port()
-        env = idp_environment(tmp_path, issuer_port=port, database_url=database_url, redis_url=redis_server.url)
-        prepare_database(env)
+    port = free_port()
+    with private_redis(free_port(), tmp_path) as redis_server, \
+            prepared_environment(tmp_path, issuer_port=port, redis_url=redis_server.url) as env:
         with run_idp(env, port, tmp_path) as idp:
             yield idp, redis_server
 

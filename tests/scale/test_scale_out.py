@@ -52,11 +52,9 @@ from tests.support.processes import (
     IdpProcess,
     PrivateRedis,
     free_port,
-    idp_environment,
     log_tail,
     post_form,
-    postgres_schema,
-    prepare_database,
+    prepared_environment,
     private_redis,
     run_cli,
 )
@@ -212,10 +210,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         except httpx.HTTPError:
             return False
 
-    with postgres_schema("idp_scale_out") as database_url, private_redis(free_port(), work) as redis_server:
-        env = idp_environment(work / "idp", issuer_port=0, database_url=database_url, redis_url=redis_server.url,
-                              IDP_ISSUER=issuer, IDP_TRUSTED_PROXIES="127.0.0.1/32")
-        prepare_database(env)
+    with private_redis(free_port(), work) as redis_server, \
+            prepared_environment(work / "idp", issuer_port=0, redis_url=redis_server.url, schema_prefix="idp_scale_out",
+                                 IDP_ISSUER=issuer, IDP_TRUSTED_PROXIES="127.0.0.1/32") as env:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda name: run_cli(env, "user", "add", name, "--email", f"{name}@example.com",
                                                "--password-stdin", stdin=PASSWORD + "\n"), USERS))

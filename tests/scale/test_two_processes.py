@@ -4,19 +4,13 @@ the refresh token works on A."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.support import processes
 from tests.support.processes import (
     IdpProcess,
     ScriptedRP,
-    free_port,
-    idp_environment,
-    postgres_schema,
-    prepare_database,
-    run_idp,
-    shared_redis,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.multiprocess]
@@ -24,15 +18,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.multiprocess]
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[IdpProcess, IdpProcess]]:
-    workdir: Path = tmp_path_factory.mktemp("two-processes")
-    redis_url = shared_redis()
-    with postgres_schema() as database_url:
-        port_a, port_b = free_port(), free_port()
-        env = idp_environment(workdir, issuer_port=port_a, database_url=database_url, redis_url=redis_url)
-        prepare_database(env)
-        # one after the other: the first start creates the signing key and syncs the clients
-        with run_idp(env, port_a, workdir) as a, run_idp(env, port_b, workdir) as b:
-            yield a, b
+    with processes.two_processes(tmp_path_factory.mktemp("two-processes")) as (_, a, b):
+        yield a, b
 
 
 def test_a_login_started_on_one_process_finishes_on_the_other(two_processes: tuple[IdpProcess, IdpProcess]) -> None:

@@ -238,6 +238,28 @@ def prepare_database(env: dict[str, str]) -> None:
     run_cli(env, "user", "add", "alice", "--email", "alice@example.com", "--password-stdin", stdin=PASSWORD + "\n")
 
 
+@contextmanager
+def prepared_environment(workdir: Path, *, issuer_port: int, redis_url: str | None = None,
+                         schema_prefix: str = "idp_scale", **extra: str) -> Iterator[dict[str, str]]:
+    """One deployment's environment on a fresh PostgreSQL schema (dropped afterwards),
+    migrated and with alice: Redis is `redis_url`, or the shared server's own DB, emptied."""
+    redis_url = redis_url or shared_redis()
+    with postgres_schema(schema_prefix) as database_url:
+        env = idp_environment(workdir, issuer_port=issuer_port, database_url=database_url, redis_url=redis_url, **extra)
+        prepare_database(env)
+        yield env
+
+
+@contextmanager
+def two_processes(workdir: Path, **extra: str) -> Iterator[tuple[dict[str, str], IdpProcess, IdpProcess]]:
+    """Two `idp serve` processes, A and B, on one prepared deployment (A's URL is the issuer)."""
+    port_a, port_b = free_port(), free_port()
+    with prepared_environment(workdir, issuer_port=port_a, **extra) as env:
+        # one after the other: the first start creates the signing key and syncs the clients
+        with run_idp(env, port_a, workdir) as a, run_idp(env, port_b, workdir) as b:
+            yield env, a, b
+
+
 @dataclass
 class IdpProcess:
     env: dict[str, str]
