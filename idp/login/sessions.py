@@ -1,5 +1,7 @@
 """IdP sessions: the browser holds an opaque random id (cookie); the database holds its
-keyed digest with auth_time, acr and amr. Idle and absolute lifetimes end it."""
+keyed digest with auth_time, acr and amr. Idle and absolute lifetimes end it. Every
+authentication event issues a new cookie value (a new session, or a new value for the one
+a step-up upgrades)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +15,6 @@ from idp.db.models import IdpSession, RefreshToken, User
 from idp.security.audit import record_audit
 from idp.security.keyring import Keyring, new_secret
 
-COOKIE_NAME = "idp_session"
 _TOUCH_EVERY = timedelta(seconds=60)  # last_seen is coarse: no write on every request
 _SESSION_BY_DIGEST = select(IdpSession).where(IdpSession.cookie_digest == bindparam("digest"))
 
@@ -76,12 +77,17 @@ def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: s
     return row, user
 
 
-def upgrade_session(db: Session, user_id: int, sid: str, *, acr: str, amr: list[str], ip: str | None) -> IdpSession | None:
-    """A step-up: the same session (same cookie and sid) now holds more, as of now."""
+def upgrade_session(db: Session, keyring: Keyring, user_id: int, sid: str, *, acr: str, amr: list[str],
+                    ip: str | None) -> tuple[str, IdpSession] | None:
+    """A step-up or re-authentication: the same session (same sid, so ID and logout tokens
+    still name it) now holds more, as of now, under a new cookie value; the old value is dead
+    from this commit on (a cookie copied before the step-up does not inherit it)."""
     row = db.scalar(select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id,
                                              IdpSession.ended_at.is_(None)))
     if row is None or row.expires_at <= utcnow():
         return None
+    cookie = new_secret(32)
+    row.cookie_digest = keyring.digest(cookie)
     row.acr, row.amr, row.auth_time = acr, amr, utcnow()
     record_audit(db, "session.stepped_up", user_id=user_id, ip=ip, sid=sid, acr=acr, amr=amr)
-    return row
+    return cookie, row

@@ -1,7 +1,13 @@
 """Login transactions: the parked authorization request and the steps done so far, kept in
-the state store (never in process memory) so a login may finish on another process."""
+the state store (never in process memory) so a login may finish on another process.
+
+A transaction is bound to the browser that created it (`browser`: a keyed digest of that
+browser's binding secret, compared in constant time) and, once a step names a user, to that
+user: another identity is refused, never merged into the steps already done. A finished
+transaction (the chain established `authenticated_sid`) takes no further step."""
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import asdict, dataclass, field, replace
 
@@ -9,6 +15,13 @@ from idp.security.keyring import new_secret
 from idp.state.store import StateStore
 
 _PREFIX = "login-tx:"
+_FINISHED_PREFIX = "login-tx-finished:"
+
+
+class TransactionRefused(Exception):
+    """A step that must never be recorded on this transaction. Callers check first
+    (`finished`, `accepts_user`) and answer as for a bad credential; reaching this is a bug
+    that must fail closed rather than merge two identities."""
 
 
 @dataclass(frozen=True)
@@ -25,11 +38,26 @@ class LoginTransaction:
     username: str | None = None  # normalized, for the per-account rate limit of later steps
     step_up_sid: str | None = None  # a step-up upgrades this session instead of starting a new one
     return_to: str | None = None  # where a chain without an authorization request ends (/account)
+    browser: str = ""  # keyed digest of the creating browser's binding secret; "" binds to no browser
+
+    @property
+    def finished(self) -> bool:
+        return self.authenticated_sid is not None
+
+    def is_bound_to(self, browser: str | None) -> bool:
+        return bool(self.browser) and browser is not None and hmac.compare_digest(self.browser, browser)
+
+    def accepts_user(self, user_id: int) -> bool:
+        return self.user_id is None or self.user_id == user_id
 
     def finished_by(self, sid: str) -> "LoginTransaction":
         return replace(self, authenticated_sid=sid)
 
     def with_step(self, method: str, *, user_id: int | None = None, username: str | None = None) -> "LoginTransaction":
+        if self.finished:
+            raise TransactionRefused("a finished transaction takes no further step")
+        if user_id is not None and not self.accepts_user(user_id):
+            raise TransactionRefused("another identity on a transaction that already named its user")
         return replace(self, steps_done=tuple(dict.fromkeys((*self.steps_done, method))),
                        user_id=user_id if user_id is not None else self.user_id,
                        username=username if username is not None else self.username)
@@ -53,6 +81,11 @@ def find_transaction(store: StateStore, tx_id: object) -> LoginTransaction | Non
     if not isinstance(tx_id, str) or not 8 <= len(tx_id) <= 64:
         return None
     return _decoded(store.get(_PREFIX + tx_id))
+
+
+def claim_finish(store: StateStore, tx_id: str, *, ttl_seconds: int) -> bool:
+    """True once per transaction: the chain's end runs once, whatever races to it."""
+    return store.add(_FINISHED_PREFIX + tx_id, b"1", ttl_seconds=ttl_seconds)
 
 
 def consume_transaction(store: StateStore, tx_id: str) -> LoginTransaction | None:

@@ -7,7 +7,6 @@ import hmac
 
 from idp.security.keyring import Keyring, new_secret
 
-COOKIE_NAME = "idp_csrf"
 FIELD_NAME = "csrf_token"
 
 

@@ -25,7 +25,7 @@ from starlette.responses import RedirectResponse, Response
 
 from idp.db.models import User
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import COOKIE_NAME, find_session
+from idp.login.sessions import find_session
 from idp.mfa import backup_codes, totp
 from idp.mfa.factors import CodeCheck
 from idp.oidc.logout import EndedSession
@@ -36,6 +36,7 @@ from idp.security.password_policy import (
     PasswordRejected,
     check_password,
 )
+from idp.web import cookies
 from idp.web.account_sessions import (
     REAUTH_URL,
     SessionView,
@@ -326,7 +327,7 @@ def _client(request: Request) -> tuple[str | None, str | None]:
 
 
 async def _signed_in(request: Request) -> Account | None:
-    return await run_blocking(request, _find_account, services_of(request), request.cookies.get(COOKIE_NAME))
+    return await run_blocking(request, _find_account, services_of(request), cookies.read(request, cookies.SESSION))
 
 
 # ---- database work (sync, one unit of work each) -----------------------------------------------

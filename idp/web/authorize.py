@@ -3,13 +3,10 @@
 password itself)."""
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from idp.login import transaction as tx_store
-from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
 from idp.oidc.authorize import (
     CurrentSession,
@@ -20,18 +17,43 @@ from idp.oidc.authorize import (
     decide,
 )
 from idp.oidc.request import IdpRequest
+from idp.web import cookies, login_binding
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page
+from idp.web.pages import error_page, redirect_source
 from idp.web.params import BadParameters, read_params
 
 EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
 
 
 async def load_transaction(request: Request, tx_id: str | None) -> tx_store.LoginTransaction | Response:
-    """The parked request a page or form refers to, or the page saying it is gone."""
+    """The parked request a page or form of this browser refers to, or the page saying it is
+    gone: the same page when it exists but another browser started it (nothing to learn)."""
     tx = await run_blocking(request, tx_store.find_transaction, services_of(request).store, tx_id)
-    return error_page(request, 400, EXPIRED_MESSAGE) if tx is None else tx
+    if tx is None or not tx.is_bound_to(login_binding.presented(request)):
+        return error_page(request, 400, EXPIRED_MESSAGE)
+    return tx
+
+
+async def load_step_transaction(request: Request, tx_id: str | None) -> tx_store.LoginTransaction | Response:
+    """As load_transaction, for a login step: a finished chain takes no further step."""
+    tx = await load_transaction(request, tx_id)
+    if not isinstance(tx, Response) and tx.finished:
+        return error_page(request, 400, EXPIRED_MESSAGE)
+    return tx
+
+
+async def take_transaction(request: Request, tx_id: str | None, *, finished: bool) -> tx_store.LoginTransaction | Response:
+    """Single use, for resume (`finished`: only once the chain has finished) and the consent
+    decision: the transaction is consumed atomically before anything is decided, so two
+    requests racing with one id get one authorization between them."""
+    tx = await load_transaction(request, tx_id)
+    if isinstance(tx, Response):
+        return tx
+    if finished and not tx.finished:
+        return error_page(request, 400, EXPIRED_MESSAGE)
+    taken = await run_blocking(request, tx_store.consume_transaction, services_of(request).store, tx.id)
+    return error_page(request, 400, EXPIRED_MESSAGE) if taken is None else taken
 
 
 async def authorize(request: Request) -> Response:
@@ -45,8 +67,8 @@ async def authorize(request: Request) -> Response:
 
 
 async def resume(request: Request) -> Response:
-    """Back from the login chain or consent: the parked request continues."""
-    tx = await load_transaction(request, request.query_params.get("tx"))
+    """Back from the login chain: the parked request continues, once."""
+    tx = await take_transaction(request, request.query_params.get("tx"), finished=True)
     if isinstance(tx, Response):
         return tx
     outcome = await run_authorization(request, tx.params, tx=tx)
@@ -58,7 +80,7 @@ async def run_authorization(
 ) -> Outcome:
     services = services_of(request)
     ip = request_ip(request)
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = cookies.read(request, cookies.SESSION)
 
     def unit_of_work() -> Outcome:
         with services.sessions.begin() as db:
@@ -81,13 +103,14 @@ async def run_authorization(
 
 
 async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx: tx_store.LoginTransaction | None) -> Response:
+    """The outcome as a response. A transaction passed in was already consumed (resume,
+    consent decision); one that must live on (consent still to give) is saved again."""
     services = services_of(request)
     if isinstance(outcome, RedirectToClient):
-        if tx is not None:
-            await run_blocking(request, tx_store.consume_transaction, services.store, tx.id)
         return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
     if isinstance(outcome, ErrorPage):
         return error_page(request, outcome.status, outcome.message)
+    browser = tx.browser if tx is not None else login_binding.for_new_transaction(request)
     if isinstance(outcome, NeedLogin):
         # a new transaction for each pass that needs the chain: a step-up starts from what the
         # session holds, a (re-)authentication from nothing
@@ -95,21 +118,21 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
             tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, outcome.login_hint,
                                           requested_acr=outcome.requested_acr, user_id=outcome.session_user_id,
                                           steps_done=tuple(m for m in outcome.session_amr if m in ("pwd", "otp")),
-                                          step_up_sid=outcome.session_sid)
+                                          step_up_sid=outcome.session_sid, browser=browser)
             target = "/login/code"
         else:
             tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, outcome.login_hint,
-                                          requested_acr=outcome.requested_acr)
+                                          requested_acr=outcome.requested_acr, browser=browser)
             target = "/login"
-        await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
-        return RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE)
-    if tx is None:
-        tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, None)
-        await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
-    return RedirectResponse(f"/consent?tx={tx.id}", status_code=303, headers=NO_STORE)
+    else:
+        tx = tx or tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, None,
+                                            browser=browser)
+        target = "/consent"
+    await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
+    return login_binding.attach(request, RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE))
 
 
 def redirect_origin(params: dict[str, str]) -> tuple[str, ...]:
-    """The client's redirect origin, for the CSP form-action of pages that lead back to it."""
-    parts = urlsplit(params.get("redirect_uri", ""))
-    return (f"{parts.scheme}://{parts.netloc}",) if parts.scheme in ("http", "https") and parts.netloc else ()
+    """The CSP form-action source for pages whose form can end at the client (the redirect_uri
+    was verified before the request was parked)."""
+    return redirect_source(params.get("redirect_uri"))

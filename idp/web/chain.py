@@ -17,14 +17,12 @@ from idp.db.models import User
 from idp.login import policy
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import start_session, upgrade_session
 from idp.oidc.logout import EndedSession, describe_ended
 from idp.security.audit import record_audit
-from idp.web import backchannel
+from idp.web import backchannel, cookies
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import set_cookie
 from idp.web.services import Services
 
 LOCKED = FailureRecord(remaining=0, locked_now=False, was_locked=True)
@@ -99,7 +97,12 @@ def _unmet(request: Request, tx: tx_store.LoginTransaction) -> Response:
 
 
 async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | FailureRecord:
+    """The chain's end, once per transaction: a second request that reached the end too (a
+    race, a replayed form) is refused like a bad credential and starts no second session."""
     services = services_of(request)
+    ttl = services.settings.login_ttl_seconds
+    if not await run_blocking(request, tx_store.claim_finish, services.store, tx.id, ttl_seconds=ttl):
+        return LOCKED
     ip = request_ip(request)
     done = await run_blocking(request, _finish, services, tx, ip, request.headers.get("user-agent"))
     if done is None:
@@ -107,18 +110,19 @@ async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | 
     cookie, sid, evicted = done
     for ended in evicted:  # sessions beyond the per-user cap: their RPs hear of it too
         backchannel.schedule(services, ended)
-    await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid),
-                       ttl_seconds=services.settings.login_ttl_seconds)
+    if tx.return_to is None:  # kept, finished, for the one resume of the parked request
+        await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid), ttl_seconds=ttl)
+    else:
+        await run_blocking(request, tx_store.consume_transaction, services.store, tx.id)
     response = RedirectResponse(tx.resume_url, status_code=303, headers=NO_STORE)
-    if cookie is not None:
-        set_cookie(response, request, SESSION_COOKIE, cookie, max_age=None)
+    cookies.put(response, request, cookies.SESSION, cookie)
     return response
 
 
 def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
-            agent: str | None) -> tuple[str | None, str, list[EndedSession]] | None:
-    """(new session cookie or None for a step-up, sid, sessions evicted by the cap); None
-    when the account is locked."""
+            agent: str | None) -> tuple[str, str, list[EndedSession]] | None:
+    """(new session cookie value, sid, sessions evicted by the cap); None when the account
+    is locked."""
     assert tx.user_id is not None
     acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
     with services.sessions.begin() as db:
@@ -132,9 +136,9 @@ def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
         record_audit(db, "login.succeeded", user_id=user.id, ip=ip, user_agent=agent, outcome="success",
                      acr=acr, amr=amr, client_id=tx.client_id or None, step_up=tx.step_up_sid is not None)
         if tx.step_up_sid is not None:
-            upgraded = upgrade_session(db, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
+            upgraded = upgrade_session(db, services.keyring, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
             if upgraded is not None:
-                return None, upgraded.sid, []
+                return upgraded[0], upgraded[1].sid, []
         cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
                                     user_agent=agent, ip=ip)
         evicted = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])]

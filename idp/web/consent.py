@@ -10,6 +10,7 @@ from idp.web.authorize import (
     redirect_origin,
     respond,
     run_authorization,
+    take_transaction,
 )
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE
@@ -43,7 +44,7 @@ async def submit_consent(request: Request) -> Response:
     decision = params.get("decision")
     if decision not in ("allow", "deny"):
         return error_page(request, 400, "Choose Allow or Deny.")
-    tx = await load_transaction(request, params.get("tx"))
+    tx = await take_transaction(request, params.get("tx"), finished=False)  # one decision per transaction
     if isinstance(tx, Response):
         return tx
     outcome = await run_authorization(request, tx.params, tx=tx, consent=decision == "allow")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from idp.login.sessions import COOKIE_NAME, find_session
+from idp.login.sessions import find_session
+from idp.web import cookies
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, services_of
 from idp.web.pages import render
@@ -12,7 +13,7 @@ from idp.web.pages import render
 
 async def home(request: Request) -> Response:
     services = services_of(request)
-    cookie = request.cookies.get(COOKIE_NAME)
+    cookie = cookies.read(request, cookies.SESSION)
 
     def signed_in_username() -> str | None:
         with services.sessions.begin() as db:

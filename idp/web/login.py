@@ -9,11 +9,11 @@ from starlette.responses import Response
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
-from idp.web.authorize import load_transaction
+from idp.web import cookies, login_binding
+from idp.web.authorize import load_step_transaction, redirect_origin
 from idp.web.blocking import run_blocking
 from idp.web.chain import LOCKED, advance
 from idp.web.forms import read_form
@@ -25,7 +25,7 @@ from idp.web.throttle import check_limits, too_many_page
 
 async def show_login(request: Request) -> Response:
     tx_id = request.query_params.get("tx")
-    tx = None if tx_id is None else await load_transaction(request, tx_id)
+    tx = None if tx_id is None else await load_step_transaction(request, tx_id)
     if isinstance(tx, Response):
         return tx
     return login_page(request, tx, username=tx.login_hint if tx else "", error=None, status=200)
@@ -33,7 +33,7 @@ async def show_login(request: Request) -> Response:
 
 def login_page(request: Request, tx: tx_store.LoginTransaction | None, *, username: str | None, error: str | None, status: int) -> Response:
     response = render(request, "login.html", status=status, tx=tx, username=username or "", error=error,
-                      client_name=tx.client_name if tx else None)
+                      client_name=tx.client_name if tx else None, form_targets=redirect_origin(tx.params) if tx else ())
     response.headers.update(NO_STORE)
     return response
 
@@ -43,7 +43,7 @@ async def submit_login(request: Request) -> Response:
     params = await read_form(request)
     if isinstance(params, Response):
         return params
-    tx = None if "tx" not in params else await load_transaction(request, params["tx"])
+    tx = None if "tx" not in params else await load_step_transaction(request, params["tx"])
     if isinstance(tx, Response):
         return tx
     username, password = params.get("username", ""), params.get("password", "")
@@ -60,8 +60,13 @@ async def submit_login(request: Request) -> Response:
 
     candidate = await run_blocking(request, _find_candidate, services, username)
     result = await password_step.verify_password_step(services.hashing, candidate, password)
+    if tx is not None and isinstance(result, password_step.PasswordVerified) and not tx.accepts_user(result.user_id):
+        # another user's right password on a transaction that already named its user: refused
+        # exactly like a wrong password for that account (same page, status, counter), never merged
+        result = password_step.PasswordFailed(user_id=result.user_id, reason="other_identity")
     if isinstance(result, password_step.PasswordFailed):
-        failure = await run_blocking(request, _record_failure, services, result.user_id, name, ip, agent)
+        failure = await run_blocking(request, _record_failure, services, result.user_id, name, ip, agent,
+                                     result.reason)
         return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
 
     new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
@@ -71,13 +76,14 @@ async def submit_login(request: Request) -> Response:
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
     # (a re-authentication for /account renews this browser's own session rather than adding one)
     own_sid = None if tx else await run_blocking(request, _own_session_sid, services,
-                                                 request.cookies.get(SESSION_COOKIE), result.user_id)
-    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account", step_up_sid=own_sid)
+                                                 cookies.read(request, cookies.SESSION), result.user_id)
+    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account", step_up_sid=own_sid,
+                                              browser=login_binding.for_new_transaction(request))
     outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
     if isinstance(outcome, FailureRecord):  # locked: refused exactly like a bad password
         await run_blocking(request, _record_refusal, services, result.user_id, ip, agent)
         return login_page(request, tx, username=username[:128], error=failure_message(services, outcome), status=401)
-    return outcome
+    return login_binding.attach(request, outcome)
 
 
 def failure_message(services: Services, failure: FailureRecord, words: str = password_step.FAILED_MESSAGE) -> str:
@@ -99,14 +105,15 @@ def _find_candidate(services: Services, username: str) -> tuple[int, str | None,
 
 
 def _record_failure(services: Services, user_id: int | None, name: str, ip: str | None,
-                    agent: str | None) -> FailureRecord:
+                    agent: str | None, reason: str | None = None) -> FailureRecord:
     with services.sessions.begin() as db:
         if user_id is None:
             failure = services.lockout.record_phantom_failure(services.keyring.digest("lockout-name:" + name))
         else:
             failure = services.lockout.record_failure(db, user_id)
         record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent,
-                     outcome="refused" if failure.was_locked else "failure", known_user=user_id is not None)
+                     outcome="refused" if failure.was_locked else "failure", known_user=user_id is not None,
+                     **({"reason": reason} if reason else {}))
         if failure.locked_now:
             record_audit(db, "account.locked", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
                          known_user=user_id is not None, seconds=services.lockout.seconds)

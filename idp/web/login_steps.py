@@ -13,7 +13,7 @@ from idp.login.lockout import FailureRecord
 from idp.mfa import backup_codes
 from idp.mfa.factors import CodeCheck
 from idp.security.audit import record_audit
-from idp.web.authorize import load_transaction
+from idp.web.authorize import load_step_transaction, redirect_origin
 from idp.web.blocking import run_blocking
 from idp.web.chain import advance, chain_state
 from idp.web.forms import read_form
@@ -27,7 +27,7 @@ NOT_STARTED = "Start by signing in with your username and password."
 
 
 async def _chain_tx(request: Request, tx_id: str | None) -> tx_store.LoginTransaction | Response:
-    tx = await load_transaction(request, tx_id)
+    tx = await load_step_transaction(request, tx_id)
     if isinstance(tx, Response):
         return tx
     if tx.user_id is None or "pwd" not in tx.steps_done:
@@ -36,7 +36,8 @@ async def _chain_tx(request: Request, tx_id: str | None) -> tx_store.LoginTransa
 
 
 def _page(request: Request, template: str, tx: tx_store.LoginTransaction, *, status: int = 200, **context: object) -> Response:
-    response = render(request, template, status=status, tx=tx, client_name=tx.client_name or None, **context)
+    response = render(request, template, status=status, tx=tx, client_name=tx.client_name or None,
+                      form_targets=redirect_origin(tx.params), **context)
     response.headers.update(NO_STORE)
     return response
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
 from idp.oidc.logout import Hint, InvalidHint, allowed_redirect, check_hint, end_session
 from idp.security.audit import record_audit
+from idp.web import cookies
 from idp.web import backchannel
 from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page, render
+from idp.web.pages import error_page, redirect_source, render
 from idp.web.params import BadParameters, read_params
 from idp.web.services import Services
 
@@ -51,12 +51,13 @@ async def _sign_out(request: Request, params: dict[str, str], *, confirmed: bool
     redirect = allowed_redirect(client, params.get("post_logout_redirect_uri"))
     state = params.get("state", "")[:2048] or None
 
-    session = await run_blocking(request, _current_session, services, request.cookies.get(SESSION_COOKIE))
+    session = await run_blocking(request, _current_session, services, cookies.read(request, cookies.SESSION))
     tied = session is not None and hint is not None and (
         (hint.sid is not None and hint.sid == session[1]) or (hint.sid is None and hint.sub == session[2]))
     if session is not None and not (tied or confirmed):
         response = render(request, "logout_confirm.html", client_name=client.client_name if client else None,
-                          client_id=client_id or "", redirect=redirect or "", state=state or "")
+                          client_id=client_id or "", redirect=redirect or "", state=state or "",
+                          form_targets=redirect_source(redirect))  # the confirmed POST ends there
         response.headers.update(NO_STORE)
         return response
     if session is not None:
@@ -70,8 +71,7 @@ async def _sign_out(request: Request, params: dict[str, str], *, confirmed: bool
     else:
         response = render(request, "logged_out.html", client_name=client.client_name if client else None)
         response.headers.update(NO_STORE)
-    response.delete_cookie(SESSION_COOKIE, path="/", secure=services.settings.secure_cookies, httponly=True,
-                           samesite="lax")
+    cookies.remove(response, request, cookies.SESSION)
     return response
 
 

@@ -15,13 +15,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import COOKIE_NAME as SESSION_COOKIE
 from idp.login.sessions import find_session
 from idp.login.steps.password import normalize_username
 from idp.mfa.passkeys import PasskeyError, SignedIn
 from idp.oidc.logout import EndedSession
 from idp.security import csrf
 from idp.security.audit import record_audit
+from idp.web import cookies, login_binding
 from idp.web.account_sessions import (
     REAUTH_URL,
     current_session,
@@ -42,6 +42,7 @@ from idp.web.throttle import check_limits, too_many_json
 
 JSON_MAX_BYTES = 64 * 1024
 SIGN_IN_FAILED = "That passkey could not sign you in."
+EXPIRED = "This sign-in has expired. Reload the page and try again."
 
 
 def _json_error(status: int, message: str) -> JSONResponse:
@@ -59,7 +60,7 @@ async def _read_json(request: Request) -> dict[str, Any] | Response:
     if not isinstance(data, dict):
         return _json_error(400, "The body is not a JSON object.")
     keyring = services_of(request).keyring
-    if not csrf.check_csrf(keyring, request.cookies.get(csrf.COOKIE_NAME), data.get("csrf_token")):
+    if not csrf.check_csrf(keyring, cookies.read(request, cookies.CSRF), data.get("csrf_token")):
         return _json_error(403, "The page expired. Reload it and try again.")
     return data
 
@@ -75,9 +76,10 @@ async def sign_in_options(request: Request) -> Response:
     data = await _read_json(request)
     if isinstance(data, Response):
         return data
-    tx = await run_blocking(request, tx_store.find_transaction, services.store, data.get("tx"))
-    if tx is None:
-        tx = tx_store.new_transaction({}, "", "", None, return_to="/account")  # signing in to idp itself
+    tx = await _step_transaction(request, data.get("tx"))
+    if tx is None:  # no transaction of this browser's still open: signing in to idp itself
+        tx = tx_store.new_transaction({}, "", "", None, return_to="/account",
+                                      browser=login_binding.for_new_transaction(request))
         await run_blocking(request, tx_store.save_transaction, services.store, tx,
                            ttl_seconds=services.settings.login_ttl_seconds)
     typed = data.get("username")
@@ -89,8 +91,17 @@ async def sign_in_options(request: Request) -> Response:
         return too_many_json(verdict)
     # a chain that already named its user (password done, or a step-up) signs in that user only
     challenge = await run_blocking(request, _sign_in_options, services, tx, username)
-    return JSONResponse({"challenge_id": challenge.id, "tx": tx.id, "publicKey": json.loads(challenge.options_json)},
-                        headers=NO_STORE)
+    return login_binding.attach(request, JSONResponse(
+        {"challenge_id": challenge.id, "tx": tx.id, "publicKey": json.loads(challenge.options_json)}, headers=NO_STORE))
+
+
+async def _step_transaction(request: Request, tx_id: object) -> tx_store.LoginTransaction | None:
+    """The transaction a passkey step names, if this browser started it and its chain is
+    still open (the JSON twin of authorize.load_step_transaction)."""
+    tx = await run_blocking(request, tx_store.find_transaction, services_of(request).store, tx_id)
+    if tx is None or tx.finished or not tx.is_bound_to(login_binding.presented(request)):
+        return None
+    return tx
 
 
 def _sign_in_options(services: Services, tx: tx_store.LoginTransaction, username: str | None):  # type: ignore[no-untyped-def]
@@ -105,9 +116,9 @@ async def sign_in_verify(request: Request) -> Response:
     data = await _read_json(request)
     if isinstance(data, Response):
         return data
-    tx = await run_blocking(request, tx_store.find_transaction, services.store, data.get("tx"))
+    tx = await _step_transaction(request, data.get("tx"))
     if tx is None:
-        return _json_error(400, "This sign-in has expired. Reload the page and try again.")
+        return _json_error(400, EXPIRED)
     ip = request_ip(request)
     verdict = await check_limits(request, [("login_ip", ip or "-")], ip=ip)
     if not verdict.allowed:
@@ -148,6 +159,10 @@ def _verify_sign_in(services: Services, tx: tx_store.LoginTransaction, challenge
                 record_audit(db, "account.locked", user_id=blamed, ip=ip, user_agent=agent, outcome="success",
                              known_user=True)
             return failure
+        if not tx.accepts_user(signed.user_id):  # another identity than the chain named: never merged
+            record_audit(db, "login.passkey.failed", user_id=signed.user_id, ip=ip, user_agent=agent,
+                         outcome="refused", reason="other_identity")
+            return "other identity"
         if services.lockout.is_locked(db, signed.user_id):
             record_audit(db, "login.passkey.failed", user_id=signed.user_id, ip=ip, user_agent=agent,
                          outcome="refused", reason="locked")
@@ -176,7 +191,7 @@ async def _signed_in_json(request: Request) -> tuple[dict[str, Any], int] | Resp
     data = await _read_json(request)
     if isinstance(data, Response):
         return data
-    session = await run_blocking(request, _session_user, services_of(request), request.cookies.get(SESSION_COOKIE))
+    session = await run_blocking(request, _session_user, services_of(request), cookies.read(request, cookies.SESSION))
     if session is None:
         return _json_error(401, "Sign in first.")
     return data, session[0]
@@ -246,7 +261,7 @@ async def _change(request: Request, action: str) -> Response:
     params = await read_form(request)
     if isinstance(params, Response):
         return params
-    session = await run_blocking(request, current_session, services, request.cookies.get(SESSION_COOKIE))
+    session = await run_blocking(request, current_session, services, cookies.read(request, cookies.SESSION))
     if session is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
     passkey_id = valid_row_id(request.path_params.get("passkey_id"))

@@ -271,11 +271,12 @@ def failed_login(http: httpx.Client, base_url: str) -> httpx.Response:
     assert page.status_code == 200, page.text[:500]
     parser = _CsrfField()
     parser.feed(page.text)
-    cookie = next((m.group(1) for h in page.headers.get_list("set-cookie") if (m := re.match(r"idp_csrf=([^;]+)", h))),
-                  None)
-    assert parser.value and cookie, "no CSRF field or idp_csrf cookie on the login page"
+    # the issuer is https, so the cookie carries the __Host- prefix
+    cookie = next((m.group(1) for h in page.headers.get_list("set-cookie")
+                   if (m := re.match(r"__Host-idp_csrf=([^;]+)", h))), None)
+    assert parser.value and cookie, "no CSRF field or __Host-idp_csrf cookie on the login page"
     http.cookies.clear()
-    return http.post(f"{base_url}/login", headers={**spoof, "cookie": f"idp_csrf={cookie}"},
+    return http.post(f"{base_url}/login", headers={**spoof, "cookie": f"__Host-idp_csrf={cookie}"},
                      data={"username": USERNAME, "password": "wrong password, wrong password", "csrf_token": parser.value})
 
 

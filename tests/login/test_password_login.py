@@ -100,8 +100,9 @@ def test_a_parked_request_cannot_be_finished_by_another_browser(app):
         tx = location.split("tx=")[1]
         submit_login(mallory, "/login")  # mallory has a session of her own
         resumed = mallory.get(f"/authorize/resume?tx={tx}", follow_redirects=False)
-        # not approved by mallory's session for this request: consent (her own) at most, never alice's code
-        assert resumed.headers["location"].startswith("/consent") or resumed.headers["location"].startswith("/login")
+        # alice's browser started it: to mallory's browser it does not exist (no code, no consent, no login)
+        assert resumed.status_code == 400 and "location" not in resumed.headers
+        assert "expired" in resumed.text
 
 
 def test_pages_send_a_strict_csp_and_no_store(client):

@@ -26,6 +26,7 @@ class PasswordVerified:
 class PasswordFailed:
     user_id: int | None  # for the audit trail only; never shown
     public_message: str = FAILED_MESSAGE
+    reason: str | None = None  # for the audit trail only; never shown
 
 
 def normalize_username(username: str) -> str:
