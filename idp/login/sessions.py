@@ -77,6 +77,14 @@ def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: s
     return row, user
 
 
+def is_live(db: Session, sid: str, user_id: int | None) -> bool:
+    """The session `sid` of `user_id` has not ended or expired (idle time aside: a step-up
+    begun from it keeps it in use)."""
+    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id,
+                                             IdpSession.ended_at.is_(None)))
+    return row is not None and row.expires_at > utcnow()
+
+
 def upgrade_session(db: Session, keyring: Keyring, user_id: int, sid: str, *, acr: str, amr: list[str],
                     ip: str | None) -> tuple[str, IdpSession] | None:
     """A step-up or re-authentication: the same session (same sid, so ID and logout tokens

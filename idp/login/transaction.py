@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from idp.security.keyring import new_secret
 from idp.state.store import StateStore
@@ -39,6 +39,7 @@ class LoginTransaction:
     step_up_sid: str | None = None  # a step-up upgrades this session instead of starting a new one
     return_to: str | None = None  # where a chain without an authorization request ends (/account)
     browser: str = ""  # keyed digest of the creating browser's binding secret; "" binds to no browser
+    consent_sid: str | None = None  # the session a consent page was shown to (no chain ran)
 
     @property
     def finished(self) -> bool:
@@ -65,6 +66,9 @@ class LoginTransaction:
     @property
     def resume_url(self) -> str:
         return self.return_to or f"/authorize/resume?tx={self.id}"
+
+
+_FIELDS = frozenset(f.name for f in fields(LoginTransaction))
 
 
 def new_transaction(params: dict[str, str], client_id: str, client_name: str, login_hint: str | None,
@@ -98,4 +102,5 @@ def _decoded(raw: bytes | None) -> LoginTransaction | None:
         return None
     data = json.loads(raw)
     data["steps_done"] = tuple(data.get("steps_done", ()))
-    return LoginTransaction(**data)
+    # a field another release added is dropped, not a crash; a missing `browser` binds to none
+    return LoginTransaction(**{k: v for k, v in data.items() if k in _FIELDS})

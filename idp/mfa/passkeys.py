@@ -191,6 +191,8 @@ class Passkeys:
             raise PasskeyError(f"assertion did not verify: {type(exc).__name__}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise PasskeyError(f"malformed assertion: {type(exc).__name__}") from None
+        if owner.disabled:
+            raise PasskeyError("account disabled")  # after the signature: the same work as any account
         if (verified.new_sign_count > 0 or row.sign_count > 0) and verified.new_sign_count <= row.sign_count:
             raise PasskeyError("sign counter went backwards")  # a signed assertion: maybe a cloned key
         row.sign_count = verified.new_sign_count

@@ -73,6 +73,7 @@ class NeedLogin:
 class NeedConsent:
     client_name: str
     scopes: tuple[str, ...]
+    session_sid: str  # the session the consent is asked of: the decision counts for it only
 
 
 Outcome = RedirectToClient | ErrorPage | NeedLogin | NeedConsent
@@ -122,7 +123,7 @@ def decide(
                 return _issue(server, request, grant, session, approved=False)
             if "none" in prompts:
                 raise ConsentRequiredError(redirect_uri=grant.redirect_uri)
-            return NeedConsent(request.client.client_name, tuple(request.scope.split()))
+            return NeedConsent(request.client.client_name, tuple(request.scope.split()), session.sid)
         return _issue(server, request, grant, session, approved=True)
     except OAuth2Error as error:
         return _error_outcome(request, error)

@@ -3,11 +3,13 @@
 password itself)."""
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from idp.login import transaction as tx_store
-from idp.login.sessions import find_session
+from idp.login.sessions import find_session, is_live
 from idp.oidc.authorize import (
     CurrentSession,
     ErrorPage,
@@ -22,6 +24,7 @@ from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import error_page, redirect_source
 from idp.web.params import BadParameters, read_params
+from idp.web.services import Services
 
 EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
 
@@ -36,11 +39,21 @@ async def load_transaction(request: Request, tx_id: str | None) -> tx_store.Logi
 
 
 async def load_step_transaction(request: Request, tx_id: str | None) -> tx_store.LoginTransaction | Response:
-    """As load_transaction, for a login step: a finished chain takes no further step."""
+    """As load_transaction, for a login step: a finished chain takes no further step, and a
+    step-up lives no longer than the session it steps up (its password credit came from it)."""
     tx = await load_transaction(request, tx_id)
-    if not isinstance(tx, Response) and tx.finished:
+    if isinstance(tx, Response):
+        return tx
+    if tx.finished or not await run_blocking(request, step_up_alive, services_of(request), tx):
         return error_page(request, 400, EXPIRED_MESSAGE)
     return tx
+
+
+def step_up_alive(services: Services, tx: tx_store.LoginTransaction) -> bool:
+    if tx.step_up_sid is None:
+        return True
+    with services.sessions() as db:
+        return is_live(db, tx.step_up_sid, tx.user_id)
 
 
 async def take_transaction(request: Request, tx_id: str | None, *, finished: bool) -> tx_store.LoginTransaction | Response:
@@ -62,6 +75,10 @@ async def authorize(request: Request) -> Response:
         params = await read_params(request, max_bytes=services.settings.max_body_bytes)
     except BadParameters as exc:
         return error_page(request, 400, str(exc))
+    if request.method == "POST":
+        # the same request as a GET: a cross-site POST carries none of idp's SameSite=Lax cookies
+        # (session, login binding), a top-level GET navigation does
+        return RedirectResponse(f"/authorize?{urlencode(params)}", status_code=303, headers=NO_STORE)
     outcome = await run_authorization(request, params)
     return await respond(request, outcome, params, None)
 
@@ -89,6 +106,9 @@ async def run_authorization(
             if found is not None:
                 row, user = found
                 current = CurrentSession(user, row.sid, row.id, row.auth_time, row.acr, tuple(row.amr))
+            acting_for = tx and (tx.authenticated_sid or tx.consent_sid)
+            if acting_for and (current is None or current.sid != acting_for):
+                current = None  # the browser's session changed since (another user, a sign-out): start over
             oauth_request = IdpRequest(
                 method="GET", uri=f"{services.oidc.issuer}/authorize", headers=request.headers, params=params,
                 db=db, ctx=services.oidc, client_ip=ip,
@@ -126,7 +146,7 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
             target = "/login"
     else:
         tx = tx or tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, None,
-                                            browser=browser)
+                                            browser=browser, consent_sid=outcome.session_sid)
         target = "/consent"
     await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
     return login_binding.attach(request, RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE))

@@ -17,7 +17,7 @@ from idp.db.models import User
 from idp.login import policy
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import start_session, upgrade_session
+from idp.login.sessions import is_live, start_session, upgrade_session
 from idp.oidc.logout import EndedSession, describe_ended
 from idp.security.audit import record_audit
 from idp.web import backchannel, cookies
@@ -126,6 +126,8 @@ def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
     assert tx.user_id is not None
     acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
     with services.sessions.begin() as db:
+        if tx.step_up_sid is not None and not is_live(db, tx.step_up_sid, tx.user_id):
+            return None  # the chain's earlier credit came from that session: with it gone, nothing is left
         if not services.lockout.record_success(db, tx.user_id):
             record_audit(db, "login.refused", user_id=tx.user_id, ip=ip, user_agent=agent, outcome="refused",
                          reason="locked")
@@ -137,8 +139,7 @@ def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
                      acr=acr, amr=amr, client_id=tx.client_id or None, step_up=tx.step_up_sid is not None)
         if tx.step_up_sid is not None:
             upgraded = upgrade_session(db, services.keyring, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
-            if upgraded is not None:
-                return upgraded[0], upgraded[1].sid, []
+            return None if upgraded is None else (upgraded[0], upgraded[1].sid, [])
         cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
                                     user_agent=agent, ip=ip)
         evicted = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])]

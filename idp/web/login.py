@@ -75,7 +75,7 @@ async def submit_login(request: Request) -> Response:
         return login_page(request, tx, username=username[:128], error=failure_message(services, LOCKED), status=401)
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
     # (a re-authentication for /account renews this browser's own session rather than adding one)
-    own_sid = None if tx else await run_blocking(request, _own_session_sid, services,
+    own_sid = None if tx else await run_blocking(request, own_session_sid, services,
                                                  cookies.read(request, cookies.SESSION), result.user_id)
     chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account", step_up_sid=own_sid,
                                               browser=login_binding.for_new_transaction(request))
@@ -137,7 +137,7 @@ def _password_passed(services: Services, user_id: int, new_hash: str | None, ip:
         return True
 
 
-def _own_session_sid(services: Services, cookie: str | None, user_id: int) -> str | None:
+def own_session_sid(services: Services, cookie: str | None, user_id: int) -> str | None:
     with services.sessions.begin() as db:
         found = find_session(db, services.keyring, services.session_policy, cookie)
         return found[0].sid if found is not None and found[1].id == user_id else None

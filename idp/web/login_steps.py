@@ -143,7 +143,10 @@ def _audit_code(db, kind: str, user_id: int, check: CodeCheck, ip: str | None, a
 
 def _interstitial(request: Request, template: str, outcome: Response, **context: object) -> Response:
     """A page shown once between a step and the rest of the chain (backup codes left, new
-    backup codes): its Continue link goes where the chain was going, with the same cookies."""
+    backup codes): its Continue link goes where the chain was going, with the same cookies.
+    An outcome that goes nowhere (an error page) is shown as it is."""
+    if "location" not in outcome.headers:
+        return outcome
     response = render(request, template, continue_url=outcome.headers["location"], **context)
     response.headers.update(NO_STORE)
     return copy_cookies(outcome, response)

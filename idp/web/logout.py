@@ -72,6 +72,7 @@ async def _sign_out(request: Request, params: dict[str, str], *, confirmed: bool
         response = render(request, "logged_out.html", client_name=client.client_name if client else None)
         response.headers.update(NO_STORE)
     cookies.remove(response, request, cookies.SESSION)
+    cookies.remove(response, request, cookies.LOGIN)  # and every sign-in in progress in this browser
     return response
 
 

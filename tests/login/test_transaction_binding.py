@@ -381,3 +381,165 @@ def test_over_https_every_cookie_is_host_prefixed_secure_and_host_only(https_cli
     https_client.cookies.set("idp_session", https_client.cookies["__Host-idp_session"])
     del https_client.cookies["__Host-idp_session"]
     assert https_client.get("/account", follow_redirects=False).status_code == 303
+
+
+# ---- found by review: a step-up outliving its session, user switches, cross-site POSTs ----------------
+
+def live_sessions(client: TestClient, username: str) -> list[IdpSession]:
+    with client.app.state.services.sessions() as db:  # type: ignore[attr-defined]
+        return list(db.scalars(select(IdpSession).where(IdpSession.user_id == user_id(client, username),
+                                                        IdpSession.ended_at.is_(None))))
+
+
+def has_totp(client: TestClient, username: str) -> bool:
+    """A confirmed authenticator (the enrolment page alone leaves an unconfirmed secret)."""
+    from idp.db.models import TotpCredential
+
+    with client.app.state.services.sessions() as db:  # type: ignore[attr-defined]
+        return db.scalar(select(TotpCredential.id).where(TotpCredential.user_id == user_id(client, username),
+                                                         TotpCredential.confirmed_at.is_not(None))) is not None
+
+
+def enrolment_attempt(client: TestClient, tx: str, form_page: Any) -> Any:
+    secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', form_page.text)
+    return client.post("/login/enrol", data={"csrf_token": csrf_token(client), "tx": tx,
+                                             "code": pyotp.TOTP(secret.group(1) if secret else "A" * 32).at(
+                                                 at_step(client, 1))}, follow_redirects=False)
+
+
+def sign_out(client: TestClient) -> Any:
+    page = client.get("/logout")
+    return client.post("/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token")},
+                       follow_redirects=False)
+
+
+def test_a_step_up_begun_before_signing_out_cannot_enrol_a_factor_afterwards(client):
+    """A shared computer: alice (password only) starts a step-up that enrols TOTP, then signs
+    out; the next person goes back in the history and enrols his own authenticator."""
+    submit_login(client, "/login", username="alice")
+    step_up = start(client, AuthRequest(extra={"acr_values": "mfa"}))
+    tx = tx_of(step_up.headers["location"])
+    form_page = client.get(f"/login/enrol?tx={tx}")
+    assert form_page.status_code == 200
+    signed_out = sign_out(client)
+    assert any(v.startswith("idp_login=") and "Max-Age=0" in v
+               for k, v in signed_out.headers.multi_items() if k == "set-cookie"), "the binding goes with the session"
+
+    client.cookies.set("idp_login", "kept-by-a-browser-that-ignored-the-deletion-0123456789")
+    assert client.get(f"/login/enrol?tx={tx}").status_code == 400
+    attempt = enrolment_attempt(client, tx, form_page)
+    assert attempt.status_code == 400 and not sets_session(attempt)
+    assert not has_totp(client, "alice") and live_sessions(client, "alice") == []
+
+
+def test_a_step_up_from_a_stolen_cookie_dies_when_the_victims_sessions_are_ended(client, second_browser):
+    victim, attacker = client, second_browser
+    submit_login(victim, "/login", username="alice")
+    attacker.cookies.set("idp_session", victim.cookies["idp_session"])  # a copy of her cookie
+    step_up = start(attacker, AuthRequest(extra={"acr_values": "mfa"}))
+    tx = tx_of(step_up.headers["location"])
+    form_page = attacker.get(f"/login/enrol?tx={tx}")
+    assert form_page.status_code == 200
+    from idp.clock import utcnow
+
+    with victim.app.state.services.sessions.begin() as db:  # she signs out everywhere (or an admin does)
+        db.execute(update(IdpSession).where(IdpSession.user_id == user_id(victim, "alice")).values(ended_at=utcnow()))
+    attempt = enrolment_attempt(attacker, tx, form_page)
+    assert attempt.status_code == 400 and not sets_session(attempt)
+    assert not has_totp(victim, "alice") and live_sessions(victim, "alice") == []
+
+
+def test_consent_given_after_another_user_signed_in_in_the_same_browser_issues_no_code_for_either(client):
+    request = AuthRequest(extra={"prompt": "consent"})
+    tx = tx_of(login_page_url(client, request))
+    consent = client.get(post_password(client, tx, "alice").headers["location"], follow_redirects=False)
+    page = client.get(consent.headers["location"])
+    submit_login(client, "/login", username="bob")  # another tab of the same browser
+    allowed = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
+                                            "decision": "allow"}, follow_redirects=False)
+    assert allowed.status_code == 303 and allowed.headers["location"].startswith("/login?tx="), allowed.headers
+
+
+def test_resume_after_another_user_signed_in_in_the_same_browser_asks_to_sign_in_again(client):
+    request = AuthRequest(client_id="portal", redirect_uri="https://portal.example/cb", scope="openid")
+    tx = tx_of(login_page_url(client, request))
+    finished = post_password(client, tx, "alice")
+    submit_login(client, "/login", username="bob")
+    resumed = client.get(finished.headers["location"], follow_redirects=False)
+    assert resumed.status_code == 303 and resumed.headers["location"].startswith("/login?tx="), resumed.headers
+
+
+def test_a_post_authorization_request_becomes_a_get_and_leaves_the_browsers_binding_alone(client):
+    in_progress = login_page_url(client)
+    binding = client.cookies["idp_login"]
+    params = AuthRequest().params()
+    # a cross-site POST carries no SameSite=Lax cookie: the browser's binding is not sent
+    kept = dict(client.cookies)
+    client.cookies.clear()
+    posted = client.post("/authorize", data=params, follow_redirects=False)
+    assert posted.status_code == 303 and "set-cookie" not in posted.headers
+    for name, value in kept.items():
+        client.cookies.set(name, value)
+    assert query_of(posted.headers["location"]) == params and posted.headers["location"].startswith("/authorize?")
+    assert client.cookies["idp_login"] == binding and client.get(in_progress).status_code == 200
+
+
+def test_a_disabled_users_passkey_signs_in_nobody_and_never_500s(app):
+    with TestClient(app, base_url=ISSUER, raise_server_exceptions=False) as client:
+        authenticator = SoftAuthenticator()
+        submit_login(client, "/login", username="alice")
+        register_on_account(client, authenticator)
+        client.cookies.clear()
+        with app.state.services.sessions.begin() as db:
+            db.execute(update(User).where(User.username == "alice").values(disabled=True))
+        for tx in (None, tx_of(login_page_url(client))):
+            verify = passkey_ceremony(client, authenticator, csrf_token(client), tx)
+            assert verify.status_code == 401 and verify.json()["error"].startswith("That passkey could not sign you in.")
+        with app.state.services.sessions() as db:
+            kinds = db.scalars(select(AuditEvent.kind).where(AuditEvent.kind == "login.passkey.succeeded")).all()
+        assert kinds == []
+
+
+def test_a_user_disabled_mid_chain_gets_a_page_not_a_500(app):
+    from idp.mfa import backup_codes
+
+    with TestClient(app, base_url=ISSUER, raise_server_exceptions=False) as client:
+        enrol_totp(client, "alice")
+        codes = backup_codes.generate()
+        with app.state.services.sessions.begin() as db:
+            app.state.services.factors.replace_backup_codes(
+                db, user_id(client, "alice"), [(c, app.state.services.hashing.hash(c)) for c in codes])
+        code_step = client.post("/login", data={"csrf_token": csrf_token(client), "username": "alice",
+                                                "password": PASSWORD}, follow_redirects=False)
+        with app.state.services.sessions.begin() as db:
+            db.execute(update(User).where(User.username == "alice").values(disabled=True))
+        used = client.post("/login/code", data={"csrf_token": csrf_token(client), "tx": tx_of(code_step.headers["location"]),
+                                                "backup_code": codes[0]}, follow_redirects=False)
+        assert 400 <= used.status_code < 500 and not sets_session(used), used.status_code
+
+
+def test_a_passkey_re_authentication_renews_the_cookie_and_keeps_one_session(client, second_browser):
+    authenticator = SoftAuthenticator()
+    submit_login(client, "/login", username="alice")
+    register_on_account(client, authenticator)
+    old_cookie, before = client.cookies["idp_session"], live_sessions(client, "alice")
+    verify = passkey_ceremony(client, authenticator, csrf_token(client))
+    assert verify.status_code == 200 and verify.json()["redirect"] == "/account"
+    after = live_sessions(client, "alice")
+    assert [s.sid for s in after] == [s.sid for s in before] and client.cookies["idp_session"] != old_cookie
+    second_browser.cookies.set("idp_session", old_cookie)
+    assert second_browser.get("/account", follow_redirects=False).status_code == 303
+
+
+def test_a_transaction_from_another_release_decodes_and_an_unbound_one_is_refused(client):
+    import json
+
+    from idp.login.transaction import find_transaction
+
+    store = client.app.state.services.store
+    tx = tx_of(login_page_url(client))
+    raw = json.loads(store.get("login-tx:" + tx))
+    store.set("login-tx:" + tx, json.dumps({**raw, "a_later_field": 1}).encode(), ttl_seconds=60)
+    assert find_transaction(store, tx) is not None and client.get(f"/login?tx={tx}").status_code == 200
+    store.set("login-tx:" + tx, json.dumps({k: v for k, v in raw.items() if k != "browser"}).encode(), ttl_seconds=60)
+    assert client.get(f"/login?tx={tx}").status_code == 400  # before binding existed: bound to no browser
