@@ -33,20 +33,35 @@ IDP_COMMAND = Path(sys.executable).with_name("idp")
 
 @dataclass
 class Callback:
-    """The RP's redirect_uri: a real HTTP server that records each query it receives."""
+    """The RP's redirect_uri (`url`, path /callback) and its post-logout page (path
+    /logged-out): a real HTTP server that records each query either receives."""
     url: str
     queries: list[str] = field(default_factory=list)
+    logged_out: list[str] = field(default_factory=list)
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def logged_out_url(self) -> str:
+        return f"{self.origin}/logged-out"
 
 
 def _callback_handler(callback: Callback) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             parts = urlsplit(self.path)
-            if parts.path != "/callback":
+            if parts.path == "/callback":
+                callback.queries.append(parts.query)
+                body = b"<!doctype html><title>Shop</title><p>Signed in.</p>"
+            elif parts.path == "/logged-out":
+                callback.logged_out.append(parts.query)
+                body = b"<!doctype html><title>Shop</title><p>Signed out.</p>"
+            else:
                 self.send_error(404)
                 return
-            callback.queries.append(parts.query)
-            body = b"<!doctype html><title>Shop</title><p>Signed in.</p>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -83,6 +98,9 @@ class RunningIdp:
     username: str
     password: str
     log: Path
+    post_logout_redirect_uri: str  # shop's, on the RP's origin
+    first_party_client_id: str  # "portal": first_party = true (no consent page), same redirect_uri
+    first_party_client_secret: str
 
 
 def _free_port() -> int:
@@ -96,16 +114,27 @@ def _idp(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
     assert result.returncode == 0, f"`idp {' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}"
 
 
-def _clients_toml(secret: str, redirect_uri: str) -> str:
+def _clients_toml(secret: str, redirect_uri: str, post_logout_redirect_uri: str, first_party_secret: str) -> str:
     return f"""\
 [[clients]]
 client_id = "shop"
 client_name = "Shop"
 client_secret = "{secret}"
 redirect_uris = ["{redirect_uri}"]
+post_logout_redirect_uris = ["{post_logout_redirect_uri}"]
 grant_types = ["authorization_code", "refresh_token"]
 token_endpoint_auth_method = "client_secret_basic"
 scope = "openid profile email offline_access"
+
+[[clients]]
+client_id = "portal"
+client_name = "Portal"
+client_secret = "{first_party_secret}"
+redirect_uris = ["{redirect_uri}"]
+grant_types = ["authorization_code", "refresh_token"]
+token_endpoint_auth_method = "client_secret_basic"
+scope = "openid profile email offline_access"
+first_party = true
 """
 
 
@@ -125,12 +154,13 @@ def _wait_until_serving(issuer: str, process: subprocess.Popen[bytes], log: Path
 
 @pytest.fixture
 def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
-    """A fresh idp: migrated database, user alice, client shop, `idp serve` on a free port."""
+    """A fresh idp: migrated database, user alice, clients shop and portal (first-party, same
+    redirect_uri), `idp serve` on a free port."""
     port = _free_port()
     issuer = f"http://localhost:{port}"
-    secret = secrets.token_urlsafe(36)  # 48 characters
+    secret, first_party_secret = secrets.token_urlsafe(36), secrets.token_urlsafe(36)  # 48 characters
     clients_file = tmp_path / "clients.toml"
-    clients_file.write_text(_clients_toml(secret, rp_callback.url))
+    clients_file.write_text(_clients_toml(secret, rp_callback.url, rp_callback.logged_out_url, first_party_secret))
     env = {
         **os.environ,
         "IDP_DATABASE_URL": f"sqlite:///{tmp_path}/idp.db",
@@ -154,7 +184,9 @@ def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
         )
     try:
         _wait_until_serving(issuer, process, log)
-        yield RunningIdp(issuer, "shop", secret, rp_callback.url, "alice", ALICE_PASSWORD, log)
+        yield RunningIdp(issuer, "shop", secret, rp_callback.url, "alice", ALICE_PASSWORD, log,
+                         post_logout_redirect_uri=rp_callback.logged_out_url,
+                         first_party_client_id="portal", first_party_client_secret=first_party_secret)
     finally:
         process.terminate()
         try:

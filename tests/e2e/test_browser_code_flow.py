@@ -7,7 +7,6 @@ import base64
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,8 @@ from oic.oic.message import (
 )
 from oic.utils.authn.client import CLIENT_AUTHN_METHOD
 from playwright.sync_api import Page, expect
+
+from tests.support.hosted_pages import at_path, visited_paths
 
 if TYPE_CHECKING:
     from .conftest import RunningIdp
@@ -77,10 +78,6 @@ def redeem(rp: Client, idp: RunningIdp, authorization: Authorization, callback_q
 
 # --- the browser -------------------------------------------------------------------------
 
-def at_path(path: str) -> Callable[[str], bool]:
-    return lambda url: urlsplit(url).path == path
-
-
 def sign_in(page: Page, username: str, password: str) -> None:
     page.locator("input[name=username]").fill(username)
     page.locator("input[name=password]").fill(password)
@@ -91,13 +88,6 @@ def callback_query(page: Page, idp: RunningIdp) -> dict[str, str]:
     page.wait_for_url(lambda url: url.startswith(idp.redirect_uri + "?"))
     expect(page.locator("body")).to_contain_text("Signed in.")  # the RP's own page answered
     return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query, strict_parsing=True).items()}
-
-
-def visited_paths(page: Page) -> list[str]:
-    """Every top-level page the browser goes to from now on (the hosted pages it is shown)."""
-    paths: list[str] = []
-    page.on("request", lambda r: paths.append(urlsplit(r.url).path) if r.is_navigation_request() else None)
-    return paths
 
 
 def first_sign_in(page: Page, rp: Client, idp: RunningIdp, screenshots: Path | None = None) -> tuple[Authorization, str]:

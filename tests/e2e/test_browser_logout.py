@@ -8,7 +8,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +27,8 @@ from oic.oic.message import (
 )
 from oic.utils.authn.client import CLIENT_AUTHN_METHOD
 from playwright.sync_api import Browser, Page, expect
+
+from tests.support.hosted_pages import at_path, sign_in, visited_paths
 
 if TYPE_CHECKING:
     from .conftest import RunningIdp
@@ -217,25 +219,6 @@ def redeem(client: Client, rp: RelyingParty, authorization: Authorization, query
 
 
 # --- the browser -------------------------------------------------------------------------------
-
-def at_path(path: str) -> Callable[[str], bool]:
-    return lambda url: urlsplit(url).path == path
-
-
-def visited_paths(page: Page) -> list[str]:
-    """Every top-level page the browser goes to from now on."""
-    paths: list[str] = []
-    page.on("request", lambda r: paths.append(urlsplit(r.url).path)
-            if r.is_navigation_request() and r.frame == page.main_frame else None)
-    return paths
-
-
-def sign_in(page: Page, username: str, password: str) -> None:
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    page.locator("input[name=username]").fill(username)
-    page.locator("input[name=password]").fill(password)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-
 
 def sign_in_at_rp(page: Page, idp: RunningIdp, client: Client, rp: RelyingParty, *,
                   password: bool) -> AccessTokenResponse:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ from oic.oic.message import (
 )
 from oic.utils.authn.client import CLIENT_AUTHN_METHOD
 from playwright.sync_api import Browser, CDPSession, Locator, Page, expect
+
+from tests.support.hosted_pages import at_path, sign_in, visited_paths
 
 if TYPE_CHECKING:
     from .conftest import Callback, RunningIdp
@@ -160,10 +162,6 @@ def assert_passkey_sign_in(claims: dict[str, Any]) -> None:
 
 # --- the browser ------------------------------------------------------------------------------
 
-def at_path(path: str) -> Callable[[str], bool]:
-    return lambda url: urlsplit(url).path == path
-
-
 @contextmanager
 def fresh_page(browser: Browser) -> Iterator[Page]:
     """Another browser profile: no cookies, no IdP session, no authenticator."""
@@ -173,13 +171,6 @@ def fresh_page(browser: Browser) -> Iterator[Page]:
         yield context.new_page()
     finally:
         context.close()
-
-
-def sign_in(page: Page, username: str, password: str) -> None:
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    page.locator("input[name=username]").fill(username)
-    page.locator("input[name=password]").fill(password)
-    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def sign_in_on_account(page: Page, idp: RunningIdp) -> None:
@@ -230,12 +221,6 @@ def click_passkey_button(page: Page, authenticator: VirtualAuthenticator, button
     with page.expect_response(lambda r: urlsplit(r.url).path == "/login/passkey/verify"):
         button.click()
     authenticator.touched(False)
-
-
-def visited_paths(page: Page) -> list[str]:
-    paths: list[str] = []
-    page.on("request", lambda r: paths.append(urlsplit(r.url).path) if r.is_navigation_request() else None)
-    return paths
 
 
 def passkey_section(page: Page) -> Locator:

@@ -10,7 +10,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from oic.utils.authn.client import CLIENT_AUTHN_METHOD
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.conftest import unavailable
+from tests.support.hosted_pages import at_path, sign_in
 
 if TYPE_CHECKING:
     from .conftest import Callback, RunningIdp
@@ -144,10 +145,6 @@ def assert_mfa(claims: dict[str, object]) -> None:
 
 # --- the browser ------------------------------------------------------------------------------
 
-def at_path(path: str) -> Callable[[str], bool]:
-    return lambda url: urlsplit(url).path == path
-
-
 @contextmanager
 def fresh_page(browser: Browser) -> Iterator[Page]:
     """Another browser profile: no cookies, no IdP session."""
@@ -157,13 +154,6 @@ def fresh_page(browser: Browser) -> Iterator[Page]:
         yield context.new_page()
     finally:
         context.close()
-
-
-def sign_in(page: Page, username: str, password: str) -> None:
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    page.locator("input[name=username]").fill(username)
-    page.locator("input[name=password]").fill(password)
-    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def code_input(page: Page) -> Locator:
