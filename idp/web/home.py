@@ -1,8 +1,9 @@
-"""The site root: says who is signed in."""
+"""The site root: says who is signed in (and lets them sign out), and the icon browsers
+ask for at /favicon.ico."""
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from idp.login.sessions import find_session
 from idp.web import cookies
@@ -23,3 +24,10 @@ async def home(request: Request) -> Response:
     response = render(request, "home.html", username=await run_blocking(request, signed_in_username))
     response.headers.update(NO_STORE)
     return response
+
+
+FAVICON = "/static/favicon.svg"  # also linked from every page (templates/base.html)
+
+
+async def favicon(request: Request) -> Response:
+    return RedirectResponse(FAVICON, status_code=301, headers={"cache-control": "public, max-age=86400"})

@@ -3,6 +3,7 @@ the cookie that token is bound to."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -10,6 +11,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from idp.observability.request_ids import current_request_id
+from idp.oidc.origins import origin_of
 from idp.resources import resource_dir
 from idp.security import csrf
 from idp.web import cookies
@@ -46,27 +49,18 @@ def render(request: Request, template: str, *, status: int = 200, form_targets: 
     return response
 
 
-_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 _PRIVATE_USE_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\.[a-z0-9+.-]+")  # RFC 8252 §7.1: com.example.app
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def redirect_source(uri: str | None) -> tuple[str, ...]:
     """The CSP source that lets a form's redirect chain end at `uri` (an RP's verified
-    redirect or post-logout URI): exactly its scheme, host and actual port, or for a native
-    app its private-use scheme; nothing for anything that is not plainly one of those."""
-    try:
-        parts = urlsplit(uri or "")
-        port = parts.port
-    except ValueError:
-        return ()
-    scheme = parts.scheme.lower()
+    redirect or post-logout URI): exactly its origin (scheme, host and actual port), or for
+    a native app its private-use scheme; nothing for anything that is not plainly one."""
+    scheme = urlsplit(uri or "").scheme.lower()
     if _PRIVATE_USE_SCHEME.fullmatch(scheme):
         return (f"{scheme}:",)
-    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
-    if scheme not in _DEFAULT_PORTS or not _HOST.fullmatch(host):
-        return ()
-    return (f"{scheme}://{host.lower()}" + (f":{port}" if port not in (None, _DEFAULT_PORTS[scheme]) else ""),)
+    origin = origin_of(uri)
+    return (origin,) if origin else ()
 
 
 def build_csp(form_targets: tuple[str, ...] = ()) -> str:
@@ -77,8 +71,37 @@ def build_csp(form_targets: tuple[str, ...] = ()) -> str:
     )
 
 
-def error_page(request: Request, status: int, message: str) -> Response:
-    response = render(request, "error.html", status=status, message=message)
+@dataclass(frozen=True)
+class NextAction:
+    """What an error page tells the user to do next, and the link that does it."""
+    advice: str
+    label: str
+    href: str
+
+
+_ACCOUNT_NEXT = NextAction("Go back to your account page and try again.", "Back to your account", "/account")
+_LOGOUT_NEXT = NextAction("Go back to the application you came from, or sign out from idp's home page.",
+                          "Go to idp's home page", "/")
+_SIGN_IN_NEXT = NextAction("Go back to the application you came from and start signing in again from there.",
+                           "Go to idp's home page", "/")
+
+
+def next_action(path: str) -> NextAction:
+    """The way out of an error page, by the part of idp it happened in."""
+    if path == "/account" or path.startswith("/account/"):
+        return _ACCOUNT_NEXT
+    return _LOGOUT_NEXT if path == "/logout" else _SIGN_IN_NEXT
+
+
+def error_page(request: Request, status: int, message: str, *, return_to: str | None = None) -> Response:
+    """What went wrong, what to do about it, and the request id to quote. `return_to` is a
+    full URL to the RP (its verified redirect URI carrying `error`, `state` and `iss`, built
+    by the caller): then the page's only button goes there. It is a link, not a form, so the
+    page's CSP needs no form-action for it."""
+    if return_to is not None and not redirect_source(return_to):
+        raise ValueError("return_to must be an RP's verified http(s) or private-use-scheme redirect URI")
+    response = render(request, "error.html", status=status, message=message, return_to=return_to,
+                      next_action=next_action(request.url.path), request_id=current_request_id.get())
     response.headers.update({"cache-control": "no-store", "pragma": "no-cache"})
     return response
 

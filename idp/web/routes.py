@@ -22,6 +22,7 @@ STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "sta
 
 routes = [
     Route("/", home.home, methods=["GET"]),
+    Route("/favicon.ico", home.favicon, methods=["GET"]),  # browsers ask for it anyway: the SVG icon
     Route("/healthz", health.healthz, methods=["GET"]),  # the process answers
     Route("/readyz", health.readyz, methods=["GET"]),  # database, schema and state store reachable
     Route("/metrics", metrics_endpoint.metrics, methods=["GET"]),  # Prometheus, for IDP_METRICS_ALLOWED only
