@@ -17,7 +17,12 @@ run: install
 	$(BIN)/idp db upgrade
 	$(BIN)/idp serve
 
-test: install
+# The SPA relying party's npm packages, exactly as tests/rp/spa/package-lock.json pins them
+# (without npm the SPA test skips on a laptop and fails in CI).
+tests/rp/spa/node_modules: tests/rp/spa/package-lock.json
+	if command -v npm >/dev/null; then cd tests/rp/spa && npm ci --no-audit --no-fund --loglevel=error; fi
+
+test: install tests/rp/spa/node_modules
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmark against node-oidc-provider (README "Benchmarks"); e.g. BENCH_ARGS="--duration 5 --workers 1,2"

@@ -60,7 +60,8 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
     if settings.clients_file:
         from idp.clients_sync import sync_clients_file
 
-        sync_clients_file(sessions, keyring, settings.clients_file)
+        for warning in sync_clients_file(sessions, keyring, settings.clients_file).warnings:
+            log.warning("%s", warning)
     store = store if store is not None else open_store(settings.redis_url)  # an empty MemoryStore is falsy
     rate_limits = RateLimits(settings, digest=keyring.digest)
     lockout = Lockout(store, attempts=settings.lockout_attempts, seconds=settings.lockout_seconds)

@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     clients = commands.add_parser("clients", help="relying parties").add_subparsers(dest="clients_command", required=True, parser_class=_OneLineParser)
     sync = clients.add_parser("sync", help="make the registered clients exactly those of FILE")
     sync.add_argument("file")
+    sync.add_argument("--allow-empty", action="store_true", help="a file with no clients removes every client")
     sync.set_defaults(handler=_clients_sync)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
@@ -325,10 +326,12 @@ def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
     from idp.clients_sync import sync_clients_file
 
     try:
-        report = sync_clients_file(_database(settings), _keyring(settings), args.file)
+        report = sync_clients_file(_database(settings), _keyring(settings), args.file, allow_empty=args.allow_empty)
     except ClientsFileError as exc:
         raise CommandError(str(exc)) from None
     print(f"clients: {len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from joserfc.jwk import KeySet
 
+from idp.oidc.origins import origin_of
+
 SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SUPPORTED_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -69,6 +71,10 @@ class ClientConfig:
     first_party: bool  # idp extension: no consent page for the admin's own apps
     client_uri: str | None
     logo_uri: str | None
+    # PKCE (S256) on every authorization; false only for a confidential client whose RP cannot
+    # send it (RFC 9700 §2.1.1: then a nonce is required instead, and each one is audited)
+    require_pkce: bool = True
+    allowed_cors_origins: tuple[str, ...] = ()  # pages that may call token, userinfo and revoke
 
     @property
     def is_public(self) -> bool:
@@ -225,6 +231,8 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
         first_party=_flag(table, "first_party", where, False),
         client_uri=_web_uri(table, "client_uri", where),
         logo_uri=_web_uri(table, "logo_uri", where),
+        require_pkce=_require_pkce(table, where, public=method == "none"),
+        allowed_cors_origins=_origins(table, "allowed_cors_origins", where),
     )
 
 
@@ -367,6 +375,29 @@ def _redirect_uris(table: _Table, where: _Where, grants: tuple[str, ...], *, pub
         if problem:
             where.fail("redirect_uris", problem, index)
     return uris
+
+
+def _require_pkce(table: _Table, where: _Where, *, public: bool) -> bool:
+    required = _flag(table, "require_pkce", where, True)
+    if not required and public:
+        where.fail("require_pkce", "a public client always uses PKCE (it has no secret to prove who redeems the "
+                                   "code): remove require_pkce = false")
+    return required
+
+
+def _origins(table: _Table, key: str, where: _Where) -> tuple[str, ...]:
+    """Web origins as browsers send them in Origin: scheme://host[:port], nothing more."""
+    values = _strings(table, key, where, default=())
+    for index, value in enumerate(values):
+        origin = origin_of(value)
+        if value == "*" or origin is None:
+            where.fail(key, f"{_show(value)} is not an origin (write scheme://host[:port], e.g. https://app.example)",
+                       index)
+        if origin != value:
+            where.fail(key, f"{_show(value)} is not an origin as browsers send it: write {_show(origin)}", index)
+        if problem := _uri_problem(value, private_use=False):
+            where.fail(key, problem, index)
+    return values
 
 
 def _web_uris(table: _Table, key: str, where: _Where) -> tuple[str, ...]:

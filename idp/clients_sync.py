@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from idp.clients_file import ClientConfig, parse_clients_file
+from idp.clients_file import ClientConfig, ClientsFileError, parse_clients_file
 from idp.db.models import Client
 from idp.security.audit import record_audit
 from idp.security.keyring import Keyring
@@ -19,12 +19,25 @@ class SyncReport:
     added: tuple[str, ...]
     updated: tuple[str, ...]
     removed: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # what the admin should know about clients the file allows
 
 
-def sync_clients_file(sessions: sessionmaker[Session], keyring: Keyring, path: str) -> SyncReport:
+def sync_clients_file(sessions: sessionmaker[Session], keyring: Keyring, path: str, *,
+                      allow_empty: bool = False) -> SyncReport:
     configs = parse_clients_file(path)  # raises ClientsFileError before anything is touched
+    if not configs and not allow_empty:
+        # a truncated or wrong file must not quietly unregister every relying party
+        raise ClientsFileError(f"{path}: no clients in the file: syncing it would remove every registered client "
+                               "(to do exactly that, pass --allow-empty)")
     with sessions.begin() as db:
-        return sync_clients(db, keyring, configs)
+        report = sync_clients(db, keyring, configs)
+    return dataclasses.replace(report, warnings=warnings_for(configs))
+
+
+def warnings_for(configs: list[ClientConfig]) -> tuple[str, ...]:
+    return tuple(f'client "{c.client_id}": require_pkce = false: authorization requests without PKCE are '
+                 "accepted (with a nonce, each one audited); turn PKCE on in the relying party and remove this line"
+                 for c in configs if not c.require_pkce)
 
 
 def sync_clients(db: Session, keyring: Keyring, configs: list[ClientConfig]) -> SyncReport:

@@ -142,6 +142,8 @@ def test_every_client_config_field_is_an_allowed_key() -> None:
         first_party=True,
         client_uri="https://shop.example/",
         logo_uri="https://shop.example/logo.png",
+        require_pkce=False,
+        allowed_cors_origins=["https://app.example"],
     )
     assert set(table) == set(FIELD_NAMES) - {"jwks", "jwks_uri"}  # those two belong to private_key_jwt
     assert only_client(table).first_party is True
@@ -164,6 +166,8 @@ def test_every_client_config_field_is_an_allowed_key() -> None:
             "backchannel_logout_session_required": True,
             "first_party": False,
             "jwks": None,
+            "require_pkce": True,
+            "allowed_cors_origins": (),
         }),
         case("a client without a secret defaults to a public client", app(), {
             "client_secret": None,
@@ -211,6 +215,9 @@ def test_client_configs_are_hashable_even_with_a_jwks() -> None:
              keyed(jwks={"keys": [PUBLIC_JWK, RSAKey.generate_key(2048).as_dict(private=False)]})),
         case("accepts private_key_jwt with a jwks_uri", keyed(jwks_uri="https://shop.example/jwks.json")),
         case("accepts a jwks_uri on localhost", keyed(jwks_uri="http://localhost:8001/jwks")),
+        case("accepts require_pkce = false for a confidential client", shop(require_pkce=False)),
+        case("accepts CORS origins as browsers send them",
+             shop(allowed_cors_origins=["https://app.example", "https://app.example:8443", "http://localhost:5173"])),
     ],
 )
 def test_accepted(table: dict[str, Any]) -> None:
@@ -424,6 +431,22 @@ REFUSED = [
     case("refuses default_acr_values written as a string",
          shop(default_acr_values="mfa"),
          "default_acr_values: must be an array of strings"),
+    # PKCE and CORS
+    case("refuses require_pkce = false for a public client", app(require_pkce=False),
+         'client "app": require_pkce: a public client always uses PKCE'),
+    case("refuses require_pkce written as a string", shop(require_pkce="no"), "require_pkce: must be true or false"),
+    case("refuses a wildcard CORS origin", shop(allowed_cors_origins=["*"]),
+         'allowed_cors_origins[0]: "*" is not an origin'),
+    case("refuses a CORS origin with a path", shop(allowed_cors_origins=["https://app.example/"]),
+         'allowed_cors_origins[0]: "https://app.example/" is not an origin as browsers send it: write "https://app.example"'),
+    case("refuses a CORS origin with the default port", shop(allowed_cors_origins=["https://app.example:443"]),
+         'write "https://app.example"'),
+    case("refuses a CORS origin in capitals", shop(allowed_cors_origins=["https://App.example"]),
+         'write "https://app.example"'),
+    case("refuses a plain-http CORS origin off localhost", shop(allowed_cors_origins=["http://app.example"]),
+         "allowed_cors_origins[0]: http is allowed only for localhost"),
+    case("refuses a private-use scheme as a CORS origin", app(allowed_cors_origins=["com.example.app:"]),
+         "is not an origin"),
 ]
 
 

@@ -184,6 +184,9 @@ def _issue(server: IdpAuthorizationServer, request: IdpRequest, grant: Any, sess
     response = server.create_authorization_response(request, grant_user=session.user if approved else None, grant=grant)
     kind = "authorize.code_issued" if approved else "authorize.denied"
     record_audit(db, kind, user_id=session.user.id, client_id=client_id, ip=request.client_ip)
+    if approved and not request.payload.data.get("code_challenge"):  # require_pkce = false: each one on record
+        record_audit(db, "authorize.without_pkce", user_id=session.user.id, client_id=client_id, ip=request.client_ip,
+                     outcome="success")
     return RedirectToClient(_with_issuer(response.location, request))
 
 

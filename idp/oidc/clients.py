@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.db.models import Client
+from idp.oidc.origins import origin_of
 from idp.security.keyring import Keyring
 
 
@@ -20,6 +21,7 @@ class RegisteredClient(ClientMixin):
         self.client_id: str = row_config["client_id"]
         self._secret_digest = secret_digest
         self._keyring = keyring
+        self.cors_origins = _cors_origins(row_config)
 
     def __repr__(self) -> str:
         return f"RegisteredClient({self.client_id!r})"
@@ -35,6 +37,10 @@ class RegisteredClient(ClientMixin):
     @property
     def auth_method(self) -> str:
         return str(self.config["token_endpoint_auth_method"])
+
+    @property
+    def pkce_required(self) -> bool:
+        return self.is_public or self.config.get("require_pkce", True) is not False
 
     @property
     def first_party(self) -> bool:
@@ -79,6 +85,16 @@ class RegisteredClient(ClientMixin):
         return grant_type in (self.config.get("grant_types") or [])
 
 
+def _cors_origins(config: dict[str, Any]) -> frozenset[str]:
+    """The web origins whose pages may read this client's token and userinfo answers: those
+    listed in allowed_cors_origins, and for a public client (an app in the browser) the
+    origins of its redirect URIs. A confidential client's secret never belongs in a page."""
+    origins = set(config.get("allowed_cors_origins") or ())
+    if config.get("token_endpoint_auth_method") == "none":
+        origins.update(o for o in map(origin_of, config.get("redirect_uris") or ()) if o is not None)
+    return frozenset(origins)
+
+
 class ClientRegistry:
     """All clients in memory. Loaded at start-up and reloaded by the app's background
     refresher, never inside a request: a request may hold the only database connection."""
@@ -87,6 +103,7 @@ class ClientRegistry:
         self._sessions = sessions
         self._keyring = keyring
         self._clients: dict[str, RegisteredClient] | None = None
+        self._cors_origins: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     def get(self, client_id: object) -> RegisteredClient | None:
@@ -100,4 +117,12 @@ class ClientRegistry:
     def reload(self) -> None:
         with self._lock, self._sessions() as db:
             rows = db.scalars(select(Client)).all()
-            self._clients = {r.client_id: RegisteredClient(r.config, r.secret_digest, self._keyring) for r in rows}
+            clients = {r.client_id: RegisteredClient(r.config, r.secret_digest, self._keyring) for r in rows}
+            self._cors_origins = frozenset().union(*(c.cors_origins for c in clients.values()))
+            self._clients = clients
+
+    def cors_origins(self) -> frozenset[str]:
+        """Every origin some client registered: the ones a CORS preflight is answered for."""
+        if self._clients is None:
+            self.reload()
+        return self._cors_origins

@@ -50,13 +50,21 @@ class ApprovedLogin:
 
 
 class S256CodeChallenge(CodeChallenge):
-    """PKCE (RFC 7636) with S256 only, required of every client (OAuth 2.1 / RFC 9700 §2.1.1)."""
+    """PKCE (RFC 7636) with S256 only, required of every client (OAuth 2.1 / RFC 9700 §2.1.1),
+    except a confidential client registered with require_pkce = false: a request of its
+    without a challenge must carry a nonce instead (RFC 9700 §2.1.1), and a code issued with
+    a challenge still needs its verifier (no downgrade at the token endpoint)."""
 
     DEFAULT_CODE_CHALLENGE_METHOD = "S256"
     SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
 
     def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
+        if not data.get("code_challenge") and not data.get("code_challenge_method") \
+                and not grant.request.client.pkce_required:
+            if not data.get("nonce"):
+                raise InvalidRequestError("Without PKCE, this client must send a nonce (RFC 9700 section 2.1.1)")
+            return
         if not data.get("code_challenge"):
             raise InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256")
         if data.get("code_challenge_method") != "S256":  # absent means plain (RFC 7636 §4.3)
@@ -66,7 +74,9 @@ class S256CodeChallenge(CodeChallenge):
     def validate_code_verifier(self, grant: Any, result: Any) -> None:
         # A wrong verifier does not burn the code: whoever holds only the code must not be able
         # to spoil the real client's redemption, and 256-bit verifiers cannot be guessed.
-        if not grant.request.form.get("code_verifier"):
+        issued_without = not grant.request.authorization_code.code_challenge
+        exempt = issued_without and not grant.request.client.pkce_required
+        if not grant.request.form.get("code_verifier") and not exempt:
             raise InvalidRequestError("Missing 'code_verifier'")
         super().validate_code_verifier(grant, result)
 

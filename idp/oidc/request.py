@@ -44,6 +44,9 @@ class IdpRequest(OAuth2Request):
         self.client_ip = client_ip
         # set by the authorization endpoint from the IdP session that approved the request
         self.login: Any = None
+        # the client that authenticated, as soon as it has (Authlib sets `client` only once the
+        # whole request is valid; an error answer still belongs to the client that asked)
+        self.authenticated_client: Any = None
 
     @property
     def args(self) -> dict[str, str]:

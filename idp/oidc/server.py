@@ -108,6 +108,7 @@ class IdpAuthorizationServer(AuthorizationServer):
             if (error.description or "").startswith("The client cannot authenticate"):
                 error.description = "Client authentication failed."
             raise
+        request.authenticated_client = client
         named = request.payload.data.get("client_id")
         if named is not None and named != client.get_client_id():
             # RFC 7521 §4.2: a client_id that contradicts the authenticated client is an error

@@ -14,6 +14,12 @@ from idp.security.keyring import Keyring
 
 
 @dataclass(frozen=True)
+class UserInfo:
+    claims: dict[str, Any]
+    client_id: str  # the client the token was issued to (whose pages may read the answer)
+
+
+@dataclass(frozen=True)
 class UserInfoError:
     status: int
     error: str
@@ -23,7 +29,8 @@ class UserInfoError:
 # One read-only query for token and user together; Core rows, not ORM objects: the ORM's
 # identity-map work was over half of a userinfo request's CPU.
 _TOKEN_AND_USER = (
-    select(AccessToken.expires_at, AccessToken.revoked_at, AccessToken.scope, User.subject, User.username,
+    select(AccessToken.expires_at, AccessToken.revoked_at, AccessToken.scope, AccessToken.client_id, User.subject,
+           User.username,
            User.name, User.email, User.updated_at, User.disabled)
     .join(User, User.id == AccessToken.user_id)
     .where(AccessToken.token_digest == bindparam("digest"))
@@ -31,7 +38,7 @@ _TOKEN_AND_USER = (
 _INVALID = UserInfoError(401, "invalid_token", "The access token is invalid, expired or revoked.")
 
 
-def userinfo_for(conn: Connection, keyring: Keyring, access_token: str | None) -> dict[str, Any] | UserInfoError:
+def userinfo_for(conn: Connection, keyring: Keyring, access_token: str | None) -> UserInfo | UserInfoError:
     if not access_token:
         return UserInfoError(401, "invalid_request", "No bearer token.")
     if not 16 <= len(access_token) <= 256:
@@ -41,4 +48,4 @@ def userinfo_for(conn: Connection, keyring: Keyring, access_token: str | None) -
         return _INVALID
     if "openid" not in row.scope.split():
         return UserInfoError(403, "insufficient_scope", "The token was not issued for openid.")
-    return dict(build_user_info(row, row.scope))
+    return UserInfo(dict(build_user_info(row, row.scope)), row.client_id)

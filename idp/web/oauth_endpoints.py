@@ -11,8 +11,9 @@ from starlette.responses import JSONResponse, Response
 
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import OAuthResponse
-from idp.oidc.userinfo import UserInfoError, userinfo_for
+from idp.oidc.userinfo import UserInfo, UserInfoError, userinfo_for
 from idp.security.client_ip import client_ip, joined_forwarded_for
+from idp.web import cors
 from idp.web.blocking import run_blocking
 from idp.web.params import BadParameters, read_params
 from idp.web.services import Services
@@ -43,8 +44,11 @@ def to_response(result: OAuthResponse) -> Response:
     return Response(result.body, status_code=result.status, headers=headers)
 
 
-async def _run_endpoint(request: Request, call: Any) -> Response:
+async def _run_endpoint(request: Request, call: Any, *, cors_allowed: bool = False) -> Response:
+    """`cors_allowed`: a browser app may call this endpoint (idp/web/cors.py)."""
     services = services_of(request)
+    if request.method == "OPTIONS" and cors_allowed:
+        return cors.preflight(request, methods=("POST",))
     if request.method != "POST":
         response = oauth_error(405, "invalid_request", "Use POST.")
         response.headers["allow"] = "POST"
@@ -59,15 +63,20 @@ async def _run_endpoint(request: Request, call: Any) -> Response:
         return response
     ip = request_ip(request)
 
-    def unit_of_work() -> OAuthResponse:
+    def unit_of_work() -> tuple[OAuthResponse, frozenset[str]]:
         with services.sessions.begin() as db:
             oauth_request = IdpRequest(
                 method="POST", uri=f"{services.oidc.issuer}{request.url.path}", headers=request.headers,
                 params=params, db=db, ctx=services.oidc, client_ip=ip,
             )
-            return call(services.server, oauth_request)  # type: ignore[no-any-return]
+            result = call(services.server, oauth_request)
+            # the client that authenticated in this request, if it got that far
+            client = oauth_request.authenticated_client
+            return result, client.cors_origins if client is not None else frozenset()
 
-    return to_response(await run_blocking(request, unit_of_work))
+    result, origins = await run_blocking(request, unit_of_work)
+    response = to_response(result)
+    return cors.allow(request, response, origins) if cors_allowed else response
 
 
 def _basic_credentials_readable(header: str | None) -> bool:
@@ -87,11 +96,12 @@ def _basic_credentials_readable(header: str | None) -> bool:
 
 
 async def token(request: Request) -> Response:
-    return await _run_endpoint(request, lambda server, req: server.create_token_response(req))
+    return await _run_endpoint(request, lambda server, req: server.create_token_response(req), cors_allowed=True)
 
 
 async def revoke(request: Request) -> Response:
-    return await _run_endpoint(request, lambda server, req: server.create_endpoint_response("revocation", req))
+    return await _run_endpoint(request, lambda server, req: server.create_endpoint_response("revocation", req),
+                               cors_allowed=True)
 
 
 async def introspect(request: Request) -> Response:
@@ -100,12 +110,14 @@ async def introspect(request: Request) -> Response:
 
 async def userinfo(request: Request) -> Response:
     services = services_of(request)
+    if request.method == "OPTIONS":
+        return cors.preflight(request, methods=("GET", "POST"))
     try:
         access_token = await _bearer_token(request, services)
     except BadParameters as exc:
         return oauth_error(400, "invalid_request", str(exc))
 
-    def unit_of_work() -> dict[str, Any] | UserInfoError:
+    def unit_of_work() -> UserInfo | UserInfoError:
         with services.engine.connect() as conn:  # read-only: no transaction bookkeeping beyond the driver's
             return userinfo_for(conn, services.keyring, access_token)
 
@@ -115,8 +127,10 @@ async def userinfo(request: Request) -> Response:
         if access_token is None:
             challenge = 'Bearer realm="idp"'  # RFC 6750 §3.1: no error code when no credentials were sent
         headers = {**NO_STORE, "www-authenticate": challenge}
-        return JSONResponse({"error": result.error, "error_description": result.description}, result.status, headers)
-    return JSONResponse(result, headers=NO_STORE)
+        error = JSONResponse({"error": result.error, "error_description": result.description}, result.status, headers)
+        return cors.allow(request, error, ())  # no valid token, no client: the page may not read it
+    client = services.oidc.clients.get(result.client_id)
+    return cors.allow(request, JSONResponse(result.claims, headers=NO_STORE), client.cors_origins if client else ())
 
 
 async def _bearer_token(request: Request, services: Services) -> str | None:

@@ -58,9 +58,10 @@ routes = [
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),
     # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405
-    Route("/token", oauth_endpoints.token, methods=["GET", "POST"]),
-    Route("/revoke", oauth_endpoints.revoke, methods=["GET", "POST"]),
+    # OPTIONS: CORS preflights from browser apps (idp/web/cors.py)
+    Route("/token", oauth_endpoints.token, methods=["GET", "POST", "OPTIONS"]),
+    Route("/revoke", oauth_endpoints.revoke, methods=["GET", "POST", "OPTIONS"]),
     Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
-    Route("/userinfo", oauth_endpoints.userinfo, methods=["GET", "POST"]),
+    Route("/userinfo", oauth_endpoints.userinfo, methods=["GET", "POST", "OPTIONS"]),
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
