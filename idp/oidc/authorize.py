@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -96,9 +96,14 @@ def decide(
     response_type = request.payload.data.get("response_type")
     if response_type is not None and not _RESPONSE_TYPE.fullmatch(response_type):
         request.payload.data["response_type"] = "unsupported"  # Authlib would echo it into an error text
+    requested_scope = (request.payload.data.get("scope") or "").split()
+    _grant_registered_scopes(server, request)
     try:
         grant = server.get_consent_grant(request=request, end_user=session.user if session else None)
         _check_oidc_parameters(request, grant.redirect_uri)
+        if "openid" not in requested_scope:
+            raise _redirectable(InvalidScopeError, grant.redirect_uri, "invalid_scope",
+                                "This provider serves OpenID Connect: the scope must include 'openid'.")
         prompts = set((request.payload.data.get("prompt") or "").split())
         requested = requested_level(request.payload.data.get("acr_values"),
                                     request.client.config.get("default_acr_values") or ())
@@ -127,6 +132,20 @@ def decide(
         return _issue(server, request, grant, session, approved=True)
     except OAuth2Error as error:
         return _error_outcome(request, error)
+
+
+def _grant_registered_scopes(server: IdpAuthorizationServer, request: IdpRequest) -> None:
+    """OIDC Core §3.1.2.1: scope values not understood SHOULD be ignored. The request is
+    granted what it asks for of the client's registered scopes (the token response names
+    them); nothing is left when it asked for none of them, or not for openid, and then the
+    usual validation refuses it with invalid_scope."""
+    client = server.query_client(request.payload.data.get("client_id", ""))
+    requested = (request.payload.data.get("scope") or "").split()
+    if client is None or "openid" not in requested:
+        return
+    granted = [value for value in dict.fromkeys(requested) if value in client.scopes]
+    if granted:
+        request.payload.data["scope"] = " ".join(granted)
 
 
 def _check_oidc_parameters(request: IdpRequest, redirect_uri: str) -> None:

@@ -17,6 +17,7 @@ from authlib.oauth2.rfc6749.errors import (
     OAuth2Error,
     UnsupportedTokenTypeError,
 )
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
@@ -74,6 +75,42 @@ def _first_refusal(ctx: OidcContext, client_id: str, retry_after: int) -> bool:
         return True
 
 
+_AUTH_FAILURE_WINDOW_SECONDS = 600
+
+
+def _claimed_client_id(request: Any) -> str | None:
+    """The client a request says it is, before any of it is believed."""
+    user, _ = extract_basic_authorization(request.headers) if request.headers.get("authorization") else (None, None)
+    named = user or request.payload.data.get("client_id")
+    return named if isinstance(named, str) and len(named) <= 128 else None
+
+
+def _method_tried(request: Any) -> str:
+    if (request.headers.get("authorization") or "")[:6].lower() == "basic ":
+        return "client_secret_basic"
+    data = request.payload.data
+    if data.get("client_assertion"):
+        return "private_key_jwt"
+    return "client_secret_post" if data.get("client_secret") else "none"
+
+
+def _audit_failed_authentication(request: Any, client: RegisteredClient | None, tried: str) -> None:
+    """One audit row for the first failure per (client, address) in a window, then one at
+    10, 100, 1000… with the count: a misconfigured RP is visible at once, a flood is not a
+    flood of rows. Unknown client_ids share one key per address. Never the secret."""
+    ctx: OidcContext = request.ctx
+    key = f"client-auth-failed:{ctx.keyring.digest((client.client_id if client else '?') + '|' + (request.client_ip or '-'))}"
+    try:
+        count = ctx.store.incr(key, ttl_seconds=_AUTH_FAILURE_WINDOW_SECONDS)
+    except StoreUnavailable:
+        count = 1  # cannot tell: audit it
+    if count == 1 or str(count).strip("0") == "1":
+        record_audit(request.db, "client.authentication_failed", client_id=client.client_id if client else None,
+                     ip=request.client_ip, user_agent=request.headers.get("user-agent"), outcome="failure",
+                     method_tried=tried, method_registered=client.auth_method if client else None,
+                     known_client=client is not None, count=count, window_seconds=_AUTH_FAILURE_WINDOW_SECONDS)
+
+
 class TooManyRequests(OAuth2Error):
     """429 from the token endpoint, with Retry-After (RFC 6585 §4)."""
 
@@ -104,9 +141,15 @@ class IdpAuthorizationServer(AuthorizationServer):
         try:
             client = super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
-            # Authlib's text lists internal method names; say what matters to the RP.
+            claimed = self.ctx.clients.get(_claimed_client_id(request))
+            tried = _method_tried(request)
+            # Authlib's text lists internal method names; say what matters to the RP: how it is
+            # registered to authenticate (a client_id is no secret; the method is no help to a guesser)
             if (error.description or "").startswith("The client cannot authenticate"):
                 error.description = "Client authentication failed."
+                if claimed is not None and tried != claimed.auth_method:
+                    error.description += f" This client is registered for {claimed.auth_method}, not {tried}."
+            _audit_failed_authentication(request, claimed, tried)
             raise
         request.authenticated_client = client
         named = request.payload.data.get("client_id")

@@ -213,9 +213,21 @@ def test_a_wrong_code_verifier_does_not_let_a_code_thief_spoil_the_real_redempti
     assert redeem(client, request, code).status_code == 200
 
 
-def test_a_scope_outside_the_clients_policy_is_refused_not_dropped(client):
-    from tests.support.rp import query_of
+def test_scope_values_the_client_may_not_have_are_dropped_and_the_token_says_what_was_granted(client):
+    """OIDC Core §3.1.2.1: values not understood are ignored (spa has no offline_access;
+    groups is unknown); the token response names the granted scope."""
+    from tests.support.rp import follow_to_client, query_of
 
-    response = start(client, AuthRequest(client_id="spa", redirect_uri="http://localhost:5173/callback",
-                                         scope="openid offline_access"))
-    assert query_of(response.headers["location"])["error"] == "invalid_scope"
+    request = AuthRequest(client_id="spa", redirect_uri="http://localhost:5173/callback",
+                          scope="openid profile groups offline_access")
+    code = query_of(follow_to_client(client, start(client, request)))["code"]
+    tokens = redeem(client, request, code, auth=None)
+    assert tokens.status_code == 200 and tokens.json()["scope"] == "openid profile"
+
+
+def test_refresh_asking_for_more_than_the_grant_is_invalid_scope_never_intersected(client):
+    """RFC 6749 §6: at refresh the scope may only narrow."""
+    tokens = tokens_for(client, AuthRequest(scope="openid offline_access"))
+    wider = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                                        "scope": "openid profile offline_access"}, auth=SHOP)
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
