@@ -24,6 +24,27 @@ from idp.oidc.origins import origin_of
 SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SUPPORTED_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+ID_TOKEN_ALGS = ("RS256", "ES256", "Ed25519", "EdDSA")
+APPLICATION_TYPES = ("web", "native")
+_MAX_AGE_LIMIT_SECONDS = 366 * 86400
+# RFC 7591 / OIDC Registration fields idp does not honour: refused by name, never ignored
+NOT_HONOURED = {
+    "frontchannel_logout_uri": "front-channel logout is not offered; use backchannel_logout_uri",
+    "frontchannel_logout_session_required": "front-channel logout is not offered; use backchannel_logout_uri",
+    "userinfo_signed_response_alg": "userinfo answers are plain JSON over TLS, never signed",
+    "userinfo_encrypted_response_alg": "userinfo answers are never encrypted",
+    "userinfo_encrypted_response_enc": "userinfo answers are never encrypted",
+    "id_token_encrypted_response_alg": "ID tokens are signed, never encrypted",
+    "id_token_encrypted_response_enc": "ID tokens are signed, never encrypted",
+    "request_object_signing_alg": "request objects are not accepted",
+    "request_object_encryption_alg": "request objects are not accepted",
+    "request_object_encryption_enc": "request objects are not accepted",
+    "request_uris": "request objects are not accepted",
+    "sector_identifier_uri": "pairwise subjects are not offered",
+    "initiate_login_uri": "third-party-initiated login is not offered",
+    "token_endpoint_auth_signing_alg": "client assertions are checked against the client's keys, whatever their algorithm",
+    "software_statement": "software statements are not accepted",
+}
 ACR_LADDER = ("pwd", "mfa", "phr")
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
@@ -65,16 +86,23 @@ class ClientConfig:
     default_acr_values: tuple[str, ...]
     backchannel_logout_uri: str | None
     backchannel_logout_session_required: bool
-    frontchannel_logout_uri: str | None
     jwks: dict[str, Any] | None = field(hash=False)  # public JWK Set; a dict is unhashable
     jwks_uri: str | None
     first_party: bool  # idp extension: no consent page for the admin's own apps
-    client_uri: str | None
-    logo_uri: str | None
+    client_uri: str | None  # shown on the consent page (https)
+    logo_uri: str | None  # shown on the consent page (https; loaded with no referrer)
     # PKCE (S256) on every authorization; false only for a confidential client whose RP cannot
     # send it (RFC 9700 §2.1.1: then a nonce is required instead, and each one is audited)
     require_pkce: bool = True
     allowed_cors_origins: tuple[str, ...] = ()  # pages that may call token, userinfo and revoke
+    policy_uri: str | None = None  # shown on the consent page (https)
+    tos_uri: str | None = None  # shown on the consent page (https)
+    application_type: str = "web"  # "native": private-use scheme redirects (RFC 8252); default from them
+    subject_type: str = "public"  # the same `sub` for every client; "pairwise" is not offered
+    id_token_signed_response_alg: str = "RS256"  # RS256 | ES256 | Ed25519 (RFC 9864) | EdDSA (its older name)
+    default_max_age: int | None = None  # seconds: max_age for requests that send none
+    require_auth_time: bool = False  # idp always puts auth_time in ID tokens, so either value is honoured
+    contacts: tuple[str, ...] = ()  # for the admin (`idp clients show`); never shown to users
 
     @property
     def is_public(self) -> bool:
@@ -225,19 +253,30 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
         default_acr_values=_acr_values(table, where),
         backchannel_logout_uri=_web_uri(table, "backchannel_logout_uri", where),
         backchannel_logout_session_required=_flag(table, "backchannel_logout_session_required", where, True),
-        frontchannel_logout_uri=_web_uri(table, "frontchannel_logout_uri", where),
         jwks=jwks,
         jwks_uri=jwks_uri,
         first_party=_flag(table, "first_party", where, False),
-        client_uri=_web_uri(table, "client_uri", where),
-        logo_uri=_web_uri(table, "logo_uri", where),
+        client_uri=_https_uri(table, "client_uri", where),
+        logo_uri=_https_uri(table, "logo_uri", where),
         require_pkce=_require_pkce(table, where, public=method == "none"),
         allowed_cors_origins=_origins(table, "allowed_cors_origins", where),
+        policy_uri=_https_uri(table, "policy_uri", where),
+        tos_uri=_https_uri(table, "tos_uri", where),
+        application_type=_application_type(table, where),
+        subject_type=_choice(table, "subject_type", where, ("public",), default="public",
+                             why="idp gives every client the same sub; pairwise subjects are not offered"),
+        id_token_signed_response_alg=_choice(table, "id_token_signed_response_alg", where, ID_TOKEN_ALGS,
+                                             default="RS256", why="ID tokens are always signed"),
+        default_max_age=_seconds(table, "default_max_age", where),
+        require_auth_time=_flag(table, "require_auth_time", where, False),
+        contacts=_strings(table, "contacts", where, default=()),
     )
 
 
 def _check_known_keys(table: _Table, where: _Where) -> None:
     for key in table:
+        if key in NOT_HONOURED:
+            where.fail(key, f"not supported: {NOT_HONOURED[key]} (remove it)")
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, _FIELDS, n=1)
             where.fail(key, "unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
@@ -398,6 +437,47 @@ def _origins(table: _Table, key: str, where: _Where) -> tuple[str, ...]:
         if problem := _uri_problem(value, private_use=False):
             where.fail(key, problem, index)
     return values
+
+
+def _https_uri(table: _Table, key: str, where: _Where) -> str | None:
+    """A page or image shown to users on the consent page: https only (and no localhost)."""
+    uri = _web_uri(table, key, where)
+    if uri is not None and urlsplit(uri).scheme.lower() != "https":
+        where.fail(key, "must be an https URI: it is shown to users on the consent page")
+    return uri
+
+
+def _application_type(table: _Table, where: _Where) -> str:
+    """OIDC Registration §2: "web" by default; a file that registers private-use scheme
+    redirects without saying so means "native" (as it always did here)."""
+    uris = table.get("redirect_uris") if isinstance(table.get("redirect_uris"), list) else []
+    inferred = "native" if any(isinstance(u, str) and _is_private_use(u) for u in uris) else "web"
+    kind = _choice(table, "application_type", where, APPLICATION_TYPES, default=inferred, why="")
+    if kind == "web" and inferred == "native":
+        where.fail("application_type", '"web" clients redirect to https or localhost; private-use scheme redirect_uris '
+                                       'belong to application_type = "native"')
+    return kind
+
+
+def _choice(table: _Table, key: str, where: _Where, allowed: tuple[str, ...], *, default: str, why: str) -> str:
+    value = _string(table, key, where)
+    if value is None:
+        return default
+    if value not in allowed:
+        reason = f"; {why}" if why else ""
+        where.fail(key, f"{_show(value)} is not supported (use {' or '.join(_show(a) for a in allowed)}){reason}")
+    return value
+
+
+def _seconds(table: _Table, key: str, where: _Where) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        where.fail(key, f"must be an integer number of seconds, not {_type_name(value)}")
+    if not 0 <= value <= _MAX_AGE_LIMIT_SECONDS:
+        where.fail(key, f"must be between 0 and {_MAX_AGE_LIMIT_SECONDS} seconds")
+    return value
 
 
 def _web_uris(table: _Table, key: str, where: _Where) -> tuple[str, ...]:

@@ -180,6 +180,8 @@ def _login_needed(request: IdpRequest, session: CurrentSession | None, prompts: 
     if "login" in prompts:
         return True
     max_age = request.payload.data.get("max_age")
+    if max_age is None:  # OIDC Registration §2: the client's default_max_age stands in
+        max_age = request.client.config.get("default_max_age")
     return max_age is not None and (utcnow() - session.auth_time).total_seconds() > int(max_age)
 
 

@@ -12,7 +12,9 @@ from idp.web.authorize import (
     run_authorization,
     take_transaction,
 )
+from idp.oidc.origins import origin_of
 from idp.web.forms import read_form
+from idp.web.oauth_endpoints import services_of
 from idp.web.oauth_endpoints import NO_STORE
 from idp.web.pages import error_page, render
 
@@ -29,9 +31,13 @@ async def show_consent(request: Request) -> Response:
     if isinstance(tx, Response):
         return tx
     scopes = (tx.params.get("scope") or "openid").split()
+    client = services_of(request).oidc.clients.get(tx.client_id)
+    about = {key: client.config.get(key) for key in ("logo_uri", "client_uri", "policy_uri", "tos_uri")} if client else {}
+    logo_origin = origin_of(about.get("logo_uri"))  # https only, checked by the clients file
     response = render(
-        request, "consent.html", tx=tx, client_name=tx.client_name,
+        request, "consent.html", tx=tx, client_name=tx.client_name, about=about,
         scopes=[SCOPE_TEXT.get(s, s) for s in scopes], form_targets=redirect_origin(tx.params),
+        image_origins=(logo_origin,) if logo_origin else (),
     )
     response.headers.update(NO_STORE)
     return response
