@@ -5,6 +5,7 @@ or ask the login chain or the consent page for what is missing."""
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl, urlsplit
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,7 @@ _CONSENT = select(Consent).where(Consent.user_id == bindparam("user_id"), Consen
 _SESSION_CLIENT = select(SessionClient.id).where(SessionClient.session_id == bindparam("session_id"),
                                                  SessionClient.client_id == bindparam("client_id"))
 KNOWN_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+RESPONSE_MODES = ("query", "form_post")  # discovery's response_modes_supported
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,19 @@ class CurrentSession:
 
 @dataclass(frozen=True)
 class RedirectToClient:
-    location: str
+    location: str  # the redirect URI with the response in its query
+    redirect_uri: str = ""  # as registered (and verified)
+    response: tuple[tuple[str, str], ...] = ()  # the response's own fields (code or error, state, iss)
+    form_post: bool = False  # OAuth 2.0 Form Post Response Mode: the browser POSTs `response` instead
+
+
+def _to_client(location: str | None, redirect_uri: str, request: IdpRequest) -> RedirectToClient:
+    location = _with_issuer(location, request)
+    # Authlib appends the response after the redirect URI's own query: the response is the tail
+    own = len(parse_qsl(urlsplit(redirect_uri).query, keep_blank_values=True))
+    response = tuple(parse_qsl(urlsplit(location).query, keep_blank_values=True)[own:])
+    form_post = request.payload.data.get("response_mode") == "form_post"
+    return RedirectToClient(location, redirect_uri, response, form_post)
 
 
 @dataclass(frozen=True)
@@ -154,8 +168,13 @@ def _check_oidc_parameters(request: IdpRequest, redirect_uri: str) -> None:
         raise _redirectable(InvalidRequestError, redirect_uri, "request_not_supported", "Request objects are not supported.")
     if "request_uri" in data:
         raise _redirectable(InvalidRequestError, redirect_uri, "request_uri_not_supported", "request_uri is not supported.")
-    if data.get("response_mode", "query") != "query":
-        raise InvalidRequestError("Only response_mode=query is supported.", redirect_uri=redirect_uri)
+    mode = data.get("response_mode", "query")
+    if mode not in RESPONSE_MODES:
+        data.pop("response_mode", None)  # the error itself goes back the default way
+        raise InvalidRequestError("Only response_mode=query or form_post is supported.", redirect_uri=redirect_uri)
+    if mode == "form_post" and urlsplit(redirect_uri).scheme.lower() not in ("http", "https"):
+        data.pop("response_mode", None)
+        raise InvalidRequestError("response_mode=form_post needs an http(s) redirect_uri.", redirect_uri=redirect_uri)
     prompts = (data.get("prompt") or "").split()
     if any(p not in KNOWN_PROMPTS for p in prompts):
         raise InvalidRequestError("Unknown 'prompt' value.", redirect_uri=redirect_uri)
@@ -208,7 +227,7 @@ def _issue(server: IdpAuthorizationServer, request: IdpRequest, grant: Any, sess
     if approved and not request.payload.data.get("code_challenge"):  # require_pkce = false: each one on record
         record_audit(db, "authorize.without_pkce", user_id=session.user.id, client_id=client_id, ip=request.client_ip,
                      outcome="success")
-    return RedirectToClient(_with_issuer(response.location, request))
+    return _to_client(response.location, grant.redirect_uri, request)
 
 
 def _remember(request: IdpRequest, session: CurrentSession) -> None:
@@ -242,8 +261,7 @@ def _error_outcome(request: IdpRequest, error: OAuth2Error) -> Outcome:
     if error.state is None and request.payload.state:
         error.state = request.payload.state
     status, body, headers = error()
-    location = dict(headers)["Location"]
-    return RedirectToClient(_with_issuer(location, request))
+    return _to_client(dict(headers)["Location"], error.redirect_uri, request)
 
 
 def _with_issuer(location: str | None, request: IdpRequest) -> str:

@@ -22,7 +22,7 @@ from idp.oidc.request import IdpRequest
 from idp.web import cookies, login_binding
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page, redirect_source
+from idp.web.pages import error_page, redirect_source, render
 from idp.web.params import BadParameters, read_params
 from idp.web.services import Services
 
@@ -127,7 +127,7 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
     consent decision); one that must live on (consent still to give) is saved again."""
     services = services_of(request)
     if isinstance(outcome, RedirectToClient):
-        return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
+        return to_client(request, outcome)
     if isinstance(outcome, ErrorPage):
         return error_page(request, outcome.status, outcome.message)
     browser = tx.browser if tx is not None else login_binding.for_new_transaction(request)
@@ -150,6 +150,17 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
         target = "/consent"
     await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
     return login_binding.attach(request, RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE))
+
+
+def to_client(request: Request, outcome: RedirectToClient) -> Response:
+    """The response to the RP: a 303 with it in the query, or (response_mode=form_post) a
+    page whose form POSTs it there, the only place that page's CSP lets a form go."""
+    if not outcome.form_post:
+        return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
+    response = render(request, "form_post.html", action=outcome.redirect_uri, fields=outcome.response,
+                      form_targets=redirect_source(outcome.redirect_uri), self_form_action=False)
+    response.headers.update(NO_STORE)
+    return response
 
 
 def redirect_origin(params: dict[str, str]) -> tuple[str, ...]:

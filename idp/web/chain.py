@@ -18,6 +18,7 @@ from idp.login import policy
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
 from idp.login.sessions import is_live, start_session, upgrade_session
+from idp.oidc.authorize import RedirectToClient
 from idp.oidc.logout import EndedSession, describe_ended
 from idp.security.audit import record_audit
 from idp.web import backchannel, cookies
@@ -87,13 +88,16 @@ def _unmet(request: Request, tx: tx_store.LoginTransaction) -> Response:
     redirect_uri = tx.params.get("redirect_uri")
     if not tx.client_id or not redirect_uri:
         return error_page(request, 403, "Your account cannot sign in at the level asked for.")
+    from idp.web.authorize import to_client
+
     error = {"error": "unmet_authentication_requirements",
              "error_description": "The user cannot authenticate at the level requested."}
     if tx.params.get("state"):
         error["state"] = tx.params["state"]
     error["iss"] = services_of(request).oidc.issuer  # RFC 9207
     separator = "&" if urlsplit(redirect_uri).query else "?"
-    return RedirectResponse(redirect_uri + separator + urlencode(error), status_code=303, headers=NO_STORE)
+    return to_client(request, RedirectToClient(redirect_uri + separator + urlencode(error), redirect_uri,
+                                               tuple(error.items()), tx.params.get("response_mode") == "form_post"))
 
 
 async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | FailureRecord:

