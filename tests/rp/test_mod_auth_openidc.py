@@ -218,8 +218,6 @@ def test_disabling_the_user_ends_the_apache_session_by_back_channel_logout(
     csp.assert_none()
 
 
-# The client field `require_pkce = false` is being added to idp (issue 14, defect 2): until
-# it is, idp refuses this clients file at start-up and this test fails in its fixture.
 def test_mod_auth_openidc_with_its_defaults_signs_in_against_a_require_pkce_false_client(
         tmp_path: Path, page: Page, csp: CspViolations) -> None:
     """mod_auth_openidc as most admins leave it: no OIDCPKCEMethod (2.4 sends no PKCE by
