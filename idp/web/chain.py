@@ -17,9 +17,9 @@ from idp.db.models import User
 from idp.login import policy
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import is_live, start_session, upgrade_session
+from idp.login.sessions import find_session, is_live, start_session, upgrade_session
 from idp.oidc.authorize import RedirectToClient
-from idp.oidc.logout import EndedSession, describe_ended
+from idp.oidc.logout import EndedSession, describe_ended, end_session
 from idp.security.audit import record_audit
 from idp.web import backchannel, cookies
 from idp.web.blocking import run_blocking
@@ -108,11 +108,12 @@ async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | 
     if not await run_blocking(request, tx_store.claim_finish, services.store, tx.id, ttl_seconds=ttl):
         return LOCKED
     ip = request_ip(request)
-    done = await run_blocking(request, _finish, services, tx, ip, request.headers.get("user-agent"))
+    done = await run_blocking(request, _finish, services, tx, ip, request.headers.get("user-agent"),
+                              cookies.read(request, cookies.SESSION))
     if done is None:
         return LOCKED
     cookie, sid, evicted = done
-    for ended in evicted:  # sessions beyond the per-user cap: their RPs hear of it too
+    for ended in evicted:  # sessions beyond the per-user cap, or replaced: their RPs hear of it too
         backchannel.schedule(services, ended)
     if tx.return_to is None:  # kept, finished, for the one resume of the parked request
         await run_blocking(request, tx_store.save_transaction, services.store, tx.finished_by(sid), ttl_seconds=ttl)
@@ -123,10 +124,14 @@ async def finish(request: Request, tx: tx_store.LoginTransaction) -> Response | 
     return response
 
 
-def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
-            agent: str | None) -> tuple[str, str, list[EndedSession]] | None:
-    """(new session cookie value, sid, sessions evicted by the cap); None when the account
-    is locked."""
+def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None, agent: str | None,
+            browser_cookie: str | None) -> tuple[str, str, list[EndedSession]] | None:
+    """(new session cookie value, sid, sessions ended: by the cap, or the other user's this
+    browser held); None when the account is locked.
+
+    One session per browser: a re-authentication (prompt=login, max_age, /account) by the
+    user the browser's session belongs to renews that session (same sid, new cookie value,
+    so a copy of the old value dies with it); another user signing in ends it."""
     assert tx.user_id is not None
     acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
     with services.sessions.begin() as db:
@@ -144,7 +149,16 @@ def _finish(services: Services, tx: tx_store.LoginTransaction, ip: str | None,
         if tx.step_up_sid is not None:
             upgraded = upgrade_session(db, services.keyring, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
             return None if upgraded is None else (upgraded[0], upgraded[1].sid, [])
+        held = find_session(db, services.keyring, services.session_policy, browser_cookie)
+        if held is not None and held[1].id == user.id:
+            renewed = upgrade_session(db, services.keyring, user.id, held[0].sid, acr=acr, amr=amr, ip=ip)
+            if renewed is not None:
+                return renewed[0], renewed[1].sid, []
+        replaced = end_session(db, held[0].id) if held is not None and held[1].id != user.id else None
+        if replaced is not None:
+            record_audit(db, "session.replaced", user_id=replaced.user_id, ip=ip, user_agent=agent, outcome="success",
+                         sid=replaced.sid, by_user=user.id)
         cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
                                     user_agent=agent, ip=ip)
-        evicted = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])]
-        return cookie, row.sid, [e for e in evicted if e is not None]
+        ended = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])] + [replaced]
+        return cookie, row.sid, [e for e in ended if e is not None]

@@ -543,3 +543,31 @@ def test_a_transaction_from_another_release_decodes_and_an_unbound_one_is_refuse
     assert find_transaction(store, tx) is not None and client.get(f"/login?tx={tx}").status_code == 200
     store.set("login-tx:" + tx, json.dumps({k: v for k, v in raw.items() if k != "browser"}).encode(), ttl_seconds=60)
     assert client.get(f"/login?tx={tx}").status_code == 400  # before binding existed: bound to no browser
+
+
+def test_a_prompt_login_re_authentication_renews_the_browsers_session_and_kills_the_old_cookie(client, second_browser):
+    """Found by the journey matrix: prompt=login (and max_age) started a second session and
+    left the first alive, so a copied cookie outlived the re-authentication and the logout."""
+    first = AuthRequest(scope="openid")
+    before = id_token_of(client, first, to_client(client, submit_login(client, login_page_url(client, first))))
+    old_cookie = client.cookies["idp_session"]
+    again = AuthRequest(scope="openid", extra={"prompt": "login"})
+    after = id_token_of(client, again, to_client(client, submit_login(client, login_page_url(client, again))))
+    assert after["sid"] == before["sid"] and after["auth_time"] >= before["auth_time"]
+    assert client.cookies["idp_session"] != old_cookie and len(live_sessions(client, "alice")) == 1
+    second_browser.cookies.set("idp_session", old_cookie)
+    assert start(second_browser, AuthRequest(scope="openid")).headers["location"].startswith("/login?tx=")
+
+
+def test_another_user_signing_in_in_the_same_browser_ends_the_previous_session(client, second_browser):
+    submit_login(client, "/login", username="alice")
+    alices_cookie = client.cookies["idp_session"]
+    switch = AuthRequest(scope="openid", extra={"prompt": "login"})
+    claims = id_token_of(client, switch, to_client(client, submit_login(client, login_page_url(client, switch),
+                                                                        username="bob")))
+    assert claims["sub"] == subject_of(client, "bob")
+    assert live_sessions(client, "alice") == [] and len(live_sessions(client, "bob")) == 1
+    with client.app.state.services.sessions() as db:
+        assert db.scalar(select(AuditEvent.kind).where(AuditEvent.kind == "session.replaced")) == "session.replaced"
+    second_browser.cookies.set("idp_session", alices_cookie)
+    assert second_browser.get("/account", follow_redirects=False).status_code == 303
