@@ -64,13 +64,24 @@ class Settings:
     passkey_removal_ends_sessions: int = _meta(1, "1 = removing a passkey ends the user's other sessions", lo=0, hi=1)
     lockout_attempts: int = _meta(5, "failed password/code attempts that lock an account", lo=1, hi=100)
     lockout_seconds: int = _meta(1800, "how long a locked account stays locked", lo=10, hi=86400)
-    # Rate limits, in the `limits` notation ("N/second|minute|hour|day", several joined by
-    # ";"), or "off". Login and token limits are shared by every process through Redis
-    # when IDP_REDIS_URL is set (per process while Redis is unreachable); the site-wide
-    # limit is per process, a flood guard checked before anything else (nginx's limit_req
-    # is the cross-process first line in front of it).
-    rate_limit_login_ip: str = "30/minute;300/hour"
-    # ^ IDP_RATE_LIMIT_LOGIN_IP: login steps (password, code, backup code, passkey begin) per client IP.
+    # Rate limits, in the `limits` notation ("N/[M]second|minute|hour|day", e.g. "30/10minutes",
+    # several joined by ";"), or "off". Login, passkey-options and token limits are shared by
+    # every process through Redis when IDP_REDIS_URL is set (per process while Redis is
+    # unreachable); the site-wide limit is per process, a flood guard checked before anything
+    # else (nginx's limit_req is the cross-process first line in front of it). "Per client
+    # IP" means per address for IPv4 and per /64 for IPv6.
+    rate_limit_login_failures_ip: str = "30/10minutes"
+    # ^ IDP_RATE_LIMIT_LOGIN_FAILURES_IP: failed credential checks (wrong password or unknown
+    #   name, wrong code or backup code, failed passkey assertion) per client IP. Checked before
+    #   every login step, spent only when the step failed: an office behind one address signs
+    #   in freely, a password sprayer gets this many guesses across all accounts.
+    rate_limit_login_ip: str = "120/minute"
+    # ^ IDP_RATE_LIMIT_LOGIN_IP: login steps (password, code, backup code, enrolment code,
+    #   passkey verify) and /account's password and code checks, successful or not, per
+    #   client IP: a flood guard on the Argon2 work.
+    rate_limit_passkey_options_ip: str = "120/minute"
+    # ^ IDP_RATE_LIMIT_PASSKEY_OPTIONS_IP: passkey sign-in options per client IP (the login page
+    #   asks for them on every load).
     rate_limit_login_account: str = "10/minute;100/hour"
     # ^ IDP_RATE_LIMIT_LOGIN_ACCOUNT: login steps per account name typed, known or not.
     rate_limit_token_client: str = "200/second"

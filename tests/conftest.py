@@ -76,7 +76,7 @@ def settings(database_url: str, tmp_path) -> Settings:  # type: ignore[no-untype
         # the limits get their own tests (tests/security/test_rate_limits.py); elsewhere a
         # test's dozens of requests from one address must not trip them
         rate_limit_login_ip="off", rate_limit_login_account="off", rate_limit_token_client="off",
-        rate_limit_site_ip="off",
+        rate_limit_site_ip="off", rate_limit_login_failures_ip="off", rate_limit_passkey_options_ip="off",
     )
 
 

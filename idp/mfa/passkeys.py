@@ -4,7 +4,8 @@ single-use challenges in the state store, and the stored credentials.
 - RP ID and origin come from IDP_ISSUER (the host, and scheme://host[:port]).
 - Challenges are random, single use (get-and-delete), 5 minutes, and bound to what they
   were issued for: a registration to its user, a sign-in to its login transaction and, for
-  a username-first or step-up sign-in, to the user it named.
+  a username-first or step-up sign-in, to the user it named. A login transaction holds
+  one live sign-in challenge: a new one replaces (and deletes) the one issued before.
 - User verification is required: a passkey sign-in is `phr` on its own.
 - The sign counter must grow; one that does not is refused (and audited by the caller),
   except the all-zero case of authenticators that do not count (synced passkeys).
@@ -162,12 +163,25 @@ class Passkeys:
             user_verification=UserVerificationRequirement.REQUIRED,
         )
         challenge_id = self._issue("sign_in", options.challenge, tx_id=tx_id, user_id=bound)
+        self._make_live(tx_id, challenge_id)
         return Challenge(challenge_id, webauthn.options_to_json(options))
+
+    def _make_live(self, tx_id: str, challenge_id: str) -> None:
+        """The transaction's pointer names its one live challenge; the previous one goes.
+        Two racing requests both write the pointer: the last one wins, and sign_in accepts
+        only the challenge the pointer names, so one is live whatever the order."""
+        pointer = f"webauthn-live:{tx_id}"
+        previous = self.store.get(pointer)
+        self.store.set(pointer, challenge_id.encode(), ttl_seconds=CHALLENGE_TTL_SECONDS)
+        if previous is not None and previous.decode() != challenge_id:
+            self.store.delete(f"webauthn:{previous.decode()}")
 
     def sign_in(self, db: Session, *, tx_id: str, challenge_id: object, credential: object) -> SignedIn:
         record = self._take(challenge_id, "sign_in")
         if record.get("tx_id") != tx_id:
             raise PasskeyError("challenge issued for another sign-in")
+        if self.store.get(f"webauthn-live:{tx_id}") != str(challenge_id).encode():
+            raise PasskeyError("challenge replaced by a newer one")
         raw_id = _raw_id(credential)
         row = db.scalar(select(Passkey).where(Passkey.credential_id == raw_id))
         if row is None:

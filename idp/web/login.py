@@ -20,7 +20,12 @@ from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import render
 from idp.web.services import Services
-from idp.web.throttle import check_limits, too_many_page
+from idp.web.throttle import (
+    check_limits,
+    credential_checks,
+    record_failed_check,
+    too_many_page,
+)
 
 
 async def show_login(request: Request) -> Response:
@@ -54,7 +59,7 @@ async def submit_login(request: Request) -> Response:
     agent = request.headers.get("user-agent")
     name = password_step.normalize_username(username)[:128]
     # Limits before any expensive work: a refused attempt costs no Argon2 and counts nowhere.
-    verdict = await check_limits(request, [("login_ip", ip or "-"), ("login_account", name)], ip=ip)
+    verdict = await check_limits(request, credential_checks(ip, name), ip=ip)
     if not verdict.allowed:
         return too_many_page(request, verdict)
 
@@ -67,11 +72,13 @@ async def submit_login(request: Request) -> Response:
     if isinstance(result, password_step.PasswordFailed):
         failure = await run_blocking(request, _record_failure, services, result.user_id, name, ip, agent,
                                      result.reason)
+        await record_failed_check(request, ip)
         return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
 
     new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
     if not await run_blocking(request, _password_passed, services, result.user_id, new_hash, ip, agent):
         # locked: the right password is refused exactly like a bad one, and recorded as refused
+        await record_failed_check(request, ip)
         return login_page(request, tx, username=username[:128], error=failure_message(services, LOCKED), status=401)
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
     # (a re-authentication for /account renews this browser's own session rather than adding one)
@@ -82,6 +89,7 @@ async def submit_login(request: Request) -> Response:
     outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
     if isinstance(outcome, FailureRecord):  # locked: refused exactly like a bad password
         await run_blocking(request, _record_refusal, services, result.user_id, ip, agent)
+        await record_failed_check(request, ip)
         return login_page(request, tx, username=username[:128], error=failure_message(services, outcome), status=401)
     return login_binding.attach(request, outcome)
 

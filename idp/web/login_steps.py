@@ -21,7 +21,12 @@ from idp.web.login import failure_message
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import copy_cookies, error_page, render
 from idp.web.services import Services
-from idp.web.throttle import check_limits, too_many_page
+from idp.web.throttle import (
+    check_limits,
+    credential_checks,
+    record_failed_check,
+    too_many_page,
+)
 
 NOT_STARTED = "Start by signing in with your username and password."
 
@@ -72,8 +77,7 @@ async def submit_code_step(request: Request) -> Response:
         return _page(request, "login_code.html", tx, backup=backup, status=400,
                      error="Enter the backup code." if backup else "Enter the code from your authenticator app.")
     ip = request_ip(request)
-    verdict = await check_limits(request, [("login_ip", ip or "-"), ("login_account", tx.username or f"#{tx.user_id}")],
-                                 ip=ip)
+    verdict = await check_limits(request, credential_checks(ip, tx.username or f"#{tx.user_id}"), ip=ip)
     if not verdict.allowed:
         return too_many_page(request, verdict)
 
@@ -90,10 +94,12 @@ async def submit_code_step(request: Request) -> Response:
                                    request.headers.get("user-agent"))
     if not check.ok:
         assert check.failure is not None
+        await record_failed_check(request, ip)
         return _page(request, "login_code.html", tx, backup=backup, status=401,
                      error=_code_failure_message(services, check.failure, backup))
     outcome = await advance(request, tx.with_step("otp"))
     if isinstance(outcome, FailureRecord):
+        await record_failed_check(request, ip)
         return _page(request, "login_code.html", tx, backup=backup, status=401,
                      error=_code_failure_message(services, outcome, backup))
     if backup:
@@ -215,14 +221,14 @@ async def submit_enrolment(request: Request) -> Response:
     if state.next_step != policy.ENROL_TOTP:
         return error_page(request, 400, NOT_STARTED)
     ip = request_ip(request)
-    verdict = await check_limits(request, [("login_ip", ip or "-"), ("login_account", tx.username or f"#{tx.user_id}")],
-                                 ip=ip)
+    verdict = await check_limits(request, credential_checks(ip, tx.username or f"#{tx.user_id}"), ip=ip)
     if not verdict.allowed:
         return too_many_page(request, verdict)
     agent = request.headers.get("user-agent")
     check = await run_blocking(request, _confirm_enrolment, services, tx.user_id, params.get("code", ""), ip, agent)
     if not check.ok:
         assert check.failure is not None
+        await record_failed_check(request, ip)
         secret, username = await run_blocking(request, _pending_or_new_secret, services, tx.user_id)
         message = failure_message(services, check.failure, "That code is not valid.")
         return _enrolment_page(request, tx, secret, username, error=message, status=401)
@@ -232,6 +238,7 @@ async def submit_enrolment(request: Request) -> Response:
     await run_blocking(request, _store_backup_codes, services, tx.user_id, hashed)
     outcome = await advance(request, tx.with_step("otp"))
     if isinstance(outcome, FailureRecord):
+        await record_failed_check(request, ip)
         return error_page(request, 401, "The sign-in could not be completed. Start again.")
     return _interstitial(request, "backup_codes.html", outcome, codes=codes)
 

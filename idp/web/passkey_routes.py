@@ -39,7 +39,12 @@ from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import copy_cookies, error_page
 from idp.web.params import BadParameters, read_body
 from idp.web.services import Services
-from idp.web.throttle import check_limits, too_many_json
+from idp.web.throttle import (
+    check_limits,
+    credential_checks,
+    record_failed_check,
+    too_many_json,
+)
 
 JSON_MAX_BYTES = 64 * 1024
 SIGN_IN_FAILED = "That passkey could not sign you in."
@@ -86,7 +91,8 @@ async def sign_in_options(request: Request) -> Response:
     typed = data.get("username")
     username = normalize_username(typed)[:128] if isinstance(typed, str) and typed.strip() else None
     ip = request_ip(request)
-    checks = [("login_ip", ip or "-")] + ([("login_account", username)] if username else [])
+    # options check no credential: a count of their own (the login page asks on every load)
+    checks = [("passkey_options_ip", ip or "-")] + ([("login_account", username)] if username else [])
     verdict = await check_limits(request, checks, ip=ip)
     if not verdict.allowed:
         return too_many_json(verdict)
@@ -121,12 +127,14 @@ async def sign_in_verify(request: Request) -> Response:
     if tx is None:
         return _json_error(400, EXPIRED)
     ip = request_ip(request)
-    verdict = await check_limits(request, [("login_ip", ip or "-")], ip=ip)
+    verdict = await check_limits(request, credential_checks(ip), ip=ip)
     if not verdict.allowed:
         return too_many_json(verdict)
     agent = request.headers.get("user-agent")
     result = await run_blocking(request, _verify_sign_in, services, tx, data.get("challenge_id"),
                                 data.get("credential"), ip, agent)
+    if isinstance(result, (FailureRecord, str)):
+        await record_failed_check(request, ip)
     if isinstance(result, FailureRecord):
         return _json_error(401, failure_message(services, result, SIGN_IN_FAILED))
     if isinstance(result, str):
@@ -140,6 +148,8 @@ async def sign_in_verify(request: Request) -> Response:
     chained = tx.with_step(result.methods[0], user_id=result.user_id)
     chained = chained.with_step(result.methods[1])
     outcome = await advance(request, chained)
+    if isinstance(outcome, FailureRecord) or "location" not in outcome.headers:
+        await record_failed_check(request, ip)
     if isinstance(outcome, FailureRecord):
         return _json_error(401, failure_message(services, outcome, SIGN_IN_FAILED))
     if "location" not in outcome.headers:  # the chain ended without a way on (e.g. the account was disabled)

@@ -1,7 +1,8 @@
 """Rate limits at the HTTP edge: the 429 answers (a page for people, a JSON error for API
-clients, Retry-After for both), the site-wide per-IP middleware, and the audit of refusals
-(the first refusal of a key per window is audited, not every one: a flood must not turn
-into a flood of database writes)."""
+clients, Retry-After for both), the checks in front of a credential step and the spending
+of the failure budget after one failed, the site-wide per-IP middleware, and the audit of
+refusals (the first refusal of a key per window is audited, not every one: a flood must
+not turn into a flood of database writes)."""
 from __future__ import annotations
 
 import logging
@@ -50,21 +51,39 @@ def too_many_page(request: Request, verdict: Verdict) -> Response:
     return response
 
 
+def credential_checks(ip: str | None, account: str | None = None) -> list[tuple[str, str]]:
+    """The limits in front of a credential check, in order: the failure budget first (only
+    tested: a refused attempt counts nowhere), then the flood guard and the account name."""
+    checks = [("login_failures_ip", ip or "-"), ("login_ip", ip or "-")]
+    return checks + ([("login_account", account)] if account is not None else [])
+
+
 async def check_limits(request: Request, checks: Sequence[tuple[str, str]], *, ip: str | None,
                        client_id: str | None = None) -> Verdict:
-    """Hits every (scope, key) in order and returns the first refusal, audited."""
+    """Admits the request under every (scope, key) in order (RateLimits.admit: counted, or
+    for a failure budget tested) and returns the first refusal, audited."""
     services: Services = request.app.state.services
     limits = services.rate_limits
     for scope, key in checks:
         if limits.needs_network(scope):
-            verdict = await run_blocking(request, limits.hit, scope, key)
+            verdict = await run_blocking(request, limits.admit, scope, key)
         else:
-            verdict = limits.hit(scope, key)
+            verdict = limits.admit(scope, key)
         if not verdict.allowed:
             await run_blocking(request, audit_refusal, services, verdict, key, ip, client_id,
                                request.headers.get("user-agent"), request.url.path)
             return verdict
     return ALLOWED
+
+
+async def record_failed_check(request: Request, ip: str | None) -> None:
+    """Spends the client's failure budget: call it for every 401 a credential step answers
+    (a locked account's too, so a right password costs what a wrong one does)."""
+    limits = request.app.state.services.rate_limits
+    if limits.needs_network("login_failures_ip"):
+        await run_blocking(request, limits.record, "login_failures_ip", ip or "-")
+    else:
+        limits.record("login_failures_ip", ip or "-")
 
 
 def audit_refusal(services: Services, verdict: Verdict, key: str, ip: str | None, client_id: str | None,

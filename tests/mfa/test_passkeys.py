@@ -330,16 +330,16 @@ def test_a_challenge_expires_after_five_minutes(app, sessions):
     passkey_id = register(passkeys, sessions, authenticator)
     assert CHALLENGE_TTL_SECONDS == 300
 
-    tx = new_tx()
+    tx, late_tx = new_tx(), new_tx()  # one live challenge per transaction: two sign-ins
     in_time_id, in_time = sign_in_options(passkeys, sessions, tx)
-    late_id, late = sign_in_options(passkeys, sessions, tx)
+    late_id, late = sign_in_options(passkeys, sessions, late_tx)
     assert in_time["timeout"] == CHALLENGE_TTL_SECONDS * 1000  # what the browser is told matches the store
     now[0] += CHALLENGE_TTL_SECONDS - 1
     assert sign_in(passkeys, sessions, tx, in_time_id, authenticator.get(in_time))
     now[0] += 2  # 301 s after it was issued
     before = stored(sessions, passkey_id)
     with pytest.raises(PasskeyError):
-        sign_in(passkeys, sessions, tx, late_id, authenticator.get(late))
+        sign_in(passkeys, sessions, late_tx, late_id, authenticator.get(late))
     assert stored(sessions, passkey_id) == before
 
     # and a registration challenge likewise
