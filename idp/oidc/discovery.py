@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from idp.oidc.server import SUPPORTED_SCOPES
+from idp.oidc.signing_keys import ID_TOKEN_ALGS
 
 ACR_VALUES = ["pwd", "mfa", "phr"]  # the ladder of idp/login/policy.py
 
@@ -28,7 +29,8 @@ def build_metadata(issuer: str) -> dict[str, Any]:
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        # per client (id_token_signed_response_alg); "EdDSA" is the older name of "Ed25519"
+        "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGS),
         "token_endpoint_auth_methods_supported": auth_methods,
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256", "PS256"],
         "revocation_endpoint_auth_methods_supported": auth_methods,

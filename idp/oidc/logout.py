@@ -6,6 +6,8 @@ logout tokens the RPs it signed into are sent.
   Logout §2 allows it: a user logs out long after signing in). Its `aud` names the client.
 - `post_logout_redirect_uri` must equal one of the client's registered URIs exactly; no
   redirect otherwise (an open redirector is worse than a "signed out" page).
+- A logout token is signed with the client's `id_token_signed_response_alg`, as its ID tokens
+  are: Back-Channel Logout §2.6 has the RP check its alg as it checks an ID token's.
 - Ending a session revokes the refresh tokens bound to it (`sid`), except those granted
   `offline_access`: that scope exists so an RP keeps access when the user is gone.
 """
@@ -26,7 +28,7 @@ from idp.clock import utcnow
 from idp.db.models import IdpSession, RefreshToken, SessionClient, User
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext
-from idp.oidc.signing_keys import ALG, KeyCache
+from idp.oidc.signing_keys import ALG, ID_TOKEN_ALGS, KeyCache
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TOKEN_TTL_SECONDS = 120
@@ -49,7 +51,7 @@ def check_hint(ctx: OidcContext, hint: str) -> Hint:
         raise InvalidHint("The id_token_hint is not an ID token issued here.")
     keys = KeySet.import_key_set(ctx.keys.jwks())
     try:
-        token = jwt.decode(hint, keys, algorithms=[ALG])
+        token = jwt.decode(hint, keys, algorithms=list(ID_TOKEN_ALGS))  # each JWK names its one alg
     except (JoseError, ValueError, TypeError):
         raise InvalidHint("The id_token_hint is not an ID token issued here.") from None
     claims = token.claims
@@ -114,12 +116,11 @@ def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
                .values(revoked_at=utcnow()))
 
 
-def logout_token(issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: str) -> str:
+def logout_token(issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: str, alg: str = ALG) -> str:
     """Back-Channel Logout 1.0 §2.4: iss, aud, iat, exp, jti, events, sub and sid; no nonce."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": issuer, "aud": client_id, "iat": now, "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
         "jti": uuid.uuid4().hex, "events": {BACKCHANNEL_EVENT: {}}, "sub": sub, "sid": sid,
     }
-    key = keys.get().signing_key
-    return jwt.encode({"alg": ALG, "kid": key.kid, "typ": "logout+jwt"}, claims, key, [ALG])
+    return keys.get().sign(claims, alg=alg, typ="logout+jwt")

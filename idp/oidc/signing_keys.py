@@ -1,22 +1,26 @@
-"""RS256 signing keys: kept in the database with the private part AEAD-encrypted under a
-key derived from the master key. Every process reloads the key set every few seconds
-(idp.app.REFRESH_SECONDS), so a rotation on one host reaches all of them without a restart.
+"""Signing keys (RFC 7517, RFC 7518 §3, RFC 8037, RFC 9864): one active key for each algorithm
+family, RSA (RS256), EC P-256 (ES256) and Ed25519, kept in the database with the private part
+AEAD-encrypted under a key derived from the master key. Every process reloads the key set every
+few seconds (idp.app.REFRESH_SECONDS), so a rotation on one host reaches all of them without a
+restart.
 
 Rotation publishes first and signs later. The new key enters JWKS at once (every process
 serves it within one reload interval) but signs only from `signs_from`, PUBLISH_LEAD_SECONDS
 later. Signing at once would let one process issue tokens under a kid that another process's
 JWKS, or a relying party's cached copy of it, does not have yet. The old key signs until
-then and stays published until every ID token it signed has expired."""
+then and stays published until every ID token it signed has expired. Each family rotates on
+its own: a new ES256 key retires only the ES256 key before it."""
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from joserfc.jwk import RSAKey
+from joserfc import jwt
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +29,24 @@ from idp.db.models import SigningKey
 from idp.security.keyring import Keyring, new_secret
 
 _PURPOSE = "signing-key"
-ALG = "RS256"
+ALG = "RS256"  # the default: clients that register no id_token_signed_response_alg
+# A key's family is the `alg` of its row and of its JWK: one signing key of each at a time.
+KEY_ALGS = ("RS256", "ES256", "Ed25519")
+# What a client may register as id_token_signed_response_alg, and the family that signs it.
+# "EdDSA" (RFC 8037) is the older, polymorphic name of the same Ed25519 signature; RFC 9864
+# deprecates it, but many libraries (PyJWT 2.x, older jose) know only that name.
+ID_TOKEN_ALGS = ("RS256", "ES256", "Ed25519", "EdDSA")
+_FAMILY_OF = {"RS256": "RS256", "ES256": "ES256", "Ed25519": "Ed25519", "EdDSA": "Ed25519"}
+_ALIASES = {"Ed25519": ("EdDSA",)}  # the other names a family's key signs under
+
+PrivateKey = RSAKey | ECKey | OKPKey
+_KEY_CLASS: dict[str, type[PrivateKey]] = {"RS256": RSAKey, "ES256": ECKey, "Ed25519": OKPKey}
+_GENERATE: dict[str, Callable[[], PrivateKey]] = {
+    "RS256": lambda: RSAKey.generate_key(2048),
+    "ES256": lambda: ECKey.generate_key("P-256"),
+    "Ed25519": lambda: OKPKey.generate_key("Ed25519"),
+}
+
 # Clock skew allowance for relying parties that validate a little late.
 _PUBLISH_MARGIN = timedelta(minutes=5)
 JWKS_MAX_AGE_SECONDS = 60  # Cache-Control max-age of /jwks (idp/web/static_documents.py)
@@ -35,50 +56,110 @@ JWKS_MAX_AGE_SECONDS = 60  # Cache-Control max-age of /jwks (idp/web/static_docu
 PUBLISH_LEAD_SECONDS = 2 * 5 + JWKS_MAX_AGE_SECONDS
 
 
+def family_of(alg: str) -> str:
+    """The key family that signs `alg` ("EdDSA" → "Ed25519"); ValueError for anything else."""
+    try:
+        return _FAMILY_OF[alg]
+    except KeyError:
+        raise ValueError(f"unsupported signing algorithm {alg!r}: use one of {', '.join(ID_TOKEN_ALGS)}") from None
+
+
+def kid_for(kid: str, alg: str) -> str:
+    """The kid a token signed under `alg` names: the key's own, or its alias entry's."""
+    return kid if alg in KEY_ALGS else f"{kid}.{alg}"
+
+
+def build_public_jwks(row: SigningKey) -> list[dict[str, Any]]:
+    """The row's JWK, and for the Ed25519 key one more entry for the name "EdDSA". A JWK's
+    `alg` names one algorithm (RFC 7517 §4.4) and verifiers (joserfc, panva/jose) refuse a
+    token whose header names another, so each name needs its own entry; a kid of its own
+    keeps kids distinct within the set (RFC 7517 §4.5)."""
+    return [row.public_jwk] + [{**row.public_jwk, "kid": kid_for(row.kid, alias), "alg": alias}
+                               for alias in _ALIASES.get(row.alg, ())]
+
+
 @dataclass(frozen=True)
 class ActiveKeys:
-    signing_key: RSAKey  # private, with kid
+    signing: Mapping[str, PrivateKey]  # family → the private key (with kid) that signs now
     jwks_bytes: bytes  # precomputed public JWK Set document
 
+    @property
+    def signing_key(self) -> PrivateKey:
+        """The RS256 key: logout tokens of clients that registered nothing, and tests."""
+        return self.key_for(ALG)
 
-def create_signing_key(db: Session, keyring: Keyring) -> SigningKey:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    def key_for(self, alg: str) -> PrivateKey:
+        family = family_of(alg)
+        if family not in self.signing:
+            raise RuntimeError(f"no active {family} signing key: run `idp keys rotate --alg {family}`")
+        return self.signing[family]
+
+    def sign(self, claims: dict[str, Any], *, alg: str, typ: str) -> str:
+        """A compact JWS of `claims` whose header names `alg` exactly and the kid of the JWK
+        published for that name."""
+        key = self.key_for(alg)
+        header = {"alg": alg, "kid": kid_for(str(key.kid), alg), "typ": typ}
+        return jwt.encode(header, claims, key, [alg])
+
+
+def create_signing_key(db: Session, keyring: Keyring, alg: str = ALG) -> SigningKey:
+    pem = _GENERATE[alg]().as_pem(private=True)
     kid = new_secret(12)
-    public = RSAKey.import_key(pem).as_dict(private=False)
-    public.update({"kid": kid, "use": "sig", "alg": ALG})
-    row = SigningKey(kid=kid, alg=ALG, public_jwk=public, private_key_encrypted=keyring.encrypt(_PURPOSE, pem))
+    public = _KEY_CLASS[alg].import_key(pem).as_dict(private=False)
+    public.update({"kid": kid, "use": "sig", "alg": alg})
+    row = SigningKey(kid=kid, alg=alg, public_jwk=public, private_key_encrypted=keyring.encrypt(_PURPOSE, pem))
     db.add(row)
     db.flush()
     return row
 
 
 def ensure_signing_key(db: Session, keyring: Keyring) -> None:
-    if db.scalar(select(SigningKey.id).where(SigningKey.retired_at.is_(None)).limit(1)) is None:
-        create_signing_key(db, keyring)
+    """A key for each family that has none (first start, or the first start after an upgrade
+    that added the family). It signs at once: no token of its family exists to mismatch."""
+    existing = set(db.scalars(select(SigningKey.alg).where(SigningKey.retired_at.is_(None))))
+    for alg in KEY_ALGS:
+        if alg not in existing:
+            create_signing_key(db, keyring, alg)
 
 
-def rotate_signing_key(db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0) -> SigningKey:
-    """A new key, published now and signing `signs_in_seconds` from now (0: at once, for a
-    compromised key, accepting that relying parties may briefly miss it). The keys signing
-    until then stop at that moment, and stay published until their last tokens expire."""
+def rotate_signing_key(db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0,
+                       alg: str = ALG) -> SigningKey:
+    """A new key of `alg`'s family, published now and signing `signs_in_seconds` from now (0:
+    at once, for a compromised key, accepting that relying parties may briefly miss it). The
+    family's keys signing until then stop at that moment, and stay published until their last
+    tokens expire."""
+    family = family_of(alg)
     now = utcnow()
-    if signing_key_of(published_keys(db), now) is None:
-        signs_in_seconds = 0  # nothing signs today: waiting would leave the provider without a key
+    if signing_key_of(published_keys(db), now, family) is None:
+        signs_in_seconds = 0  # nothing of this family signs today: waiting would leave it without a key
     switch_at = now + timedelta(seconds=signs_in_seconds)
     still_signing = or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > switch_at)
-    for old in db.scalars(select(SigningKey).where(still_signing)):
+    for old in db.scalars(select(SigningKey).where(SigningKey.alg == family, still_signing)):
         old.retired_at = switch_at
         old.unpublish_at = switch_at + timedelta(seconds=id_token_ttl_seconds) + _PUBLISH_MARGIN
-    row = create_signing_key(db, keyring)
+    row = create_signing_key(db, keyring, family)
     row.signs_from = switch_at if signs_in_seconds else None
     return row
 
 
-def signing_key_of(keys: list[SigningKey], now: datetime) -> SigningKey | None:
-    """The key that signs at `now`: of those whose time has come and not gone, the newest."""
-    ready = [k for k in keys if (k.signs_from is None or k.signs_from <= now) and (k.retired_at is None or k.retired_at > now)]
+def rotate_signing_keys(db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0,
+                        algs: Iterable[str] = KEY_ALGS) -> list[SigningKey]:
+    """`rotate_signing_key` for each family named (default: all), in one transaction."""
+    families = dict.fromkeys(family_of(alg) for alg in algs)  # EdDSA and Ed25519 rotate one key
+    return [rotate_signing_key(db, keyring, id_token_ttl_seconds=id_token_ttl_seconds,
+                               signs_in_seconds=signs_in_seconds, alg=family) for family in families]
+
+
+def signing_key_of(keys: list[SigningKey], now: datetime, alg: str = ALG) -> SigningKey | None:
+    """The key of `alg`'s family that signs at `now`: of those whose time has come and not
+    gone, the newest."""
+    ready = [k for k in keys if k.alg == alg
+             and (k.signs_from is None or k.signs_from <= now) and (k.retired_at is None or k.retired_at > now)]
     return max(ready, key=lambda k: (k.signs_from or k.created_at, k.id), default=None)
+
+
+def signing_keys_of(keys: list[SigningKey], now: datetime) -> dict[str, SigningKey]:
+    return {alg: key for alg in KEY_ALGS if (key := signing_key_of(keys, now, alg)) is not None}
 
 
 def published_keys(db: Session) -> list[SigningKey]:
@@ -88,13 +169,18 @@ def published_keys(db: Session) -> list[SigningKey]:
 
 
 def build_active_keys(keys: list[SigningKey], keyring: Keyring, now: datetime) -> ActiveKeys:
-    current = signing_key_of(keys, now)
-    if current is None:
+    current = signing_keys_of(keys, now)
+    if not current:
         raise RuntimeError("no active signing key: run `idp keys rotate`")
-    pem = keyring.decrypt(_PURPOSE, current.private_key_encrypted)
-    signing = RSAKey.import_key(pem, {"kid": current.kid, "use": "sig", "alg": ALG})
-    jwks = json.dumps({"keys": [k.public_jwk for k in keys]}, separators=(",", ":")).encode()
-    return ActiveKeys(signing_key=signing, jwks_bytes=jwks)
+    signing = {alg: _private_key(row, keyring) for alg, row in current.items()}
+    jwks = json.dumps({"keys": [jwk for k in keys for jwk in build_public_jwks(k)]}, separators=(",", ":")).encode()
+    return ActiveKeys(signing=signing, jwks_bytes=jwks)
+
+
+def _private_key(row: SigningKey, keyring: Keyring) -> PrivateKey:
+    pem = keyring.decrypt(_PURPOSE, row.private_key_encrypted)
+    # no "alg" on the private key: the Ed25519 key also signs under the name EdDSA
+    return _KEY_CLASS[row.alg].import_key(pem, {"kid": row.kid, "use": "sig"})
 
 
 class KeyCache:
@@ -122,9 +208,9 @@ class KeyCache:
         with self._lock, self._sessions() as db:
             keys = published_keys(db)
             now = utcnow()
-            signing = signing_key_of(keys, now)
-            # the signing key changes with time alone (signs_from, retired_at), not only with rows
-            published = (tuple((k.kid, k.retired_at, k.unpublish_at) for k in keys), signing.kid if signing else None)
+            signing = sorted((alg, key.kid) for alg, key in signing_keys_of(keys, now).items())
+            # the signing keys change with time alone (signs_from, retired_at), not only with rows
+            published = (tuple((k.kid, k.retired_at, k.unpublish_at) for k in keys), tuple(signing))
             if self._keys is None or published != self._published:  # decrypt and parse only on change
                 self._keys = build_active_keys(keys, self._keyring, now)
                 self._published = published

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from idp.oidc.clients import ClientRegistry
+from idp.oidc.id_tokens import id_token_alg
 from idp.oidc.logout import EndedSession, logout_token
 from idp.oidc.signing_keys import KeyCache
 from idp.security.audit import record_audit
@@ -100,8 +101,9 @@ async def _deliver(sender: Sender, client_id: str, uri: str, ended: EndedSession
 async def _post_with_retries(sender: Sender, client_id: str, uri: str, ended: EndedSession) -> tuple[str, str]:
     detail = ""
     async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_SECONDS, follow_redirects=False) as http:
+        alg = id_token_alg(sender.clients.get(client_id))  # Back-Channel Logout §2.6: the alg of its ID tokens
         for attempt in range(ATTEMPTS):
-            token = logout_token(sender.issuer, sender.keys, client_id=client_id, sub=ended.subject, sid=ended.sid)
+            token = logout_token(sender.issuer, sender.keys, client_id=client_id, sub=ended.subject, sid=ended.sid, alg=alg)
             try:
                 response = await http.post(uri, data={"logout_token": token},
                                            headers={"cache-control": "no-store"})

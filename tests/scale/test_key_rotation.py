@@ -1,13 +1,17 @@
 """Signing-key rotation across processes: two `idp serve` processes (A, B) on one PostgreSQL
 schema and one Redis, and `idp keys rotate --signs-in SIGNS_IN` run on its own (as from
-another host), with no restart and nothing said to A or B. The new key is published first
-and signs only SIGNS_IN seconds later (idp/oidc/signing_keys.py; the default lead is
-PUBLISH_LEAD_SECONDS, shortened here to keep the test short):
+another host), with no restart and nothing said to A or B. It rotates the key of each
+algorithm (RS256, ES256, Ed25519; JWKS also names the Ed25519 key "EdDSA"); each new key is
+published first and signs only SIGNS_IN seconds later (idp/oidc/signing_keys.py; the default
+lead is PUBLISH_LEAD_SECONDS, shortened here to keep the test short). The ID tokens followed
+here are the RS256 ones of the default client; tests/oidc/test_id_token_algs.py signs with
+the others:
 
-- Each process serves the new kid in its JWKS (the discovery document's jwks_uri) within
+- Before, each process's JWKS holds one key per algorithm, the same on both.
+- Each process serves every new kid in its JWKS (the discovery document's jwks_uri) within
   REFRESH_SECONDS + 2 s of the rotation (idp/app.py: the background refresher reloads
   the keys every REFRESH_SECONDS; 2 s of slack for a loaded machine), and never stops
-  publishing the old kid meanwhile.
+  publishing the old kids meanwhile.
 - Until SIGNS_IN has passed, both processes still sign with the old key, so no token carries
   a kid that some process's JWKS lacks; `idp keys list` shows the new key as next.
 - Each process signs with the new key within SIGNS_IN + REFRESH_SECONDS + 2 s.
@@ -15,8 +19,9 @@ PUBLISH_LEAD_SECONDS, shortened here to keep the test short):
   the new kid in their JOSE header and verify against either process's JWKS.
 - An ID token issued before the rotation (old kid) still verifies against the JWKS
   fetched after it, on both processes.
-- `idp keys list` shows the new key active and the old one retired, published at least
-  until the pre-rotation ID token expires.
+- `idp keys list` shows, for each algorithm, the new key active and the old one retired,
+  published at least until the pre-rotation ID token expires; JWKS then holds two keys per
+  algorithm.
 
 Verified with PyJWT (the key picked by the header's kid from a JWKS snapshot) and with
 joserfc (ScriptedRP.verify_id_token), two independent JOSE implementations.
@@ -80,7 +85,14 @@ def fetch_jwks(http: httpx.Client, base: str, path: str) -> dict[str, Any]:
     return document
 
 
-def kids_of(jwks: dict[str, Any]) -> list[str]:
+ALGS = ("RS256", "ES256", "Ed25519", "EdDSA")  # as JWKS names them; EdDSA is the Ed25519 key
+
+
+def kids_of(jwks: dict[str, Any], alg: str = "RS256") -> list[str]:
+    return [key["kid"] for key in jwks["keys"] if key["alg"] == alg]
+
+
+def all_kids_of(jwks: dict[str, Any]) -> list[str]:
     return [key["kid"] for key in jwks["keys"]]
 
 
@@ -93,7 +105,7 @@ def header_kid(token: str) -> str:
 def verify(token: str, jwks: dict[str, Any], issuer: str) -> dict[str, Any]:
     """PyJWT: the key named by the token's kid in this JWKS, signature and claims checked."""
     kid = header_kid(token)
-    assert kid in kids_of(jwks), f"kid {kid} not in the JWKS {kids_of(jwks)}"
+    assert kid in kids_of(jwks), f"kid {kid} not among the RS256 keys of the JWKS {kids_of(jwks)}"
     key = pyjwt.PyJWKSet.from_dict(jwks)[kid]
     claims: dict[str, Any] = pyjwt.decode(token, key.key, algorithms=["RS256"], audience="shop", issuer=issuer)
     return claims
@@ -107,10 +119,13 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
         path = jwks_path(http, a.url)
         assert jwks_path(http, b.url) == path
 
-        # -- before: one key, the same on both, and it signs the ID tokens
-        before = {name: kids_of(fetch_jwks(http, p.url, path)) for name, p in processes.items()}
-        assert len(before["A"]) == 1 and before["A"] == before["B"], f"JWKS before the rotation: {before}"
-        old_kid = before["A"][0]
+        # -- before: one key per algorithm, the same on both, and the RS256 one signs the ID tokens
+        before = {name: fetch_jwks(http, p.url, path) for name, p in processes.items()}
+        for alg in ALGS:
+            assert len(kids_of(before["A"], alg)) == 1 and kids_of(before["A"], alg) == kids_of(before["B"], alg), \
+                f"{alg} keys in JWKS before the rotation: {before}"
+        old_kid = kids_of(before["A"])[0]
+        old_kids = set(all_kids_of(before["A"]))
         old = rp.full_login(authorize_on=a.url, login_on=b.url, resume_on=a.url, token_on=b.url)
         assert header_kid(old["id_token"]) == old_kid
         old_claims = verify(old["id_token"], fetch_jwks(http, a.url, path), issuer)
@@ -119,10 +134,11 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
         started_at = time.monotonic()
         output = run_cli(env, "keys", "rotate", "--signs-in", str(SIGNS_IN))
         rotated_at = time.monotonic()  # the transaction committed before the command returned
-        found = re.search(r"new signing key (\S+): published now, signs from ", output)
-        assert found, f"`idp keys rotate` printed: {output!r}"
-        new_kid = found.group(1)
+        found = dict(re.findall(r"^new (\S+) signing key (\S+): published now, signs from ", output, re.MULTILINE))
+        assert found.keys() == {"RS256", "ES256", "Ed25519"}, f"`idp keys rotate` printed: {output!r}"
+        new_kid = found["RS256"]
         assert new_kid != old_kid
+        new_kids = set(found.values()) | {f"{found['Ed25519']}.EdDSA"}  # the EdDSA entry of the new Ed25519 key
 
         # -- each process picks it up by itself, and keeps the old kid published throughout
         picked_up: dict[str, float] = {}
@@ -131,15 +147,15 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
             for name, process in processes.items():
                 if name in picked_up:
                     continue
-                served = kids_of(fetch_jwks(http, process.url, path))
-                assert old_kid in served, f"{name} stopped publishing the old kid {old_kid}: {served}"
-                if new_kid in served:
+                served = set(all_kids_of(fetch_jwks(http, process.url, path)))
+                assert old_kids <= served, f"{name} stopped publishing an old kid {old_kids - served}: {served}"
+                if new_kids <= served:
                     picked_up[name] = time.monotonic() - rotated_at
             time.sleep(POLL_SECONDS)
         print(f"\nnew kid served {', '.join(f'by {n} after {s:.2f} s' for n, s in sorted(picked_up.items()))} "
               f"(bound {PICKUP_BOUND_SECONDS:.1f} s)")
         for name in processes:
-            assert name in picked_up, f"{name} did not serve the new kid {new_kid} within {PICKUP_BOUND_SECONDS + 10:.0f} s"
+            assert name in picked_up, f"{name} did not serve the new kids {new_kids} within {PICKUP_BOUND_SECONDS + 10:.0f} s"
             assert picked_up[name] <= PICKUP_BOUND_SECONDS, \
                 f"{name} served the new kid {picked_up[name]:.2f} s after the rotation (bound {PICKUP_BOUND_SECONDS:.1f} s)"
 
@@ -153,8 +169,10 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
                 assert header_kid(refreshed.json()["id_token"]) == old_kid, f"{name} signed with the new key early"
         if time.monotonic() - started_at < SIGNS_IN - 1:
             window = {row.split("\t")[0]: row.split("\t")[3] for row in run_cli(env, "keys", "list").splitlines() if row}
-            assert window[new_kid].startswith("next, published, signs from "), window
-            assert window[old_kid].startswith("active until "), window
+            for kid in found.values():
+                assert window[kid].startswith("next, published, signs from "), window
+            for kid in old_kids & window.keys():  # (the EdDSA entry is no row of its own)
+                assert window[kid].startswith("active until "), window
 
         # -- then each process switches by itself, not before SIGNS_IN, within its bound
         switched: dict[str, float] = {}
@@ -178,6 +196,9 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
         after = {name: fetch_jwks(http, p.url, path) for name, p in processes.items()}
         for name, jwks in after.items():
             assert sorted(kids_of(jwks)) == sorted([old_kid, new_kid]), f"{name} JWKS after the rotation: {kids_of(jwks)}"
+            for alg in ALGS:
+                assert len(kids_of(jwks, alg)) == 2, f"{name}: {alg} keys after the rotation: {kids_of(jwks, alg)}"
+            assert set(all_kids_of(jwks)) == old_kids | new_kids, f"{name} JWKS after the rotation: {all_kids_of(jwks)}"
 
         # -- an ID token from before the rotation still verifies against the JWKS of after, on both
         for name, jwks in after.items():
@@ -202,11 +223,14 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
 
         # -- the CLI's view: the new key active, the old one retired but published past its tokens' expiry
         listed = [line.split("\t") for line in run_cli(env, "keys", "list").splitlines() if line.strip()]
+        assert sorted(row[1] for row in listed) == sorted(["RS256", "ES256", "Ed25519"] * 2), f"`idp keys list`: {listed}"
         states = {row[0]: row[3] for row in listed}
-        assert states.keys() == {old_kid, new_kid}, f"`idp keys list`: {listed}"
-        assert states[new_kid] == "active", f"`idp keys list`: {listed}"
-        retired = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", states[old_kid])
-        assert retired, f"`idp keys list`: {listed}"
-        published_until = datetime.strptime(retired.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-        assert published_until.timestamp() >= old_claims["exp"], \
-            f"the old key is unpublished at {published_until}, before its ID token expires ({old_claims['exp']})"
+        assert set(found.values()) <= states.keys() <= old_kids | new_kids, f"`idp keys list`: {listed}"
+        for kid in found.values():
+            assert states[kid] == "active", f"`idp keys list`: {listed}"
+        for kid in states.keys() - set(found.values()):
+            retired = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", states[kid])
+            assert retired, f"`idp keys list`: {listed}"
+            published_until = datetime.strptime(retired.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+            assert published_until.timestamp() >= old_claims["exp"], \
+                f"the old key {kid} is unpublished at {published_until}, before an ID token of its time expires"
