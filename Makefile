@@ -13,9 +13,13 @@ $(BIN)/idp: pyproject.toml
 
 install: $(BIN)/idp
 
+# `make run PORT=8299` serves there, and with IDP_ISSUER unset the issuer is http://localhost:8299.
+# `=`, not `?=`: a PORT in the environment, set for some other tool, does not move it.
+PORT = 8000
+
 run: install
 	$(BIN)/idp db upgrade
-	$(BIN)/idp serve
+	$(BIN)/idp serve --port $(PORT)
 
 # The SPA relying party's npm packages, exactly as tests/rp/spa/package-lock.json pins them
 # (without npm the SPA test skips on a laptop and fails in CI).

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from idp.settings import Settings, SettingsError, load_settings
+from idp.settings import (
+    DEFAULT_PORT,
+    Settings,
+    SettingsError,
+    find_issuer_port_mismatch,
+    load_settings,
+)
 
 
 class CommandError(Exception):
@@ -19,7 +26,8 @@ class CommandError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        # only `idp serve` has a port: an unset IDP_ISSUER is http://localhost:<that port>
+        settings = load_settings(serve_port=getattr(args, "port", None))
         args.handler(settings, args)
     except (CommandError, SettingsError, ValueError, OSError) as exc:
         return _fail(str(exc))
@@ -52,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve HTTP")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                       help=f"TCP port (default {DEFAULT_PORT}); with IDP_ISSUER unset the issuer is http://localhost:PORT")
     serve.add_argument("--workers", type=_worker_count, default=1,
                        help="worker processes: a number, or 'auto' for one per core (more than one needs IDP_REDIS_URL)")
     serve.set_defaults(handler=_serve)
@@ -66,7 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--email")
     add.add_argument("--name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--email-verified", action="store_true",
+                     help="the address is known to be the user's (the email_verified claim); needs --email")
     add.set_defaults(handler=_user_add)
+    user_set = user.add_parser("set", help="change a user's attributes; only the options given change")
+    user_set.add_argument("username")
+    user_set.add_argument("--email", help="a new address (unverified unless --email-verified yes); '' removes it")
+    user_set.add_argument("--name", help="the display name (the name claim); '' removes it")
+    user_set.add_argument("--email-verified", choices=("yes", "no"),
+                          help="whether the address is known to be the user's; a verified address belongs to one user")
+    user_set.set_defaults(handler=_user_set)
     user.add_parser("list", help="list users").set_defaults(handler=_user_list)
     disable = user.add_parser("disable", help="disable a user, end their sessions, revoke their refresh tokens")
     disable.add_argument("username")
@@ -96,8 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     sync.set_defaults(handler=_clients_sync)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
-    rotate = keys.add_parser("rotate", help="publish a new key now, sign with it from --signs-in seconds later; "
-                             "the old key stays published until its tokens expire")
+    rotate = keys.add_parser("rotate", help="publish a new key of each algorithm (or of --alg) now, sign with it "
+                             "from --signs-in seconds later; the old key stays published until its tokens expire")
+    rotate.add_argument("--alg", action="append", metavar="ALG",
+                        help="rotate only this algorithm's key: RS256, ES256 or Ed25519 (EdDSA names the Ed25519 "
+                             "key); may be repeated; default: all three")
     rotate.add_argument("--signs-in", type=int, default=None, metavar="SECONDS",
                         help="delay before the new key signs (default: long enough for every process and every "
                              "relying party's cached JWKS to have it; 0 = at once, for a compromised key)")
@@ -130,9 +151,17 @@ def _keyring(settings: Settings):  # type: ignore[no-untyped-def]
     return Keyring(master_key_of(settings))
 
 
-def _worker_count(value: str) -> int:
-    import os
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return port
 
+
+def _worker_count(value: str) -> int:
     if value == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
@@ -167,10 +196,22 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
                        log_config=serve_log_config(access_log=bool(settings.access_log)),
                        timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
         if args.workers == 1:
-            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+            app = create_app(settings)
+            _announce_issuer(settings, args.port)
+            uvicorn.run(app, **options)  # type: ignore[arg-type]
         else:
             create_app(settings)  # validate everything once before forking
+            _announce_issuer(settings, args.port)
+            # each worker loads its settings from the environment (idp.asgi): hand it the
+            # issuer worked out here, so that every worker signs with the same `iss`
+            os.environ["IDP_ISSUER"] = settings.issuer
             serve_workers("idp.asgi:create", workers=args.workers, **options)
+
+
+def _announce_issuer(settings: Settings, port: int) -> None:
+    print(f"idp: issuer {settings.issuer}", file=sys.stderr, flush=True)
+    if warning := find_issuer_port_mismatch(settings.issuer, port):
+        print(f"idp: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
@@ -190,7 +231,7 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
     password = _read_password(args.password_stdin)
     with sessions() as db:
         try:
-            username = check_new_user(db, args.username, args.email)
+            username = check_new_user(db, args.username, args.email, name=args.name, email_verified=args.email_verified)
         except UserError as exc:
             raise CommandError(str(exc)) from None
     password_hash = None
@@ -204,11 +245,27 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
         hashing.close()
     with sessions.begin() as db:
         try:
-            check_new_user(db, args.username, args.email)
+            check_new_user(db, args.username, args.email, name=args.name, email_verified=args.email_verified)
+            add_user(db, username=username, email=args.email, name=args.name, password_hash=password_hash,
+                     email_verified=args.email_verified)
         except UserError as exc:
             raise CommandError(str(exc)) from None
-        add_user(db, username=username, email=args.email, name=args.name, password_hash=password_hash)
     print(f"added user {username}" + ("" if password_hash else " (no password: cannot sign in with one)"))
+
+
+def _user_set(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.users import UserChanges, UserError, update_user
+
+    verified = None if args.email_verified is None else args.email_verified == "yes"
+    changes = UserChanges(email=args.email, name=args.name, email_verified=verified)
+    if changes.is_empty():
+        raise CommandError("user set: nothing to change; give at least one option (see idp user set --help)")
+    with _database(settings).begin() as db:
+        try:
+            changed = update_user(db, args.username, changes)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
+    print(f"updated user {args.username}: {', '.join(changed)}" if changed else f"user {args.username} unchanged")
 
 
 def _read_password(from_stdin: bool) -> str | None:
@@ -335,17 +392,22 @@ def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
-    from idp.oidc.signing_keys import PUBLISH_LEAD_SECONDS, rotate_signing_key
+    from idp.oidc.signing_keys import KEY_ALGS, PUBLISH_LEAD_SECONDS, family_of, rotate_signing_keys
 
     signs_in = PUBLISH_LEAD_SECONDS if args.signs_in is None else args.signs_in
     if not 0 <= signs_in <= 86400:
         raise CommandError("--signs-in must be between 0 and 86400 seconds")
+    try:
+        algs = [family_of(alg) for alg in args.alg or KEY_ALGS]
+    except ValueError as exc:
+        raise CommandError(f"--alg: {exc}") from None
     with _database(settings).begin() as db:
-        row = rotate_signing_key(db, _keyring(settings), id_token_ttl_seconds=settings.id_token_ttl_seconds,
-                                 signs_in_seconds=signs_in)
-        when = "now" if row.signs_from is None else f"from {row.signs_from:%Y-%m-%d %H:%M:%S}Z ({signs_in} s)"
-        print(f"new signing key {row.kid}: published now, signs {when}; "
-              "previous keys stay published until their tokens expire")
+        rows = rotate_signing_keys(db, _keyring(settings), id_token_ttl_seconds=settings.id_token_ttl_seconds,
+                                   signs_in_seconds=signs_in, algs=algs)
+        for row in rows:
+            when = "now" if row.signs_from is None else f"from {row.signs_from:%Y-%m-%d %H:%M:%S}Z ({signs_in} s)"
+            print(f"new {row.alg} signing key {row.kid}: published now, signs {when}; "
+                  f"previous {row.alg} keys stay published until their tokens expire")
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:

@@ -14,6 +14,12 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+DEFAULT_PORT = 8000  # `idp serve --port`
+
+
+def local_issuer(port: int) -> str:
+    """The issuer when IDP_ISSUER is unset: where `idp serve --port PORT` answers."""
+    return f"http://localhost:{port}"
 
 
 class SettingsError(ValueError):
@@ -26,8 +32,10 @@ def _meta(default: int, doc: str, *, lo: int, hi: int) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    issuer: str = "http://localhost:8000"
+    issuer: str = local_issuer(DEFAULT_PORT)
     # ^ IDP_ISSUER: the public base URL; `iss` of every token. https unless localhost.
+    #   Unset: http://localhost:<port>, the port `idp serve` listens on (8000 by default).
+    #   Set: used as given (a proxy may sit in front of idp).
     database_url: str = "sqlite:///var/idp.db"
     # ^ IDP_DATABASE_URL: SQLAlchemy URL (sqlite:///path or postgresql+psycopg://…).
     redis_url: str = ""
@@ -101,8 +109,11 @@ class Settings:
 
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Reads IDP_CONFIG's TOML (if any), then IDP_* variables, then keyword overrides."""
+def load_settings(environ: Mapping[str, str] | None = None, *, serve_port: int | None = None,
+                  **overrides: Any) -> Settings:
+    """Reads IDP_CONFIG's TOML (if any), then IDP_* variables, then keyword overrides.
+    `serve_port` is the port `idp serve` listens on: the issuer's port when none of them
+    names an issuer (without it, DEFAULT_PORT)."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     raw.update(_read_config_file(env.get("IDP_CONFIG", "")))
@@ -111,10 +122,33 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if value is not None:
             raw[f.name] = value
     raw.update(overrides)
+    if serve_port is not None and "issuer" not in raw:
+        raw["issuer"] = _issuer_for_port(serve_port)
     if "secret_key" in raw and isinstance(raw["secret_key"], str) and raw["secret_key"] and not raw["secret_key"].strip():
         raise SettingsError("IDP_SECRET_KEY: is blank")
     settings = Settings(**{f.name: _coerce(f.name, raw[f.name], f.type) for f in fields(Settings) if f.name in raw})
     return _validated(settings)
+
+
+def _issuer_for_port(port: int) -> str:
+    if port == 0:
+        raise SettingsError("IDP_ISSUER: must be set to serve on --port 0 (the system picks the port, so the "
+                            "issuer cannot be derived from it)")
+    return local_issuer(port)
+
+
+def find_issuer_port_mismatch(issuer: str, served_port: int) -> str | None:
+    """A warning when a plain-http localhost issuer names another port than the one served:
+    relying parties and browsers go to the issuer's port, which only works if something
+    there forwards to idp. No warning for an https issuer (idp serves plain http, so a TLS
+    proxy is in front) nor for port 0 (the system picks the port: unknown here)."""
+    parts = urlsplit(issuer)
+    issuer_port = parts.port or 80
+    if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS or served_port in (0, issuer_port):
+        return None
+    return (f"IDP_ISSUER is {issuer} but idp serves on port {served_port}: relying parties and browsers will "
+            f"use port {issuer_port}, which works only if a proxy there forwards to idp "
+            f"(unset IDP_ISSUER to use {local_issuer(served_port)})")
 
 
 def _read_config_file(path: str) -> dict[str, Any]:

@@ -3,19 +3,24 @@ real SQLite file. Errors are one line on stderr and a non-zero exit; nothing is 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
 from idp.oidc.signing_keys import PUBLISH_LEAD_SECONDS
+from tests.support.processes import IdpProcess, free_port, shared_redis
 
 GOOD_PASSWORD = "violet-harbor-tram-42"
 SHOP_SECRET = "Zq8rT1vX4bN7mK2pL9sD3fG6hJ0wE5yU8iO1aC4e"  # 40 characters
@@ -156,7 +161,7 @@ NEEDS_MIGRATED_DATABASE = [
     pytest.param(["clients", "sync", "clients.toml"], None, id="clients sync"),
     pytest.param(["keys", "rotate"], None, id="keys rotate"),
     pytest.param(["keys", "list"], None, id="keys list"),
-    pytest.param(["serve", "--port", "0"], None, id="serve"),
+    pytest.param(["serve", "--port", "8299"], None, id="serve"),
 ]
 
 
@@ -312,6 +317,178 @@ def test_mfa_commands_on_an_unknown_user_fail_cleanly(idp: Idp, command: str) ->
     assert_fails_in_one_line(idp("user", command, "mallory"), "mallory")
 
 
+# email_verified: user add --email-verified, user set
+
+
+def user_rows(idp: Idp) -> list[tuple[object, ...]]:
+    """Everything `user set` may change, and the audit trail, to show nothing changed."""
+    return idp.query("SELECT username, email, email_verified, name FROM users ORDER BY username") + \
+        idp.query("SELECT count(*) FROM audit_events")
+
+
+def email_and_verified(idp: Idp, username: str) -> tuple[object, bool]:
+    [(email, verified)] = idp.query(f"SELECT email, email_verified FROM users WHERE username = '{username}'")
+    return email, bool(verified)
+
+
+def last_audit_event(idp: Idp) -> tuple[str, dict[str, object]]:
+    [(kind, detail)] = idp.query("SELECT kind, detail FROM audit_events ORDER BY id DESC LIMIT 1")
+    return str(kind), json.loads(str(detail))
+
+
+def test_user_add_with_email_verified_marks_the_address_verified(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--email-verified")
+    idp.ok("user", "add", "bob", "--email", "bob@example.com")
+
+    assert email_and_verified(idp, "alice") == ("alice@example.com", True)
+    assert email_and_verified(idp, "bob") == ("bob@example.com", False)
+    assert idp.query("SELECT kind, detail FROM audit_events ORDER BY id") == [
+        ("user.added", '{"email_verified": true}'), ("user.added", '{"email_verified": false}')]
+
+
+BAD_VERIFIED_NEW_USERS = [
+    pytest.param(["carol", "--email-verified"], ["--email-verified", "--email"],
+                 id="refuses --email-verified without --email"),
+    pytest.param(["carol", "--email", "ALICE@example.com", "--email-verified"],
+                 ["ALICE@example.com", "already verified for another user"],
+                 id="refuses an address another user verified, in other capitals"),
+    pytest.param(["carol", "--email", "carol@example.com", "--name", "x" * 201], ["--name", "200"],
+                 id="refuses a 201-character name"),
+    pytest.param(["carol", "--email", "carol@example.com", "--name", "Carol\x1b[2J"], ["--name", "control"],
+                 id="refuses a name with a control character"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), BAD_VERIFIED_NEW_USERS)
+def test_user_add_refuses_a_bad_verification_and_adds_nobody(idp: Idp, args: list[str], fragments: list[str]) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--email-verified")
+    before = user_rows(idp)
+
+    result = idp("user", "add", *args, "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+
+    line = assert_fails_in_one_line(result, *fragments)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "alice" not in line.lower().replace("alice@example.com", "")  # the other user is not named
+    assert user_rows(idp) == before
+
+
+def test_user_add_may_reuse_an_address_another_user_has_unverified(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com")
+    idp.ok("user", "add", "bob", "--email", "Alice@Example.com", "--email-verified")
+    assert email_and_verified(idp, "bob") == ("Alice@Example.com", True)
+
+
+def test_user_set_email_verified_yes_and_no(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com")
+
+    assert "email_verified" in idp.ok("user", "set", "alice", "--email-verified", "yes")
+    assert email_and_verified(idp, "alice") == ("alice@example.com", True)
+    assert last_audit_event(idp) == ("user.updated", {"by": "cli", "changed": ["email_verified"], "email_verified": True})
+
+    idp.ok("user", "set", "alice", "--email-verified", "no")
+    assert email_and_verified(idp, "alice") == ("alice@example.com", False)
+    assert last_audit_event(idp)[1]["email_verified"] is False
+
+
+def test_user_set_a_new_address_clears_the_verification(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--email-verified")
+
+    idp.ok("user", "set", "alice", "--email", "alice@new.example")
+
+    assert email_and_verified(idp, "alice") == ("alice@new.example", False)
+    assert last_audit_event(idp) == ("user.updated", {"by": "cli", "changed": ["email", "email_verified"],
+                                                      "email_verified": False})
+
+
+def test_user_set_a_new_address_and_its_verification_in_one_command(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com")
+
+    idp.ok("user", "set", "alice", "--email", "alice@new.example", "--email-verified", "yes")
+
+    assert email_and_verified(idp, "alice") == ("alice@new.example", True)
+    assert last_audit_event(idp)[1]["changed"] == ["email", "email_verified"]
+
+
+def test_user_set_the_same_address_again_keeps_it_verified_and_changes_nothing(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--email-verified")
+    events = idp.query("SELECT count(*) FROM audit_events")
+
+    assert "unchanged" in idp.ok("user", "set", "alice", "--email", "alice@example.com")
+
+    assert email_and_verified(idp, "alice") == ("alice@example.com", True)
+    assert idp.query("SELECT count(*) FROM audit_events") == events  # nothing changed: nothing audited
+
+
+def test_user_set_name_leaves_the_address_and_its_verification_alone(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--email-verified", "--name", "Alice")
+
+    idp.ok("user", "set", "ALICE", "--name", "Alice Liddell")
+
+    assert idp.query("SELECT email, email_verified, name FROM users") == [("alice@example.com", 1, "Alice Liddell")]
+    assert last_audit_event(idp)[1]["changed"] == ["name"]
+
+
+def test_user_set_an_empty_address_or_name_removes_it(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--email-verified", "--name", "Alice")
+
+    idp.ok("user", "set", "alice", "--email", "", "--name", "")
+
+    assert idp.query("SELECT email, email_verified, name FROM users") == [(None, 0, None)]
+
+
+BAD_USER_SETS = [
+    pytest.param(["alice"], ["nothing to change"], id="refuses no option at all"),
+    pytest.param(["alice", "--email-verified", "maybe"], ["--email-verified", "yes", "no"],
+                 id="refuses --email-verified other than yes or no"),
+    pytest.param(["alice", "--email-verified"], ["--email-verified"], id="refuses --email-verified without a value"),
+    pytest.param(["alice", "--email", "not-an-email"], ["--email", "not an email address"],
+                 id="refuses an email without @"),
+    pytest.param(["alice", "--email", "alice @example.com", "--email-verified", "yes"], ["--email"],
+                 id="refuses an email with a space, even with its verification"),
+    pytest.param(["alice", "--name", "x" * 201], ["--name", "200"], id="refuses a 201-character name"),
+    pytest.param(["alice", "--name", "Alice\nLiddell"], ["--name", "control"], id="refuses a name with a newline"),
+    pytest.param(["nobody", "--email-verified", "yes"], ["nobody"], id="refuses an unknown user"),
+    pytest.param(["carol", "--email-verified", "yes"], ["--email-verified", "no address", "--email"],
+                 id="refuses to verify a user without an address"),
+    pytest.param(["alice", "--email", "", "--email-verified", "yes"], ["--email-verified", "no address"],
+                 id="refuses to verify an address removed in the same command"),
+    pytest.param(["bob", "--email-verified", "yes"], ["BOB@example.com", "already verified for another user"],
+                 id="refuses to verify an address another user verified"),
+    pytest.param(["alice", "--email", "Bob@Example.com", "--email-verified", "yes"],
+                 ["Bob@Example.com", "already verified for another user"],
+                 id="refuses a new address another user verified, in other capitals"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), BAD_USER_SETS)
+def test_user_set_refuses_bad_input_and_changes_nothing(idp: Idp, args: list[str], fragments: list[str]) -> None:
+    idp.ok("user", "add", "alice", "--email", "alice@example.com", "--name", "Alice")
+    idp.ok("user", "add", "bob.smith", "--email", "bob@example.com", "--email-verified")
+    idp.ok("user", "add", "bob", "--email", "BOB@example.com")  # the same address, unverified
+    idp.ok("user", "add", "carol")
+    before = user_rows(idp)
+
+    result = idp("user", "set", *args)
+
+    line = assert_fails_in_one_line(result, *fragments)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "bob.smith" not in line  # whose address it is stays unsaid
+    assert user_rows(idp) == before
+
+
+def test_a_verified_address_is_free_again_once_its_user_no_longer_has_it_verified(idp: Idp) -> None:
+    idp.ok("user", "add", "alice", "--email", "shared@example.com", "--email-verified")
+    idp.ok("user", "add", "bob", "--email", "Shared@Example.com")
+    assert_fails_in_one_line(idp("user", "set", "bob", "--email-verified", "yes"), "already verified")
+
+    idp.ok("user", "set", "alice", "--email-verified", "no")
+    idp.ok("user", "set", "bob", "--email-verified", "yes")
+
+    assert email_and_verified(idp, "alice") == ("shared@example.com", False)
+    assert email_and_verified(idp, "bob") == ("Shared@Example.com", True)
+    assert_fails_in_one_line(idp("user", "set", "alice", "--email-verified", "yes"), "already verified")
+
+
 # clients sync
 
 
@@ -397,44 +574,69 @@ def parse_keys(output: str) -> list[list[str]]:
     return [line.split("\t") for line in output.splitlines()]
 
 
+KEY_ALGS = ("RS256", "ES256", "Ed25519")  # `idp keys rotate` rotates one key of each
+
+
+def rotated(output: str) -> dict[str, str]:
+    """`idp keys rotate` output as {alg: new kid}."""
+    return dict(re.findall(r"^new (\S+) signing key (\S+): published now, signs ", output, re.MULTILINE))
+
+
 def test_keys_rotate_retires_the_old_key_and_keeps_it_published(idp: Idp) -> None:
-    first = idp.ok("keys", "rotate")  # no key yet: this one signs at once
-    second = idp.ok("keys", "rotate", "--signs-in", "0", IDP_ID_TOKEN_TTL_SECONDS="600")
+    first = rotated(idp.ok("keys", "rotate"))  # no key yet: these sign at once
+    second = rotated(idp.ok("keys", "rotate", "--signs-in", "0", IDP_ID_TOKEN_TTL_SECONDS="600"))
     rotated_at = datetime.now(timezone.utc)
+    assert first.keys() == second.keys() == set(KEY_ALGS)
 
     keys = parse_keys(idp.ok("keys", "list"))
-    assert len(keys) == 2
-    states = [key[3] for key in keys]
-    assert states.count("active") == 1
-    [active] = [key for key in keys if key[3] == "active"]
-    [retired] = [key for key in keys if key[3] != "active"]
-    assert active[0] in second and retired[0] in first
-    assert {key[1] for key in keys} == {"RS256"}
+    assert sorted(key[1] for key in keys) == sorted(KEY_ALGS * 2)
+    for alg in KEY_ALGS:
+        [active] = [key for key in keys if key[1] == alg and key[3] == "active"]
+        [retired] = [key for key in keys if key[1] == alg and key[3] != "active"]
+        assert active[0] == second[alg] and retired[0] == first[alg]
 
-    found = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", retired[3])
-    assert found, retired[3]
-    until = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-    # the ID token lifetime in force at rotation (600 s) plus a small clock-skew margin
-    assert rotated_at + timedelta(seconds=600) - timedelta(seconds=5) <= until
-    assert until <= rotated_at + timedelta(seconds=600 + 900)
+        found = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", retired[3])
+        assert found, retired[3]
+        until = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        # the ID token lifetime in force at rotation (600 s) plus a small clock-skew margin
+        assert rotated_at + timedelta(seconds=600) - timedelta(seconds=5) <= until
+        assert until <= rotated_at + timedelta(seconds=600 + 900)
 
 
 def test_keys_rotate_publishes_the_new_key_before_it_signs(idp: Idp) -> None:
     first = idp.ok("keys", "rotate")
-    assert "signs now" in first
+    assert first.count("signs now") == len(KEY_ALGS)
     second = idp.ok("keys", "rotate")  # the default lead: PUBLISH_LEAD_SECONDS
     rotated_at = datetime.now(timezone.utc)
     found = re.search(r"signs from (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z \((\d+) s\)", second)
     assert found, second
     assert int(found[2]) == PUBLISH_LEAD_SECONDS
-
-    keys = {key[0]: key[3] for key in parse_keys(idp.ok("keys", "list"))}
-    [old_kid] = [kid for kid in keys if kid in first]
-    [new_kid] = [kid for kid in keys if kid in second]
     switch = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
     assert rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS - 5) <= switch <= rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS)
-    assert keys[new_kid] == f"next, published, signs from {found[1]}Z"
-    assert keys[old_kid] == f"active until {found[1]}Z"
+
+    keys = {key[0]: key[3] for key in parse_keys(idp.ok("keys", "list"))}
+    for alg in KEY_ALGS:  # every algorithm's new key waits for the same moment
+        assert keys[rotated(second)[alg]] == f"next, published, signs from {found[1]}Z"
+        assert keys[rotated(first)[alg]] == f"active until {found[1]}Z"
+
+
+@pytest.mark.parametrize(("option", "family"), [("ES256", "ES256"), ("Ed25519", "Ed25519"),
+                                                ("EdDSA", "Ed25519")], ids=["ES256", "Ed25519", "EdDSA names Ed25519"])
+def test_keys_rotate_alg_rotates_that_algorithms_key_only(idp: Idp, option: str, family: str) -> None:
+    first = rotated(idp.ok("keys", "rotate"))
+    only = rotated(idp.ok("keys", "rotate", "--alg", option, "--signs-in", "0"))
+    assert list(only) == [family]
+    states = {key[0]: key[3] for key in parse_keys(idp.ok("keys", "list"))}
+    assert states[only[family]] == "active" and states[first[family]].startswith("retired, published until ")
+    assert all(states[first[alg]] == "active" for alg in KEY_ALGS if alg != family)
+
+
+@pytest.mark.parametrize("value", ["HS256", "none", "PS256", "ed25519"])
+def test_keys_rotate_refuses_an_unknown_alg_and_changes_nothing(idp: Idp, value: str) -> None:
+    idp.ok("keys", "rotate")
+    before = idp.ok("keys", "list")
+    assert_fails_in_one_line(idp("keys", "rotate", "--alg", "RS256", "--alg", value), "--alg", value)
+    assert idp.ok("keys", "list") == before
 
 
 @pytest.mark.parametrize("value", ["-1", "86401", "soon"])
@@ -450,9 +652,11 @@ def test_a_third_rotation_keeps_every_unexpired_key_published(idp: Idp) -> None:
     for _ in range(3):
         idp.ok("keys", "rotate", "--signs-in", "0")
 
-    states = [key[3] for key in parse_keys(idp.ok("keys", "list"))]
-    assert states[0] == "active"  # newest first
-    assert len(states) == 3 and all(state.startswith("retired, published until ") for state in states[1:])
+    keys = parse_keys(idp.ok("keys", "list"))
+    for alg in KEY_ALGS:
+        states = [key[3] for key in keys if key[1] == alg]
+        assert states[0] == "active"  # newest first
+        assert len(states) == 3 and all(state.startswith("retired, published until ") for state in states[1:])
 
 
 def test_signing_keys_are_not_stored_in_plain_text(idp: Idp) -> None:
@@ -462,19 +666,88 @@ def test_signing_keys_are_not_stored_in_plain_text(idp: Idp) -> None:
     stored = idp.database_bytes()
     assert b"PRIVATE KEY" not in stored
     assert b"BEGIN" not in stored
-    [(blob,)] = idp.query("SELECT private_key_encrypted FROM signing_keys LIMIT 1")
-    assert b"MII" not in blob  # the start of any base64 DER key
+    blobs = idp.query("SELECT alg, private_key_encrypted FROM signing_keys")
+    assert {alg for alg, _ in blobs} == set(KEY_ALGS)
+    for _, blob in blobs:  # the start of a base64 DER key: RSA, EC P-256, Ed25519 (PKCS #8)
+        assert b"MII" not in blob and b"MIG" not in blob and b"MC4" not in blob
 
 
 def test_keys_list_on_a_migrated_database_without_keys_prints_nothing(idp: Idp) -> None:
     assert idp.ok("keys", "list") == ""
 
 
+# serve: the issuer follows the port
+
+
+@contextmanager
+def serving(idp: Idp, port: int, *, workers: int = 1, **extra_env: str) -> Iterator[IdpProcess]:
+    """`idp serve --port PORT` with this scratch directory's settings, ready when discovery answers."""
+    server = IdpProcess(env=idp.env(**extra_env), port=port, log_path=idp.home / "serve.log", workers=workers)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def advertised_issuer(port: int) -> str:
+    response = httpx.get(f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=5)
+    assert response.status_code == 200
+    return str(response.json()["issuer"])
+
+
+def test_serve_without_idp_issuer_advertises_localhost_on_the_port_it_serves(idp: Idp) -> None:
+    port = free_port()
+    with serving(idp, port) as server:
+        assert advertised_issuer(port) == f"http://localhost:{port}"
+        log = server.log()
+    assert f"idp: issuer http://localhost:{port}" in log.splitlines()
+    assert "warning" not in log
+
+
+def test_serve_with_a_localhost_issuer_on_another_port_uses_it_and_warns(idp: Idp) -> None:
+    port, proxy_port = free_port(), free_port()
+    with serving(idp, port, IDP_ISSUER=f"http://localhost:{proxy_port}") as server:
+        assert advertised_issuer(port) == f"http://localhost:{proxy_port}"
+        log = server.log().splitlines()
+    assert f"idp: issuer http://localhost:{proxy_port}" in log
+    [warning] = [line for line in log if "warning" in line]
+    assert warning.startswith(f"idp: warning: IDP_ISSUER is http://localhost:{proxy_port} but idp serves on port {port}")
+
+
+@pytest.mark.multiprocess
+def test_every_worker_advertises_the_issuer_worked_out_from_the_port(idp: Idp) -> None:
+    port = free_port()
+    with serving(idp, port, workers=2, IDP_REDIS_URL=shared_redis()):
+        # a new connection each time: the kernel spreads them over both workers
+        assert {advertised_issuer(port) for _ in range(20)} == {f"http://localhost:{port}"}
+
+
+def test_serve_on_port_0_needs_idp_issuer(idp: Idp) -> None:
+    assert_fails_in_one_line(idp("serve", "--port", "0"), "IDP_ISSUER", "--port 0")
+
+
+@pytest.mark.parametrize("value", ["-1", "65536", "http"])
+def test_serve_refuses_a_port_that_is_not_one(idp: Idp, value: str) -> None:
+    assert_fails_in_one_line(idp("serve", "--port", value), "--port")
+
+
+def test_make_run_serves_on_the_port_it_is_given() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parent.parent
+    for args, port in (([], "8000"), (["PORT=8299"], "8299")):
+        done = subprocess.run(["make", "-n", "run", *args], cwd=root, capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "PORT": "1234"})  # an unrelated PORT in the environment
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1].split() == [".venv/bin/idp", "serve", "--port", port]
+
+
 # every error: one line on stderr, non-zero exit
 
 
 def test_serve_with_several_workers_needs_redis(idp: Idp) -> None:
-    assert_fails_in_one_line(idp("serve", "--workers", "2", "--port", "0"), "IDP_REDIS_URL")
+    assert_fails_in_one_line(idp("serve", "--workers", "2", "--port", "8299"), "IDP_REDIS_URL")
 
 
 def test_serve_with_zero_workers_is_refused(idp: Idp) -> None:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from idp.settings import Settings, SettingsError, load_settings
+from idp.settings import (
+    Settings,
+    SettingsError,
+    find_issuer_port_mismatch,
+    load_settings,
+)
 
 SECRET = "k3Jq9vX2mN7pL4sD8fG1hJ6wE0yU5iO3"  # 32 characters
 PUBLIC = {"IDP_ISSUER": "https://id.example.com", "IDP_SECRET_KEY": SECRET}
@@ -202,3 +207,58 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings.issuer = "https://evil.example"  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+# the issuer and the port `idp serve` listens on
+
+
+def test_without_idp_issuer_the_issuer_is_localhost_on_the_served_port() -> None:
+    assert load_settings(environ={}, serve_port=8299).issuer == "http://localhost:8299"
+    assert load_settings(environ={}, serve_port=8000).issuer == "http://localhost:8000"
+    assert load_settings(environ={}).issuer == "http://localhost:8000"  # callers that serve nothing
+
+
+@pytest.mark.parametrize(("environ", "overrides"), [
+    pytest.param({"IDP_ISSUER": "http://localhost:8000"}, {}, id="IDP_ISSUER"),
+    pytest.param({}, {"issuer": "http://localhost:8000"}, id="an issuer override"),
+])
+def test_an_issuer_that_is_set_is_used_as_given_whatever_the_port(environ: dict[str, str], overrides: dict[str, str]) -> None:
+    assert load_settings(environ=environ, serve_port=8299, **overrides).issuer == "http://localhost:8000"
+
+
+def test_an_issuer_in_the_config_file_is_used_as_given_whatever_the_port(tmp_path: Path) -> None:
+    settings = load_settings(environ={"IDP_CONFIG": write_config(tmp_path, CONFIG_FILE)}, serve_port=8299)
+    assert settings.issuer == "https://id.example.com"
+
+
+def test_serving_on_port_0_without_idp_issuer_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"^IDP_ISSUER: must be set to serve on --port 0"):
+        load_settings(environ={}, serve_port=0)
+    assert load_settings(environ={"IDP_ISSUER": "http://localhost:8000"}, serve_port=0).issuer == "http://localhost:8000"
+
+
+def test_an_empty_idp_issuer_is_refused_not_taken_for_unset() -> None:
+    with pytest.raises(SettingsError, match=r"^IDP_ISSUER:"):
+        load_settings(environ={"IDP_ISSUER": ""}, serve_port=8299)
+
+
+PORT_MISMATCHES = [
+    pytest.param("http://localhost:8000", 8299, True, id="warns for localhost on another port"),
+    pytest.param("http://127.0.0.1:8000", 8299, True, id="warns for 127.0.0.1 on another port"),
+    pytest.param("http://localhost", 8000, True, id="warns for localhost without a port (80)"),
+    pytest.param("http://localhost:8299", 8299, False, id="silent for localhost on the served port"),
+    pytest.param("http://localhost:80", 80, False, id="silent for port 80 served on port 80"),
+    pytest.param("https://localhost:8443", 8000, False, id="silent for https: a TLS proxy must be in front"),
+    pytest.param("https://id.example.com", 8000, False, id="silent for a public issuer"),
+    pytest.param("http://localhost:8000", 0, False, id="silent when the system picks the port"),
+]
+
+
+@pytest.mark.parametrize(("issuer", "served_port", "warns"), PORT_MISMATCHES)
+def test_a_localhost_issuer_on_another_port_than_the_served_one_gets_a_warning(
+    issuer: str, served_port: int, warns: bool
+) -> None:
+    warning = find_issuer_port_mismatch(issuer, served_port)
+    assert (warning is not None) == warns
+    if warning:
+        assert issuer in warning and str(served_port) in warning and "\n" not in warning

@@ -20,6 +20,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -56,6 +58,9 @@ class User(Base):
     subject: Mapped[str] = mapped_column(String(64), unique=True)  # `sub`: opaque, never the username
     username: Mapped[str] = mapped_column(String(128), unique=True)  # stored case-folded
     email: Mapped[str | None] = mapped_column(String(320))
+    # `email_verified` claim: set by an admin (idp user add/set); cleared when the address
+    # changes. A verified address belongs to one user (uq_users_verified_email below).
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     name: Mapped[str | None] = mapped_column(String(200))
     password_hash: Mapped[str | None] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -68,6 +73,15 @@ class User(Base):
     webauthn_handle: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# Relying parties link accounts by a verified address, so two users must never both have
+# the same one verified (case-insensitively). A partial unique index on an expression:
+# SQLite and PostgreSQL both have them. SQLite cannot reflect expression indexes, so a batch
+# migration that rebuilds `users` on SQLite must create this index again
+# (tests/test_migrations.py checks it is there at head).
+Index("uq_users_verified_email", func.lower(User.email), unique=True,
+      sqlite_where=User.email_verified, postgresql_where=User.email_verified)
 
 
 class Client(Base):

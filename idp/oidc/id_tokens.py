@@ -28,7 +28,7 @@ def build_user_info(user: Any, scope: str) -> UserInfo:
         info["updated_at"] = epoch(user.updated_at)
     if "email" in scopes and user.email:
         info["email"] = user.email
-        info["email_verified"] = False  # idp does not verify addresses (yet): say so
+        info["email_verified"] = bool(user.email_verified)  # set by an admin (idp user add/set)
     return info
 
 

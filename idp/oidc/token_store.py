@@ -30,6 +30,7 @@ class TokenOwner:
     username: str
     name: str | None
     email: str | None
+    email_verified: bool
     updated_at: datetime
     disabled: bool
 
@@ -39,6 +40,7 @@ class TokenOwner:
 _REFRESH_WITH_OWNER = (
     select(RefreshToken.__table__, User.subject.label("owner_subject"), User.username.label("owner_username"),
            User.name.label("owner_name"), User.email.label("owner_email"),
+           User.email_verified.label("owner_email_verified"),
            User.updated_at.label("owner_updated_at"), User.disabled.label("owner_disabled"))
     .join(User, User.id == RefreshToken.user_id)
 )
@@ -66,7 +68,7 @@ def reload_refresh_grant(db: Session, token_id: int) -> Row | None:  # type: ign
 
 def owner_of(row: Row) -> TokenOwner:  # type: ignore[type-arg]
     return TokenOwner(row.user_id, row.owner_subject, row.owner_username, row.owner_name, row.owner_email,
-                      row.owner_updated_at, row.owner_disabled)
+                      row.owner_email_verified, row.owner_updated_at, row.owner_disabled)
 
 
 _CODE_BY_DIGEST = select(AuthorizationCode).where(AuthorizationCode.code_digest == bindparam("digest"))

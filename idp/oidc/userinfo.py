@@ -31,7 +31,7 @@ class UserInfoError:
 _TOKEN_AND_USER = (
     select(AccessToken.expires_at, AccessToken.revoked_at, AccessToken.scope, AccessToken.client_id, User.subject,
            User.username,
-           User.name, User.email, User.updated_at, User.disabled)
+           User.name, User.email, User.email_verified, User.updated_at, User.disabled)
     .join(User, User.id == AccessToken.user_id)
     .where(AccessToken.token_digest == bindparam("digest"))
 )
