@@ -737,10 +737,13 @@ def test_make_run_serves_on_the_port_it_is_given() -> None:
         pytest.skip("make is not installed")
     root = Path(__file__).resolve().parent.parent
     for args, port in (([], "8000"), (["PORT=8299"], "8299")):
-        done = subprocess.run(["make", "-n", "run", *args], cwd=root, capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "PORT": "1234"})  # an unrelated PORT in the environment
+        # run under `make test` too: the outer make's variables would make this one a sub-make
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        done = subprocess.run(["make", "--no-print-directory", "-n", "run", *args], cwd=root, capture_output=True,
+                              text=True, timeout=30, env={**env, "PORT": "1234"})  # an unrelated PORT in the environment
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines()[-1].split() == [".venv/bin/idp", "serve", "--port", port]
+        serve = [line.split() for line in done.stdout.splitlines() if line.startswith(".venv/bin/idp serve")]
+        assert serve == [[".venv/bin/idp", "serve", "--port", port]], done.stdout
 
 
 # every error: one line on stderr, non-zero exit
