@@ -9,10 +9,9 @@ from starlette.responses import Response
 from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
-from idp.login.sessions import find_session
 from idp.login.steps import password as password_step
 from idp.security.audit import record_audit
-from idp.web import cookies, login_binding
+from idp.web import login_binding
 from idp.web.authorize import load_step_transaction, redirect_origin
 from idp.web.blocking import run_blocking
 from idp.web.chain import LOCKED, advance
@@ -81,10 +80,8 @@ async def submit_login(request: Request) -> Response:
         await record_failed_check(request, ip)
         return login_page(request, tx, username=username[:128], error=failure_message(services, LOCKED), status=401)
     # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
-    # (a re-authentication for /account renews this browser's own session rather than adding one)
-    own_sid = None if tx else await run_blocking(request, own_session_sid, services,
-                                                 cookies.read(request, cookies.SESSION), result.user_id)
-    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account", step_up_sid=own_sid,
+    # (a re-authentication renews this browser's session at the chain's end: chain._finish)
+    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account",
                                               browser=login_binding.for_new_transaction(request))
     outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
     if isinstance(outcome, FailureRecord):  # locked: refused exactly like a bad password
@@ -143,12 +140,6 @@ def _password_passed(services: Services, user_id: int, new_hash: str | None, ip:
             if user is not None:
                 user.password_hash = new_hash
         return True
-
-
-def own_session_sid(services: Services, cookie: str | None, user_id: int) -> str | None:
-    with services.sessions.begin() as db:
-        found = find_session(db, services.keyring, services.session_policy, cookie)
-        return found[0].sid if found is not None and found[1].id == user_id else None
 
 
 def _record_refusal(services: Services, user_id: int, ip: str | None, agent: str | None) -> None:

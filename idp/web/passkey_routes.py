@@ -7,7 +7,6 @@ for navigator.credentials, then {"redirect": …} or {"error": …} with a 4xx s
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -34,7 +33,7 @@ from idp.web.account_sessions import (
 from idp.web.blocking import run_blocking
 from idp.web.chain import advance
 from idp.web.forms import read_form
-from idp.web.login import own_session_sid, failure_message
+from idp.web.login import failure_message
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import copy_cookies, error_page
 from idp.web.params import BadParameters, read_body
@@ -139,12 +138,6 @@ async def sign_in_verify(request: Request) -> Response:
         return _json_error(401, failure_message(services, result, SIGN_IN_FAILED))
     if isinstance(result, str):
         return _json_error(401, SIGN_IN_FAILED)
-    if tx.return_to is not None and tx.step_up_sid is None:
-        # signing in to idp itself while signed in as the same user: a re-authentication renews
-        # this browser's session (new cookie value) rather than adding a second one
-        own_sid = await run_blocking(request, own_session_sid, services, cookies.read(request, cookies.SESSION),
-                                     result.user_id)
-        tx = replace(tx, step_up_sid=own_sid)
     chained = tx.with_step(result.methods[0], user_id=result.user_id)
     chained = chained.with_step(result.methods[1])
     outcome = await advance(request, chained)
