@@ -314,7 +314,7 @@ def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:
     import time
 
     from idp.login.steps.password import normalize_username
-    from idp.security.audit import recent_events
+    from idp.audit.trail import recent_events
 
     if not 1 <= args.lines <= 10000:
         raise CommandError("--lines must be between 1 and 10000")

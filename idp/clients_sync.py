@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.clients_file import ClientConfig, ClientsFileError, parse_clients_file
 from idp.db.models import Client
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.security.keyring import Keyring
 
 

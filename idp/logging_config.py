@@ -1,7 +1,7 @@
 """Logging for `idp serve`: uvicorn's own loggers as uvicorn sets them, idp's warnings and
 errors on stderr, and the audit trail (`idp.audit`) and the request log (`idp.access`) as
 bare JSON lines, one per event or request, for a log shipper to pick up
-(idp/security/audit.py and idp/observability/access_log.py write them)."""
+(idp/audit/trail.py and idp/observability/access_log.py write them)."""
 from __future__ import annotations
 
 import copy

@@ -14,7 +14,7 @@ from idp.clock import utcnow
 from idp.db.models import User
 from idp.login.steps.password import normalize_username
 from idp.oidc.logout import EndedSession, end_all_sessions, revoke_all_refresh_tokens
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.security.keyring import new_secret
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,127}$")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
 from idp.db.models import IdpSession, RefreshToken, User
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.security.keyring import Keyring, new_secret
 
 _TOUCH_EVERY = timedelta(seconds=60)  # last_seen is coarse: no write on every request

@@ -58,7 +58,7 @@ _OUTCOMES = frozenset({"success", "failure", "refused"})
 
 def count_audit_event(kind: str, outcome: str | None, detail: dict[str, object]) -> None:
     """The audit trail is the one place every security event passes, so the security
-    counters are derived from it (idp/security/audit.py calls this for each event). Counted
+    counters are derived from it (idp/audit/trail.py calls this for each event). Counted
     when recorded: an event whose transaction then fails (a 500) is still counted, which a
     counter of attempts can live with."""
     audit_events.labels(kind, outcome or "none").inc()

@@ -28,7 +28,7 @@ from idp.login.policy import (
 from idp.oidc.grants import ApprovedLogin
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import IdpAuthorizationServer
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 
 _RESPONSE_TYPE = re.compile(r"[A-Za-z0-9_ ]{1,100}")
 # Built once (SQLAlchemy reuses their compiled form): these run on every authorization.

@@ -32,7 +32,7 @@ from idp.oidc.token_store import (
     revoke_family,
     within_grace,
 )
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.security.keyring import new_secret
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_assertion_jwt", "none"]

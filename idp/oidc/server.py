@@ -43,7 +43,7 @@ from idp.oidc.token_store import (
     new_token_value,
     revoke_family,
 )
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.state.store import StoreUnavailable
 
 # Table-level inserts built once: the ORM's insert path (and building a statement per

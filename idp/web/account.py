@@ -9,7 +9,7 @@ the current one (a wrong one counts toward the lockout) and passes the password 
 it ends the other sessions and revokes every refresh token.
 
 Sensitive actions (TOTP off, new backup codes, new password; passkey removal in
-passkey_routes) first need a recent sign-in (account_sessions.needs_reauth), before any
+account_passkeys) first need a recent sign-in (account_sessions.needs_reauth), before any
 Argon2 or code check; otherwise the login chain runs again. Rate limits run before any
 Argon2; Argon2 runs outside every transaction."""
 from __future__ import annotations
@@ -29,7 +29,7 @@ from idp.login.sessions import find_session
 from idp.mfa import backup_codes, totp
 from idp.mfa.factors import CodeCheck
 from idp.oidc.logout import EndedSession
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.security.password_policy import (
     MIN_LENGTH_SINGLE_FACTOR,
     MIN_LENGTH_WITH_SECOND_FACTOR,

@@ -26,7 +26,7 @@ from idp.oidc.logout import (
     end_session,
     revoke_all_refresh_tokens,
 )
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.settings import Settings
 from idp.web import backchannel
 from idp.web.services import Services

@@ -18,7 +18,7 @@ from idp.oidc.clients import ClientRegistry
 from idp.oidc.id_tokens import id_token_alg
 from idp.oidc.logout import EndedSession, logout_token
 from idp.oidc.signing_keys import KeyCache
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.web.services import Services
 
 log = logging.getLogger("idp.logout")

@@ -20,7 +20,7 @@ from idp.login.lockout import FailureRecord
 from idp.login.sessions import find_session, is_live, start_session, upgrade_session
 from idp.oidc.authorize import RedirectToClient
 from idp.oidc.logout import EndedSession, describe_ended, end_session
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.web import backchannel, cookies
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of

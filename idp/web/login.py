@@ -10,7 +10,7 @@ from idp.db.models import User
 from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
 from idp.login.steps import password as password_step
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.web import login_binding
 from idp.web.authorize import load_step_transaction, redirect_origin
 from idp.web.blocking import run_blocking

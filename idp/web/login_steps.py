@@ -12,7 +12,7 @@ from idp.login import transaction as tx_store
 from idp.login.lockout import FailureRecord
 from idp.mfa import backup_codes
 from idp.mfa.factors import CodeCheck
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.web.authorize import load_step_transaction, redirect_origin
 from idp.web.blocking import run_blocking
 from idp.web.chain import advance, chain_state

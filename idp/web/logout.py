@@ -9,7 +9,7 @@ from starlette.responses import RedirectResponse, Response
 
 from idp.login.sessions import find_session
 from idp.oidc.logout import Hint, InvalidHint, allowed_redirect, check_hint, end_session
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.web import cookies
 from idp.web import backchannel
 from idp.web.blocking import run_blocking

@@ -15,6 +15,7 @@ from idp.web import (
     logout,
     metrics_endpoint,
     oauth_endpoints,
+    account_passkeys,
     passkey_routes,
 )
 
@@ -50,10 +51,10 @@ routes = [
     Route("/account/password", account.change_password, methods=["POST"]),
     Route("/account/sessions/end-others", account.end_other_sessions, methods=["POST"]),
     Route("/account/sessions/{session_id:int}/end", account.end_one_session, methods=["POST"]),
-    Route("/account/passkeys/options", passkey_routes.registration_options, methods=["POST"]),
-    Route("/account/passkeys", passkey_routes.register, methods=["POST"]),
-    Route("/account/passkeys/{passkey_id:int}/rename", passkey_routes.rename, methods=["POST"]),
-    Route("/account/passkeys/{passkey_id:int}/remove", passkey_routes.remove, methods=["POST"]),
+    Route("/account/passkeys/options", account_passkeys.registration_options, methods=["POST"]),
+    Route("/account/passkeys", account_passkeys.register, methods=["POST"]),
+    Route("/account/passkeys/{passkey_id:int}/rename", account_passkeys.rename, methods=["POST"]),
+    Route("/account/passkeys/{passkey_id:int}/remove", account_passkeys.remove, methods=["POST"]),
     Route("/logout", logout.end_session_endpoint, methods=["GET", "POST"]),  # RP-Initiated Logout
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.security.client_ip import client_ip, joined_forwarded_for
 from idp.security.rate_limits import ALLOWED, Verdict
 from idp.state.store import StoreUnavailable

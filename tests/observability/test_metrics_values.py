@@ -15,7 +15,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from idp.db.models import User
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from tests.observability.conftest import MakeClient
 from tests.observability.support import Samples, delta, scrape
 from tests.oidc.test_logout import (

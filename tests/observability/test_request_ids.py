@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from idp.db.models import AuditEvent
 from idp.logging_config import serve_log_config
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.settings import load_settings
 from idp.web import health
 from tests.observability.conftest import MakeClient

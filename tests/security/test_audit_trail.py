@@ -1,4 +1,4 @@
-"""The audit trail (idp/security/audit.py): sign-ins, failures, token issuance and revocation
+"""The audit trail (idp/audit/trail.py): sign-ins, failures, token issuance and revocation
 write rows with who, from where and with what outcome; every event is also one JSON line
 on the `idp.audit` logger; and the admin reads and acts on it with `idp audit tail` and
 `idp user unlock` (run as the admin runs them: a subprocess on a SQLite file)."""
@@ -24,7 +24,7 @@ from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import upgrade
 from idp.db.models import AuditEvent, User
 from idp.login.lockout import Lockout
-from idp.security.audit import record_audit
+from idp.audit.trail import record_audit
 from idp.state.memory import MemoryStore
 from idp.users import add_user
 from tests.conftest import ISSUER

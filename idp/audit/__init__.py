@@ -1,0 +1,1 @@
+"""The audit trail writer (idp/audit/trail.py): one row per security-relevant event."""
