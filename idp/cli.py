@@ -85,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     user_set.add_argument("--email-verified", choices=("yes", "no"),
                           help="whether the address is known to be the user's; a verified address belongs to one user")
     user_set.set_defaults(handler=_user_set)
-    user.add_parser("list", help="list users").set_defaults(handler=_user_list)
+    user_list = user.add_parser("list", help="list users")
+    user_list.add_argument("--outdated-hashes", action="store_true",
+                           help="instead, count the password hashes per Argon2 parameter set and say which set is "
+                                "current (IDP_ARGON2_*); the others are rehashed at each user's next sign-in")
+    user_list.set_defaults(handler=_user_list)
     disable = user.add_parser("disable", help="disable a user, end their sessions, revoke their refresh tokens")
     disable.add_argument("username")
     disable.set_defaults(handler=_user_disable)
@@ -285,6 +289,8 @@ def _read_password(from_stdin: bool) -> str | None:
 def _user_list(settings: Settings, args: argparse.Namespace) -> None:
     from idp.users import list_users
 
+    if args.outdated_hashes:
+        return _outdated_hashes(settings)
     with _database(settings)() as db:
         for u in list_users(db):
             state = "disabled" if u.disabled else (
@@ -292,6 +298,24 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> None:
             if u.require_mfa:
                 state += ",mfa-required"
             print(f"{u.username}\t{u.email or '-'}\t{state}\t{u.subject}")
+
+
+def _outdated_hashes(settings: Settings) -> None:
+    """One line per parameter set, `current|outdated<TAB>prefix<TAB>count` (the current set
+    first, even with no hash yet), then a summary."""
+    from idp.password_census import take_census
+    from idp.security.passwords import HashParameters
+
+    current = HashParameters.argon2id(time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_kib)
+    with _database(settings)() as db:
+        census = take_census(db)
+    outdated = sorted((p, n) for p, n in census.items() if p != current)
+    print(f"current\t{current}\t{census.get(current, 0)}")
+    for parameters, count in outdated:
+        print(f"outdated\t{parameters}\t{count}")
+    stale = sum(n for _, n in outdated)
+    print(f"{stale} of {stale + census.get(current, 0)} password hashes use outdated parameters; "
+          "each is rehashed at its user's next successful sign-in")
 
 
 def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
@@ -313,8 +337,8 @@ def _user_reset_mfa(settings: Settings, args: argparse.Namespace) -> None:
 def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:
     import time
 
-    from idp.login.steps.password import normalize_username
     from idp.audit.trail import recent_events
+    from idp.login.steps.password import normalize_username
 
     if not 1 <= args.lines <= 10000:
         raise CommandError("--lines must be between 1 and 10000")
