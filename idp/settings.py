@@ -61,6 +61,12 @@ class Settings:
     refresh_token_absolute_ttl_seconds: int = _meta(30 * 86400, "refresh token family absolute lifetime", lo=60, hi=31536000)
     refresh_grace_seconds: int = _meta(0, "window in which a raced refresh gets the same successor; 0 = off", lo=0, hi=60)
     login_ttl_seconds: int = _meta(600, "how long a parked login transaction waits for the user", lo=60, hi=3600)
+    login_untouched_ttl_seconds: int = _meta(180, "how long a parked request waits for its first login step or "
+                                             "consent decision (at most IDP_LOGIN_TTL_SECONDS)", lo=30, hi=3600)
+    # ^ Anyone can park requests without signing in: those nobody acts on go early. Three minutes
+    #   cover opening the page, fetching a password from a manager or a phone and a retry; the
+    #   first step that succeeds saves the transaction again for IDP_LOGIN_TTL_SECONDS.
+    #   A larger value than IDP_LOGIN_TTL_SECONDS is lowered to it.
     session_idle_seconds: int = _meta(8 * 3600, "IdP session idle lifetime", lo=60, hi=31536000)
     session_absolute_seconds: int = _meta(30 * 86400, "IdP session absolute lifetime", lo=60, hi=31536000)
     argon2_time_cost: int = _meta(3, "Argon2id iterations", lo=1, hi=20)
@@ -73,8 +79,8 @@ class Settings:
     lockout_attempts: int = _meta(5, "failed password/code attempts that lock an account", lo=1, hi=100)
     lockout_seconds: int = _meta(1800, "how long a locked account stays locked", lo=10, hi=86400)
     # Rate limits, in the `limits` notation ("N/[M]second|minute|hour|day", e.g. "30/10minutes",
-    # several joined by ";"), or "off". Login, passkey-options and token limits are shared by
-    # every process through Redis when IDP_REDIS_URL is set (per process while Redis is
+    # several joined by ";"), or "off". Login, passkey-options, authorize and token limits are
+    # shared by every process through Redis when IDP_REDIS_URL is set (per process while Redis is
     # unreachable); the site-wide limit is per process, a flood guard checked before anything
     # else (nginx's limit_req is the cross-process first line in front of it). "Per client
     # IP" means per address for IPv4 and per /64 for IPv6.
@@ -94,6 +100,11 @@ class Settings:
     # ^ IDP_RATE_LIMIT_LOGIN_ACCOUNT: login steps per account name typed, known or not.
     rate_limit_token_client: str = "200/second"
     # ^ IDP_RATE_LIMIT_TOKEN_CLIENT: token endpoint requests per client_id.
+    rate_limit_authorize_ip: str = "300/minute"
+    # ^ IDP_RATE_LIMIT_AUTHORIZE_IP: authorization requests that park a login or consent
+    #   transaction, per client IP (a request answered at once, with a code or an error, counts
+    #   nothing): bounds the state an unauthenticated address can hold, while an office behind
+    #   one NAT may have 300 people start a sign-in in the same minute.
     rate_limit_site_ip: str = "100/second"
     # ^ IDP_RATE_LIMIT_SITE_IP: every request, per client IP, per process.
 
@@ -207,6 +218,8 @@ def _validated(s: Settings) -> Settings:
     for f in fields(Settings):
         if f.name.startswith("rate_limit_"):
             _check_rate_limit(f"IDP_{f.name.upper()}", getattr(s, f.name))
+    if s.login_untouched_ttl_seconds > s.login_ttl_seconds:  # the first step's window lies within the whole
+        s = replace(s, login_untouched_ttl_seconds=s.login_ttl_seconds)
     if s.max_concurrent_hashes == 0:
         s = replace(s, max_concurrent_hashes=os.cpu_count() or 1)
     return s

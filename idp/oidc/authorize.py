@@ -5,17 +5,22 @@ or ask the login chain or the consent page for what is missing."""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlsplit
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from authlib.common.urls import add_params_to_uri
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import (
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+)
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
+from idp.audit.trail import record_audit
 from idp.clock import utcnow
 from idp.db.models import Consent, SessionClient, User
 from idp.login.policy import (
@@ -26,9 +31,9 @@ from idp.login.policy import (
     satisfies,
 )
 from idp.oidc.grants import ApprovedLogin
+from idp.oidc.parked import MAX_PARKED_BYTES, parked_size
 from idp.oidc.request import IdpRequest
 from idp.oidc.server import IdpAuthorizationServer
-from idp.audit.trail import record_audit
 
 _RESPONSE_TYPE = re.compile(r"[A-Za-z0-9_ ]{1,100}")
 # Built once (SQLAlchemy reuses their compiled form): these run on every authorization.
@@ -107,6 +112,9 @@ def decide(
         return ErrorPage(400, "The request has no redirect_uri.")  # OIDC Core §3.1.2.1: REQUIRED
     if not _printable_ascii(request.payload.redirect_uri):
         return ErrorPage(400, "The redirect_uri is not registered for this client.")
+    # measured as received (scope is narrowed below), refused only once the client and its
+    # redirect_uri are verified so that the RP hears why; either way nothing is parked
+    oversized = parked_size(request.payload.data) > MAX_PARKED_BYTES
     response_type = request.payload.data.get("response_type")
     if response_type is not None and not _RESPONSE_TYPE.fullmatch(response_type):
         request.payload.data["response_type"] = "unsupported"  # Authlib would echo it into an error text
@@ -115,6 +123,9 @@ def decide(
     try:
         grant = server.get_consent_grant(request=request, end_user=session.user if session else None)
         _check_oidc_parameters(request, grant.redirect_uri)
+        if oversized:
+            raise InvalidRequestError(f"The request's parameters are longer than {MAX_PARKED_BYTES} bytes.",
+                                      redirect_uri=grant.redirect_uri)
         if "openid" not in requested_scope:
             raise _redirectable(InvalidScopeError, grant.redirect_uri, "invalid_scope",
                                 "This provider serves OpenID Connect: the scope must include 'openid'.")
@@ -260,7 +271,7 @@ def _error_outcome(request: IdpRequest, error: OAuth2Error) -> Outcome:
         error.error = "invalid_request"  # RFC 6749 §4.1.2.1: a missing parameter
     if error.state is None and request.payload.state:
         error.state = request.payload.state
-    status, body, headers = error()
+    _status, _body, headers = error()
     return _to_client(dict(headers)["Location"], error.redirect_uri, request)
 
 

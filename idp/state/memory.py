@@ -1,7 +1,9 @@
 """In-process state store: the same TTL, SET NX, GETDEL and counter semantics as Redis.
 
 It serves one process only; with several workers each would see its own state, so the
-server warns at start-up when it is used that way (DESIGN.md §2).
+server warns at start-up when it is used that way (DESIGN.md §2). It holds at most
+`max_keys` entries and `max_bytes` of keys and values: a write that would pass either
+sweeps the expired entries, then is refused (StoreUnavailable) if it still does not fit.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ class MemoryStore:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 1_000_000,
+        max_bytes: int = 64 * 1024 * 1024,
         sweep_every_writes: int = 1000,
     ) -> None:
         self._clock = clock
         self._max_keys = max_keys
+        # Counting keys alone let a few large values (parked requests) take any amount of
+        # memory; 64 MiB is ~8,000 parked requests at their 8 KiB cap, far more of the small
+        # entries (challenges, counters, markers) idp writes most.
+        self._max_bytes = max_bytes
+        self._bytes = 0  # keys (UTF-8) and values held, expired ones too until purged
         self._sweep_every_writes = sweep_every_writes
         self._writes_since_sweep = 0
         self._entries: dict[str, Entry] = {}
@@ -59,7 +67,7 @@ class MemoryStore:
     def take(self, key: str) -> bytes | None:
         with self._lock:
             entry = self._live_entry(key)
-            self._entries.pop(key, None)
+            self._drop(key)
             return None if entry is None else entry[0]
 
     def incr(self, key: str, *, ttl_seconds: int) -> int:
@@ -75,7 +83,7 @@ class MemoryStore:
 
     def delete(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self._drop(key)
 
     def ping(self) -> bool:
         return True
@@ -87,15 +95,25 @@ class MemoryStore:
     def _live_entry(self, key: str) -> Entry | None:
         entry = self._entries.get(key)
         if entry is not None and entry[1] <= self._clock():
-            del self._entries[key]
+            self._drop(key)
             return None
         return entry
 
     def _write(self, key: str, value: bytes, expires_at: float) -> None:
         self._count_write()
-        if key not in self._entries:
-            self._make_room()
+        size = _size(key, value)
+        if not self._fits(key, size):
+            self._sweep()
+            if not self._fits(key, size):
+                raise StoreUnavailable("in-process store is full")
+        self._drop(key)
         self._entries[key] = (value, expires_at)
+        self._bytes += size
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= _size(key, entry[0])
 
     def _count_write(self) -> None:
         # lazy purging only sees keys that are read again; the sweep catches the rest
@@ -103,19 +121,24 @@ class MemoryStore:
         if self._writes_since_sweep >= self._sweep_every_writes:
             self._sweep()
 
-    def _make_room(self) -> None:
-        if len(self._entries) < self._max_keys:
-            return
-        self._sweep()
-        if len(self._entries) >= self._max_keys:
-            raise StoreUnavailable("in-process store is full")
+    def _fits(self, key: str, size: int) -> bool:
+        """Whether `size` bytes may be written at `key`: a new key needs a free slot, and
+        replacing a value frees what the old one took."""
+        old = self._entries.get(key)
+        if old is None:
+            return len(self._entries) < self._max_keys and self._bytes + size <= self._max_bytes
+        return self._bytes - _size(key, old[0]) + size <= self._max_bytes
 
     def _sweep(self) -> None:
         now = self._clock()
         expired = [key for key, (_, expires_at) in self._entries.items() if expires_at <= now]
         for key in expired:
-            del self._entries[key]
+            self._drop(key)
         self._writes_since_sweep = 0
+
+
+def _size(key: str, value: bytes) -> int:
+    return len(key.encode()) + len(value)
 
 
 def _as_counter(value: bytes) -> int:

@@ -278,6 +278,48 @@ def test_memory_store_full_of_expired_entries_makes_room(clock: FakeClock) -> No
     assert len(store) == 1
 
 
+def test_memory_store_over_its_byte_budget_raises_store_unavailable(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_bytes=100)  # keys (UTF-8) and values
+    store.set("a", b"v" * 49, ttl_seconds=10)
+    store.set("b", b"v" * 49, ttl_seconds=10)  # 100 bytes: full, with 2 of a million keys used
+    for write in (
+        lambda: store.set("c", b"", ttl_seconds=10),
+        lambda: store.add("c", b"v", ttl_seconds=10),
+        lambda: store.incr("c", ttl_seconds=10),
+        lambda: store.set("a", b"v" * 50, ttl_seconds=10),  # a replacement may not grow past it either
+    ):
+        with pytest.raises(StoreUnavailable, match="in-process store is full"):
+            write()
+    store.set("a", b"v" * 49, ttl_seconds=10)  # replacing frees what the old value took
+    store.set("a", b"v", ttl_seconds=10)
+    store.set("c", b"v" * 46, ttl_seconds=10)  # ... and a smaller one leaves room
+    assert store.get("c") == b"v" * 46 and len(store) == 3
+
+
+def test_memory_store_gives_back_the_bytes_of_taken_deleted_and_expired_entries(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_bytes=100)
+    for release in (
+        lambda: store.take("k"),
+        lambda: store.delete("k"),
+        lambda: clock.advance(10),  # an expired entry is purged before a write is refused
+    ):
+        store.set("k", b"v" * 99, ttl_seconds=10)
+        release()
+        store.set("other", b"v" * 95, ttl_seconds=10)
+        store.delete("other")
+    store.set("k", b"v" * 99, ttl_seconds=10)
+    clock.advance(10)
+    assert store.get("k") is None  # read after expiry: dropped, and its bytes with it
+    store.set("other", b"v" * 95, ttl_seconds=10)
+
+
+def test_memory_store_byte_budget_counts_utf8_keys(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_bytes=10)
+    with pytest.raises(StoreUnavailable):
+        store.set("ééééé", b"v", ttl_seconds=10)  # 5 characters, 10 bytes, plus the value
+    store.set("ééééé", b"", ttl_seconds=10)
+
+
 def test_memory_sweep_purges_expired_entries_nobody_reads_again(clock: FakeClock) -> None:
     store = MemoryStore(clock=clock, sweep_every_writes=100)
     for number in range(50):
