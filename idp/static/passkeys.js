@@ -119,7 +119,13 @@
 
   // ---- talking to the server ----------------------------------------------------------------
 
-  function ServerError(message) { this.message = message; this.name = "ServerError"; }
+  // `redirect`: where the server says to go instead (a same-origin path), e.g. /account's
+  // registration asking for a fresh sign-in first
+  function ServerError(message, redirect) {
+    this.message = message;
+    this.name = "ServerError";
+    this.redirect = typeof redirect === "string" && /^\/(?![\/\\])/.test(redirect) ? redirect : null;
+  }
 
   function post(url, body) {
     return fetch(url, {
@@ -134,7 +140,7 @@
       return response.json().catch(function () { return {}; }).then(function (data) {
         if (!response.ok) {
           var text = data.error_description || data.error;
-          throw new ServerError(typeof text === "string" && text ? text : MESSAGES.generic);
+          throw new ServerError(typeof text === "string" && text ? text : MESSAGES.generic, data.redirect);
         }
         return data;
       });
@@ -362,6 +368,10 @@
         window.location.assign(data.redirect || "/account");
         return new Promise(function () {}); // busy until the page reloads
       }).catch(function (error) {
+        if (error instanceof ServerError && error.redirect) {
+          window.location.assign(error.redirect); // sign in again, then add the passkey
+          return;
+        }
         busy(button, false);
         showError(form, messageFor(error, "create"));
       });

@@ -1,46 +1,54 @@
-"""The account's sessions and the rules shared by sensitive account actions (DESIGN.md §3):
+"""What /account's handlers share about the browser and its session: who is asking
+(`caller_of`), where re-authentication happens (REAUTH_URL: the login chain runs again and
+lands back on /account), the back-channel logouts of sessions an action ended, and the
+page's wording of what idp/account returns (times in UTC, devices from user agents).
 
-- the live sessions of a user as /account lists them (the browser's own marked);
-- `needs_reauth`: sensitive actions (turning TOTP off, new backup codes, a new password,
-  removing a passkey) need a sign-in no older than `settings.reauth_seconds`; otherwise the
-  user goes through the login chain again (REAUTH_URL), which lands back on /account;
-- ending sessions: `end_session` per session (it revokes that session's refresh tokens but
-  offline_access ones), audited, and the ended sessions handed back so the caller can
-  schedule their back-channel logout tokens once the transaction has committed.
-
-Only sync helpers here (the handlers are in idp/web/account.py)."""
+The rules themselves (recent sign-in, assurance level) are idp/account/reauth.py's."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from starlette.requests import Request
 
-from idp.clock import utcnow
-from idp.db.models import IdpSession
-from idp.login.sessions import SessionPolicy, find_session
-from idp.oidc.logout import (
-    EndedSession,
-    end_all_sessions,
-    end_session,
-    revoke_all_refresh_tokens,
-)
-from idp.audit.trail import record_audit
-from idp.settings import Settings
-from idp.web import backchannel
+from idp.account.activity import ActivityEntry
+from idp.account.current import Caller
+from idp.account.overview import PasskeyEntry
+from idp.account.reauth import needs_reauth
+from idp.account.sessions import LiveSession
+from idp.login.sessions import EndedSession
+from idp.web import backchannel, cookies
+from idp.web.oauth_endpoints import request_ip
 from idp.web.services import Services
 from idp.web.user_agents import describe
 
+__all__ = ["REAUTH_URL", "ActivityView", "PasskeyView", "SessionView", "activity_views", "caller_of",
+           "needs_reauth", "passkey_views", "schedule_backchannel", "session_views", "utc_text"]
+
 REAUTH_URL = "/login?reauth=1"
-# Larger ids cannot exist (the columns are 32-bit on PostgreSQL) and would make the
-# database raise instead of finding nothing.
-MAX_ROW_ID = 2**31 - 1
+
+
+def caller_of(request: Request) -> Caller:
+    return Caller(cookie=cookies.read(request, cookies.SESSION), ip=request_ip(request),
+                  user_agent=request.headers.get("user-agent"))
+
+
+def schedule_backchannel(services: Services, ended: Iterable[EndedSession]) -> None:
+    """Back-channel logout tokens for sessions ended in a committed unit of work."""
+    for one in ended:
+        backchannel.schedule(services, one)
+
+
+def utc_text(moment: datetime) -> str:
+    """YYYY-MM-DD HH:MM UTC (stored times are naive UTC, or aware)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True)
 class SessionView:
-    """One live session as /account shows it (times already formatted, UTC)."""
     id: int
     device: str
     ip: str
@@ -50,90 +58,35 @@ class SessionView:
 
 
 @dataclass(frozen=True)
-class CurrentSession:
-    user_id: int
-    session_id: int
-    auth_time: datetime
+class PasskeyView:
+    id: int
+    name: str
+    created_at: str
+    last_used_at: str | None
 
 
-def utc_text(moment: datetime) -> str:
-    """YYYY-MM-DD HH:MM UTC (stored times are naive UTC, or aware)."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+@dataclass(frozen=True)
+class ActivityView:
+    kind: str
+    label: str
+    name: str | None  # the passkey's name, when the change was a passkey's
+    at: str
+    device: str
+    ip: str
 
 
-def needs_reauth(settings: Settings, auth_time: datetime, *, now: datetime | None = None) -> bool:
-    """True when the session's last interactive sign-in is older than settings.reauth_seconds."""
-    return ((now or utcnow()) - auth_time).total_seconds() > settings.reauth_seconds
+def session_views(found: Iterable[LiveSession]) -> tuple[SessionView, ...]:
+    return tuple(SessionView(id=one.id, device=describe(one.user_agent), ip=one.ip or "unknown",
+                             created_at=utc_text(one.created_at), last_seen_at=utc_text(one.last_seen_at),
+                             current=one.current) for one in found)
 
 
-def valid_row_id(value: object) -> int | None:
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
-    return number if 0 < number <= MAX_ROW_ID else None
+def passkey_views(found: Iterable[PasskeyEntry]) -> tuple[PasskeyView, ...]:
+    return tuple(PasskeyView(id=one.id, name=one.name, created_at=utc_text(one.created_at),
+                             last_used_at=utc_text(one.last_used_at) if one.last_used_at else None)
+                 for one in found)
 
 
-def current_session(services: Services, cookie: str | None) -> CurrentSession | None:
-    """The browser's live session: its user, row id and auth_time."""
-    with services.sessions.begin() as db:
-        found = find_session(db, services.keyring, services.session_policy, cookie)
-        if found is None:
-            return None
-        row, user = found
-        return CurrentSession(user_id=user.id, session_id=row.id, auth_time=row.auth_time)
-
-
-def live_sessions(db: Session, policy: SessionPolicy, user_id: int, current_id: int | None) -> tuple[SessionView, ...]:
-    """The user's sessions that still work (not ended, not past their absolute or idle
-    lifetime): the current one first, then the most recently seen."""
-    now = utcnow()
-    rows = db.scalars(select(IdpSession).where(
-        IdpSession.user_id == user_id, IdpSession.ended_at.is_(None), IdpSession.expires_at > now,
-        IdpSession.last_seen_at >= now - timedelta(seconds=policy.idle_seconds),
-    ).order_by(IdpSession.last_seen_at.desc(), IdpSession.id.desc()))
-    views = [SessionView(id=row.id, device=describe(row.user_agent), ip=row.ip or "unknown",
-                         created_at=utc_text(row.created_at), last_seen_at=utc_text(row.last_seen_at),
-                         current=row.id == current_id) for row in rows]
-    views.sort(key=lambda view: not view.current)  # stable: the rest keep their order
-    return tuple(views)
-
-
-def end_one(db: Session, user_id: int, session_id: int, *, ip: str | None, agent: str | None) -> EndedSession | None:
-    """Ends one of the user's own live sessions; None when there is no such session (or it
-    is someone else's: the caller answers 404 either way)."""
-    row = db.get(IdpSession, session_id)
-    if row is None or row.user_id != user_id or row.ended_at is not None or row.expires_at <= utcnow():
-        return None
-    ended = end_session(db, session_id)
-    if ended is not None:
-        record_audit(db, "session.ended_by_user", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
-                     sid=ended.sid, clients=list(ended.clients))
-    return ended
-
-
-def end_others(db: Session, user_id: int, current_id: int, *, ip: str | None, agent: str | None,
-               reason: str) -> list[EndedSession]:
-    """Ends every other session of the user, one audit row each (`reason` says why)."""
-    ended = end_all_sessions(db, user_id, except_session_id=current_id)
-    for one in ended:
-        record_audit(db, "session.ended_by_user", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
-                     sid=one.sid, clients=list(one.clients), reason=reason)
-    return ended
-
-
-def end_others_and_revoke_tokens(db: Session, user_id: int, current_id: int, *, ip: str | None, agent: str | None,
-                                 reason: str) -> list[EndedSession]:
-    """After a credential change: the other sessions end and every refresh token of the
-    user (offline_access ones too) is revoked; the current session stays."""
-    ended = end_others(db, user_id, current_id, ip=ip, agent=agent, reason=reason)
-    revoke_all_refresh_tokens(db, user_id)
-    return ended
-
-
-def schedule_backchannel(services: Services, ended: list[EndedSession] | tuple[EndedSession, ...]) -> None:
-    """Back-channel logout tokens for sessions ended in a committed transaction."""
-    for one in ended:
-        backchannel.schedule(services, one)
+def activity_views(found: Iterable[ActivityEntry]) -> tuple[ActivityView, ...]:
+    return tuple(ActivityView(kind=one.kind, label=one.label, name=one.name, at=utc_text(one.at),
+                              device=describe(one.user_agent), ip=one.ip or "unknown") for one in found)

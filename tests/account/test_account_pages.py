@@ -20,6 +20,7 @@ from idp.clock import utcnow
 from idp.db.models import AuditEvent, BackupCode, TotpCredential, User
 from idp.settings import Settings
 from idp.state.memory import MemoryStore
+from tests.account.support import sign_in_with_code
 from tests.conftest import ISSUER
 from tests.support.rp import form_value
 from tests.support.seed import PASSWORD, seed
@@ -87,12 +88,16 @@ def codes_on(html: str) -> list[str]:
 
 
 def enable_totp(client: TestClient, clock: Clock) -> tuple[str, list[str]]:
-    """Signed in as alice, TOTP set up and confirmed at clock.now: (secret, backup codes)."""
+    """Signed in as alice, TOTP set up and confirmed at clock.now: (secret, backup codes).
+    Then alice signs in again with her password and a code, as she must before adding a
+    credential now that she has a second factor (new backup codes need an mfa session)."""
     sign_in(client)
     secret = begin_setup(client)
     response = post(client, "/account/totp/confirm", code=code(secret, clock))
     assert response.status_code == 200, response.text
     clock.next_step()  # the confirming code is used up
+    sign_in_with_code(client, secret, clock.now)
+    clock.next_step()
     return secret, codes_on(response.text)
 
 
@@ -222,7 +227,8 @@ def test_confirming_enables_totp_and_shows_ten_backup_codes_once(client, clock):
     assert len(rows) == 10
     assert all(h.startswith("$argon2id$") for _, _, h in rows)
     assert not any(c in h or c in lookup for c in codes for _, lookup, h in rows)
-    assert audit_kinds(client) == ["mfa.totp.enabled"]
+    # each addition audited: the set-up, the authenticator, its first backup codes
+    assert audit_kinds(client) == ["mfa.totp.setup_started", "mfa.totp.enabled", "mfa.backup_codes.generated"]
 
     page = client.get("/account").text
     assert "enabled" in page and "not set up" not in page

@@ -626,13 +626,13 @@ def sign_in_with_code(client: TestClient, secret: str, clock: Clock) -> None:
     csrf = form_value(client.get("/login").text, "csrf_token")
     response = client.post("/login", data={"csrf_token": csrf, "username": "alice", "password": PASSWORD},
                            follow_redirects=False)
-    assert response.status_code == 303 and response.headers["location"].startswith("/login/code"), response.text
+    assert response.status_code == 303 and response.headers["location"].startswith("/login/totp"), response.text
     page = client.get(response.headers["location"])
     data = {"csrf_token": form_value(page.text, "csrf_token"), "code": pyotp.TOTP(secret).at(clock.now)}
     if 'name="tx"' in page.text:
         data["tx"] = form_value(page.text, "tx")
     clock.now += 30
-    response = client.post("/login/code", data=data, follow_redirects=False)
+    response = client.post("/login/totp", data=data, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/account", response.text
 
 
