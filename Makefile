@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench install clean
+.PHONY: run test check bench install clean
 
 $(BIN)/idp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,check]'
 	touch $(BIN)/idp
 
 install: $(BIN)/idp
@@ -28,6 +28,14 @@ tests/rp/spa/node_modules: tests/rp/spa/package-lock.json
 
 test: install tests/rp/spa/node_modules
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint and format (ruff), types (mypy --strict on the core packages: pyproject's [tool.mypy]) and
+# the layering (import-linter contracts in pyproject's [tool.importlinter]).
+check: install
+	$(BIN)/ruff check idp tests bench migrations
+	$(BIN)/ruff format --check idp tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Benchmark against node-oidc-provider (README "Benchmarks"); e.g. BENCH_ARGS="--duration 5 --workers 1,2"
 bench: install

@@ -161,6 +161,7 @@ def _idp_environment(workdir: Path, backend: str, port: int, schema: str) -> dic
         IDP_RATE_LIMIT_TOKEN_CLIENT="10000000/minute",
         IDP_RATE_LIMIT_LOGIN_IP="10000000/minute",
         IDP_RATE_LIMIT_LOGIN_ACCOUNT="10000000/minute",
+        IDP_RATE_LIMIT_AUTHORIZE_IP="10000000/minute",
         # Every virtual user signs in as the one seeded user: with the default cap of 10
         # sessions per user, the 11th browser's login would end the 1st one's session, whose
         # next "existing session" flow would then be a password login (Argon2), and so on.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -17,8 +17,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import is_current
-from idp.login.lockout import Lockout
+from idp.lockout import Lockout
+from idp.login.flow import FlowServices, LoginFlow
 from idp.login.sessions import SessionPolicy
+from idp.login.step import Step
+from idp.login.steps import STANDARD_STEPS
+from idp.login.steps.password import normalize_username
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys, RelyingParty
 from idp.oidc.clients import ClientRegistry
@@ -27,6 +31,7 @@ from idp.oidc.discovery import metadata_bytes
 from idp.oidc.server import IdpAuthorizationServer
 from idp.oidc.signing_keys import KeyCache, ensure_signing_key
 from idp.oidc.token_store import Lifetimes
+from idp.password_census import keep_census_fresh, refresh_census
 from idp.security.client_ip import parse_networks
 from idp.security.keyring import Keyring, load_or_create_dev_master_key
 from idp.security.passwords import PasswordHashing
@@ -36,6 +41,7 @@ from idp.state.memory import MemoryStore
 from idp.state.store import StateStore, StoreUnavailable, open_store
 from idp.web import backchannel
 from idp.web.observation import RequestObservationMiddleware
+from idp.web.pages import add_template_dir
 from idp.web.routes import routes
 from idp.web.security_headers import SecurityHeadersMiddleware
 from idp.web.services import Services
@@ -74,7 +80,10 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
     )
     _reload_caches_of(ctx)  # fail at start, not on the first request
     hashing = hashing or PasswordHashing(max_concurrent=settings.max_concurrent_hashes, time_cost=settings.argon2_time_cost,
-                                         memory_cost_kib=settings.argon2_memory_kib)
+                                         memory_cost_kib=settings.argon2_memory_kib,
+                                         # one key for every process: an unknown name costs the same on each
+                                         name_digest=lambda name: keyring.digest("dummy-params:" + normalize_username(name)))
+    refresh_census(sessions, hashing)  # unknown names cost what stored hashes cost (idp/password_census.py)
     return Services(
         settings=settings, engine=engine, sessions=sessions, keyring=keyring, store=store, hashing=hashing, oidc=ctx,
         server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds,
@@ -89,14 +98,17 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
     )
 
 
-def create_app(settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None) -> Starlette:
+def create_app(settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None,
+               steps: Sequence[Step] = STANDARD_STEPS) -> Starlette:
     services = build_services(settings, store=store, hashing=hashing)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         refresher = asyncio.create_task(_refresh_caches(services))
+        census = asyncio.create_task(keep_census_fresh(services.sessions, services.hashing))
         yield
         refresher.cancel()
+        census.cancel()
         await backchannel.wait_for_deliveries(timeout=10.0)  # graceful stop: let logout deliveries finish
         services.hashing.close()
         services.store.close()
@@ -115,7 +127,28 @@ def create_app(settings: Settings, *, store: StateStore | None = None, hashing: 
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.login_flow = build_login_flow(services, steps)
     return app
+
+
+def build_login_flow(services: Services, steps: Sequence[Step] = STANDARD_STEPS) -> LoginFlow:
+    """The login chain and its steps, listed once (as Authlib registers grants): a new step
+    is one module under idp/login/steps/, one template and one entry here."""
+    clients = services.oidc.clients
+    for step in steps:
+        if step.template_dir is not None:
+            add_template_dir(step.template_dir)
+
+    def client_minimum(client_id: str) -> Sequence[str]:
+        client = clients.get(client_id)
+        return tuple(client.config.get("default_acr_values") or ()) if client is not None else ()
+
+    return LoginFlow(FlowServices(
+        sessions=services.sessions, store=services.store, keyring=services.keyring, hashing=services.hashing,
+        lockout=services.lockout, factors=services.factors, passkeys=services.passkeys,
+        rate_limits=services.rate_limits, session_policy=services.session_policy,
+        ttl_seconds=services.settings.login_ttl_seconds, client_minimum=client_minimum,
+    ), steps)
 
 
 REFRESH_SECONDS = 5.0  # bound on how long a `clients sync` or `keys rotate` takes to reach every process

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from idp.audit.trail import record_audit
 from idp.clients_file import ClientConfig, ClientsFileError, parse_clients_file
 from idp.db.models import Client
-from idp.audit.trail import record_audit
 from idp.security.keyring import Keyring
 
 

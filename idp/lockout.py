@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Row, bindparam, case, or_, select, update
+from sqlalchemy import Row, Table, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
@@ -39,7 +40,7 @@ class FailureRecord:
         return self.locked_now or (not self.was_locked and 0 < self.remaining <= WARN_AT_REMAINING)
 
 
-_users = User.__table__
+_users = cast(Table, User.__table__)
 _restart = or_(_users.c.failures_since.is_(None), _users.c.failures_since <= bindparam("window_start"))
 _new_count = case((_restart, 1), else_=_users.c.failed_logins + 1)
 _not_locked = or_(_users.c.locked_until.is_(None), _users.c.locked_until <= bindparam("now"))
@@ -117,3 +118,15 @@ class Lockout:
         took_lock = self.store.add(locked_key, b"1", ttl_seconds=self.seconds)
         self.store.delete(count_key)
         return FailureRecord(remaining=0, locked_now=took_lock, was_locked=not took_lock)
+
+
+def failure_words(failure: FailureRecord, words: str, *, lock_seconds: int) -> str:
+    """`words` (what was wrong) and the counter's arithmetic: the same sentences for
+    unknown, wrong and locked, on the login steps and on /account's forms alike."""
+    minutes = max(1, lock_seconds // 60)
+    if failure.locked_now:
+        return f"{words} Too many failed attempts: sign-in for this account is paused for {minutes} minutes."
+    if failure.warn:
+        left = f"{failure.remaining} attempt{'s' if failure.remaining != 1 else ''}"
+        return f"{words} {left} left before sign-in is paused for {minutes} minutes."
+    return words

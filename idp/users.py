@@ -10,11 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from idp.audit.trail import record_audit
 from idp.clock import utcnow
 from idp.db.models import User
 from idp.login.steps.password import normalize_username
 from idp.oidc.logout import EndedSession, end_all_sessions, revoke_all_refresh_tokens
-from idp.audit.trail import record_audit
 from idp.security.keyring import new_secret
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,127}$")
@@ -179,8 +179,8 @@ def disable_user(db: Session, username: str) -> list[EndedSession]:
 
 
 def unlock_user(db: Session, username: str) -> User:
-    """Clears the lockout counter and any lock (idp/login/lockout.py)."""
-    from idp.login.lockout import Lockout
+    """Clears the lockout counter and any lock (idp/lockout.py)."""
+    from idp.lockout import Lockout
 
     user = get_user(db, username)
     was_locked = Lockout.locked_until(user) is not None

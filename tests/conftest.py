@@ -77,6 +77,7 @@ def settings(database_url: str, tmp_path) -> Settings:  # type: ignore[no-untype
         # test's dozens of requests from one address must not trip them
         rate_limit_login_ip="off", rate_limit_login_account="off", rate_limit_token_client="off",
         rate_limit_site_ip="off", rate_limit_login_failures_ip="off", rate_limit_passkey_options_ip="off",
+        rate_limit_authorize_ip="off",
     )
 
 

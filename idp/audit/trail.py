@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
@@ -23,7 +23,7 @@ log = logging.getLogger("idp.audit")
 
 # A Core insert: the token endpoint writes one per grant, and ORM bookkeeping would cost
 # more than the row.
-_INSERT = insert(AuditEvent.__table__)
+_INSERT = insert(cast(Table, AuditEvent.__table__))
 USER_AGENT_MAX = 300
 
 

@@ -65,7 +65,7 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Lockout (idp/login/lockout.py): failures in the window that began at failures_since.
+    # Lockout (idp/lockout.py): failures in the window that began at failures_since.
     failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failures_since: Mapped[datetime | None] = mapped_column()
     locked_until: Mapped[datetime | None] = mapped_column()

@@ -17,7 +17,8 @@ mfa and pwd too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from idp.mfa.held import UserFactors
 
 LEVELS = {"pwd": 1, "mfa": 2, "phr": 3}
 SUPPORTED_ACR = ("pwd", "mfa", "phr")
@@ -25,25 +26,14 @@ PASSKEY_METHODS = frozenset({"hwk", "swk"})
 FIRST_FACTORS = PASSKEY_METHODS | {"pwd"}
 KNOWN_METHODS = ("pwd", "otp", "hwk", "swk", "user")
 
-# next steps
+# next steps: each is the name of a registered step (idp/login/steps/)
 PASSWORD = "password"
-CODE = "code"  # a TOTP code, or a backup code
+TOTP = "totp"  # a TOTP code (its page offers the backup_code step instead)
+CODE = TOTP
 PASSKEY = "passkey"  # a passkey as the next step (after a password, or for a step-up to phr)
 ENROL_TOTP = "enrol_totp"
 DONE = "done"
 UNMET = "unmet"
-
-
-@dataclass(frozen=True)
-class UserFactors:
-    totp: bool = False  # a confirmed TOTP authenticator
-    backup_codes: int = 0  # unused backup codes
-    require_mfa: bool = False  # `idp user require-mfa`
-    passkeys: int = 0  # registered passkeys
-
-    @property
-    def has_second_factor(self) -> bool:
-        return self.totp or self.passkeys > 0
 
 
 def requested_level(acr_values: str | None, client_default: Sequence[str] = ()) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from idp.clock import utcnow
-from idp.db.models import IdpSession, RefreshToken, User
 from idp.audit.trail import record_audit
+from idp.clock import utcnow
+from idp.db.models import IdpSession, RefreshToken, SessionClient, User
 from idp.security.keyring import Keyring, new_secret
 
 _TOUCH_EVERY = timedelta(seconds=60)  # last_seen is coarse: no write on every request
@@ -99,3 +99,46 @@ def upgrade_session(db: Session, keyring: Keyring, user_id: int, sid: str, *, ac
     row.acr, row.amr, row.auth_time = acr, amr, utcnow()
     record_audit(db, "session.stepped_up", user_id=user_id, ip=ip, sid=sid, acr=acr, amr=amr)
     return cookie, row
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    user_id: int
+    sid: str
+    subject: str
+    clients: tuple[str, ...]  # the RPs it had signed into
+
+
+def end_session(db: Session, session_id: int) -> EndedSession | None:
+    row = db.get(IdpSession, session_id)
+    if row is None or row.ended_at is not None:
+        return None
+    now = utcnow()
+    row.ended_at = now
+    user = db.get(User, row.user_id)
+    clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
+    for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == row.sid, RefreshToken.revoked_at.is_(None))):
+        if "offline_access" not in token.scope.split():
+            token.revoked_at = now
+    return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
+
+
+def describe_ended(db: Session, sid: str) -> EndedSession | None:
+    """An already ended session (e.g. evicted by the per-user cap), for its back-channel logouts."""
+    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid))
+    if row is None:
+        return None
+    user = db.get(User, row.user_id)
+    clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
+    return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
+
+
+def end_all_sessions(db: Session, user_id: int, *, except_session_id: int | None = None) -> list[EndedSession]:
+    ids = db.scalars(select(IdpSession.id).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None)))
+    ended = [end_session(db, session_id) for session_id in list(ids) if session_id != except_session_id]
+    return [e for e in ended if e is not None]
+
+
+def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
+    db.execute(update(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+               .values(revoked_at=utcnow()))

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from idp.clock import utcnow
 from idp.db.models import BackupCode, Passkey, TotpCredential, User
-from idp.login.lockout import FailureRecord, Lockout
-from idp.login.policy import UserFactors
+from idp.lockout import FailureRecord, Lockout
 from idp.mfa import backup_codes, totp
+from idp.mfa.held import UserFactors
 from idp.security.keyring import DecryptionFailed, Keyring
 
 log = logging.getLogger("idp.mfa")
@@ -173,6 +173,40 @@ class SecondFactors:
                 _CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1:
             return CodeCheck.passed()
         return CodeCheck(False, self.lockout.record_failure(db, user_id))
+
+    # ---- the login chain's primitives: no lockout here (idp/login/flow.py counts) ------------
+
+    def matching_totp(self, db: Session, user_id: int, raw_code: object, *, pending: bool = False
+                      ) -> tuple[int, int] | None:
+        """(credential id, matched time step) when the code matches the user's confirmed
+        authenticator (`pending`: the one being set up) and its step is unused; claims nothing."""
+        confirmed = TotpCredential.confirmed_at.is_(None) if pending else TotpCredential.confirmed_at.is_not(None)
+        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id, confirmed))
+        code = totp.normalize_code(raw_code)
+        if row is None or code is None:
+            return None
+        secret = self._secret_or_none(row)
+        if secret is None:
+            return None
+        step = totp.matching_step(secret, code, now=self.clock(), last_used_step=row.last_used_step)
+        return None if step is None else (row.id, step)
+
+    @staticmethod
+    def claim_totp_step(db: Session, user_id: int, credential_id: int, step: int, *, confirm: bool = False) -> bool:
+        """The matched step, claimed by a conditional UPDATE (two requests with one code: one
+        wins); `confirm` enables a pending authenticator with it."""
+        if db.connection().execute(_CLAIM_STEP, {"owner": user_id, "credential_id": credential_id,
+                                                 "step": step}).rowcount != 1:
+            return False
+        if confirm:
+            db.execute(update(TotpCredential).where(TotpCredential.id == credential_id)
+                       .values(confirmed_at=utcnow()))
+        db.expire_all()  # the ORM's copies of the row are stale after Core UPDATEs
+        return True
+
+    @staticmethod
+    def claim_backup_code(db: Session, code_id: int) -> bool:
+        return db.connection().execute(_CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1
 
     # ---- backup codes ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ single-use challenges in the state store, and the stored credentials.
 """
 from __future__ import annotations
 
+import builtins  # the class has a method named `list`
 import json
 import secrets
 from dataclasses import dataclass
@@ -243,11 +244,11 @@ class Passkeys:
     # ---- helpers -------------------------------------------------------------------------
 
     @staticmethod
-    def _descriptor(credential_id: bytes, transports: list[str]) -> PublicKeyCredentialDescriptor:
+    def _descriptor(credential_id: bytes, transports: builtins.list[str]) -> PublicKeyCredentialDescriptor:
         return PublicKeyCredentialDescriptor(id=credential_id, transports=[_TRANSPORTS[t] for t in transports
                                                                             if t in _TRANSPORTS] or None)
 
-    def _fakes(self, username: str) -> list[PublicKeyCredentialDescriptor]:
+    def _fakes(self, username: str) -> builtins.list[PublicKeyCredentialDescriptor]:
         """One plausible descriptor (most accounts have one passkey), stable per name: a
         32-byte keyed digest, the length of the credential ids browsers make."""
         return [PublicKeyCredentialDescriptor(id=bytes.fromhex(self.keyring.digest(f"fake-passkey:{username}")))]

@@ -51,8 +51,6 @@ backchannel_deliveries = Counter("idp_backchannel_logout_deliveries", "Back-chan
 audit_events = Counter("idp_audit_events", "Audit events recorded, by kind and outcome", ("kind", "outcome"))
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
-_LOGIN_METHODS = {"login.password": "password", "login.totp": "totp", "login.backup_code": "backup_code",
-                  "login.passkey": "passkey"}
 _OUTCOMES = frozenset({"success", "failure", "refused"})
 
 
@@ -63,8 +61,9 @@ def count_audit_event(kind: str, outcome: str | None, detail: dict[str, object])
     counter of attempts can live with."""
     audit_events.labels(kind, outcome or "none").inc()
     area, _, verb = kind.rpartition(".")
-    method = _LOGIN_METHODS.get(area)
-    if method is not None:
+    # each login step audits as login.<step>.succeeded|failed: its method label is its name
+    method = area[len("login."):] if area.startswith("login.") else None
+    if method:
         logins.labels(method, outcome if outcome in _OUTCOMES else "failure").inc()
     elif kind == "login.refused":
         logins.labels("any", "refused").inc()

@@ -17,6 +17,7 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
+from idp.audit.trail import record_audit
 from idp.clock import epoch, utcnow
 from idp.db.models import AuthorizationCode, User
 from idp.oidc import id_tokens
@@ -32,7 +33,6 @@ from idp.oidc.token_store import (
     revoke_family,
     within_grace,
 )
-from idp.audit.trail import record_audit
 from idp.security.keyring import new_secret
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_assertion_jwt", "none"]

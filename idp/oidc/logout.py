@@ -21,11 +21,15 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
-from idp.clock import utcnow
-from idp.db.models import IdpSession, RefreshToken, SessionClient, User
+# ending sessions is the login package's (idp/login/sessions.py); re-exported for the OIDC side
+from idp.login.sessions import (  # noqa: F401
+    EndedSession,
+    describe_ended,
+    end_all_sessions,
+    end_session,
+    revoke_all_refresh_tokens,
+)
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext
 from idp.oidc.signing_keys import ALG, ID_TOKEN_ALGS, KeyCache
@@ -71,49 +75,6 @@ def allowed_redirect(client: RegisteredClient | None, uri: str | None) -> str | 
         return None
     registered = client.config.get("post_logout_redirect_uris") or []
     return uri if uri in registered else None
-
-
-@dataclass(frozen=True)
-class EndedSession:
-    user_id: int
-    sid: str
-    subject: str
-    clients: tuple[str, ...]  # the RPs it had signed into
-
-
-def end_session(db: Session, session_id: int) -> EndedSession | None:
-    row = db.get(IdpSession, session_id)
-    if row is None or row.ended_at is not None:
-        return None
-    now = utcnow()
-    row.ended_at = now
-    user = db.get(User, row.user_id)
-    clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
-    for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == row.sid, RefreshToken.revoked_at.is_(None))):
-        if "offline_access" not in token.scope.split():
-            token.revoked_at = now
-    return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
-
-
-def describe_ended(db: Session, sid: str) -> EndedSession | None:
-    """An already ended session (e.g. evicted by the per-user cap), for its back-channel logouts."""
-    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid))
-    if row is None:
-        return None
-    user = db.get(User, row.user_id)
-    clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
-    return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
-
-
-def end_all_sessions(db: Session, user_id: int, *, except_session_id: int | None = None) -> list[EndedSession]:
-    ids = db.scalars(select(IdpSession.id).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None)))
-    ended = [end_session(db, session_id) for session_id in list(ids) if session_id != except_session_id]
-    return [e for e in ended if e is not None]
-
-
-def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
-    db.execute(update(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-               .values(revoked_at=utcnow()))
 
 
 def logout_token(issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: str, alg: str = ALG) -> str:

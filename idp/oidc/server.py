@@ -26,6 +26,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from idp.audit.trail import record_audit
 from idp.clock import epoch, utcnow
 from idp.db.models import AccessToken, RefreshToken, User
 from idp.oidc.clients import RegisteredClient
@@ -43,7 +44,6 @@ from idp.oidc.token_store import (
     new_token_value,
     revoke_family,
 )
-from idp.audit.trail import record_audit
 from idp.state.store import StoreUnavailable
 
 # Table-level inserts built once: the ORM's insert path (and building a statement per

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -47,7 +48,7 @@ class RedisStore:
 
     def get(self, key: str) -> bytes | None:
         with _unavailable_on_error("get"):
-            return self._client.get(self._key(key))
+            return cast("bytes | None", self._client.get(self._key(key)))  # the client is made without decode_responses
 
     def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
         verify_ttl_seconds(ttl_seconds)
@@ -63,7 +64,7 @@ class RedisStore:
 
     def take(self, key: str) -> bytes | None:
         with _unavailable_on_error("take"):
-            return self._client.getdel(self._key(key))
+            return cast("bytes | None", self._client.getdel(self._key(key)))
 
     def incr(self, key: str, *, ttl_seconds: int) -> int:
         verify_ttl_seconds(ttl_seconds)

@@ -13,11 +13,13 @@ from idp.login.sessions import find_session, is_live
 from idp.oidc.authorize import (
     CurrentSession,
     ErrorPage,
+    NeedConsent,
     NeedLogin,
     Outcome,
     RedirectToClient,
     decide,
 )
+from idp.oidc.parked import build_parked_params
 from idp.oidc.request import IdpRequest
 from idp.web import cookies, login_binding
 from idp.web.blocking import run_blocking
@@ -25,6 +27,7 @@ from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import error_page, redirect_source, render
 from idp.web.params import BadParameters, read_params
 from idp.web.services import Services
+from idp.web.throttle import check_limits, too_many_page
 
 EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
 
@@ -130,26 +133,42 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
         return to_client(request, outcome)
     if isinstance(outcome, ErrorPage):
         return error_page(request, outcome.status, outcome.message)
+    carried_on = tx is not None and isinstance(outcome, NeedConsent)  # consent after the chain: the same one
+    if not carried_on:
+        # a new transaction is state anyone can make idp hold without signing in: counted per address
+        ip = request_ip(request)
+        verdict = await check_limits(request, [("authorize_ip", ip or "-")], ip=ip, client_id=params.get("client_id"))
+        if not verdict.allowed:
+            return too_many_page(request, verdict)
+    kept = build_parked_params(params)  # what decide verified and measured, without what idp ignores
     browser = tx.browser if tx is not None else login_binding.for_new_transaction(request)
     if isinstance(outcome, NeedLogin):
         # a new transaction for each pass that needs the chain: a step-up starts from what the
         # session holds, a (re-)authentication from nothing
         if outcome.step_up:
-            tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, outcome.login_hint,
+            tx = tx_store.new_transaction(kept, kept.get("client_id", ""), outcome.client_name, outcome.login_hint,
                                           requested_acr=outcome.requested_acr, user_id=outcome.session_user_id,
                                           steps_done=tuple(m for m in outcome.session_amr if m in ("pwd", "otp")),
                                           step_up_sid=outcome.session_sid, browser=browser)
-            target = "/login/code"
+            target = "/login"
         else:
-            tx = tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, outcome.login_hint,
+            tx = tx_store.new_transaction(kept, kept.get("client_id", ""), outcome.client_name, outcome.login_hint,
                                           requested_acr=outcome.requested_acr, browser=browser)
             target = "/login"
     else:
-        tx = tx or tx_store.new_transaction(params, params.get("client_id", ""), outcome.client_name, None,
+        tx = tx or tx_store.new_transaction(kept, kept.get("client_id", ""), outcome.client_name, None,
                                             browser=browser, consent_sid=outcome.session_sid)
         target = "/consent"
-    await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=services.settings.login_ttl_seconds)
-    return login_binding.attach(request, RedirectResponse(f"{target}?tx={tx.id}", status_code=303, headers=NO_STORE))
+    # until a step saves it again (for login_ttl_seconds), a new transaction waits only briefly
+    ttl = services.settings.login_ttl_seconds if carried_on else services.settings.login_untouched_ttl_seconds
+    await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=ttl)
+    location = f"{target}?tx={tx.id}"
+    if isinstance(outcome, NeedLogin) and outcome.step_up:  # straight to the step the chain needs
+        from idp.web.login import flow_of, step_url
+
+        onward = await run_blocking(request, flow_of(request).step_for, tx)
+        location = step_url(onward.step, tx.id) if onward is not None else location
+    return login_binding.attach(request, RedirectResponse(location, status_code=303, headers=NO_STORE))
 
 
 def to_client(request: Request, outcome: RedirectToClient) -> Response:

@@ -14,11 +14,11 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from idp.audit.trail import record_audit
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.id_tokens import id_token_alg
 from idp.oidc.logout import EndedSession, logout_token
 from idp.oidc.signing_keys import KeyCache
-from idp.audit.trail import record_audit
 from idp.web.services import Services
 
 log = logging.getLogger("idp.logout")

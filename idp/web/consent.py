@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from idp.oidc.origins import origin_of
 from idp.web.authorize import (
     load_transaction,
     redirect_origin,
@@ -12,10 +13,8 @@ from idp.web.authorize import (
     run_authorization,
     take_transaction,
 )
-from idp.oidc.origins import origin_of
 from idp.web.forms import read_form
-from idp.web.oauth_endpoints import services_of
-from idp.web.oauth_endpoints import NO_STORE
+from idp.web.oauth_endpoints import NO_STORE, services_of
 from idp.web.pages import error_page, render
 
 SCOPE_TEXT = {

@@ -1,152 +1,244 @@
-"""The hosted login page: the password step of the login chain. Every failure (unknown
-user, wrong password, disabled or locked account) gets the same page, status and message;
-rate limits run before Argon2, lockout after it (so a locked account costs the same time)."""
+"""The login chain over HTTP: every step's page and form, and the passkey step's JSON.
+Each handler parses the request, makes one call into the flow (idp/login/flow.py) in the
+threadpool, and turns what comes back into a response; refusals are handled in one place
+(`_refused`). Nothing about the chain is decided here."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+from urllib.parse import urlencode, urlsplit
+
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from idp.db.models import User
-from idp.login import transaction as tx_store
-from idp.login.lockout import FailureRecord
-from idp.login.steps import password as password_step
-from idp.audit.trail import record_audit
-from idp.web import login_binding
-from idp.web.authorize import load_step_transaction, redirect_origin
-from idp.web.blocking import run_blocking
-from idp.web.chain import LOCKED, advance
-from idp.web.forms import read_form
-from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import render
-from idp.web.services import Services
-from idp.web.throttle import (
-    check_limits,
-    credential_checks,
-    record_failed_check,
-    too_many_page,
+from idp.login.flow import FIRST_STEP, LoginFlow
+from idp.login.outcomes import (
+    Attempt,
+    Completed,
+    Continue,
+    Failed,
+    Notice,
+    Outcome,
+    StepView,
+    Unmet,
 )
+from idp.login.refusals import FlowRefused, TooManyAttempts, TransactionGone
+from idp.oidc.authorize import RedirectToClient
+from idp.web import backchannel, cookies, login_binding
+from idp.web.blocking import run_blocking
+from idp.web.forms import read_form
+from idp.web.json_bodies import json_error, read_json
+from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
+from idp.web.pages import copy_cookies, error_page, redirect_source, render
+from idp.web.throttle import too_many_json, too_many_page
 
+T = TypeVar("T")
+
+
+def flow_of(request: Request) -> LoginFlow:
+    flow: LoginFlow = request.app.state.login_flow
+    return flow
+
+
+def attempt_of(request: Request) -> Attempt:
+    return Attempt(ip=request_ip(request), user_agent=request.headers.get("user-agent"),
+                   browser=login_binding.presented(request), new_browser=login_binding.for_new_transaction(request),
+                   session_cookie=cookies.read(request, cookies.SESSION))
+
+
+def step_url(step: str, tx_id: str) -> str:
+    return f"/login?tx={tx_id}" if step == FIRST_STEP else f"/login/{step}?tx={tx_id}"
+
+
+async def _in_thread(call: Callable[..., T], *args: object) -> T:
+    """Always the threadpool: a step may run Argon2 (bounded by services.hashing), which
+    must never block the event loop."""
+    return await run_in_threadpool(call, *args)
+
+
+# ---- pages and forms -----------------------------------------------------------------------
 
 async def show_login(request: Request) -> Response:
+    """/login: the first step; for a transaction whose chain already named its user (a
+    step-up), the step the chain is on."""
     tx_id = request.query_params.get("tx")
-    tx = None if tx_id is None else await load_step_transaction(request, tx_id)
-    if isinstance(tx, Response):
-        return tx
-    return login_page(request, tx, username=tx.login_hint if tx else "", error=None, status=200)
+    try:
+        onward = None if tx_id is None else await run_blocking(request, flow_of(request).where_next, tx_id,
+                                                               attempt_of(request))
+        if onward is not None:
+            return RedirectResponse(step_url(onward.step, onward.tx.id), status_code=303, headers=NO_STORE)
+        return await _show(request, FIRST_STEP, tx_id)
+    except FlowRefused as refusal:
+        return _refused(request, refusal)
 
 
-def login_page(request: Request, tx: tx_store.LoginTransaction | None, *, username: str | None, error: str | None, status: int) -> Response:
-    response = render(request, "login.html", status=status, tx=tx, username=username or "", error=error,
-                      client_name=tx.client_name if tx else None, form_targets=redirect_origin(tx.params) if tx else ())
+async def show_step(request: Request) -> Response:
+    try:
+        return await _show(request, request.path_params["step"], request.query_params.get("tx"))
+    except FlowRefused as refusal:
+        return _refused(request, refusal)
+
+
+async def _show(request: Request, step: str, tx_id: str | None) -> Response:
+    shown = await run_blocking(request, flow_of(request).page, step, tx_id, attempt_of(request))
+    if isinstance(shown, Continue):
+        return RedirectResponse(step_url(shown.step, shown.tx.id), status_code=303, headers=NO_STORE)
+    return _page(request, shown)
+
+
+async def submit_login(request: Request) -> Response:
+    return await _submit(request, FIRST_STEP)
+
+
+async def submit_step(request: Request) -> Response:
+    return await _submit(request, request.path_params["step"])
+
+
+async def _submit(request: Request, step: str) -> Response:
+    form = await read_form(request)
+    if isinstance(form, Response):
+        return form
+    try:
+        outcome = await _in_thread(flow_of(request).submit, step, form.get("tx"), form, attempt_of(request))
+    except FlowRefused as refusal:
+        return _refused(request, refusal)
+    if isinstance(outcome, Failed):
+        return _page(request, outcome.view, error=outcome.message, status=outcome.status)
+    return _onward(request, outcome)
+
+
+def _page(request: Request, view: StepView, *, error: str | None = None, status: int = 200) -> Response:
+    tx = view.tx
+    response = render(request, view.template, status=status, tx=tx, error=error,
+                      client_name=(tx.client_name or None) if tx else None,
+                      form_targets=redirect_source(tx.params.get("redirect_uri")) if tx else (), **view.context)
     response.headers.update(NO_STORE)
     return response
 
 
-async def submit_login(request: Request) -> Response:
-    services = services_of(request)
-    params = await read_form(request)
-    if isinstance(params, Response):
-        return params
-    tx = None if "tx" not in params else await load_step_transaction(request, params["tx"])
-    if isinstance(tx, Response):
-        return tx
-    username, password = params.get("username", ""), params.get("password", "")
-    if not username or not password:
-        return login_page(request, tx, username=username[:128], error="Enter your username and password.", status=400)
-
-    ip = request_ip(request)
-    agent = request.headers.get("user-agent")
-    name = password_step.normalize_username(username)[:128]
-    # Limits before any expensive work: a refused attempt costs no Argon2 and counts nowhere.
-    verdict = await check_limits(request, credential_checks(ip, name), ip=ip)
-    if not verdict.allowed:
-        return too_many_page(request, verdict)
-
-    candidate = await run_blocking(request, _find_candidate, services, username)
-    result = await password_step.verify_password_step(services.hashing, candidate, password)
-    if tx is not None and isinstance(result, password_step.PasswordVerified) and not tx.accepts_user(result.user_id):
-        # another user's right password on a transaction that already named its user: refused
-        # exactly like a wrong password for that account (same page, status, counter), never merged
-        result = password_step.PasswordFailed(user_id=result.user_id, reason="other_identity")
-    if isinstance(result, password_step.PasswordFailed):
-        failure = await run_blocking(request, _record_failure, services, result.user_id, name, ip, agent,
-                                     result.reason)
-        await record_failed_check(request, ip)
-        return login_page(request, tx, username=username[:128], error=failure_message(services, failure), status=401)
-
-    new_hash = await services.hashing.hash_async(password) if result.needs_rehash else None
-    if not await run_blocking(request, _password_passed, services, result.user_id, new_hash, ip, agent):
-        # locked: the right password is refused exactly like a bad one, and recorded as refused
-        await record_failed_check(request, ip)
-        return login_page(request, tx, username=username[:128], error=failure_message(services, LOCKED), status=401)
-    # signing in to idp itself (no parked request): the chain still needs somewhere to keep its state
-    # (a re-authentication renews this browser's session at the chain's end: chain._finish)
-    chain_tx = tx or tx_store.new_transaction({}, "", "", None, return_to="/account",
-                                              browser=login_binding.for_new_transaction(request))
-    outcome = await advance(request, chain_tx.with_step("pwd", user_id=result.user_id, username=name))
-    if isinstance(outcome, FailureRecord):  # locked: refused exactly like a bad password
-        await run_blocking(request, _record_refusal, services, result.user_id, ip, agent)
-        await record_failed_check(request, ip)
-        return login_page(request, tx, username=username[:128], error=failure_message(services, outcome), status=401)
-    return login_binding.attach(request, outcome)
+def _onward(request: Request, outcome: Outcome) -> Response:
+    """Where the chain goes after a passed step: the next step, the parked request (with the
+    session cookie), or the RP with unmet_authentication_requirements."""
+    if isinstance(outcome, Unmet):
+        return _unmet(request, outcome)
+    assert isinstance(outcome, (Continue, Completed))
+    location = step_url(outcome.step, outcome.tx.id) if isinstance(outcome, Continue) else outcome.resume_url
+    response: Response = RedirectResponse(location, status_code=303, headers=NO_STORE)
+    if isinstance(outcome, Completed):
+        cookies.put(response, request, cookies.SESSION, outcome.session_cookie)
+        services = services_of(request)
+        for ended in outcome.ended:  # sessions beyond the per-user cap, or replaced: their RPs hear of it
+            backchannel.schedule(services, ended)
+    if outcome.notice is not None:
+        response = _notice(request, outcome.notice, location, response)
+    return login_binding.attach(request, response) if outcome.new_transaction else response
 
 
-def failure_message(services: Services, failure: FailureRecord, words: str = password_step.FAILED_MESSAGE) -> str:
-    """The same words for unknown, wrong and locked: only the counter's arithmetic speaks,
-    and unknown names have the same arithmetic (phantom counters). Later steps pass their
-    own `words` (a code, not a password, was wrong)."""
-    minutes = max(1, services.lockout.seconds // 60)
-    if failure.locked_now:
-        return f"{words} Too many failed attempts: sign-in for this account is paused for {minutes} minutes."
-    if failure.warn:
-        left = f"{failure.remaining} attempt{'s' if failure.remaining != 1 else ''}"
-        return f"{words} {left} left before sign-in is paused for {minutes} minutes."
-    return words
+def _notice(request: Request, notice: Notice, location: str, redirect: Response) -> Response:
+    """A page shown once between a step and the rest of the chain: its Continue link goes
+    where the chain was going, with the same cookies."""
+    page = render(request, notice.template, continue_url=location, **notice.context)
+    page.headers.update(NO_STORE)
+    return copy_cookies(redirect, page)
 
 
-def _find_candidate(services: Services, username: str) -> tuple[int, str | None, bool] | None:
-    with services.sessions() as db:
-        return password_step.find_login_candidate(db, username)
+def _unmet(request: Request, outcome: Unmet) -> Response:
+    """The level asked for cannot be reached by this user (e.g. phr without a passkey): the
+    OIDC error goes back to the RP (OpenID's registered unmet_authentication_requirements),
+    to the redirect_uri validated when the request was parked."""
+    tx = outcome.tx
+    redirect_uri = tx.params.get("redirect_uri")
+    if not tx.client_id or not redirect_uri:
+        return error_page(request, 403, "Your account cannot sign in at the level asked for.")
+    return error_to_client(request, tx.params, "unmet_authentication_requirements",
+                           "The user cannot authenticate at the level requested.")
 
 
-def _record_failure(services: Services, user_id: int | None, name: str, ip: str | None,
-                    agent: str | None, reason: str | None = None) -> FailureRecord:
-    with services.sessions.begin() as db:
-        if user_id is None:
-            failure = services.lockout.record_phantom_failure(services.keyring.digest("lockout-name:" + name))
-        else:
-            failure = services.lockout.record_failure(db, user_id)
-        record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent,
-                     outcome="refused" if failure.was_locked else "failure", known_user=user_id is not None,
-                     **({"reason": reason} if reason else {}))
-        if failure.locked_now:
-            record_audit(db, "account.locked", user_id=user_id, ip=ip, user_agent=agent, outcome="success",
-                         known_user=user_id is not None, seconds=services.lockout.seconds)
-        return failure
+def error_to_client(request: Request, params: Mapping[str, str], error: str, description: str) -> Response:
+    """An OAuth error to the RP's redirect_uri (verified when the request was parked), with
+    its state and our iss (RFC 9207), in the response mode it asked for."""
+    from idp.web.authorize import to_client  # authorize imports this module's neighbours
+
+    redirect_uri = params["redirect_uri"]
+    fields = {"error": error, "error_description": description}
+    if params.get("state"):
+        fields["state"] = params["state"]
+    fields["iss"] = services_of(request).oidc.issuer
+    separator = "&" if urlsplit(redirect_uri).query else "?"
+    return to_client(request, RedirectToClient(redirect_uri + separator + urlencode(fields), redirect_uri,
+                                               tuple(fields.items()), params.get("response_mode") == "form_post"))
 
 
-def _password_passed(services: Services, user_id: int, new_hash: str | None, ip: str | None,
-                     agent: str | None) -> bool:
-    """The password step's own record (the chain's end writes login.succeeded), and the
-    hash upgrade when the Argon2 parameters changed; False, with a refusal recorded instead,
-    when the account is locked (the chain checks again, for a lock taken after this)."""
-    with services.sessions.begin() as db:
-        if services.lockout.is_locked(db, user_id):
-            _audit_refusal(db, user_id, ip, agent)
-            return False
-        record_audit(db, "login.password.succeeded", user_id=user_id, ip=ip, user_agent=agent, outcome="success")
-        if new_hash:
-            user = db.get(User, user_id)
-            if user is not None:
-                user.password_hash = new_hash
-        return True
+def _refused(request: Request, refusal: FlowRefused) -> Response:
+    """Every refusal of the flow, in one place."""
+    if isinstance(refusal, TooManyAttempts):
+        return too_many_page(request, refusal.verdict)
+    if isinstance(refusal, TransactionGone) and refusal.parked and refusal.parked.get("redirect_uri"):
+        # the request's redirect_uri was verified when it was parked: the page's button goes
+        # back to the RP with the error, state and iss
+        return error_page(request, refusal.status, refusal.message,
+                          return_to=_return_link(request, refusal.parked))
+    return error_page(request, refusal.status, refusal.message)
 
 
-def _record_refusal(services: Services, user_id: int, ip: str | None, agent: str | None) -> None:
-    with services.sessions.begin() as db:
-        _audit_refusal(db, user_id, ip, agent)
+def _return_link(request: Request, parked: Mapping[str, str]) -> str:
+    fields = {"error": "access_denied", "error_description": "The sign-in was not completed."}
+    if parked.get("state"):
+        fields["state"] = parked["state"]
+    fields["iss"] = services_of(request).oidc.issuer
+    uri = parked["redirect_uri"]
+    return uri + ("&" if urlsplit(uri).query else "?") + urlencode(fields)
 
 
-def _audit_refusal(db, user_id: int, ip: str | None, agent: str | None) -> None:  # type: ignore[no-untyped-def]
-    record_audit(db, "login.password.failed", user_id=user_id, ip=ip, user_agent=agent, outcome="refused",
-                 known_user=True, reason="locked")
+# ---- the passkey step over JSON (idp/static/passkeys.js) -------------------------------------
+
+SIGN_IN_FAILED = "That passkey could not sign you in."
+EXPIRED = "This sign-in has expired. Reload the page and try again."
+
+
+async def passkey_options(request: Request) -> Response:
+    data = await read_json(request)
+    if isinstance(data, Response):
+        return data
+    attempt = attempt_of(request)
+    typed = data.get("username")
+    username = typed.strip().casefold()[:128] if isinstance(typed, str) and typed.strip() else None
+    # options check no credential: a count of their own (the login page asks on every load)
+    limits = [("passkey_options_ip", attempt.ip or "-")] + ([("login_account", username)] if username else [])
+    tx_id = data.get("tx") if isinstance(data.get("tx"), str) else None
+    try:
+        challenge = await run_blocking(request, flow_of(request).challenge, "passkey", tx_id,
+                                       {"username": username}, attempt, limits)
+    except TransactionGone:
+        # not (or no longer) a transaction of this browser's: signing in to idp itself
+        challenge = await run_blocking(request, flow_of(request).challenge, "passkey", None,
+                                       {"username": username}, attempt, limits)
+    except TooManyAttempts as refusal:
+        return too_many_json(refusal.verdict)
+    except FlowRefused as refusal:
+        return json_error(refusal.status, refusal.message)
+    response = JSONResponse({**challenge.data, "tx": challenge.tx.id}, headers=NO_STORE)
+    return login_binding.attach(request, response) if challenge.new_transaction else response
+
+
+async def passkey_verify(request: Request) -> Response:
+    data = await read_json(request)
+    if isinstance(data, Response):
+        return data
+    tx_id = data.get("tx")
+    if not isinstance(tx_id, str):
+        return json_error(400, EXPIRED)
+    try:
+        outcome = await _in_thread(flow_of(request).submit, "passkey", tx_id, data, attempt_of(request))
+    except TooManyAttempts as refusal:
+        return too_many_json(refusal.verdict)
+    except FlowRefused:
+        return json_error(400, EXPIRED)
+    if isinstance(outcome, Failed):
+        return json_error(outcome.status, outcome.message)
+    answer = _onward(request, outcome)
+    if "location" not in answer.headers:  # a page instead of a redirect (form_post to the RP): no way on in JSON
+        return json_error(401, SIGN_IN_FAILED)
+    return copy_cookies(answer, JSONResponse({"redirect": answer.headers["location"]}, headers=NO_STORE))
+

@@ -7,11 +7,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from idp.audit.trail import record_audit
 from idp.login.sessions import find_session
 from idp.oidc.logout import Hint, InvalidHint, allowed_redirect, check_hint, end_session
-from idp.audit.trail import record_audit
-from idp.web import cookies
-from idp.web import backchannel
+from idp.web import backchannel, cookies
 from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of

@@ -17,7 +17,15 @@ from idp.resources import resource_dir
 from idp.security import csrf
 from idp.web import cookies
 
-_env = Environment(loader=FileSystemLoader(str(resource_dir("templates"))), autoescape=select_autoescape(["html"]))
+_loader = FileSystemLoader([str(resource_dir("templates"))])
+_env = Environment(loader=_loader, autoescape=select_autoescape(["html"]))
+
+
+def add_template_dir(path: str) -> None:
+    """A login step registered from outside idp brings its template (searched after idp's
+    own, so it can never replace one of them)."""
+    if path not in _loader.searchpath:
+        _loader.searchpath.append(path)
 
 
 def csrf_cookie_of(request: Request) -> str:

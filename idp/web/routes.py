@@ -6,17 +6,15 @@ from starlette.staticfiles import StaticFiles
 
 from idp.web import (
     account,
+    account_passkeys,
     authorize,
     consent,
     health,
     home,
     login,
-    login_steps,
     logout,
     metrics_endpoint,
     oauth_endpoints,
-    account_passkeys,
-    passkey_routes,
 )
 
 STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "static"
@@ -33,15 +31,12 @@ routes = [
     Route("/authorize/resume", authorize.resume, methods=["GET"]),
     Route("/login", login.show_login, methods=["GET"]),
     Route("/login", login.submit_login, methods=["POST"]),
-    # the login chain's later steps (idp/web/login_steps.py): the code step (TOTP or backup
-    # code) and the enforced TOTP enrolment
-    Route("/login/code", login_steps.show_code_step, methods=["GET"]),
-    Route("/login/code", login_steps.submit_code_step, methods=["POST"]),
-    Route("/login/passkey", login_steps.show_passkey_step, methods=["GET"]),
-    Route("/login/passkey/options", passkey_routes.sign_in_options, methods=["POST"]),
-    Route("/login/passkey/verify", passkey_routes.sign_in_verify, methods=["POST"]),
-    Route("/login/enrol", login_steps.show_enrolment, methods=["GET"]),
-    Route("/login/enrol", login_steps.submit_enrolment, methods=["POST"]),
+    # the passkey step's JSON (idp/static/passkeys.js)
+    Route("/login/passkey/options", login.passkey_options, methods=["POST"]),
+    Route("/login/passkey/verify", login.passkey_verify, methods=["POST"]),
+    # every registered step (idp/login/steps/): its page and its form, /login/<step name>
+    Route("/login/{step}", login.show_step, methods=["GET"]),
+    Route("/login/{step}", login.submit_step, methods=["POST"]),
     # self-service (idp/web/account.py)
     Route("/account", account.account_page, methods=["GET"]),
     Route("/account/totp/setup", account.totp_setup, methods=["POST"]),

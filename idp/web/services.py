@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from idp.login.lockout import Lockout
+from idp.lockout import Lockout
 from idp.login.sessions import SessionPolicy
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys

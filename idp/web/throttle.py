@@ -13,10 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from idp.audit.trail import record_audit
+from idp.audit import refusals
 from idp.security.client_ip import client_ip, joined_forwarded_for
 from idp.security.rate_limits import ALLOWED, Verdict
-from idp.state.store import StoreUnavailable
 from idp.web.blocking import run_blocking
 from idp.web.services import Services
 
@@ -88,16 +87,8 @@ async def record_failed_check(request: Request, ip: str | None) -> None:
 
 def audit_refusal(services: Services, verdict: Verdict, key: str, ip: str | None, client_id: str | None,
                   user_agent: str | None, path: str) -> None:
-    marker = f"rl-audited:{verdict.scope}:{services.keyring.digest(key)}"
-    try:
-        first = services.store.add(marker, b"1", ttl_seconds=max(1, verdict.retry_after))
-    except StoreUnavailable:
-        first = True  # cannot tell: audit it (the shared limiter has fallen back to per process)
-    if not first:
-        return
-    with services.sessions.begin() as db:
-        record_audit(db, "rate_limit.exceeded", client_id=client_id, ip=ip, user_agent=user_agent, outcome="refused",
-                     scope=verdict.scope, path=path, retry_after=verdict.retry_after)
+    refusals.audit_refusal(services.sessions, services.store, services.keyring, verdict, key, ip=ip,
+                           client_id=client_id, user_agent=user_agent, path=path)
 
 
 class SiteRateLimitMiddleware:

@@ -85,7 +85,7 @@ def test_no_request_of_a_page_load_gets_a_404(page, idp, csp, not_found):
     page.goto(f"{idp.issuer}/")
     signed_in_on_account(page, idp)
     page.goto(f"{idp.issuer}/")
-    page.goto(f"{idp.issuer}/login/code")  # an error page
+    page.goto(f"{idp.issuer}/login/totp")  # an error page
     expect(page.get_by_role("heading", name="We could not continue")).to_be_visible()
     expect(page.get_by_text("quote this request id")).to_be_visible()
     page.get_by_role("link", name="Go to idp's home page").click()

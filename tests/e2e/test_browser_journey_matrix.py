@@ -17,10 +17,9 @@ Columns, how the person signs in:
                         code is asked for; the session keeps its sid), then acr_values=phr
                         (only the passkey). In the re-authentication rows the password comes
                         first each time: password + code, then password + passkey.
-Logout: the logout dimension alternates across the sign-in cells instead of doubling them:
-cell (row i, column j) ends with `logout-confirmed` (client_id only: idp asks "Sign out?")
-when i + j is even, else with `logout-by-hint` (id_token_hint naming this session: straight
-back to the RP), so both kinds appear in every row and every column (25 journeys).
+Logout, the third dimension: every sign-in cell ends once with `logout-confirmed` (client_id
+only: idp asks "Sign out?") and once with `logout-by-hint` (id_token_hint naming this
+session: straight back to the RP): 5 x 5 x 2 = 50 journeys.
 
 Each sign-in ends on the RP's page with a code that the RP redeems and an ID token PyJWT
 verifies against JWKS (iss, aud, exp, nonce), with acr, amr, auth_time and sid asserted as
@@ -137,8 +136,8 @@ COLUMNS = (
     Column("step-up-mfa-phr", totp=True, passkey=True, expected=None),
 )
 LOGOUTS = ("logout-confirmed", "logout-by-hint")
-CELLS = [pytest.param(row, column, LOGOUTS[(i + j) % 2], id=f"{row.name} x {column.name} x {LOGOUTS[(i + j) % 2]}")
-         for i, row in enumerate(ROWS) for j, column in enumerate(COLUMNS)]
+CELLS = [pytest.param(row, column, logout, id=f"{row.name} x {column.name} x {logout}")
+         for row in ROWS for column in COLUMNS for logout in LOGOUTS]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -209,12 +208,15 @@ class Journey:
         if column.totp:
             self.totp = TotpApp(self.oathtool, set_up_totp(self.page))
             self.backup_codes = confirm_totp(self.page, self.totp.code())
-        if column.passkey:
+        if column.passkey and not column.totp:
             assert self.authenticator is not None
             self.authenticator.touched(True)
             add_passkey(self.page, "This laptop")
             self.authenticator.touched(False)
-            assert len(self.authenticator.credentials()) == 1
+        elif column.passkey:
+            self.add_passkey_in_another_sign_in()
+        if column.passkey:
+            assert self.authenticator is not None and len(self.authenticator.credentials()) == 1
         if not (row.session_kept or column.step_up):
             end_of_session(self.page)
         if row.reauthenticates:
@@ -224,6 +226,33 @@ class Journey:
         self.cookies_held.clear()  # from here on: the journey's (an ended set-up session may live on, as after expiry)
         self.remember_session_cookie("when the journey began")
         return earlier
+
+    def add_passkey_in_another_sign_in(self) -> None:
+        """Adding a passkey once the account has a code needs a sign-in at mfa (issue 15), and
+        this journey must keep its password-only session: the person signs in again with
+        password and a backup code in another browser window (the app's codes are kept for the
+        journey: three per time step at most), adds the passkey there, and the key reaches this
+        browser's authenticator as a synced or copied passkey would."""
+        assert self.authenticator is not None and self.totp is not None
+        context = self.page.context.browser.new_context()  # type: ignore[union-attr]
+        context.set_default_timeout(10_000)
+        try:
+            other = context.new_page()
+            elsewhere_csp = CspViolations.record(context)
+            device = virtual_authenticator(other)
+            other.goto(f"{self.issuer}/account")
+            reach(other, elsewhere_csp, password_field(other), "the login page")
+            sign_in(other, self.username, self.password)
+            reach(other, elsewhere_csp, code_field(other), "the code step")
+            enter_backup_code(other, self.backup_codes.pop())
+            continue_after_backup_code(other)
+            reach(other, elsewhere_csp, other.get_by_role("button", name="Add a passkey"), "/account")
+            add_passkey(other, "This laptop")
+            (credential,) = device.credentials()
+            self.authenticator.add(credential)
+            elsewhere_csp.assert_none()
+        finally:
+            context.close()
 
     def remember_session_cookie(self, when: str) -> None:
         cookie = session_cookie(self.page)
@@ -368,7 +397,7 @@ class Journey:
 def test_journey_ends_at_the_rp_with_the_id_token_it_must_produce_then_logs_out(
         row: Row, column: Column, logout: str, page: Page, csp: CspViolations, deployment: Deployment,
         oathtool: str) -> None:
-    username, password = f"{row.name}.{column.name}", secrets.token_urlsafe(18)
+    username, password = f"{row.name}.{column.name}.{logout}", secrets.token_urlsafe(18)
     deployment.idp.cli("user", "add", username, "--email", f"{username}@example.com", "--name", username,
                        "--password-stdin", stdin=password + "\n")
     authenticator = virtual_authenticator(page) if column.passkey else None

@@ -191,7 +191,7 @@ def test_a_returning_user_with_stored_consent_and_totp_lands_on_the_rp_after_the
     page.wait_for_url(at_path("/login"))
     since = time.time()
     sign_in(page, idp.username, idp.password)
-    page.wait_for_url(at_path("/login/code"))
+    page.wait_for_url(at_path("/login/totp"))
     expect(page.get_by_role("heading", name="Two-step verification")).to_be_visible()
     code_input(page).fill(authenticator.code())  # the next time step's code (the set-up used one)
     page.get_by_role("button", name="Verify").click()  # POST → /authorize/resume → the RP

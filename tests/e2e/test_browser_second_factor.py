@@ -213,7 +213,7 @@ def to_code_step(page: Page, idp: RunningIdp, authorization: Authorization) -> N
     page.goto(authorization.url)
     page.wait_for_url(at_path("/login"))
     sign_in(page, idp.username, idp.password)
-    page.wait_for_url(at_path("/login/code"))
+    page.wait_for_url(at_path("/login/totp"))
     expect(page.get_by_role("heading", name="Two-step verification")).to_be_visible()
     expect(code_input(page)).to_be_visible()
 
@@ -249,7 +249,7 @@ def test_totp_set_up_on_account_then_a_step_up_asks_only_for_the_code(page, idp,
     rp = relying_party(idp)
     authorization = start_authorization(rp, idp, acr_values="mfa")
     page.goto(authorization.url)
-    page.wait_for_url(at_path("/login/code"))  # the session has the password: straight to the code
+    page.wait_for_url(at_path("/login/totp"))  # the session has the password: straight to the code
     expect(page.get_by_role("heading", name="Two-step verification")).to_be_visible()
     expect(code_input(page)).to_be_visible()
     expect(page.locator("input[name=password]")).to_have_count(0)
@@ -281,8 +281,8 @@ def test_a_backup_code_signs_in_once(page, idp, oathtool, browser, rp_callback: 
         switch_to_backup_code(third).fill(typed)
         third.get_by_role("button", name="Verify").click()
         expect(third.get_by_role("alert")).to_contain_text("not valid or was already used")
-        assert urlsplit(third.url).path == "/login/code"
-        expect(third.locator("input[name=backup_code]")).to_be_visible()  # still on the code step
+        assert urlsplit(third.url).path == "/login/backup_code"
+        expect(third.locator("input[name=backup_code]")).to_be_visible()  # still on the backup-code step
     assert len(rp_callback.queries) == 1  # nothing reached the RP
 
     page.goto(f"{idp.issuer}/account")
@@ -299,7 +299,7 @@ def test_an_admin_requirement_makes_the_next_login_enrol_totp(page, idp, idp_cli
     page.goto(authorization.url)
     page.wait_for_url(at_path("/login"))
     sign_in(page, "bob", BOB_PASSWORD)
-    page.wait_for_url(at_path("/login/enrol"))
+    page.wait_for_url(at_path("/login/enrol_totp"))
     expect(page.get_by_role("heading", name="Set up two-step verification")).to_be_visible()
     confirm_totp(page, Authenticator(oathtool, read_totp_setup(page)))
     read_backup_codes(page)

@@ -55,7 +55,7 @@ def post_code(client, location: str, **fields: str):
     page = client.get(location)
     assert page.status_code == 200, page.text
     data = {"csrf_token": form_value(page.text, "csrf_token"), "tx": form_value(page.text, "tx"), **fields}
-    return client.post("/login/code", data=data, follow_redirects=False)
+    return client.post(location.split("?")[0], data=data, follow_redirects=False)  # the page's own step
 
 
 def error_of(html: str) -> str:
@@ -90,7 +90,7 @@ def test_a_user_with_totp_always_does_the_code_step_and_the_rp_gets_mfa(client):
     secret = enrol_totp(client)
     request = AuthRequest()
     response = submit_login(client, start(client, request).headers["location"])
-    assert response.status_code == 303 and response.headers["location"].startswith("/login/code?tx=")
+    assert response.status_code == 303 and response.headers["location"].startswith("/login/totp?tx=")
     now = at_step(client, 1)
     response = post_code(client, response.headers["location"], code=pyotp.TOTP(secret).at(now))
     assert response.status_code == 303
@@ -107,7 +107,7 @@ def test_step_up_from_a_password_session_asks_only_for_the_code_and_keeps_the_se
 
     stepped = AuthRequest(scope="openid", extra={"acr_values": "mfa"})
     response = start(client, stepped)
-    assert response.headers["location"].startswith("/login/code?tx="), "a step-up must not ask for the password"
+    assert response.headers["location"].startswith("/login/totp?tx="), "a step-up must not ask for the password"
     now = at_step(client, 1)
     response = post_code(client, response.headers["location"], code=pyotp.TOTP(secret).at(now))
     upgraded = id_token_of(client, stepped, to_client(client, response))
@@ -119,13 +119,13 @@ def test_step_up_from_a_password_session_asks_only_for_the_code_and_keeps_the_se
 def test_acr_values_mfa_for_a_user_without_a_factor_enrols_on_the_spot(client):
     request = AuthRequest(extra={"acr_values": "mfa"})
     response = submit_login(client, start(client, request).headers["location"])
-    assert response.headers["location"].startswith("/login/enrol?tx=")
+    assert response.headers["location"].startswith("/login/enrol_totp?tx=")
     page = client.get(response.headers["location"])
     assert page.status_code == 200
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', page.text).group(1)
     assert 'src="data:image/svg+xml' in page.text
     now = at_step(client, 0)
-    confirm = client.post("/login/enrol", data={"csrf_token": form_value(page.text, "csrf_token"),
+    confirm = client.post("/login/enrol_totp", data={"csrf_token": form_value(page.text, "csrf_token"),
                                                 "tx": form_value(page.text, "tx"), "code": pyotp.TOTP(secret).at(now)},
                           follow_redirects=False)
     assert confirm.status_code == 200  # the backup codes, shown once, before going on
@@ -141,7 +141,7 @@ def test_admin_enforced_mfa_makes_the_next_login_enrol_before_any_code_is_issued
         require_mfa(db, "alice")
     request = AuthRequest()
     response = submit_login(client, start(client, request).headers["location"])
-    assert response.headers["location"].startswith("/login/enrol?tx=")
+    assert response.headers["location"].startswith("/login/enrol_totp?tx=")
     # skipping the enrolment does not get a code: resume sends the browser back into the chain
     tx = response.headers["location"].split("tx=")[1]
     resumed = client.get(f"/authorize/resume?tx={tx}", follow_redirects=False)
@@ -155,7 +155,7 @@ def test_a_clients_default_acr_values_demand_a_second_factor(client):
         db.execute(update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]}))
     services.oidc.clients.reload()
     response = submit_login(client, start(client, AuthRequest()).headers["location"])
-    assert response.headers["location"].startswith("/login/enrol?tx=")
+    assert response.headers["location"].startswith("/login/enrol_totp?tx=")
 
 
 def test_an_unsatisfiable_level_is_an_error_returned_to_the_rp(client):
@@ -190,7 +190,7 @@ def test_a_backup_code_works_once_and_the_page_says_how_many_are_left(client):
 
     request = AuthRequest()
     response = submit_login(client, start(client, request).headers["location"])
-    backup_page = response.headers["location"] + "&method=backup"
+    backup_page = response.headers["location"].replace("/login/totp?", "/login/backup_code?")
     assert 'name="backup_code"' in client.get(backup_page).text
     used = post_code(client, backup_page, backup_code="  abcd efgh ")  # case, spaces and no dash forgiven
     assert used.status_code == 200
@@ -201,7 +201,7 @@ def test_a_backup_code_works_once_and_the_page_says_how_many_are_left(client):
 
     client.cookies.clear()
     again = submit_login(client, start(client, AuthRequest()).headers["location"])
-    refused = post_code(client, again.headers["location"] + "&method=backup", backup_code="ABCD-EFGH")
+    refused = post_code(client, again.headers["location"].replace("/login/totp?", "/login/backup_code?"), backup_code="ABCD-EFGH")
     assert refused.status_code == 401
     assert "not valid or was already used" in error_of(refused.text)
 
@@ -224,7 +224,7 @@ def test_wrong_codes_and_wrong_passwords_share_one_lockout_counter(client):
 def test_the_code_step_needs_the_password_step_first(client):
     login_page = start(client, AuthRequest()).headers["location"]
     tx = login_page.split("tx=")[1]
-    assert client.get(f"/login/code?tx={tx}").status_code == 400
+    assert client.get(f"/login/totp?tx={tx}").status_code == 400
 
 
 def test_a_replayed_code_is_refused_at_login(client):
@@ -248,7 +248,7 @@ def test_plain_sign_in_to_idp_with_totp_goes_through_the_code_step_to_the_accoun
     page = client.get("/login")
     response = client.post("/login", data={"csrf_token": form_value(page.text, "csrf_token"), "username": "alice",
                                            "password": PASSWORD}, follow_redirects=False)
-    assert response.headers["location"].startswith("/login/code?tx=")
+    assert response.headers["location"].startswith("/login/totp?tx=")
     now = at_step(client, 1)
     done = post_code(client, response.headers["location"], code=pyotp.TOTP(secret).at(now))
     assert done.status_code == 303 and done.headers["location"] == "/account"

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from idp.clock import utcnow
 from idp.db.models import AuditEvent, User
-from idp.login.lockout import Lockout
+from idp.lockout import Lockout
 from tests.support.rp import AuthRequest, form_value, start, submit_login
 from tests.support.seed import PASSWORD
 
@@ -90,18 +90,18 @@ def test_a_locked_account_still_pays_for_the_password_check(client):
     for _ in range(ATTEMPTS):
         submit_login(client, url, password="wrong password")
     calls = []
-    original = services.hashing.verify_async
+    original = services.hashing.verify
 
-    async def counting(stored, password):
+    def counting(stored, password):
         calls.append(stored is not None)
-        return await original(stored, password)
+        return original(stored, password)
 
-    services.hashing.verify_async = counting
+    services.hashing.verify = counting
     try:
         assert submit_login(client, url, password=PASSWORD).status_code == 401
         assert submit_login(client, url, password="wrong password").status_code == 401
     finally:
-        services.hashing.verify_async = original
+        services.hashing.verify = original
     assert calls == [True, True]
 
 

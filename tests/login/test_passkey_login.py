@@ -336,7 +336,7 @@ def test_the_step_up_passkey_must_be_the_session_users(client):
     password_sign_in_to_account(client)
     register_on_account(client, alices)
     stepped = AuthRequest(scope="openid", extra={"acr_values": "phr"})
-    location = client.get(start(client, stepped).headers["location"], follow_redirects=False).headers["location"]
+    location = start(client, stepped).headers["location"]  # straight to the step the chain needs
     assert location.startswith("/login/passkey?tx=")
     tx = query_of(location)["tx"]
     token = csrf_token(client)
@@ -379,6 +379,8 @@ def test_a_credential_that_is_not_registered_is_refused_and_counts_against_nobod
 
 
 def test_failed_assertions_of_a_known_credential_count_toward_the_lockout(client):
+    """Passkey failures count; a user-verified assertion on the locked account still signs
+    its owner in and clears the lock (DESIGN.md §4: the lock cannot lock out a passkey)."""
     authenticator = SoftAuthenticator()
     with_passkey(client, authenticator)
     token = csrf_token(client)
@@ -388,10 +390,50 @@ def test_failed_assertions_of_a_known_credential_count_toward_the_lockout(client
         assert verify.status_code == 401 and "error" in verify.json()
         assert failed_logins(client) == attempt
     assert len(audits(client, "account.locked")) == 1
-    locked = passkey_ceremony(client, authenticator, token)  # now even a good assertion is refused
-    assert locked.status_code == 401 and "error" in locked.json()
-    assert "idp_session" not in client.cookies
-    assert audits(client, "login.passkey.succeeded") == []
+    unlocked = passkey_ceremony(client, authenticator, token)
+    assert unlocked.status_code == 200 and "redirect" in unlocked.json(), unlocked.text
+    assert "idp_session" in client.cookies
+    assert failed_logins(client) == 0 and _user(client, "alice").locked_until is None
+    assert audits(client, "login.succeeded")[-1].detail.get("cleared_lock") is True
+
+
+def test_anonymous_wrong_passwords_cannot_lock_the_owner_out_of_signing_in_with_a_passkey(client):
+    """The review's attack: five wrong passwords from anyone lock the account; its owner
+    still signs in with a passkey, and the password step stays locked until then."""
+    authenticator = SoftAuthenticator()
+    with_passkey(client, authenticator)
+    client.cookies.clear()
+    limit = client.app.state.services.settings.lockout_attempts
+    for _ in range(limit):
+        assert submit_login(client, "/login", username="alice", password="not the password").status_code == 401
+    assert _user(client, "alice").locked_until is not None
+    assert submit_login(client, "/login", username="alice").status_code == 401  # the right password: refused
+    token = csrf_token(client)
+    signed = passkey_ceremony(client, authenticator, token)
+    assert signed.status_code == 200 and "redirect" in signed.json(), signed.text
+    assert _user(client, "alice").locked_until is None and failed_logins(client) == 0
+
+
+def test_a_locked_account_refuses_the_password_even_mid_chain_but_not_the_passkey_step(client):
+    """The lock covers the password, TOTP and backup-code steps, not a passkey step: with
+    alice's account locked during her chain, the code is refused, the passkey is not."""
+    authenticator = SoftAuthenticator()
+    with_passkey(client, authenticator)
+    client.cookies.clear()
+    services = client.app.state.services
+    alice = _user(client, "alice").id  # SQLite here has one connection: no session inside another
+    stepped = submit_login(client, start(client, AuthRequest(extra={"acr_values": "phr"})).headers["location"])
+    assert stepped.status_code == 303 and stepped.headers["location"].startswith("/login/passkey?tx="), stepped.text
+    with services.sessions.begin() as db:  # locked between the password and the passkey
+        for _ in range(services.settings.lockout_attempts):
+            services.lockout.record_failure(db, alice)
+    tx = query_of(stepped.headers["location"])["tx"]
+    token = csrf_token(client)
+    body = sign_in_options(client, token, tx).json()
+    verify = client.post("/login/passkey/verify", json={
+        "csrf_token": token, "tx": tx, "challenge_id": body["challenge_id"],
+        "credential": authenticator.get(body["publicKey"])})
+    assert verify.status_code == 200 and verify.json()["redirect"].startswith("/authorize/resume?tx="), verify.text
 
 
 def test_a_counter_regression_is_refused_audited_and_counted(client):

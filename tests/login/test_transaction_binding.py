@@ -90,7 +90,7 @@ def test_attacker_who_finished_his_own_totp_chain_cannot_post_the_victims_passwo
     request = AuthRequest()
     tx = tx_of(login_page_url(client, request))
     code_step = post_password(client, tx, "bob")
-    assert code_step.headers["location"].startswith("/login/code?tx=")
+    assert code_step.headers["location"].startswith("/login/totp?tx=")
     finished = post_code(client, code_step.headers["location"], code=pyotp.TOTP(bob_secret).at(at_step(client, 1)))
     assert finished.headers["location"] == f"/authorize/resume?tx={tx}"  # not followed, on purpose
 
@@ -105,10 +105,10 @@ def test_attacker_who_enrolled_a_factor_on_the_spot_cannot_hand_it_to_the_victim
     enrol_totp(client, "alice")
     tx = tx_of(login_page_url(client))
     enrol = post_password(client, tx, "bob")
-    assert enrol.headers["location"].startswith("/login/enrol?tx=")
+    assert enrol.headers["location"].startswith("/login/enrol_totp?tx=")
     page = client.get(enrol.headers["location"])
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', page.text).group(1)  # type: ignore[union-attr]
-    confirmed = client.post("/login/enrol", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
+    confirmed = client.post("/login/enrol_totp", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
                                                   "code": pyotp.TOTP(secret).at(at_step(client, 2))},
                             follow_redirects=False)
     assert confirmed.status_code == 200 and f"/authorize/resume?tx={tx}" in confirmed.text
@@ -137,7 +137,7 @@ def test_another_users_password_mid_chain_gets_the_wrong_password_answer_and_is_
     request = AuthRequest()
     tx = tx_of(login_page_url(client, request))
     code_step = post_password(client, tx, "bob")
-    assert code_step.headers["location"].startswith("/login/code?tx=")
+    assert code_step.headers["location"].startswith("/login/totp?tx=")
 
     right = post_password(client, tx, "alice")
     reset_counter(client, "alice")  # so the wrong password meets the same counter
@@ -159,7 +159,7 @@ def test_a_step_up_transaction_refuses_another_users_password(client):
     submit_login(client, "/login", username="bob")  # bob's session, password only
     enrol_totp(client, "bob")
     step_up = start(client, AuthRequest(extra={"acr_values": "mfa"}))
-    assert step_up.headers["location"].startswith("/login/code?tx=")
+    assert step_up.headers["location"].startswith("/login/totp?tx=")
     response = post_password(client, tx_of(step_up.headers["location"]), "alice")
     assert response.status_code == 401 and not sets_session(response)
     assert "The username or password is incorrect." in error_of(response.text)
@@ -181,7 +181,7 @@ def test_a_victims_sign_in_on_a_transaction_the_attacker_created_is_refused(clie
     assert posted.status_code == 400 and not sets_session(posted)
     # the attacker, with her password, still faces her code step: nothing was inherited
     onward = post_password(attacker, tx, "alice")
-    assert onward.status_code == 303 and onward.headers["location"].startswith("/login/code?tx=")
+    assert onward.status_code == 303 and onward.headers["location"].startswith("/login/totp?tx=")
 
 
 def test_a_transaction_posted_from_a_second_cookie_jar_is_refused_at_every_step(client, second_browser):
@@ -199,8 +199,8 @@ def test_a_transaction_posted_from_a_second_cookie_jar_is_refused_at_every_step(
     attempts = {
         "login page": attacker.get(f"/login?tx={tx}"),
         "password": post_password(attacker, tx, "alice"),
-        "code page": attacker.get(f"/login/code?tx={tx}"),
-        "code": attacker.post("/login/code", data={"csrf_token": token, "tx": tx, "code": "123456"}),
+        "code page": attacker.get(f"/login/totp?tx={tx}"),
+        "code": attacker.post("/login/totp", data={"csrf_token": token, "tx": tx, "code": "123456"}),
         "consent page": attacker.get(f"/consent?tx={tx}"),
         "consent": attacker.post("/consent", data={"csrf_token": token, "tx": tx, "decision": "allow"},
                                  follow_redirects=False),
@@ -246,8 +246,8 @@ def test_a_finished_transaction_takes_no_further_step(client):
     tx = tx_of(login_page_url(client))
     post_password(client, tx, "bob")  # bob has no second factor: his chain ends at once
     for response in (post_password(client, tx, "bob"),
-                     client.post("/login/code", data={"csrf_token": csrf_token(client), "tx": tx, "code": "123456"}),
-                     client.get(f"/login/code?tx={tx}"), client.get(f"/login/enrol?tx={tx}")):
+                     client.post("/login/totp", data={"csrf_token": csrf_token(client), "tx": tx, "code": "123456"}),
+                     client.get(f"/login/totp?tx={tx}"), client.get(f"/login/enrol_totp?tx={tx}")):
         assert response.status_code == 400 and not sets_session(response), response.text[:300]
 
 
@@ -285,7 +285,7 @@ def test_after_a_step_up_the_old_cookie_value_gets_the_sign_in_page(client, seco
 
     stepped = AuthRequest(scope="openid", extra={"acr_values": "mfa"})
     code_step = start(client, stepped)
-    assert code_step.headers["location"].startswith("/login/code?tx=")
+    assert code_step.headers["location"].startswith("/login/totp?tx=")
     done = post_code(client, code_step.headers["location"], code=pyotp.TOTP(secret).at(at_step(client, 1)))
     after = id_token_of(client, stepped, to_client(client, done))
     new_cookie = client.cookies["idp_session"]
@@ -324,7 +324,7 @@ def test_a_passkey_of_another_user_cannot_finish_a_chain_that_named_its_user(cli
     tx = tx_of(login_page_url(client))
     token = csrf_token(client)
     options = client.post("/login/passkey/options", json={"csrf_token": token, "tx": tx}).json()
-    assert post_password(client, tx, "bob").headers["location"].startswith("/login/code?tx=")
+    assert post_password(client, tx, "bob").headers["location"].startswith("/login/totp?tx=")
     verify = client.post("/login/passkey/verify", json={
         "csrf_token": token, "tx": tx, "challenge_id": options["challenge_id"],
         "credential": authenticator.get(options["publicKey"])})
@@ -402,7 +402,7 @@ def has_totp(client: TestClient, username: str) -> bool:
 
 def enrolment_attempt(client: TestClient, tx: str, form_page: Any) -> Any:
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', form_page.text)
-    return client.post("/login/enrol", data={"csrf_token": csrf_token(client), "tx": tx,
+    return client.post("/login/enrol_totp", data={"csrf_token": csrf_token(client), "tx": tx,
                                              "code": pyotp.TOTP(secret.group(1) if secret else "A" * 32).at(
                                                  at_step(client, 1))}, follow_redirects=False)
 
@@ -419,14 +419,14 @@ def test_a_step_up_begun_before_signing_out_cannot_enrol_a_factor_afterwards(cli
     submit_login(client, "/login", username="alice")
     step_up = start(client, AuthRequest(extra={"acr_values": "mfa"}))
     tx = tx_of(step_up.headers["location"])
-    form_page = client.get(f"/login/enrol?tx={tx}")
+    form_page = client.get(f"/login/enrol_totp?tx={tx}")
     assert form_page.status_code == 200
     signed_out = sign_out(client)
     assert any(v.startswith("idp_login=") and "Max-Age=0" in v
                for k, v in signed_out.headers.multi_items() if k == "set-cookie"), "the binding goes with the session"
 
     client.cookies.set("idp_login", "kept-by-a-browser-that-ignored-the-deletion-0123456789")
-    assert client.get(f"/login/enrol?tx={tx}").status_code == 400
+    assert client.get(f"/login/enrol_totp?tx={tx}").status_code == 400
     attempt = enrolment_attempt(client, tx, form_page)
     assert attempt.status_code == 400 and not sets_session(attempt)
     assert not has_totp(client, "alice") and live_sessions(client, "alice") == []
@@ -438,7 +438,7 @@ def test_a_step_up_from_a_stolen_cookie_dies_when_the_victims_sessions_are_ended
     attacker.cookies.set("idp_session", victim.cookies["idp_session"])  # a copy of her cookie
     step_up = start(attacker, AuthRequest(extra={"acr_values": "mfa"}))
     tx = tx_of(step_up.headers["location"])
-    form_page = attacker.get(f"/login/enrol?tx={tx}")
+    form_page = attacker.get(f"/login/enrol_totp?tx={tx}")
     assert form_page.status_code == 200
     from idp.clock import utcnow
 
@@ -513,7 +513,7 @@ def test_a_user_disabled_mid_chain_gets_a_page_not_a_500(app):
                                                 "password": PASSWORD}, follow_redirects=False)
         with app.state.services.sessions.begin() as db:
             db.execute(update(User).where(User.username == "alice").values(disabled=True))
-        used = client.post("/login/code", data={"csrf_token": csrf_token(client), "tx": tx_of(code_step.headers["location"]),
+        used = client.post("/login/totp", data={"csrf_token": csrf_token(client), "tx": tx_of(code_step.headers["location"]),
                                                 "backup_code": codes[0]}, follow_redirects=False)
         assert 400 <= used.status_code < 500 and not sets_session(used), used.status_code
 

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from idp.db.models import User
 from idp.audit.trail import record_audit
+from idp.db.models import User
 from tests.observability.conftest import MakeClient
 from tests.observability.support import Samples, delta, scrape
 from tests.oidc.test_logout import (
@@ -164,7 +164,7 @@ def _enrol_totp(client: TestClient, username: str, now: float) -> str:
 def _post_code(client: TestClient, location: str, code: str):  # type: ignore[no-untyped-def]
     page = client.get(location)
     data = {"csrf_token": form_value(page.text, "csrf_token"), "tx": form_value(page.text, "tx"), "code": code}
-    return client.post("/login/code", data=data, follow_redirects=False)
+    return client.post("/login/totp", data=data, follow_redirects=False)
 
 
 def test_a_code_step_counts_as_a_totp_login_and_the_sign_in_under_acr_mfa(client: TestClient) -> None:
@@ -173,7 +173,7 @@ def test_a_code_step_counts_as_a_totp_login_and_the_sign_in_under_acr_mfa(client
     app = client.app
     before = scrape(app)
     response = submit_login(client, start(client, AuthRequest()).headers["location"], username="bob")
-    assert response.status_code == 303 and response.headers["location"].startswith("/login/code?tx=")
+    assert response.status_code == 303 and response.headers["location"].startswith("/login/totp?tx=")
     later = t0 + 30
     client.app.state.services.factors.clock = lambda: later
     right = pyotp.TOTP(secret).at(later)

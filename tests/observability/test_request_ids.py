@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from idp.audit.trail import record_audit
 from idp.db.models import AuditEvent
 from idp.logging_config import serve_log_config
-from idp.audit.trail import record_audit
 from idp.settings import load_settings
 from idp.web import health
 from tests.observability.conftest import MakeClient

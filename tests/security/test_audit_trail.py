@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
+from idp.audit.trail import record_audit
 from idp.clock import utcnow
 from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import upgrade
 from idp.db.models import AuditEvent, User
-from idp.login.lockout import Lockout
-from idp.audit.trail import record_audit
+from idp.lockout import Lockout
 from idp.state.memory import MemoryStore
 from idp.users import add_user
 from tests.conftest import ISSUER

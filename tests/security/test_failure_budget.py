@@ -30,6 +30,7 @@ from idp.settings import Settings, load_settings
 from idp.state.memory import MemoryStore
 from idp.users import add_user
 from tests.conftest import ISSUER, unavailable
+from tests.support.argon2_calls import count_verifications
 from tests.support.authenticator import SoftAuthenticator
 from tests.support.rp import AuthRequest, form_value, query_of, start
 from tests.support.seed import PASSWORD, seed
@@ -132,7 +133,7 @@ def post_code(client: TestClient, location: str, code: str) -> Response:
     page = client.get(location)
     assert page.status_code == 200, page.text
     data = {"csrf_token": form_value(page.text, "csrf_token"), "tx": form_value(page.text, "tx"), "code": code}
-    return client.post("/login/code", data=data, follow_redirects=False)
+    return client.post("/login/totp", data=data, follow_redirects=False)
 
 
 def to_client(client: TestClient, response: Response, statuses: Counter[int]) -> str:
@@ -167,7 +168,7 @@ def office_sign_in(client: TestClient, username: str, secret: str, *, typo: bool
         assert mistyped.status_code == 401, mistyped.text
     signed = post_password(client, csrf, tx, username, PASSWORD)
     statuses[signed.status_code] += 1
-    assert signed.status_code == 303 and signed.headers["location"].startswith("/login/code?"), signed.text
+    assert signed.status_code == 303 and signed.headers["location"].startswith("/login/totp?"), signed.text
     coded = post_code(client, signed.headers["location"], pyotp.TOTP(secret).at(CODE_TIME))
     statuses[coded.status_code] += 1
     assert coded.status_code == 303, coded.text
@@ -277,7 +278,7 @@ def test_a_refused_attempt_runs_no_argon2_and_counts_nowhere(make_client, monkey
     assert spend_budget(client, 30) == [401] * 30
     hashing = client.app.state.services.hashing  # type: ignore[attr-defined]
     calls: list[object] = []
-    monkeypatch.setattr(hashing, "verify_async", lambda *args: calls.append(args))
+    count_verifications(monkeypatch, hashing, calls)
     csrf, _ = login_page(client)
 
     for _ in range(3):
@@ -345,11 +346,12 @@ def test_each_kind_of_failed_credential_check_spends_the_budget(make_client, kin
                                                              "challenge_id": options["challenge_id"],
                                                              "credential": assertion})
     else:
-        page = client.get(signed.headers["location"] + ("&method=backup" if kind == "wrong backup code" else ""))
+        page = client.get(signed.headers["location"].replace("/login/totp?", "/login/backup_code?" if kind == "wrong backup code" else "/login/totp?"))
         field = "backup_code" if kind == "wrong backup code" else "code"
         wrong = "AAAA-AAAA" if field == "backup_code" else f"{(int(pyotp.TOTP(secret).at(CODE_TIME)) + 1) % 10**6:06}"
-        failed = client.post("/login/code", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
-                                                  field: wrong}, follow_redirects=False)
+        failed = client.post("/login/backup_code" if field == "backup_code" else "/login/totp",
+                             data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx, field: wrong},
+                             follow_redirects=False)
     assert failed.status_code == 401, failed.text
 
     # one success (the password) and one failure so far: one failure left

@@ -22,6 +22,7 @@ from idp.security.rate_limits import RateLimits
 from idp.settings import Settings, load_settings
 from idp.state.memory import MemoryStore
 from tests.conftest import ISSUER, unavailable
+from tests.support.argon2_calls import count_verifications
 from tests.support.rp import SHOP, form_value
 from tests.support.seed import PASSWORD, seed
 
@@ -131,14 +132,8 @@ def test_an_unknown_name_is_limited_exactly_like_a_real_one(make_client):
 def test_a_refused_attempt_runs_no_argon2(make_client, monkeypatch):
     client = make_client(rate_limit_login_account="3/minute")
     hashing = client.app.state.services.hashing  # type: ignore[attr-defined]
-    calls: list[str | None] = []
-    original = hashing.verify_async
-
-    async def counting_verify(stored_hash, password):  # type: ignore[no-untyped-def]
-        calls.append(stored_hash)
-        return await original(stored_hash, password)
-
-    monkeypatch.setattr(hashing, "verify_async", counting_verify)
+    calls: list[object] = []
+    count_verifications(monkeypatch, hashing, calls)
     csrf = csrf_of(client)
     for expected_calls in (1, 2, 3):
         assert post_login(client, "alice", csrf=csrf).status_code == 401

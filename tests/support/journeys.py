@@ -285,6 +285,10 @@ class VirtualAuthenticator:
         self.cdp.send("WebAuthn.setAutomaticPresenceSimulation",
                       {"authenticatorId": self.authenticator_id, "enabled": touched})
 
+    def add(self, credential: dict[str, Any]) -> None:
+        """A credential another authenticator made (as a synced or copied key would arrive)."""
+        self.cdp.send("WebAuthn.addCredential", {"authenticatorId": self.authenticator_id, "credential": credential})
+
 
 def virtual_authenticator(page: Page) -> VirtualAuthenticator:
     cdp = page.context.new_cdp_session(page)

@@ -51,6 +51,7 @@ RATE_LIMITS_OFF = {
     "IDP_RATE_LIMIT_TOKEN_CLIENT": "off",
     "IDP_RATE_LIMIT_LOGIN_FAILURES_IP": "off",
     "IDP_RATE_LIMIT_PASSKEY_OPTIONS_IP": "off",
+    "IDP_RATE_LIMIT_AUTHORIZE_IP": "off",
 }
 _schema_numbers = itertools.count(1)
 

@@ -80,7 +80,7 @@ def buttons_on(html: str) -> list[str]:
 
 
 @pytest.mark.parametrize("method, path, advice, href", [
-    pytest.param("GET", "/login/code", "start signing in again", "/", id="a sign-in step sends the user back to the app"),
+    pytest.param("GET", "/login/totp", "start signing in again", "/", id="a sign-in step sends the user back to the app"),
     pytest.param("POST", "/account/totp/confirm", "account page", "/account", id="an account form leads back to the account"),
     pytest.param("GET", "/logout?id_token_hint=not-a-token", "sign out from idp", "/", id="a failed logout leads home"),
 ])
@@ -157,8 +157,8 @@ def test_after_a_wrong_code_focus_is_on_the_code_field(client, field):
         secret = services.factors.begin_totp(db, uid)
         assert services.factors.confirm_totp(db, uid, pyotp.TOTP(secret).at(T0)).ok
     step = submit_login(client, start(client, AuthRequest()).headers["location"]).headers["location"]
-    page = client.get(step + ("&method=backup" if field == "backup_code" else ""))
-    response = client.post("/login/code", data={"csrf_token": form_value(page.text, "csrf_token"),
+    page = client.get(step.replace("/login/totp?", "/login/backup_code?" if field == "backup_code" else "/login/totp?"))
+    response = client.post(f"/login/{'backup_code' if field == 'backup_code' else 'totp'}", data={"csrf_token": form_value(page.text, "csrf_token"),
                                                 "tx": form_value(page.text, "tx"), field: "000000"})
     assert response.status_code == 401
     assert autofocused(response.text) == [field]

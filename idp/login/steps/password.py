@@ -1,55 +1,81 @@
-"""The password step: verifies a username and password. Unknown users run a dummy Argon2
-verification and disabled users a real one, so every failure costs the same time and
-looks the same (no user enumeration by timing, status or message)."""
+"""The password step: a username and password, the first factor (amr pwd). Unknown users
+run a dummy Argon2 verification and disabled users a real one, so every failure costs the
+same work and looks the same (no user enumeration by timing, status or message)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from idp.db.models import User
-from idp.security.passwords import PasswordHashing
+from idp.login.step import Passed, Rejected, Step, StepContext
 
-NAME = "password"
-AMR = ("pwd",)
 FAILED_MESSAGE = "The username or password is incorrect."
-
-
-@dataclass(frozen=True)
-class PasswordVerified:
-    user_id: int
-    needs_rehash: bool
-
-
-@dataclass(frozen=True)
-class PasswordFailed:
-    user_id: int | None  # for the audit trail only; never shown
-    public_message: str = FAILED_MESSAGE
-    reason: str | None = None  # for the audit trail only; never shown
 
 
 def normalize_username(username: str) -> str:
     return username.strip().casefold()
 
 
-def find_login_candidate(db: Session, username: str) -> tuple[int, str | None, bool] | None:
-    """(user id, password hash, usable) for the name, or None."""
-    name = normalize_username(username)
-    if not name or len(name) > 128:
-        return None
-    row = db.execute(select(User.id, User.password_hash, User.disabled).where(User.username == name)).first()
-    return None if row is None else (row.id, row.password_hash, not row.disabled)
+def _text(form: Mapping[str, object], key: str) -> str:
+    value = form.get(key)
+    return value if isinstance(value, str) else ""
 
 
-async def verify_password_step(
-    hashing: PasswordHashing, candidate: tuple[int, str | None, bool] | None, password: str
-) -> PasswordVerified | PasswordFailed:
-    if candidate is None:
-        await hashing.verify_async(None, password)
-        return PasswordFailed(user_id=None)
-    user_id, stored_hash, usable = candidate
-    ok = await hashing.verify_async(stored_hash, password)
-    if not ok or not usable:
-        return PasswordFailed(user_id=user_id)
-    return PasswordVerified(user_id=user_id, needs_rehash=hashing.needs_rehash(stored_hash or ""))
+@dataclass(frozen=True)
+class Verified:
+    name: str
+    user_id: int | None  # None: no account by that name
+    ok: bool  # the password matched a usable account
+    new_hash: str | None  # the password rehashed with today's Argon2 parameters
+
+
+class PasswordStep(Step):
+    name = "password"
+    first = True
+    failed_words = FAILED_MESSAGE
+    empty_words = "Enter your username and password."
+
+    def filled(self, form: Mapping[str, object]) -> bool:
+        return bool(_text(form, "username")) and bool(_text(form, "password"))
+
+    def account_key(self, ctx: StepContext, form: Mapping[str, object]) -> str | None:
+        return normalize_username(_text(form, "username"))[:128]
+
+    def view(self, ctx: StepContext, db: Session, form: Mapping[str, object]) -> dict[str, Any]:
+        typed = _text(form, "username")[:128]
+        return {"username": typed or (ctx.tx.login_hint if ctx.tx else "") or ""}
+
+    def prepare(self, ctx: StepContext, form: Mapping[str, object]) -> Verified:
+        hashing = ctx.services.hashing
+        name, password = normalize_username(_text(form, "username"))[:128], _text(form, "password")
+        with ctx.read() as db:
+            row = db.execute(select(User.id, User.password_hash, User.disabled).where(User.username == name)).first()
+        if row is None or not name:
+            # an unknown name costs what a stored hash costs: the dummy's Argon2 parameters are
+            # drawn for this name from the stored hashes' (idp/security/passwords.py)
+            hashing.verify_unknown(name, password)
+            return Verified(name, None, False, None)
+        ok = hashing.verify(row.password_hash, password) if row.password_hash else hashing.verify_unknown(name, password)
+        usable = ok and not row.disabled
+        new_hash = hashing.hash(password) if usable and hashing.needs_rehash(row.password_hash or "") else None
+        return Verified(name, row.id, usable, new_hash)
+
+    def check(self, ctx: StepContext, db: Session, form: Mapping[str, object], prepared: Any) -> Passed | Rejected:
+        verified: Verified = prepared
+        if not verified.ok or verified.user_id is None:
+            return Rejected(verified.user_id, name=verified.name)
+        user_id, new_hash = verified.user_id, verified.new_hash
+
+        def rehash(db: Session) -> bool:  # the hash upgrade when the Argon2 parameters changed
+            if new_hash is not None:
+                db.execute(update(User).where(User.id == user_id).values(password_hash=new_hash))
+            return True
+
+        return Passed(("pwd",), user_id, username=verified.name, claim=rehash)
+
+
+STEP = PasswordStep()

@@ -1,0 +1,383 @@
+"""The login chain's one owner (DESIGN.md §2): `LoginFlow` holds the registered steps and
+runs every request to the chain, one call per request, in a worker thread:
+
+- `page`: the step's page (or where the chain is instead);
+- `submit`: a step's form: the transaction this browser started, the rate limits before
+  the check and the failure budget after it, the step's check, then ONE write transaction
+  (identity and lock checks, the claim, counting a failure and its audit, the step recorded,
+  the next step chosen, or the chain's end starting or upgrading the IdP session);
+- `challenge`: what a step needs before its form (the passkey options).
+
+It knows no HTTP, no URL and no protocol: the web layer (idp/web/login.py) parses the form,
+calls, and turns the returned value (idp/login/outcomes.py) or refusal
+(idp/login/refusals.py) into a response. Steps are registered once, in the composition root
+(idp/app.py), the way Authlib registers grants.
+
+The lockout counter is reset only when the whole chain has succeeded: a right password
+followed by wrong codes keeps counting, so knowing the password does not buy unlimited
+code guesses."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from idp.audit.refusals import audit_refusal
+from idp.audit.trail import record_audit
+from idp.db.models import User
+from idp.lockout import Lockout
+from idp.login import policy
+from idp.login import transaction as tx_store
+from idp.login.failures import LOCKED, count_failure, failure_message, refuse_locked
+from idp.login.outcomes import (
+    Attempt,
+    Challenge,
+    Completed,
+    Continue,
+    Failed,
+    Notice,
+    Outcome,
+    StepView,
+    Unmet,
+)
+from idp.login.refusals import NotThisStep, TooManyAttempts, TransactionGone, UnknownStep
+from idp.login.sessions import (
+    EndedSession,
+    SessionPolicy,
+    describe_ended,
+    end_session,
+    find_session,
+    is_live,
+    start_session,
+    upgrade_session,
+)
+from idp.login.step import Passed, Rejected, Step, StepContext
+from idp.login.transaction import LoginTransaction
+from idp.mfa.held import UserFactors
+from idp.security.keyring import Keyring
+from idp.security.passwords import PasswordHashing
+from idp.security.rate_limits import RateLimits
+from idp.state.store import StateStore
+
+if TYPE_CHECKING:
+    from idp.mfa.factors import SecondFactors
+    from idp.mfa.passkeys import Passkeys
+
+FIRST_STEP = policy.PASSWORD  # the step a chain without a named user starts on (/login)
+
+
+@dataclass(frozen=True)
+class FlowServices:
+    sessions: sessionmaker[Session]
+    store: StateStore
+    keyring: Keyring
+    hashing: PasswordHashing
+    lockout: Lockout
+    factors: SecondFactors
+    passkeys: Passkeys
+    rate_limits: RateLimits
+    session_policy: SessionPolicy
+    ttl_seconds: int  # a transaction's life after each step
+    client_minimum: Callable[[str], Sequence[str]]  # a client's default_acr_values, as configured now
+
+
+@dataclass(frozen=True)
+class ChainState:
+    required: str
+    next_step: str
+    factors: UserFactors
+
+
+def credential_checks(ip: str | None, account: str | None = None) -> list[tuple[str, str]]:
+    """The limits in front of a credential check, in order: the failure budget first (only
+    tested: a refused attempt counts nowhere), then the flood guard and the account name."""
+    checks = [("login_failures_ip", ip or "-"), ("login_ip", ip or "-")]
+    return checks + ([("login_account", account)] if account is not None else [])
+
+
+class LoginFlow:
+    def __init__(self, services: FlowServices, steps: Iterable[Step] = ()) -> None:
+        self.services = services
+        self.steps: dict[str, Step] = {}
+        for step in steps:
+            self.register(step)
+
+    def register(self, step: Step) -> None:
+        if step.name in self.steps:
+            raise ValueError(f"a step named {step.name!r} is already registered")
+        self.steps[step.name] = step
+
+    def step(self, name: str) -> Step:
+        try:
+            return self.steps[name]
+        except KeyError:
+            raise UnknownStep() from None
+
+    # ---- entry points: one call per request ------------------------------------------------
+
+    def page(self, name: str, tx_id: str | None, attempt: Attempt) -> StepView | Continue:
+        """The step's page; or, when the chain is elsewhere, where it is (a Continue)."""
+        step = self.step(name)
+        tx = self._transaction(step, tx_id, attempt, create=False)
+        if not step.first and (tx is None or tx.user_id is None):
+            raise NotThisStep()  # a later step proves the chain's user: none is named yet
+        with self.services.sessions.begin() as db:
+            state = self._state_of(db, tx) if tx is not None and tx.user_id is not None else None
+            if tx is not None and state is not None and not self._accepts(step, state):
+                if state.next_step in self.steps:
+                    return Continue(tx, state.next_step)
+                raise NotThisStep()
+            ctx = StepContext(self.services, tx, attempt, state.factors if state else None,
+                              state.next_step if state else None)
+            return self._view(step, ctx, db, {}, page_tx=tx)
+
+    def submit(self, name: str, tx_id: str | None, form: Mapping[str, object], attempt: Attempt) -> Outcome:
+        step = self.step(name)
+        tx = self._transaction(step, tx_id, attempt, create=True)
+        assert tx is not None
+        new = tx_id is None
+        state = None
+        if not step.first and tx.user_id is None:
+            raise NotThisStep()  # a later step proves the chain's user: none is named yet
+        if tx.user_id is not None:
+            with self.services.sessions() as db:
+                state = self._state_of(db, tx)
+            if not step.first and not self._accepts(step, state):
+                raise NotThisStep()
+        ctx = StepContext(self.services, tx, attempt, state.factors if state else None,
+                          state.next_step if state else None)
+        if not step.filled(form):
+            with self.services.sessions.begin() as db:
+                return Failed(self._view(step, ctx, db, form, page_tx=None if new else tx), step.empty_words, 400)
+        self._admit(credential_checks(attempt.ip, step.account_key(ctx, form)), attempt)
+        prepared = step.prepare(ctx, form)
+        with self.services.sessions.begin() as db:
+            outcome = self._decide(step, ctx, db, form, prepared, new)
+        return self._after(outcome, attempt)
+
+    def challenge(self, name: str, tx_id: str | None, form: Mapping[str, object], attempt: Attempt,
+                  limits: Sequence[tuple[str, str]]) -> Challenge:
+        step = self.step(name)
+        tx = self._transaction(step, tx_id, attempt, create=True)
+        assert tx is not None
+        self._admit(limits, attempt)
+        ctx = StepContext(self.services, tx, attempt, None)
+        data = step.challenge(ctx, form)
+        if tx_id is None:
+            tx_store.save_transaction(self.services.store, tx, ttl_seconds=self.services.ttl_seconds)
+        return Challenge(tx, data, new_transaction=tx_id is None)
+
+    def where_next(self, tx_id: str | None, attempt: Attempt) -> Continue | None:
+        """For /login with a transaction whose chain already named its user (a step-up):
+        the step the chain is on; None when it is on the first step."""
+        tx = self._transaction(self.step(FIRST_STEP), tx_id, attempt, create=False)
+        return None if tx is None else self.step_for(tx)
+
+    def step_for(self, tx: LoginTransaction) -> Continue | None:
+        """The step a transaction just parked (by this request) goes to; None: the first."""
+        if tx.user_id is None:
+            return None
+        with self.services.sessions() as db:
+            state = self._state_of(db, tx)
+        if state.next_step == FIRST_STEP or state.next_step not in self.steps:
+            return None
+        return Continue(tx, state.next_step)
+
+    # ---- the transaction ---------------------------------------------------------------
+
+    def _transaction(self, step: Step, tx_id: str | None, attempt: Attempt, *, create: bool) -> LoginTransaction | None:
+        """The open transaction of this browser named `tx_id`; for a first step without one
+        (signing in to idp itself), a new one when `create`, bound to this browser."""
+        if tx_id is None:
+            if not step.first:
+                raise NotThisStep()
+            if not create:
+                return None
+            return tx_store.new_transaction({}, "", "", None, return_to="/account", browser=attempt.new_browser)
+        tx = tx_store.find_transaction(self.services.store, tx_id)
+        if tx is None or not tx.is_bound_to(attempt.browser):
+            raise TransactionGone()  # the same page when another browser started it: nothing to learn
+        if tx.finished or not self._step_up_alive(tx):
+            # a finished chain takes no further step; a step-up lives no longer than the session
+            # it steps up (its earlier credit came from it)
+            raise TransactionGone(tx.params if tx.client_id else None)
+        return tx
+
+    def _step_up_alive(self, tx: LoginTransaction) -> bool:
+        if tx.step_up_sid is None:
+            return True
+        with self.services.sessions() as db:
+            return is_live(db, tx.step_up_sid, tx.user_id)
+
+    def _state_of(self, db: Session, tx: LoginTransaction) -> ChainState:
+        assert tx.user_id is not None
+        user = db.get(User, tx.user_id)
+        if user is None or user.disabled:
+            return ChainState("pwd", policy.UNMET, UserFactors())
+        factors = self.services.factors.factors_of(db, user, count_backup_codes=True)
+        requested = tx.requested_acr
+        if tx.client_id:  # the client's default may have changed since the request was parked
+            requested = max(requested, policy.requested_level(None, self.services.client_minimum(tx.client_id)),
+                            key=policy.LEVELS.__getitem__)
+        required = policy.required_level(requested, factors)
+        return ChainState(required, policy.next_step(required, tx.steps_done, factors), factors)
+
+    def _accepts(self, step: Step, state: ChainState) -> bool:
+        """The step the policy names next, or one that may replace it and the user has."""
+        if step.name == state.next_step:
+            return True
+        return state.next_step in step.instead_of and step.available(state.factors)
+
+    # ---- limits ----------------------------------------------------------------------------
+
+    def _admit(self, checks: Sequence[tuple[str, str]], attempt: Attempt) -> None:
+        limits = self.services.rate_limits
+        for scope, key in checks:
+            verdict = limits.admit(scope, key)
+            if not verdict.allowed:
+                audit_refusal(self.services.sessions, self.services.store, self.services.keyring, verdict, key,
+                              ip=attempt.ip, client_id=None, user_agent=attempt.user_agent, path="/login")
+                raise TooManyAttempts(verdict)
+
+    # ---- the one write transaction ------------------------------------------------------
+
+    def _decide(self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], prepared: Any,
+                new: bool) -> Outcome:
+        tx, attempt, lockout = ctx.tx, ctx.attempt, self.services.lockout
+        assert tx is not None
+        page_tx = None if new else tx
+        result = step.check(ctx, db, form, prepared)
+        if isinstance(result, Passed) and not tx.accepts_user(result.user_id):
+            # another identity than the chain named: refused exactly like a wrong credential for
+            # that account (same page, status, counter), never merged
+            result = Rejected(result.user_id, reason="other_identity")
+        if isinstance(result, Passed) and step.lockable and lockout.is_locked(db, result.user_id):
+            failure = refuse_locked(db, step.audit_kind, user_id=result.user_id, ip=attempt.ip,
+                                    user_agent=attempt.user_agent)
+            return Failed(self._view(step, ctx, db, form, page_tx=page_tx),
+                          failure_message(lockout, failure, step.failed_words))
+        if isinstance(result, Passed) and result.claim is not None and not result.claim(db):
+            result = Rejected(result.user_id, reason="already_used")  # a racing request used it first
+        if isinstance(result, Rejected):
+            for kind in result.audit_also:
+                record_audit(db, kind, user_id=result.user_id, ip=attempt.ip, user_agent=attempt.user_agent,
+                             outcome="refused")
+            failure = count_failure(db, lockout, self.services.keyring, step.audit_kind, user_id=result.user_id,
+                                    name=result.name, ip=attempt.ip, user_agent=attempt.user_agent,
+                                    reason=result.reason)
+            message = failure_message(lockout, failure, step.failed_words) if (
+                result.user_id is not None or result.name) else step.failed_words
+            return Failed(self._view(step, ctx, db, form, page_tx=page_tx), message)
+
+        record_audit(db, f"{step.audit_kind}.succeeded", user_id=result.user_id, ip=attempt.ip,
+                     user_agent=attempt.user_agent, outcome="success", **result.audit)
+        notice = result.notice(db) if result.notice is not None else None
+        chained = tx
+        for method in result.methods:
+            chained = chained.with_step(method, user_id=result.user_id, username=result.username)
+        state = self._state_of(db, chained)
+        if state.next_step == policy.DONE:
+            return self._finish(step, ctx, db, chained, notice, new)
+        if state.next_step == policy.UNMET or state.next_step not in self.steps:
+            return Unmet(chained)
+        return Continue(chained, state.next_step, notice, new_transaction=new)
+
+    def _finish(self, step: Step, ctx: StepContext, db: Session, tx: LoginTransaction, notice: Notice | None,
+                new: bool) -> Outcome:
+        """The chain's end, once per transaction (a second request that reached it too, a race
+        or a replayed form, is refused like a bad credential and starts no second session).
+
+        One session per browser: a re-authentication (prompt=login, max_age, /account) by the
+        user the browser's session belongs to renews that session (same sid, new cookie value,
+        so a copy of the old value dies with it); another user signing in ends it."""
+        services, attempt = self.services, ctx.attempt
+        assert tx.user_id is not None
+
+        def refused() -> Failed:  # answered as for a bad credential
+            return Failed(self._view(step, ctx, db, {}, page_tx=None if new else ctx.tx),
+                          failure_message(services.lockout, LOCKED, step.failed_words))
+
+        if not tx_store.claim_finish(services.store, tx.id, ttl_seconds=services.ttl_seconds):
+            return refused()
+        if tx.step_up_sid is not None and not is_live(db, tx.step_up_sid, tx.user_id):
+            return refused()  # the chain's earlier credit came from that session: with it gone, nothing is left
+        if step.lockable:
+            if not services.lockout.record_success(db, tx.user_id):  # the lock, checked again at the end
+                record_audit(db, "login.refused", user_id=tx.user_id, ip=attempt.ip, user_agent=attempt.user_agent,
+                             outcome="refused", reason="locked")
+                return refused()
+            cleared_lock = False
+        else:  # a user-verified passkey signs in through a lock, and clears it (DESIGN.md §4)
+            cleared_lock = services.lockout.is_locked(db, tx.user_id)
+            services.lockout.unlock(db, tx.user_id)
+        user = db.get(User, tx.user_id)
+        if user is None or user.disabled:
+            return refused()
+        acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
+        record_audit(db, "login.succeeded", user_id=user.id, ip=attempt.ip, user_agent=attempt.user_agent,
+                     outcome="success", acr=acr, amr=amr, client_id=tx.client_id or None,
+                     step_up=tx.step_up_sid is not None, **({"cleared_lock": True} if cleared_lock else {}))
+        cookie, sid, ended = self._session_for(db, tx, user, acr, amr, attempt)
+        finished = tx.finished_by(sid)
+        return Completed(finished, tx.resume_url, cookie, sid, tuple(ended), notice, new_transaction=new)
+
+    def _session_for(self, db: Session, tx: LoginTransaction, user: User, acr: str, amr: list[str],
+                     attempt: Attempt) -> tuple[str, str, list[EndedSession]]:
+        """(session cookie value, sid, sessions ended: by the cap, or the other user's this
+        browser held)."""
+        services, ip = self.services, attempt.ip
+        if tx.step_up_sid is not None:
+            upgraded = upgrade_session(db, services.keyring, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
+            assert upgraded is not None  # is_live was checked in this transaction
+            return upgraded[0], upgraded[1].sid, []
+        held = find_session(db, services.keyring, services.session_policy, attempt.session_cookie)
+        if held is not None and held[1].id == user.id:
+            renewed = upgrade_session(db, services.keyring, user.id, held[0].sid, acr=acr, amr=amr, ip=ip)
+            if renewed is not None:
+                return renewed[0], renewed[1].sid, []
+        replaced = end_session(db, held[0].id) if held is not None and held[1].id != user.id else None
+        if replaced is not None:
+            record_audit(db, "session.replaced", user_id=replaced.user_id, ip=ip, user_agent=attempt.user_agent,
+                         outcome="success", sid=replaced.sid, by_user=user.id)
+        cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
+                                    user_agent=attempt.user_agent, ip=ip)
+        ended = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])] + [replaced]
+        return cookie, row.sid, [e for e in ended if e is not None]
+
+    # ---- after the commit ------------------------------------------------------------------
+
+    def _after(self, outcome: Outcome, attempt: Attempt) -> Outcome:
+        """The state store follows the committed database: the transaction saved for its next
+        step, kept finished for the one resume, or consumed; a refusal spends the budget."""
+        store, ttl = self.services.store, self.services.ttl_seconds
+        if isinstance(outcome, Continue):
+            tx_store.save_transaction(store, outcome.tx, ttl_seconds=ttl)
+        elif isinstance(outcome, Completed):
+            if outcome.tx.return_to is None:  # kept, finished, for the one resume of the parked request
+                tx_store.save_transaction(store, outcome.tx, ttl_seconds=ttl)
+            else:
+                tx_store.consume_transaction(store, outcome.tx.id)
+        elif isinstance(outcome, Unmet):
+            tx_store.consume_transaction(store, outcome.tx.id)
+        elif outcome.status == 401:
+            # every 401 a credential step answers spends the client's failure budget (a locked
+            # account's too, so a right password costs what a wrong one does)
+            self.services.rate_limits.record("login_failures_ip", attempt.ip or "-")
+        return outcome
+
+    def _view(self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], *,
+              page_tx: LoginTransaction | None) -> StepView:
+        """The step's page; `page_tx` is the transaction it posts to (None: a sign-in to idp
+        itself whose transaction was never saved, so the page starts a new one)."""
+        shown = StepContext(ctx.services, page_tx, ctx.attempt, ctx.factors, ctx.next_step)
+        tx = page_tx
+        # the other steps the chain would accept now (the next one, or one that may replace it)
+        offers = [] if ctx.next_step is None or tx is None else [
+            (other.name, other.label) for other in self.steps.values()
+            if other is not step and other.label and (other.name == ctx.next_step or (
+                ctx.next_step in other.instead_of and other.available(ctx.factors)))]
+        context: dict[str, Any] = {"offers": offers}
+        context.update(step.view(shown, db, form))
+        return StepView(step.name, step.template, tx, context)
