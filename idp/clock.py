@@ -1,11 +1,11 @@
 """Time in one place: aware UTC datetimes, and epoch seconds for JWT claims."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def epoch(at: datetime) -> int:

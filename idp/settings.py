@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -242,7 +243,7 @@ def _check_issuer(issuer: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError("IDP_ISSUER: must be an absolute http(s) URL")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is read
     except ValueError:
         raise SettingsError("IDP_ISSUER: invalid port") from None
     if "@" in parts.netloc:

@@ -29,7 +29,7 @@ def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
         if cells[0] == "scenario":
             header = cells
         elif header:
-            rows[cells[0]] = dict(zip(header, cells))
+            rows[cells[0]] = dict(zip(header, cells, strict=True))
     return rows
 
 

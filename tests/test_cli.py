@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -585,7 +585,7 @@ def rotated(output: str) -> dict[str, str]:
 def test_keys_rotate_retires_the_old_key_and_keeps_it_published(idp: Idp) -> None:
     first = rotated(idp.ok("keys", "rotate"))  # no key yet: these sign at once
     second = rotated(idp.ok("keys", "rotate", "--signs-in", "0", IDP_ID_TOKEN_TTL_SECONDS="600"))
-    rotated_at = datetime.now(timezone.utc)
+    rotated_at = datetime.now(UTC)
     assert first.keys() == second.keys() == set(KEY_ALGS)
 
     keys = parse_keys(idp.ok("keys", "list"))
@@ -597,7 +597,7 @@ def test_keys_rotate_retires_the_old_key_and_keeps_it_published(idp: Idp) -> Non
 
         found = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", retired[3])
         assert found, retired[3]
-        until = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        until = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
         # the ID token lifetime in force at rotation (600 s) plus a small clock-skew margin
         assert rotated_at + timedelta(seconds=600) - timedelta(seconds=5) <= until
         assert until <= rotated_at + timedelta(seconds=600 + 900)
@@ -607,11 +607,11 @@ def test_keys_rotate_publishes_the_new_key_before_it_signs(idp: Idp) -> None:
     first = idp.ok("keys", "rotate")
     assert first.count("signs now") == len(KEY_ALGS)
     second = idp.ok("keys", "rotate")  # the default lead: PUBLISH_LEAD_SECONDS
-    rotated_at = datetime.now(timezone.utc)
+    rotated_at = datetime.now(UTC)
     found = re.search(r"signs from (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z \((\d+) s\)", second)
     assert found, second
     assert int(found[2]) == PUBLISH_LEAD_SECONDS
-    switch = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    switch = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     assert rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS - 5) <= switch <= rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS)
 
     keys = {key[0]: key[3] for key in parse_keys(idp.ok("keys", "list"))}

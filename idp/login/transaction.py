@@ -51,10 +51,10 @@ class LoginTransaction:
     def accepts_user(self, user_id: int) -> bool:
         return self.user_id is None or self.user_id == user_id
 
-    def finished_by(self, sid: str) -> "LoginTransaction":
+    def finished_by(self, sid: str) -> LoginTransaction:
         return replace(self, authenticated_sid=sid)
 
-    def with_step(self, method: str, *, user_id: int | None = None, username: str | None = None) -> "LoginTransaction":
+    def with_step(self, method: str, *, user_id: int | None = None, username: str | None = None) -> LoginTransaction:
         if self.finished:
             raise TransactionRefused("a finished transaction takes no further step")
         if user_id is not None and not self.accepts_user(user_id):

@@ -3,7 +3,8 @@ the unit-of-work database session and the OIDC context of this request."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
 from sqlalchemy.orm import Session

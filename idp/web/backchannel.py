@@ -86,7 +86,7 @@ async def _deliver(sender: Sender, client_id: str, uri: str, ended: EndedSession
     outcome, detail = "failure", "timed out"
     try:
         outcome, detail = await asyncio.wait_for(_post_with_retries(sender, client_id, uri, ended), TOTAL_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     except Exception as exc:  # noqa: BLE001 - a delivery must never take the process down
         detail = type(exc).__name__

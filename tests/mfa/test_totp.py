@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -56,7 +56,7 @@ def test_oathtool_codes_are_accepted(when, secret):  # type: ignore[no-untyped-d
                          check=True, timeout=10)
     code = out.stdout.strip()
     assert len(code) == 6 and code.isdigit()
-    now = datetime.strptime(when, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc).timestamp()
+    now = datetime.strptime(when, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp()
     assert totp.matching_step(secret, code, now=now) == int(now) // 30
 
 
@@ -69,7 +69,7 @@ def test_new_secret_works_with_oathtool():
     when = "2026-01-01 00:00:00 UTC"
     code = subprocess.run([oathtool, "--totp", "-b", secret, "--now", when], capture_output=True, text=True,
                           check=True, timeout=10).stdout.strip()
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     assert totp.matching_step(secret, code, now=now) == int(now) // 30
 
 

@@ -221,7 +221,7 @@ def test_one_json_line_per_request_with_the_path_but_not_the_query_string(make_c
     responses = [authorize, jwks, missing, session_end]
     expected = [("GET", "/authorize", "/authorize"), ("GET", "/jwks", "/jwks"), ("GET", "/nowhere", "unmatched"),
                 ("POST", "/account/sessions/42/end", "/account/sessions/{session_id:int}/end")]
-    for line, response, (method, path, endpoint) in zip(lines, responses, expected):
+    for line, response, (method, path, endpoint) in zip(lines, responses, expected, strict=True):
         assert line["event"] == "request"
         assert line["request_id"] == request_id_of(response)
         assert (line["method"], line["path"], line["endpoint"]) == (method, path, endpoint)

@@ -99,7 +99,7 @@ def add_users(client: TestClient, count: int, *, totp: bool = False) -> dict[str
     if totp:
         services.factors.clock = lambda: T0
         with services.sessions.begin() as db:
-            for name, uid in zip(names, ids):
+            for name, uid in zip(names, ids, strict=True):
                 secrets[name] = services.factors.begin_totp(db, uid)
                 assert services.factors.confirm_totp(db, uid, pyotp.TOTP(secrets[name]).at(T0)).ok
         services.factors.clock = lambda: CODE_TIME
