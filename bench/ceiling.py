@@ -1,5 +1,6 @@
 """The Argon2 ceiling: how many password verifications per second one core does with idp's
 configured Argon2id parameters. A password login can never be faster than this."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ class Argon2Ceiling:
 def measure_argon2_ceiling(seconds: float, cpus: Sequence[int] = ()) -> Argon2Ceiling:
     """Verifies one password in a loop on one thread (pinned to cpus[0] when given)."""
     defaults = Settings()  # what `idp serve` uses when IDP_ARGON2_* are not set, as here
-    hasher = PasswordHasher(time_cost=defaults.argon2_time_cost, memory_cost=defaults.argon2_memory_kib,
-                            parallelism=1, type=Type.ID)
+    hasher = PasswordHasher(
+        time_cost=defaults.argon2_time_cost, memory_cost=defaults.argon2_memory_kib, parallelism=1, type=Type.ID
+    )
     stored = hasher.hash("benchmark password for the ceiling")
     affinity = os.sched_getaffinity(0)
     if cpus:

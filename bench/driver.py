@@ -8,6 +8,7 @@ Runs as its own process, so that its CPU is counted apart from the server's:
 It sets up every virtual user (sessions, first refresh tokens), warms up, prints READY, waits
 for GO on stdin, runs the measured phase and prints one JSON line: completed flows, errors,
 latencies and its own CPU time (from /proc/self/stat)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -73,15 +74,25 @@ class Browser:
 
 # ---- protocol steps ----------------------------------------------------------------------
 
+
 async def authorize(browser: Browser) -> tuple[str, str]:
     """GET /authorize with PKCE S256, then login, consent or interactions as they come,
     until the redirect to the client. Returns (code, code_verifier)."""
     verifier = secrets.token_urlsafe(32)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     state = secrets.token_urlsafe(12)
-    query = urlencode({"response_type": "code", "client_id": seed.CLIENT_ID, "redirect_uri": seed.REDIRECT_URI,
-                       "scope": seed.SCOPE, "state": state, "nonce": secrets.token_urlsafe(12),
-                       "code_challenge": challenge, "code_challenge_method": "S256"})
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": seed.CLIENT_ID,
+            "redirect_uri": seed.REDIRECT_URI,
+            "scope": seed.SCOPE,
+            "state": state,
+            "nonce": secrets.token_urlsafe(12),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
     path = f"{browser.target.paths['authorize']}?{query}"
     response = await browser.get(path)
     for _ in range(MAX_REDIRECTS):
@@ -131,8 +142,15 @@ def _code_from_callback(location: str, state: str) -> str:
 
 
 async def redeem(browser: Browser, code: str, verifier: str) -> dict[str, Any]:
-    return await _token_request(browser, {"grant_type": "authorization_code", "code": code,
-                                          "redirect_uri": seed.REDIRECT_URI, "code_verifier": verifier})
+    return await _token_request(
+        browser,
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": seed.REDIRECT_URI,
+            "code_verifier": verifier,
+        },
+    )
 
 
 async def refresh(browser: Browser, refresh_token: str) -> dict[str, Any]:
@@ -142,8 +160,11 @@ async def refresh(browser: Browser, refresh_token: str) -> dict[str, Any]:
 async def _token_request(browser: Browser, fields: dict[str, str]) -> dict[str, Any]:
     authorization = basic_authorization(seed.CLIENT_ID, seed.CLIENT_SECRET)
     response = await browser.connection.request(
-        "POST", browser.target.paths["token"], body=form_body(fields),
-        headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"})
+        "POST",
+        browser.target.paths["token"],
+        body=form_body(fields),
+        headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"},
+    )
     if response.status != 200:
         raise HTTPFailure(f"token {fields['grant_type']}: {response.status} {response.body[:160]!r}")
     return json.loads(response.body)  # type: ignore[no-any-return]
@@ -160,6 +181,7 @@ async def mint_tokens(target: Target) -> dict[str, Any]:
 
 
 # ---- flows: what one virtual user repeats ----------------------------------------------------
+
 
 class Flow(Protocol):
     ready: bool
@@ -217,11 +239,14 @@ class RefreshChain:
 
 
 FLOWS: dict[str, type[PasswordLogin] | type[SessionLogin] | type[RefreshChain]] = {
-    "code_flow_password": PasswordLogin, "code_flow_session": SessionLogin, "refresh": RefreshChain,
+    "code_flow_password": PasswordLogin,
+    "code_flow_session": SessionLogin,
+    "refresh": RefreshChain,
 }
 
 
 # ---- the load loop ----------------------------------------------------------------------------
+
 
 @dataclass
 class Tally:
@@ -289,9 +314,16 @@ async def drive(spec: dict[str, Any]) -> dict[str, Any]:
     cpu_used = cpu_seconds([os.getpid()]) - cpu_before
     for browser, _ in users:
         browser.connection.close()
-    return {"completed": len(tally.latencies_ms), "errors": tally.errors, "error_samples": tally.error_samples,
-            "setup_errors": setup.errors, "setup_error_samples": setup.error_samples, "elapsed": elapsed,
-            "cpu_seconds": cpu_used, "latencies_ms": tally.latencies_ms}
+    return {
+        "completed": len(tally.latencies_ms),
+        "errors": tally.errors,
+        "error_samples": tally.error_samples,
+        "setup_errors": setup.errors,
+        "setup_error_samples": setup.error_samples,
+        "elapsed": elapsed,
+        "cpu_seconds": cpu_used,
+        "latencies_ms": tally.latencies_ms,
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
 """A minimal HTTP/1.1 keep-alive client on asyncio streams, and a browser-like cookie jar, for
 the flow driver. It costs a fraction of httpx's CPU per request (see bench/README.md), so
 the load generator is not what limits the numbers. It only ever connects to 127.0.0.1."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,9 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, target: str, *, headers: dict[str, str] | None = None,
-                      body: bytes = b"") -> Response:
+    async def request(
+        self, method: str, target: str, *, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> Response:
         reused = self._writer is not None and not self._closed()
         if not reused:
             await self._open()
@@ -76,8 +78,10 @@ class Connection:
         head = await self._reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        headers = tuple((name.strip().lower(), value.strip())
-                        for name, value in (line.split(":", 1) for line in lines[1:] if ":" in line))
+        headers = tuple(
+            (name.strip().lower(), value.strip())
+            for name, value in (line.split(":", 1) for line in lines[1:] if ":" in line)
+        )
         response = Response(status, headers, await self._read_body(status, headers))
         if (response.header("connection") or "").lower() == "close":
             self.close()

@@ -1,5 +1,6 @@
 """Running the load generators as processes of their own (wrk, bench.driver), pinned to the
 cores the server does not use, and reading what they measured (and what they cost)."""
+
 from __future__ import annotations
 
 import json
@@ -49,18 +50,41 @@ class LoadResult:
 
 # ---- wrk ----------------------------------------------------------------------------------
 
-def run_wrk(server: Server, request: WrkRequest, *, connections: int, seconds: float, cpus: Sequence[int],
-            meter: Meter | None = None) -> LoadResult:
+
+def run_wrk(
+    server: Server,
+    request: WrkRequest,
+    *,
+    connections: int,
+    seconds: float,
+    cpus: Sequence[int],
+    meter: Meter | None = None,
+) -> LoadResult:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise LoadError("wrk not found: apt-get install wrk")
-    command = [*_pinned(cpus), wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-               "-s", str(request.script), f"http://127.0.0.1:{server.port}{request.path}"]
+    command = [
+        *_pinned(cpus),
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(request.script),
+        f"http://127.0.0.1:{server.port}{request.path}",
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if meter:
         meter.start()
-    done = subprocess.run(command, env={**os.environ, **request.env}, capture_output=True, text=True,
-                          timeout=seconds + WRK_GRACE_SECONDS, check=False)
+    done = subprocess.run(
+        command,
+        env={**os.environ, **request.env},
+        capture_output=True,
+        text=True,
+        timeout=seconds + WRK_GRACE_SECONDS,
+        check=False,
+    )
     usage = meter.stop() if meter else Usage(0.0, 0)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -79,9 +103,18 @@ def parse_wrk(output: str, *, cpu_seconds: float = 0.0, server: Usage = Usage(0.
     errors = (sum(map(int, socket_errors.groups())) if socket_errors else 0) + (int(non_2xx.group(1)) if non_2xx else 0)
     samples = [line.strip() for line in output.splitlines() if "errors" in line or "Non-2xx" in line]
     elapsed = completed / rate if rate else 0.0
-    return LoadResult(rate=rate, p50_ms=_latency_ms(output, "50"), p99_ms=_latency_ms(output, "99"),
-                      completed=completed, errors=errors, elapsed_seconds=elapsed, load_cpu_seconds=cpu_seconds,
-                      load_processes=1, server=server, error_samples=samples)
+    return LoadResult(
+        rate=rate,
+        p50_ms=_latency_ms(output, "50"),
+        p99_ms=_latency_ms(output, "99"),
+        completed=completed,
+        errors=errors,
+        elapsed_seconds=elapsed,
+        load_cpu_seconds=cpu_seconds,
+        load_processes=1,
+        server=server,
+        error_samples=samples,
+    )
 
 
 def _latency_ms(output: str, percentile: str) -> float:
@@ -98,14 +131,27 @@ def _search(pattern: str, text: str) -> str:
 
 # ---- the flow driver ----------------------------------------------------------------------------
 
-def run_driver(server: Server, flow: str, *, connections: int, seconds: float, warmup_seconds: float,
-               cpus: Sequence[int], processes: int, meter: Meter | None = None) -> LoadResult:
+
+def run_driver(
+    server: Server,
+    flow: str,
+    *,
+    connections: int,
+    seconds: float,
+    warmup_seconds: float,
+    cpus: Sequence[int],
+    processes: int,
+    meter: Meter | None = None,
+) -> LoadResult:
     """`processes` driver processes share `connections` virtual users; all set up, then all
     start together on GO, so the measured window is the same for each."""
     target = {"name": server.name, "port": server.port, "host_header": server.host_header, "paths": server.paths}
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]
-    drivers = [_start_driver({"target": target, "flow": flow, "users": n, "duration": seconds,
-                              "warmup": warmup_seconds}, cpus) for n in shares if n > 0]
+    drivers = [
+        _start_driver({"target": target, "flow": flow, "users": n, "duration": seconds, "warmup": warmup_seconds}, cpus)
+        for n in shares
+        if n > 0
+    ]
     try:
         for driver in drivers:
             _expect_line(driver, "READY", DRIVER_READY_TIMEOUT_SECONDS)
@@ -126,11 +172,18 @@ def merge_driver_results(results: list[dict[str, Any]], server: Usage) -> LoadRe
     latencies = sorted(x for r in results for x in r["latencies_ms"])
     elapsed = max(r["elapsed"] for r in results)
     samples = [s for r in results for s in r["error_samples"] + r["setup_error_samples"]][:5]
-    return LoadResult(rate=len(latencies) / elapsed, p50_ms=percentile(latencies, 0.50),
-                      p99_ms=percentile(latencies, 0.99), completed=len(latencies),
-                      errors=sum(r["errors"] + r["setup_errors"] for r in results), elapsed_seconds=elapsed,
-                      load_cpu_seconds=sum(r["cpu_seconds"] for r in results), load_processes=len(results),
-                      server=server, error_samples=samples)
+    return LoadResult(
+        rate=len(latencies) / elapsed,
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        completed=len(latencies),
+        errors=sum(r["errors"] + r["setup_errors"] for r in results),
+        elapsed_seconds=elapsed,
+        load_cpu_seconds=sum(r["cpu_seconds"] for r in results),
+        load_processes=len(results),
+        server=server,
+        error_samples=samples,
+    )
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:

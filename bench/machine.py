@@ -1,4 +1,5 @@
 """What the numbers were measured on: cores, CPU model, tool versions, the commit."""
+
 from __future__ import annotations
 
 import datetime

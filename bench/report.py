@@ -1,5 +1,6 @@
 """Rendering the results as Markdown: one table per backend and worker count, and the
 results file (machine, settings, how to read the table, notes)."""
+
 from __future__ import annotations
 
 import math
@@ -54,16 +55,21 @@ def _section(section: Section, ceiling: Argon2Ceiling) -> str:
     with_peer = any(server == "peer" for _, server in section.runs)
     columns = IDP_COLUMNS + (PEER_COLUMNS if with_peer else ()) + REFERENCE_COLUMNS
     lines += [_placement(section), "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_row(section, scenario, with_peer)) + " |" for scenario in SCENARIOS
-              if (scenario.id, "idp") in section.runs]
+    lines += [
+        "| " + " | ".join(_row(section, scenario, with_peer)) + " |"
+        for scenario in SCENARIOS
+        if (scenario.id, "idp") in section.runs
+    ]
     lines += ["", *_section_notes(section, ceiling), ""]
     return "\n".join(lines)
 
 
 def _placement(section: Section) -> str:
     if section.server_cpus:
-        where = (f"idp and peer pinned to core(s) {_cpus(section.server_cpus)} (one at a time: they alternate), "
-                 f"load generators on core(s) {_cpus(section.load_cpus)}.")
+        where = (
+            f"idp and peer pinned to core(s) {_cpus(section.server_cpus)} (one at a time: they alternate), "
+            f"load generators on core(s) {_cpus(section.load_cpus)}."
+        )
     else:
         where = "not pinned: too few cores, so the servers and the load generators share every core."
     idle = _idle(section.idp_idle_rss)
@@ -112,8 +118,14 @@ def _measures(measured: Measured | None) -> list[str]:
     r = measured.result
     if r is None:
         return ["failed", "–", "–", "run failed", "–", "–"]
-    return [_rate(r.rate), _ms(r.p50_ms), _ms(r.p99_ms), str(r.errors), f"{r.server.cpu_percent:.0f}",
-            f"{r.server.rss_bytes / 2**20:.0f}"]
+    return [
+        _rate(r.rate),
+        _ms(r.p50_ms),
+        _ms(r.p99_ms),
+        str(r.errors),
+        f"{r.server.cpu_percent:.0f}",
+        f"{r.server.rss_bytes / 2**20:.0f}",
+    ]
 
 
 def _ratio(idp: Measured, peer: Measured | None) -> str:
@@ -133,8 +145,13 @@ def _keycloak(idp: Measured, scenario: Scenario, workers: int) -> list[str]:
 
 def _load_cpu(idp: Measured, peer: Measured | None) -> str:
     values = [m.result for m in (idp, peer) if m is not None and m.result is not None]
-    return " / ".join(f"{r.load_cpu_percent:.0f}" + (f" ({r.load_processes} procs)" if r.load_processes > 1 else "")
-                      for r in values) or "–"
+    return (
+        " / ".join(
+            f"{r.load_cpu_percent:.0f}" + (f" ({r.load_processes} procs)" if r.load_processes > 1 else "")
+            for r in values
+        )
+        or "–"
+    )
 
 
 def _floor_notes(section: Section) -> list[str]:
@@ -142,14 +159,18 @@ def _floor_notes(section: Section) -> list[str]:
     if floor is None or floor.rate <= 0:
         return []
     per_core = section.workers
-    lines = [f"- Stack floor: a bare Starlette POST on the same uvicorn (bench/floor.py: body parsed, JSON "
-             f"answered, no database, no crypto) serves {_rate(floor.rate)} req/s on one core."]
+    lines = [
+        f"- Stack floor: a bare Starlette POST on the same uvicorn (bench/floor.py: body parsed, JSON "
+        f"answered, no database, no crypto) serves {_rate(floor.rate)} req/s on one core."
+    ]
     for scenario_id in ("client_credentials", "introspection", "userinfo", "refresh"):
         idp = section.runs.get((scenario_id, "idp"))
         peer = section.runs.get((scenario_id, "peer"))
         if idp and idp.result:
-            peer_text = (f", the peer {peer.result.rate / floor.rate:.2f}× it" if peer and peer.result else "")
-            lines.append(f"  - {scenario_id}: idp {idp.result.rate / per_core / floor.rate:.0%} of the floor{peer_text}.")
+            peer_text = f", the peer {peer.result.rate / floor.rate:.2f}× it" if peer and peer.result else ""
+            lines.append(
+                f"  - {scenario_id}: idp {idp.result.rate / per_core / floor.rate:.0%} of the floor{peer_text}."
+            )
     return lines
 
 
@@ -159,9 +180,11 @@ def _section_notes(section: Section, ceiling: Argon2Ceiling) -> list[str]:
     if password and password.result:
         cores = section.workers
         share = password.result.rate / (ceiling.verifications_per_second * cores)
-        notes.append(f"- Password login: {password.result.rate:.1f} logins/s = **{share:.0%} of the Argon2 ceiling** "
-                     f"({ceiling.verifications_per_second:.2f} verifications/s per core × {cores} core"
-                     f"{'s' if cores > 1 else ''}).")
+        notes.append(
+            f"- Password login: {password.result.rate:.1f} logins/s = **{share:.0%} of the Argon2 ceiling** "
+            f"({ceiling.verifications_per_second:.2f} verifications/s per core × {cores} core"
+            f"{'s' if cores > 1 else ''})."
+        )
     notes += _floor_notes(section)
     for (scenario_id, server), measured in section.runs.items():
         if measured.failure or (measured.result and measured.result.errors):
@@ -172,17 +195,30 @@ def _section_notes(section: Section, ceiling: Argon2Ceiling) -> list[str]:
 
 def render_report(sections: list[Section], machine: Machine, ceiling: Argon2Ceiling, settings: list[str]) -> str:
     dirty = " (working tree with uncommitted changes)" if machine.dirty else ""
-    return "\n".join([
-        f"# idp benchmark, {machine.date}, commit {machine.commit}{dirty}", "",
-        "## Machine", "",
-        f"- {machine.nproc} cores (nproc), {machine.cpu_model}, {machine.memory_gib:.0f} GiB, Linux {machine.kernel}",
-        f"- Python {machine.python}, Node {machine.node}, {machine.wrk}", "",
-        "## Settings", "", *[f"- {line}" for line in settings],
-        f"- Argon2id: time_cost {ceiling.time_cost}, memory {ceiling.memory_kib // 1024} MiB, parallelism 1 "
-        f"(idp's production defaults); ceiling {ceiling.verifications_per_second:.2f} verifications/s on one core", "",
-        "## How to read the tables", "", HOW_TO_READ, "",
-        "## Results", "", render_tables(sections, ceiling),
-    ])
+    return "\n".join(
+        [
+            f"# idp benchmark, {machine.date}, commit {machine.commit}{dirty}",
+            "",
+            "## Machine",
+            "",
+            f"- {machine.nproc} cores (nproc), {machine.cpu_model}, {machine.memory_gib:.0f} GiB, Linux {machine.kernel}",
+            f"- Python {machine.python}, Node {machine.node}, {machine.wrk}",
+            "",
+            "## Settings",
+            "",
+            *[f"- {line}" for line in settings],
+            f"- Argon2id: time_cost {ceiling.time_cost}, memory {ceiling.memory_kib // 1024} MiB, parallelism 1 "
+            f"(idp's production defaults); ceiling {ceiling.verifications_per_second:.2f} verifications/s on one core",
+            "",
+            "## How to read the tables",
+            "",
+            HOW_TO_READ,
+            "",
+            "## Results",
+            "",
+            render_tables(sections, ceiling),
+        ]
+    )
 
 
 HOW_TO_READ = f"""\

@@ -1,6 +1,7 @@
 """`make bench` (python -m bench.run): for each backend and worker count, starts a fresh idp
 and the node-oidc-provider peer, runs every scenario against both, alternating, prints the
 Markdown table and writes bench/results/<date>-<commit>.md."""
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,30 @@ class Options:
 
 def parse_options(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny load for a smoke test (2 connections, 1 s, no warm-up, no results file)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny load for a smoke test (2 connections, 1 s, no warm-up, no results file)",
+    )
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: sqlite,postgres")
     parser.add_argument("--workers", default="1", help="comma-separated idp process counts, e.g. 1,2 (1 = one core)")
     parser.add_argument("--duration", type=float, help="seconds per measured scenario (default 10; 1 with --quick)")
-    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each scenario (default 1; 0 with --quick)")
-    parser.add_argument("--connections", type=int, help="concurrent connections / virtual users (default 16; 2 with --quick)")
-    parser.add_argument("--driver-procs", type=int, default=0, help="flow driver processes (default: one per load core)")
+    parser.add_argument(
+        "--warmup", type=float, help="unmeasured seconds before each scenario (default 1; 0 with --quick)"
+    )
+    parser.add_argument(
+        "--connections", type=int, help="concurrent connections / virtual users (default 16; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--driver-procs", type=int, default=0, help="flow driver processes (default: one per load core)"
+    )
     parser.add_argument("--no-peer", action="store_true", help="do not run node-oidc-provider")
-    parser.add_argument("--workdir", type=Path, help="keep databases and server logs here (default: a temporary directory)")
-    parser.add_argument("--output", type=Path, help="results file (default bench/results/<date>-<commit>.md; none with --quick)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep databases and server logs here (default: a temporary directory)"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="results file (default bench/results/<date>-<commit>.md; none with --quick)"
+    )
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if not backends or set(backends) - set(BACKENDS):
@@ -76,12 +91,17 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         parser.error("--workers: each between 1 and 64")
     quick = args.quick
     return Options(
-        backends=backends, workers=workers,
+        backends=backends,
+        workers=workers,
         duration_seconds=args.duration if args.duration is not None else (1.0 if quick else 10.0),
         warmup_seconds=args.warmup if args.warmup is not None else (0.0 if quick else 1.0),
         connections=args.connections or (2 if quick else 16),
-        driver_processes=max(0, args.driver_procs), peer=not args.no_peer, quick=quick,
-        output=args.output, workdir=args.workdir, ceiling_seconds=0.5 if quick else 3.0,
+        driver_processes=max(0, args.driver_procs),
+        peer=not args.no_peer,
+        quick=quick,
+        output=args.output,
+        workdir=args.workdir,
+        ceiling_seconds=0.5 if quick else 3.0,
     )
 
 
@@ -96,15 +116,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ExitStack() as stack:
             workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="idp-bench-")))
             floor = measure_floor(options, workdir)
-            sections = [run_section(backend, workers, options, workdir)
-                        for backend in options.backends for workers in options.workers]
+            sections = [
+                run_section(backend, workers, options, workdir)
+                for backend in options.backends
+                for workers in options.workers
+            ]
             for section in sections:
                 section.floor = floor
     except ServerError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     print(render_tables(sections, ceiling))
-    output = options.output or (None if options.quick else REPO / "bench" / "results" / f"{machine.date}-{machine.commit}.md")
+    output = options.output or (
+        None if options.quick else REPO / "bench" / "results" / f"{machine.date}-{machine.commit}.md"
+    )
     if output is not None:
         output.write_text(render_report(sections, machine, ceiling, _settings_lines(options)) + "\n")
         _progress(f"written to {output}")
@@ -146,16 +171,27 @@ def run_section(backend: str, workers: int, options: Options, workdir: Path) -> 
 
 def run_scenario(scenario: Scenario, server: Server, options: Options, load_cpus: list[int]) -> Measured:
     try:
-        return Measured(_drive(scenario, server, options, load_cpus) if scenario.driven
-                        else _hammer(scenario, server, options, load_cpus))
+        return Measured(
+            _drive(scenario, server, options, load_cpus)
+            if scenario.driven
+            else _hammer(scenario, server, options, load_cpus)
+        )
     except (LoadError, HTTPFailure, OSError, ValueError, KeyError) as exc:
         return Measured(None, f"{type(exc).__name__}: {exc}")
 
 
 def _drive(scenario: Scenario, server: Server, options: Options, load_cpus: list[int]) -> LoadResult:
     processes = options.driver_processes or max(1, min(len(load_cpus), MAX_DRIVER_PROCESSES))
-    return run_driver(server, scenario.flow, connections=options.connections, seconds=options.duration_seconds,
-                      warmup_seconds=options.warmup_seconds, cpus=load_cpus, processes=processes, meter=Meter(server))
+    return run_driver(
+        server,
+        scenario.flow,
+        connections=options.connections,
+        seconds=options.duration_seconds,
+        warmup_seconds=options.warmup_seconds,
+        cpus=load_cpus,
+        processes=processes,
+        meter=Meter(server),
+    )
 
 
 def _hammer(scenario: Scenario, server: Server, options: Options, load_cpus: list[int]) -> LoadResult:
@@ -163,8 +199,14 @@ def _hammer(scenario: Scenario, server: Server, options: Options, load_cpus: lis
     request = wrk_request(scenario, server.paths, server.host_header, token)
     if options.warmup_seconds > 0:
         run_wrk(server, request, connections=options.connections, seconds=options.warmup_seconds, cpus=load_cpus)
-    return run_wrk(server, request, connections=options.connections, seconds=options.duration_seconds,
-                   cpus=load_cpus, meter=Meter(server))
+    return run_wrk(
+        server,
+        request,
+        connections=options.connections,
+        seconds=options.duration_seconds,
+        cpus=load_cpus,
+        meter=Meter(server),
+    )
 
 
 def plan_cpus(workers: int) -> tuple[list[int], list[int]]:
@@ -188,8 +230,10 @@ def _summary(measured: Measured) -> str:
     r = measured.result
     if r is None:
         return f"FAILED {measured.failure}"
-    return (f"{r.rate:,.1f}/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors} "
-            f"server CPU {r.server.cpu_percent:.0f}% load CPU {r.load_cpu_percent:.0f}%")
+    return (
+        f"{r.rate:,.1f}/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors} "
+        f"server CPU {r.server.cpu_percent:.0f}% load CPU {r.load_cpu_percent:.0f}%"
+    )
 
 
 def _settings_lines(options: Options) -> list[str]:

@@ -1,6 +1,7 @@
 """The benchmark scenarios (issue 3): what each one sends, which load generator sends it
 (wrk for single requests, bench/driver.py for multi-step flows), and the published
 reference figures it is compared with."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,14 +34,27 @@ class Scenario:
 SCENARIOS = (
     Scenario("discovery", "discovery GET", "req", endpoint="discovery", script="get"),
     Scenario("jwks", "JWKS GET", "req", endpoint="jwks", script="get"),
-    Scenario("client_credentials", "client_credentials POST", "req", endpoint="token", script="form_post",
-             keycloak_per_vcpu=120),
+    Scenario(
+        "client_credentials",
+        "client_credentials POST",
+        "req",
+        endpoint="token",
+        script="form_post",
+        keycloak_per_vcpu=120,
+    ),
     Scenario("refresh", "refresh_token grant (rotating)", "req", flow="refresh", keycloak_per_vcpu=120),
     Scenario("userinfo", "userinfo GET (bearer)", "req", endpoint="userinfo", script="get", needs_access_token=True),
-    Scenario("introspection", "introspection POST", "req", endpoint="introspect", script="form_post",
-             needs_access_token=True),
-    Scenario("code_flow_password", "code flow + PKCE, password login (Argon2id)", "flow", flow="code_flow_password",
-             keycloak_per_vcpu=15, peer_comparable=False),
+    Scenario(
+        "introspection", "introspection POST", "req", endpoint="introspect", script="form_post", needs_access_token=True
+    ),
+    Scenario(
+        "code_flow_password",
+        "code flow + PKCE, password login (Argon2id)",
+        "flow",
+        flow="code_flow_password",
+        keycloak_per_vcpu=15,
+        peer_comparable=False,
+    ),
     Scenario("code_flow_session", "code flow + PKCE, existing session (no Argon2)", "flow", flow="code_flow_session"),
 )
 

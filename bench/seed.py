@@ -1,4 +1,5 @@
 """What both providers are seeded with: the one benchmark client and the one user."""
+
 from __future__ import annotations
 
 CLIENT_ID = "bench"

@@ -1,5 +1,6 @@
 """Starting and stopping the servers under test (idp, the node-oidc-provider peer), always
 on 127.0.0.1, and reading their CPU time and memory from /proc over the process tree."""
+
 from __future__ import annotations
 
 import http.client
@@ -51,6 +52,7 @@ class Server:
 
 
 # ---- /proc ---------------------------------------------------------------------------------
+
 
 def process_tree(root: int) -> list[int]:
     """root and every descendant (uvicorn's supervisor and its workers, for example)."""
@@ -116,10 +118,11 @@ def _stat_fields(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 # ---- idp --------------------------------------------------------------------------------------
+
 
 @contextmanager
 def start_idp(workdir: Path, backend: str, workers: int, cpus: Sequence[int]) -> Iterator[Server]:
@@ -133,11 +136,24 @@ def start_idp(workdir: Path, backend: str, workers: int, cpus: Sequence[int]) ->
         _postgres(f"CREATE SCHEMA {schema}")
     try:
         _run_cli(env, ["db", "upgrade"])
-        _run_cli(env, ["user", "add", seed.USERNAME, "--email", "alice@example.com", "--password-stdin"],
-                 stdin=seed.PASSWORD + "\n")
-        command = [str(Path(sys.executable).parent / "idp"), "serve", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(workers)]
-        with _running("idp", command, env=env, cwd=workdir, port=port, cpus=cpus, processes=workers + (workers > 1)) as server:
+        _run_cli(
+            env,
+            ["user", "add", seed.USERNAME, "--email", "alice@example.com", "--password-stdin"],
+            stdin=seed.PASSWORD + "\n",
+        )
+        command = [
+            str(Path(sys.executable).parent / "idp"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+        with _running(
+            "idp", command, env=env, cwd=workdir, port=port, cpus=cpus, processes=workers + (workers > 1)
+        ) as server:
             yield server
     finally:
         if schema:
@@ -152,8 +168,11 @@ def _idp_environment(workdir: Path, backend: str, port: int, schema: str) -> dic
         IDP_ISSUER=f"http://localhost:{port}",
         IDP_DATA_DIR=str(workdir / "data"),
         IDP_CLIENTS_FILE=str(clients_file),
-        IDP_DATABASE_URL=(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}" if backend == "postgres"
-                          else f"sqlite:///{workdir / 'idp.db'}"),
+        IDP_DATABASE_URL=(
+            f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+            if backend == "postgres"
+            else f"sqlite:///{workdir / 'idp.db'}"
+        ),
         IDP_REDIS_URL=REDIS_URL if backend == "postgres" else "",
         # Every limit is checked (its cost is part of each request) but set above what one
         # load generator on one address can reach: the bench measures throughput, not 429s.
@@ -187,19 +206,36 @@ def _postgres(statement: str) -> None:
 
 # ---- the stack floor ----------------------------------------------------------------------
 
+
 @contextmanager
 def start_floor(workdir: Path, cpus: Sequence[int]) -> Iterator[Server]:
     """bench/floor.py on uvicorn with the loop, parser and flags `idp serve` uses."""
     workdir.mkdir(parents=True)
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "bench.floor:app", "--host", "127.0.0.1", "--port", str(port),
-               "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header"]
-    with _running("floor", command, env=dict(os.environ), cwd=REPO, port=port, cpus=cpus, processes=1,
-                  log_dir=workdir) as server:
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.floor:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--no-server-header",
+    ]
+    with _running(
+        "floor", command, env=dict(os.environ), cwd=REPO, port=port, cpus=cpus, processes=1, log_dir=workdir
+    ) as server:
         yield server
 
 
 # ---- the peer ---------------------------------------------------------------------------------
+
 
 def install_peer() -> None:
     """npm ci (or npm install without a lock file), once: node_modules is kept."""
@@ -220,12 +256,14 @@ def start_peer(workdir: Path, cpus: Sequence[int]) -> Iterator[Server]:
     port = free_port()
     env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", ISSUER=f"http://localhost:{port}", NODE_ENV="production")
     node = shutil.which("node") or "node"
-    with _running("peer", [node, "server.mjs"], env=env, cwd=PEER_DIR, port=port, cpus=cpus, processes=1,
-                  log_dir=workdir) as server:
+    with _running(
+        "peer", [node, "server.mjs"], env=env, cwd=PEER_DIR, port=port, cpus=cpus, processes=1, log_dir=workdir
+    ) as server:
         yield server
 
 
 # ---- processes ------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -234,14 +272,30 @@ def free_port() -> int:
 
 
 @contextmanager
-def _running(name: str, command: list[str], *, env: dict[str, str], cwd: Path, port: int, cpus: Sequence[int],
-             processes: int, log_dir: Path | None = None) -> Iterator[Server]:
+def _running(
+    name: str,
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    port: int,
+    cpus: Sequence[int],
+    processes: int,
+    log_dir: Path | None = None,
+) -> Iterator[Server]:
     log_path = (log_dir or cwd) / f"{name}.log"
     if cpus and shutil.which("taskset"):
         command = ["taskset", "-c", ",".join(map(str, cpus)), *command]  # taskset execs: same pid
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = Server(name=name, port=port, pid=process.pid, log_path=log_path)
     try:
         _wait_ready(server, process, processes)
@@ -278,8 +332,13 @@ def _fetch_discovery(server: Server) -> dict[str, object] | None:
 
 
 def _endpoint_paths(discovery: dict[str, object]) -> dict[str, str]:
-    keys = {"authorize": "authorization_endpoint", "token": "token_endpoint", "userinfo": "userinfo_endpoint",
-            "introspect": "introspection_endpoint", "jwks": "jwks_uri"}
+    keys = {
+        "authorize": "authorization_endpoint",
+        "token": "token_endpoint",
+        "userinfo": "userinfo_endpoint",
+        "introspect": "introspection_endpoint",
+        "jwks": "jwks_uri",
+    }
     paths = {name: urlsplit(str(discovery[key])).path for name, key in keys.items()}
     paths["discovery"] = DISCOVERY_PATH
     return paths

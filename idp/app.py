@@ -1,6 +1,7 @@
 """The composition root: builds the engine, store, keyring, password hashing, signing keys
 and the Authlib server, and hands them to the routes through app.state. Nothing registers
 itself on import; tests build an app with their own settings and store."""
+
 from __future__ import annotations
 
 import asyncio
@@ -55,7 +56,9 @@ def master_key_of(settings: Settings) -> str:
     return settings.secret_key or load_or_create_dev_master_key(settings.data_dir)
 
 
-def build_services(settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None) -> Services:
+def build_services(
+    settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None
+) -> Services:
     engine = make_engine(settings.database_url)
     if not is_current(engine):
         raise SettingsError("IDP_DATABASE_URL: the database schema is not current; run `idp db upgrade`")
@@ -71,24 +74,46 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
     store = store if store is not None else open_store(settings.redis_url)  # an empty MemoryStore is falsy
     rate_limits = RateLimits(settings, digest=keyring.digest)
     lockout = Lockout(store, attempts=settings.lockout_attempts, seconds=settings.lockout_seconds)
-    lifetimes = Lifetimes(settings.access_token_ttl_seconds, settings.refresh_token_ttl_seconds,
-                          settings.refresh_token_absolute_ttl_seconds, settings.refresh_grace_seconds)
+    lifetimes = Lifetimes(
+        settings.access_token_ttl_seconds,
+        settings.refresh_token_ttl_seconds,
+        settings.refresh_token_absolute_ttl_seconds,
+        settings.refresh_grace_seconds,
+    )
     ctx = OidcContext(
-        issuer=settings.issuer, keyring=keyring, keys=KeyCache(sessions, keyring), clients=ClientRegistry(sessions, keyring),
-        store=store, lifetimes=lifetimes, code_ttl_seconds=settings.code_ttl_seconds,
-        id_token_ttl_seconds=settings.id_token_ttl_seconds, rate_limits=rate_limits,
+        issuer=settings.issuer,
+        keyring=keyring,
+        keys=KeyCache(sessions, keyring),
+        clients=ClientRegistry(sessions, keyring),
+        store=store,
+        lifetimes=lifetimes,
+        code_ttl_seconds=settings.code_ttl_seconds,
+        id_token_ttl_seconds=settings.id_token_ttl_seconds,
+        rate_limits=rate_limits,
     )
     _reload_caches_of(ctx)  # fail at start, not on the first request
-    hashing = hashing or PasswordHashing(max_concurrent=settings.max_concurrent_hashes, time_cost=settings.argon2_time_cost,
-                                         memory_cost_kib=settings.argon2_memory_kib,
-                                         # one key for every process: an unknown name costs the same on each
-                                         name_digest=lambda name: keyring.digest("dummy-params:" + normalize_username(name)))
+    hashing = hashing or PasswordHashing(
+        max_concurrent=settings.max_concurrent_hashes,
+        time_cost=settings.argon2_time_cost,
+        memory_cost_kib=settings.argon2_memory_kib,
+        # one key for every process: an unknown name costs the same on each
+        name_digest=lambda name: keyring.digest("dummy-params:" + normalize_username(name)),
+    )
     refresh_census(sessions, hashing)  # unknown names cost what stored hashes cost (idp/password_census.py)
     return Services(
-        settings=settings, engine=engine, sessions=sessions, keyring=keyring, store=store, hashing=hashing, oidc=ctx,
-        server=IdpAuthorizationServer(ctx), session_policy=SessionPolicy(settings.session_idle_seconds, settings.session_absolute_seconds,
-                                     settings.sessions_per_user),
-        trusted_proxies=parse_networks(settings.trusted_proxies), metrics_allowed=parse_networks(settings.metrics_allowed),
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        keyring=keyring,
+        store=store,
+        hashing=hashing,
+        oidc=ctx,
+        server=IdpAuthorizationServer(ctx),
+        session_policy=SessionPolicy(
+            settings.session_idle_seconds, settings.session_absolute_seconds, settings.sessions_per_user
+        ),
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        metrics_allowed=parse_networks(settings.metrics_allowed),
         discovery_bytes=metadata_bytes(settings.issuer),
         blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
         rate_limits=rate_limits,
@@ -98,8 +123,13 @@ def build_services(settings: Settings, *, store: StateStore | None = None, hashi
     )
 
 
-def create_app(settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None,
-               steps: Sequence[Step] = STANDARD_STEPS) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    store: StateStore | None = None,
+    hashing: PasswordHashing | None = None,
+    steps: Sequence[Step] = STANDARD_STEPS,
+) -> Starlette:
     services = build_services(settings, store=store, hashing=hashing)
 
     @asynccontextmanager
@@ -143,12 +173,22 @@ def build_login_flow(services: Services, steps: Sequence[Step] = STANDARD_STEPS)
         client = clients.get(client_id)
         return tuple(client.config.get("default_acr_values") or ()) if client is not None else ()
 
-    return LoginFlow(FlowServices(
-        sessions=services.sessions, store=services.store, keyring=services.keyring, hashing=services.hashing,
-        lockout=services.lockout, factors=services.factors, passkeys=services.passkeys,
-        rate_limits=services.rate_limits, session_policy=services.session_policy,
-        ttl_seconds=services.settings.login_ttl_seconds, client_minimum=client_minimum,
-    ), steps)
+    return LoginFlow(
+        FlowServices(
+            sessions=services.sessions,
+            store=services.store,
+            keyring=services.keyring,
+            hashing=services.hashing,
+            lockout=services.lockout,
+            factors=services.factors,
+            passkeys=services.passkeys,
+            rate_limits=services.rate_limits,
+            session_policy=services.session_policy,
+            ttl_seconds=services.settings.login_ttl_seconds,
+            client_minimum=client_minimum,
+        ),
+        steps,
+    )
 
 
 REFRESH_SECONDS = 5.0  # bound on how long a `clients sync` or `keys rotate` takes to reach every process
@@ -180,8 +220,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 STORE_RETRY_SECONDS = 30
-UNAVAILABLE_MESSAGE = ("Sign-in is temporarily unavailable: idp cannot reach the store that holds sign-ins in progress. "
-                       "Try again in a minute.")
+UNAVAILABLE_MESSAGE = (
+    "Sign-in is temporarily unavailable: idp cannot reach the store that holds sign-ins in progress. "
+    "Try again in a minute."
+)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
@@ -192,9 +234,11 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("state store unavailable on %s %s: %s", request.method, request.url.path, exc)
     headers = {"retry-after": str(STORE_RETRY_SECONDS), "cache-control": "no-store"}
     if is_api_path(request.url.path):
-        return JSONResponse({"error": "temporarily_unavailable", "error_description": "Try again shortly."},
-                            status_code=503, headers=headers)
+        return JSONResponse(
+            {"error": "temporarily_unavailable", "error_description": "Try again shortly."},
+            status_code=503,
+            headers=headers,
+        )
     response = error_page(request, 503, UNAVAILABLE_MESSAGE)
     response.headers.update(headers)
     return response
-

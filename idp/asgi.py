@@ -1,4 +1,5 @@
 """ASGI entry point for `idp serve --workers N` and external servers (uvicorn --factory)."""
+
 from __future__ import annotations
 
 from starlette.applications import Starlette

@@ -1,6 +1,7 @@
 """The `idp` command line (DESIGN.md §3): serve, db upgrade, user, clients, keys.
 Errors are one line on stderr and exit status 2; nothing is half-written (each command
 is one transaction, and input is validated before it starts)."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,35 +61,56 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve HTTP")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                       help=f"TCP port (default {DEFAULT_PORT}); with IDP_ISSUER unset the issuer is http://localhost:PORT")
-    serve.add_argument("--workers", type=_worker_count, default=1,
-                       help="worker processes: a number, or 'auto' for one per core (more than one needs IDP_REDIS_URL)")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default {DEFAULT_PORT}); with IDP_ISSUER unset the issuer is http://localhost:PORT",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="worker processes: a number, or 'auto' for one per core (more than one needs IDP_REDIS_URL)",
+    )
     serve.set_defaults(handler=_serve)
 
-    db = commands.add_parser("db", help="database").add_subparsers(dest="db_command", required=True, parser_class=_OneLineParser)
+    db = commands.add_parser("db", help="database").add_subparsers(
+        dest="db_command", required=True, parser_class=_OneLineParser
+    )
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)
 
-    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True, parser_class=_OneLineParser)
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", required=True, parser_class=_OneLineParser
+    )
     add = user.add_parser("add", help="add a user")
     add.add_argument("username")
     add.add_argument("--email")
     add.add_argument("--name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    add.add_argument("--email-verified", action="store_true",
-                     help="the address is known to be the user's (the email_verified claim); needs --email")
+    add.add_argument(
+        "--email-verified",
+        action="store_true",
+        help="the address is known to be the user's (the email_verified claim); needs --email",
+    )
     add.set_defaults(handler=_user_add)
     user_set = user.add_parser("set", help="change a user's attributes; only the options given change")
     user_set.add_argument("username")
     user_set.add_argument("--email", help="a new address (unverified unless --email-verified yes); '' removes it")
     user_set.add_argument("--name", help="the display name (the name claim); '' removes it")
-    user_set.add_argument("--email-verified", choices=("yes", "no"),
-                          help="whether the address is known to be the user's; a verified address belongs to one user")
+    user_set.add_argument(
+        "--email-verified",
+        choices=("yes", "no"),
+        help="whether the address is known to be the user's; a verified address belongs to one user",
+    )
     user_set.set_defaults(handler=_user_set)
     user_list = user.add_parser("list", help="list users")
-    user_list.add_argument("--outdated-hashes", action="store_true",
-                           help="instead, count the password hashes per Argon2 parameter set and say which set is "
-                                "current (IDP_ARGON2_*); the others are rehashed at each user's next sign-in")
+    user_list.add_argument(
+        "--outdated-hashes",
+        action="store_true",
+        help="instead, count the password hashes per Argon2 parameter set and say which set is "
+        "current (IDP_ARGON2_*); the others are rehashed at each user's next sign-in",
+    )
     user_list.set_defaults(handler=_user_list)
     disable = user.add_parser("disable", help="disable a user, end their sessions, revoke their refresh tokens")
     disable.add_argument("username")
@@ -96,14 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     unlock = user.add_parser("unlock", help="clear a user's failed-attempt counter and lock")
     unlock.add_argument("username")
     unlock.set_defaults(handler=_user_unlock)
-    require = user.add_parser("require-mfa", help="the user's next login must enrol a second factor; every login then needs it")
+    require = user.add_parser(
+        "require-mfa", help="the user's next login must enrol a second factor; every login then needs it"
+    )
     require.add_argument("username")
     require.set_defaults(handler=_user_require_mfa)
     reset = user.add_parser("reset-mfa", help="remove the user's second factors (TOTP, backup codes)")
     reset.add_argument("username")
     reset.set_defaults(handler=_user_reset_mfa)
 
-    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True, parser_class=_OneLineParser)
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True, parser_class=_OneLineParser
+    )
     tail = audit.add_parser("tail", help="print the newest audit events as JSON lines, oldest first")
     tail.add_argument("-n", "--lines", type=int, default=20, help="how many events (default 20, at most 10000)")
     tail.add_argument("--kind", default="", help="only kinds starting with this, e.g. login. or account.locked")
@@ -111,21 +137,37 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C stops)")
     tail.set_defaults(handler=_audit_tail)
 
-    clients = commands.add_parser("clients", help="relying parties").add_subparsers(dest="clients_command", required=True, parser_class=_OneLineParser)
+    clients = commands.add_parser("clients", help="relying parties").add_subparsers(
+        dest="clients_command", required=True, parser_class=_OneLineParser
+    )
     sync = clients.add_parser("sync", help="make the registered clients exactly those of FILE")
     sync.add_argument("file")
     sync.add_argument("--allow-empty", action="store_true", help="a file with no clients removes every client")
     sync.set_defaults(handler=_clients_sync)
 
-    keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
-    rotate = keys.add_parser("rotate", help="publish a new key of each algorithm (or of --alg) now, sign with it "
-                             "from --signs-in seconds later; the old key stays published until its tokens expire")
-    rotate.add_argument("--alg", action="append", metavar="ALG",
-                        help="rotate only this algorithm's key: RS256, ES256 or Ed25519 (EdDSA names the Ed25519 "
-                             "key); may be repeated; default: all three")
-    rotate.add_argument("--signs-in", type=int, default=None, metavar="SECONDS",
-                        help="delay before the new key signs (default: long enough for every process and every "
-                             "relying party's cached JWKS to have it; 0 = at once, for a compromised key)")
+    keys = commands.add_parser("keys", help="signing keys").add_subparsers(
+        dest="keys_command", required=True, parser_class=_OneLineParser
+    )
+    rotate = keys.add_parser(
+        "rotate",
+        help="publish a new key of each algorithm (or of --alg) now, sign with it "
+        "from --signs-in seconds later; the old key stays published until its tokens expire",
+    )
+    rotate.add_argument(
+        "--alg",
+        action="append",
+        metavar="ALG",
+        help="rotate only this algorithm's key: RS256, ES256 or Ed25519 (EdDSA names the Ed25519 "
+        "key); may be repeated; default: all three",
+    )
+    rotate.add_argument(
+        "--signs-in",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="delay before the new key signs (default: long enough for every process and every "
+        "relying party's cached JWKS to have it; 0 = at once, for a compromised key)",
+    )
     rotate.set_defaults(handler=_keys_rotate)
     keys.add_parser("list", help="list signing keys").set_defaults(handler=_keys_list)
     return parser
@@ -188,7 +230,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     if args.workers > 1 and not settings.redis_url:
-        raise CommandError("--workers > 1 needs IDP_REDIS_URL: the in-process state store is not shared between processes")
+        raise CommandError(
+            "--workers > 1 needs IDP_REDIS_URL: the in-process state store is not shared between processes"
+        )
     from idp.observability.multiprocess import metrics_directory
 
     with metrics_directory(args.workers):  # before idp.app imports prometheus_client
@@ -196,9 +240,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         from idp.logging_config import serve_log_config
         from idp.serving import serve_workers
 
-        options = dict(host=args.host, port=args.port, proxy_headers=False, server_header=False, access_log=False,
-                       log_config=serve_log_config(access_log=bool(settings.access_log)),
-                       timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
+        options = dict(
+            host=args.host,
+            port=args.port,
+            proxy_headers=False,
+            server_header=False,
+            access_log=False,
+            log_config=serve_log_config(access_log=bool(settings.access_log)),
+            timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS,
+        )
         if args.workers == 1:
             app = create_app(settings)
             _announce_issuer(settings, args.port)
@@ -244,14 +294,22 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
             check_password(password, username=username, email=args.email)
         except PasswordRejected as exc:
             raise CommandError(f"password: {exc.reason}") from None
-        hashing = PasswordHashing(max_concurrent=1, time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_kib)
+        hashing = PasswordHashing(
+            max_concurrent=1, time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_kib
+        )
         password_hash = hashing.hash(password)
         hashing.close()
     with sessions.begin() as db:
         try:
             check_new_user(db, args.username, args.email, name=args.name, email_verified=args.email_verified)
-            add_user(db, username=username, email=args.email, name=args.name, password_hash=password_hash,
-                     email_verified=args.email_verified)
+            add_user(
+                db,
+                username=username,
+                email=args.email,
+                name=args.name,
+                password_hash=password_hash,
+                email_verified=args.email_verified,
+            )
         except UserError as exc:
             raise CommandError(str(exc)) from None
     print(f"added user {username}" + ("" if password_hash else " (no password: cannot sign in with one)"))
@@ -293,8 +351,11 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> None:
         return _outdated_hashes(settings)
     with _database(settings)() as db:
         for u in list_users(db):
-            state = "disabled" if u.disabled else (
-                f"locked until {u.locked_until:%Y-%m-%d %H:%M:%S}Z" if u.locked_until else "active")
+            state = (
+                "disabled"
+                if u.disabled
+                else (f"locked until {u.locked_until:%Y-%m-%d %H:%M:%S}Z" if u.locked_until else "active")
+            )
             if u.require_mfa:
                 state += ",mfa-required"
             print(f"{u.username}\t{u.email or '-'}\t{state}\t{u.subject}")
@@ -314,8 +375,10 @@ def _outdated_hashes(settings: Settings) -> None:
     for parameters, count in outdated:
         print(f"outdated\t{parameters}\t{count}")
     stale = sum(n for _, n in outdated)
-    print(f"{stale} of {stale + census.get(current, 0)} password hashes use outdated parameters; "
-          "each is rehashed at its user's next successful sign-in")
+    print(
+        f"{stale} of {stale + census.get(current, 0)} password hashes use outdated parameters; "
+        "each is rehashed at its user's next successful sign-in"
+    )
 
 
 def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
@@ -331,7 +394,9 @@ def _user_require_mfa(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _user_reset_mfa(settings: Settings, args: argparse.Namespace) -> None:
-    _tell_relying_parties(settings, _with_user_command(settings, args.username, "second factors removed for", "reset_mfa"))
+    _tell_relying_parties(
+        settings, _with_user_command(settings, args.username, "second factors removed for", "reset_mfa")
+    )
 
 
 def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:
@@ -347,8 +412,13 @@ def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:
     last_id = 0
     while True:
         with sessions() as db:
-            events = recent_events(db, limit=args.lines if last_id == 0 else 1000, kind_prefix=args.kind,
-                                   username=username, after_id=last_id)
+            events = recent_events(
+                db,
+                limit=args.lines if last_id == 0 else 1000,
+                kind_prefix=args.kind,
+                username=username,
+                after_id=last_id,
+            )
         for event_id, line in events:
             print(line, flush=True)
             last_id = event_id
@@ -398,8 +468,10 @@ def _tell_relying_parties(settings: Settings, ended: object) -> None:
     sender.clients.reload()
     delivered = asyncio.run(deliver_all(sender, ended))
     failed = [d for d in delivered if d.outcome != "success"]
-    print(f"{len(ended)} session(s) ended; back-channel logouts: {len(delivered) - len(failed)} delivered, "
-          f"{len(failed)} failed" + "".join(f"; {d.client_id}: {d.detail}" for d in failed))
+    print(
+        f"{len(ended)} session(s) ended; back-channel logouts: {len(delivered) - len(failed)} delivered, "
+        f"{len(failed)} failed" + "".join(f"; {d.client_id}: {d.detail}" for d in failed)
+    )
 
 
 def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
@@ -426,12 +498,19 @@ def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CommandError(f"--alg: {exc}") from None
     with _database(settings).begin() as db:
-        rows = rotate_signing_keys(db, _keyring(settings), id_token_ttl_seconds=settings.id_token_ttl_seconds,
-                                   signs_in_seconds=signs_in, algs=algs)
+        rows = rotate_signing_keys(
+            db,
+            _keyring(settings),
+            id_token_ttl_seconds=settings.id_token_ttl_seconds,
+            signs_in_seconds=signs_in,
+            algs=algs,
+        )
         for row in rows:
             when = "now" if row.signs_from is None else f"from {row.signs_from:%Y-%m-%d %H:%M:%S}Z ({signs_in} s)"
-            print(f"new {row.alg} signing key {row.kid}: published now, signs {when}; "
-                  f"previous {row.alg} keys stay published until their tokens expire")
+            print(
+                f"new {row.alg} signing key {row.kid}: published now, signs {when}; "
+                f"previous {row.alg} keys stay published until their tokens expire"
+            )
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:

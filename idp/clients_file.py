@@ -263,10 +263,22 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
         policy_uri=_https_uri(table, "policy_uri", where),
         tos_uri=_https_uri(table, "tos_uri", where),
         application_type=_application_type(table, where),
-        subject_type=_choice(table, "subject_type", where, ("public",), default="public",
-                             why="idp gives every client the same sub; pairwise subjects are not offered"),
-        id_token_signed_response_alg=_choice(table, "id_token_signed_response_alg", where, ID_TOKEN_ALGS,
-                                             default="RS256", why="ID tokens are always signed"),
+        subject_type=_choice(
+            table,
+            "subject_type",
+            where,
+            ("public",),
+            default="public",
+            why="idp gives every client the same sub; pairwise subjects are not offered",
+        ),
+        id_token_signed_response_alg=_choice(
+            table,
+            "id_token_signed_response_alg",
+            where,
+            ID_TOKEN_ALGS,
+            default="RS256",
+            why="ID tokens are always signed",
+        ),
         default_max_age=_seconds(table, "default_max_age", where),
         require_auth_time=_flag(table, "require_auth_time", where, False),
         contacts=_strings(table, "contacts", where, default=()),
@@ -343,8 +355,15 @@ def _auth_method(table: _Table, where: _Where, secret: str | None) -> str:
     return method
 
 
-def _check_credentials(where: _Where, *, method: str, secret: str | None, grants: tuple[str, ...],
-                       jwks: dict[str, Any] | None, jwks_uri: str | None) -> None:
+def _check_credentials(
+    where: _Where,
+    *,
+    method: str,
+    secret: str | None,
+    grants: tuple[str, ...],
+    jwks: dict[str, Any] | None,
+    jwks_uri: str | None,
+) -> None:
     if method in ("client_secret_basic", "client_secret_post"):
         _check_secret(secret, method, where)
     elif secret is not None:
@@ -419,8 +438,11 @@ def _redirect_uris(table: _Table, where: _Where, grants: tuple[str, ...], *, pub
 def _require_pkce(table: _Table, where: _Where, *, public: bool) -> bool:
     required = _flag(table, "require_pkce", where, True)
     if not required and public:
-        where.fail("require_pkce", "a public client always uses PKCE (it has no secret to prove who redeems the "
-                                   "code): remove require_pkce = false")
+        where.fail(
+            "require_pkce",
+            "a public client always uses PKCE (it has no secret to prove who redeems the "
+            "code): remove require_pkce = false",
+        )
     return required
 
 
@@ -430,8 +452,9 @@ def _origins(table: _Table, key: str, where: _Where) -> tuple[str, ...]:
     for index, value in enumerate(values):
         origin = origin_of(value)
         if value == "*" or origin is None:
-            where.fail(key, f"{_show(value)} is not an origin (write scheme://host[:port], e.g. https://app.example)",
-                       index)
+            where.fail(
+                key, f"{_show(value)} is not an origin (write scheme://host[:port], e.g. https://app.example)", index
+            )
         if origin != value:
             where.fail(key, f"{_show(value)} is not an origin as browsers send it: write {_show(origin)}", index)
         if problem := _uri_problem(value, private_use=False):
@@ -454,8 +477,11 @@ def _application_type(table: _Table, where: _Where) -> str:
     inferred = "native" if any(isinstance(u, str) and _is_private_use(u) for u in uris) else "web"
     kind = _choice(table, "application_type", where, APPLICATION_TYPES, default=inferred, why="")
     if kind == "web" and inferred == "native":
-        where.fail("application_type", '"web" clients redirect to https or localhost; private-use scheme redirect_uris '
-                                       'belong to application_type = "native"')
+        where.fail(
+            "application_type",
+            '"web" clients redirect to https or localhost; private-use scheme redirect_uris '
+            'belong to application_type = "native"',
+        )
     return kind
 
 

@@ -1,5 +1,6 @@
 """`idp clients sync FILE`: the database's clients become exactly the file's, in one
 transaction (a bad file changes nothing). Secrets are stored as keyed digests."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,22 +23,28 @@ class SyncReport:
     warnings: tuple[str, ...] = ()  # what the admin should know about clients the file allows
 
 
-def sync_clients_file(sessions: sessionmaker[Session], keyring: Keyring, path: str, *,
-                      allow_empty: bool = False) -> SyncReport:
+def sync_clients_file(
+    sessions: sessionmaker[Session], keyring: Keyring, path: str, *, allow_empty: bool = False
+) -> SyncReport:
     configs = parse_clients_file(path)  # raises ClientsFileError before anything is touched
     if not configs and not allow_empty:
         # a truncated or wrong file must not quietly unregister every relying party
-        raise ClientsFileError(f"{path}: no clients in the file: syncing it would remove every registered client "
-                               "(to do exactly that, pass --allow-empty)")
+        raise ClientsFileError(
+            f"{path}: no clients in the file: syncing it would remove every registered client "
+            "(to do exactly that, pass --allow-empty)"
+        )
     with sessions.begin() as db:
         report = sync_clients(db, keyring, configs)
     return dataclasses.replace(report, warnings=warnings_for(configs))
 
 
 def warnings_for(configs: list[ClientConfig]) -> tuple[str, ...]:
-    return tuple(f'client "{c.client_id}": require_pkce = false: authorization requests without PKCE are '
-                 "accepted (with a nonce, each one audited); turn PKCE on in the relying party and remove this line"
-                 for c in configs if not c.require_pkce)
+    return tuple(
+        f'client "{c.client_id}": require_pkce = false: authorization requests without PKCE are '
+        "accepted (with a nonce, each one audited); turn PKCE on in the relying party and remove this line"
+        for c in configs
+        if not c.require_pkce
+    )
 
 
 def sync_clients(db: Session, keyring: Keyring, configs: list[ClientConfig]) -> SyncReport:

@@ -1,4 +1,5 @@
 """Time in one place: aware UTC datetimes, and epoch seconds for JWT claims."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime

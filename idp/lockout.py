@@ -13,6 +13,7 @@ by the password, TOTP and backup-code steps.
   window locks the account for `seconds`. A lock answers like a bad credential (401, same
   page); the caller decides the words, this module only counts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,11 @@ _CLEAR_ON_SUCCESS = (
     .where(_users.c.id == bindparam("user_id"), _not_locked)
     .values(failed_logins=0, failures_since=None, locked_until=None)
 )
-_UNLOCK = update(_users).where(_users.c.id == bindparam("user_id")).values(
-    failed_logins=0, failures_since=None, locked_until=None)
+_UNLOCK = (
+    update(_users)
+    .where(_users.c.id == bindparam("user_id"))
+    .values(failed_logins=0, failures_since=None, locked_until=None)
+)
 
 
 class Lockout:
@@ -75,14 +79,26 @@ class Lockout:
         """Counts one failure in the caller's transaction (commit it promptly: the UPDATE
         holds the user's row lock on PostgreSQL until then)."""
         now = utcnow()
-        row: Row | None = db.connection().execute(_COUNT_FAILURE, {  # type: ignore[type-arg]
-            "user_id": user_id, "now": now, "window_start": now - timedelta(seconds=self.seconds),
-            "limit": self.attempts, "until": now + timedelta(seconds=self.seconds),
-        }).first()
+        row: Row | None = (
+            db.connection()
+            .execute(
+                _COUNT_FAILURE,
+                {  # type: ignore[type-arg]
+                    "user_id": user_id,
+                    "now": now,
+                    "window_start": now - timedelta(seconds=self.seconds),
+                    "limit": self.attempts,
+                    "until": now + timedelta(seconds=self.seconds),
+                },
+            )
+            .first()
+        )
         if row is None:  # locked (or gone): nothing counted
             return FailureRecord(remaining=0, locked_now=False, was_locked=True)
         locked_now = row.locked_until is not None
-        return FailureRecord(remaining=max(self.attempts - row.failed_logins, 0), locked_now=locked_now, was_locked=False)
+        return FailureRecord(
+            remaining=max(self.attempts - row.failed_logins, 0), locked_now=locked_now, was_locked=False
+        )
 
     def record_success(self, db: Session, user_id: int) -> bool:
         """Resets the counter; False when the account is locked (the success must be refused)."""

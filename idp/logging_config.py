@@ -2,6 +2,7 @@
 errors on stderr, and the audit trail (`idp.audit`) and the request log (`idp.access`) as
 bare JSON lines, one per event or request, for a log shipper to pick up
 (idp/audit/trail.py and idp/observability/access_log.py write them)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,6 +23,9 @@ def serve_log_config(*, access_log: bool = True) -> dict[str, Any]:
     # (idp/observability/log_batching.py); IDP_ACCESS_LOG=0 turns it off
     if access_log:
         config["handlers"]["idp_requests"] = {"()": "idp.observability.access_log.stderr_handler", "formatter": "bare"}
-    config["loggers"]["idp.access"] = {"handlers": ["idp_requests"] if access_log else [],
-                                       "level": "INFO" if access_log else "WARNING", "propagate": False}
+    config["loggers"]["idp.access"] = {
+        "handlers": ["idp_requests"] if access_log else [],
+        "level": "INFO" if access_log else "WARNING",
+        "propagate": False,
+    }
     return config

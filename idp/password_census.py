@@ -10,6 +10,7 @@ a change of parameters takes weeks to work through; parameters themselves change
 with a restart, which takes a fresh census. The query reads one column of every user, so
 a shorter interval would cost each process a table scan for no measurable gain.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,9 @@ def refresh_census(sessions: sessionmaker[Session], hashing: PasswordHashing) ->
         hashing.set_census(take_census(db))
 
 
-async def keep_census_fresh(sessions: sessionmaker[Session], hashing: PasswordHashing,
-                            every: float = CENSUS_REFRESH_SECONDS) -> None:
+async def keep_census_fresh(
+    sessions: sessionmaker[Session], hashing: PasswordHashing, every: float = CENSUS_REFRESH_SECONDS
+) -> None:
     while True:
         await asyncio.sleep(every)
         try:

@@ -1,5 +1,6 @@
 """Where templates and migrations are: inside the installed package (wheel) or at the
 top of a source checkout (editable install)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ more: they hang until the supervisor exits and are then reset. Behind nginx a PO
 queue cannot be retried elsewhere and becomes a 502. So the supervisor here closes its copy
 before it tells the workers to stop: once they have closed theirs, new connections are
 refused at once, and nginx sends them to another idp."""
+
 from __future__ import annotations
 
 from typing import Any

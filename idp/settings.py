@@ -3,6 +3,7 @@
 Each field documents its meaning, unit and default where it is defined. A bad value stops
 start-up with a message naming the setting (SettingsError).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -59,11 +60,19 @@ class Settings:
     access_token_ttl_seconds: int = _meta(900, "access token lifetime", lo=30, hi=86400)
     id_token_ttl_seconds: int = _meta(3600, "ID token lifetime", lo=30, hi=86400)
     refresh_token_ttl_seconds: int = _meta(14 * 86400, "refresh token idle (sliding) lifetime", lo=60, hi=31536000)
-    refresh_token_absolute_ttl_seconds: int = _meta(30 * 86400, "refresh token family absolute lifetime", lo=60, hi=31536000)
-    refresh_grace_seconds: int = _meta(0, "window in which a raced refresh gets the same successor; 0 = off", lo=0, hi=60)
+    refresh_token_absolute_ttl_seconds: int = _meta(
+        30 * 86400, "refresh token family absolute lifetime", lo=60, hi=31536000
+    )
+    refresh_grace_seconds: int = _meta(
+        0, "window in which a raced refresh gets the same successor; 0 = off", lo=0, hi=60
+    )
     login_ttl_seconds: int = _meta(600, "how long a parked login transaction waits for the user", lo=60, hi=3600)
-    login_untouched_ttl_seconds: int = _meta(180, "how long a parked request waits for its first login step or "
-                                             "consent decision (at most IDP_LOGIN_TTL_SECONDS)", lo=30, hi=3600)
+    login_untouched_ttl_seconds: int = _meta(
+        180,
+        "how long a parked request waits for its first login step or consent decision (at most IDP_LOGIN_TTL_SECONDS)",
+        lo=30,
+        hi=3600,
+    )
     # ^ Anyone can park requests without signing in: those nobody acts on go early. Three minutes
     #   cover opening the page, fetching a password from a manager or a phone and a retry; the
     #   first step that succeeds saves the transaction again for IDP_LOGIN_TTL_SECONDS.
@@ -119,10 +128,9 @@ class Settings:
         return not (self.issuer.startswith("http://") and self.issuer_is_local)
 
 
-
-
-def load_settings(environ: Mapping[str, str] | None = None, *, serve_port: int | None = None,
-                  **overrides: Any) -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, serve_port: int | None = None, **overrides: Any
+) -> Settings:
     """Reads IDP_CONFIG's TOML (if any), then IDP_* variables, then keyword overrides.
     `serve_port` is the port `idp serve` listens on: the issuer's port when none of them
     names an issuer (without it, DEFAULT_PORT)."""
@@ -136,7 +144,12 @@ def load_settings(environ: Mapping[str, str] | None = None, *, serve_port: int |
     raw.update(overrides)
     if serve_port is not None and "issuer" not in raw:
         raw["issuer"] = _issuer_for_port(serve_port)
-    if "secret_key" in raw and isinstance(raw["secret_key"], str) and raw["secret_key"] and not raw["secret_key"].strip():
+    if (
+        "secret_key" in raw
+        and isinstance(raw["secret_key"], str)
+        and raw["secret_key"]
+        and not raw["secret_key"].strip()
+    ):
         raise SettingsError("IDP_SECRET_KEY: is blank")
     settings = Settings(**{f.name: _coerce(f.name, raw[f.name], f.type) for f in fields(Settings) if f.name in raw})
     return _validated(settings)
@@ -144,8 +157,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, serve_port: int |
 
 def _issuer_for_port(port: int) -> str:
     if port == 0:
-        raise SettingsError("IDP_ISSUER: must be set to serve on --port 0 (the system picks the port, so the "
-                            "issuer cannot be derived from it)")
+        raise SettingsError(
+            "IDP_ISSUER: must be set to serve on --port 0 (the system picks the port, so the "
+            "issuer cannot be derived from it)"
+        )
     return local_issuer(port)
 
 
@@ -158,9 +173,11 @@ def find_issuer_port_mismatch(issuer: str, served_port: int) -> str | None:
     issuer_port = parts.port or 80
     if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS or served_port in (0, issuer_port):
         return None
-    return (f"IDP_ISSUER is {issuer} but idp serves on port {served_port}: relying parties and browsers will "
-            f"use port {issuer_port}, which works only if a proxy there forwards to idp "
-            f"(unset IDP_ISSUER to use {local_issuer(served_port)})")
+    return (
+        f"IDP_ISSUER is {issuer} but idp serves on port {served_port}: relying parties and browsers will "
+        f"use port {issuer_port}, which works only if a proxy there forwards to idp "
+        f"(unset IDP_ISSUER to use {local_issuer(served_port)})"
+    )
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -199,7 +216,9 @@ def _validated(s: Settings) -> Settings:
         lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
         value = getattr(s, f.name)
         if lo is not None and not (lo <= value <= hi):
-            raise SettingsError(f"IDP_{f.name.upper()}: must be between {lo} and {hi} ({f.metadata['doc']}), got {value}")
+            raise SettingsError(
+                f"IDP_{f.name.upper()}: must be between {lo} and {hi} ({f.metadata['doc']}), got {value}"
+            )
     _check_issuer(s.issuer)
     _check_database_url(s.database_url)
     if s.redis_url and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):

@@ -1,4 +1,5 @@
 """Admin operations on users (the `idp user …` commands)."""
+
 from __future__ import annotations
 
 import re
@@ -52,8 +53,9 @@ class UserChanges:
         return all(getattr(self, f.name) is None for f in fields(self))
 
 
-def check_new_user(db: Session, username: str, email: str | None, *, name: str | None = None,
-                   email_verified: bool = False) -> str:
+def check_new_user(
+    db: Session, username: str, email: str | None, *, name: str | None = None, email_verified: bool = False
+) -> str:
     username_folded = normalize_username(username)
     if not USERNAME_PATTERN.match(username_folded):
         raise UserError(f"username {username!r}: use 1-128 letters, digits and . _ @ + -")
@@ -82,10 +84,23 @@ def check_name(name: str) -> None:
         raise UserError("--name: must not contain control characters")
 
 
-def add_user(db: Session, *, username: str, email: str | None, name: str | None, password_hash: str | None,
-             email_verified: bool = False) -> User:
-    user = User(username=username, email=email, name=name, password_hash=password_hash, subject=new_secret(16),
-                email_verified=email_verified)
+def add_user(
+    db: Session,
+    *,
+    username: str,
+    email: str | None,
+    name: str | None,
+    password_hash: str | None,
+    email_verified: bool = False,
+) -> User:
+    user = User(
+        username=username,
+        email=email,
+        name=name,
+        password_hash=password_hash,
+        subject=new_secret(16),
+        email_verified=email_verified,
+    )
     db.add(user)
     _flush(db, email)
     record_audit(db, "user.added", user_id=user.id, email_verified=email_verified)
@@ -106,8 +121,15 @@ def update_user(db: Session, username: str, changes: UserChanges) -> list[str]:
     for field in changed:
         setattr(user, field, wanted[field])
     _flush(db, user.email)
-    record_audit(db, "user.updated", user_id=user.id, outcome="success", by="cli", changed=changed,
-                 email_verified=user.email_verified)
+    record_audit(
+        db,
+        "user.updated",
+        user_id=user.id,
+        outcome="success",
+        by="cli",
+        changed=changed,
+        email_verified=user.email_verified,
+    )
     return changed
 
 
@@ -156,9 +178,18 @@ def _flush(db: Session, email: str | None) -> None:
 def list_users(db: Session) -> list[UserSummary]:
     rows = db.scalars(select(User).order_by(User.username))
     now = utcnow()
-    return [UserSummary(u.username, u.email, u.name, u.disabled, u.subject,
-                        u.locked_until if u.locked_until and u.locked_until > now else None, u.require_mfa)
-            for u in rows]
+    return [
+        UserSummary(
+            u.username,
+            u.email,
+            u.name,
+            u.disabled,
+            u.subject,
+            u.locked_until if u.locked_until and u.locked_until > now else None,
+            u.require_mfa,
+        )
+        for u in rows
+    ]
 
 
 def get_user(db: Session, username: str) -> User:
@@ -185,8 +216,15 @@ def unlock_user(db: Session, username: str) -> User:
     user = get_user(db, username)
     was_locked = Lockout.locked_until(user) is not None
     Lockout.unlock(db, user.id)
-    record_audit(db, "account.unlocked", user_id=user.id, outcome="success", was_locked=was_locked,
-                 failed_logins=user.failed_logins, by="cli")
+    record_audit(
+        db,
+        "account.unlocked",
+        user_id=user.id,
+        outcome="success",
+        was_locked=was_locked,
+        failed_logins=user.failed_logins,
+        by="cli",
+    )
     return user
 
 

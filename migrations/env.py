@@ -1,4 +1,5 @@
 """Alembic environment: the engine comes from idp (config.attributes) or IDP_DATABASE_URL."""
+
 from __future__ import annotations
 
 from alembic import context

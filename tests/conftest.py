@@ -1,6 +1,7 @@
 """Shared fixtures: every app-level test runs against SQLite and against the real
 PostgreSQL server (CI's, at 127.0.0.1:5432, database `test`). In CI a missing
 PostgreSQL fails the run; on a laptop without one those tests skip and say why."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,14 @@ def postgres_engine() -> Iterator[Engine]:
 
 def _truncate_all(engine: Engine) -> None:
     with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"))]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
+                )
+            )
+        ]
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 
 
@@ -71,12 +78,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: igno
 @pytest.fixture
 def settings(database_url: str, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
     return load_settings(
-        environ={}, issuer=ISSUER, database_url=database_url, secret_key="test-master-key-" + "k" * 32,
-        data_dir=str(tmp_path / "var"), argon2_time_cost=1, argon2_memory_kib=8192, max_concurrent_hashes=2,
+        environ={},
+        issuer=ISSUER,
+        database_url=database_url,
+        secret_key="test-master-key-" + "k" * 32,
+        data_dir=str(tmp_path / "var"),
+        argon2_time_cost=1,
+        argon2_memory_kib=8192,
+        max_concurrent_hashes=2,
         # the limits get their own tests (tests/security/test_rate_limits.py); elsewhere a
         # test's dozens of requests from one address must not trip them
-        rate_limit_login_ip="off", rate_limit_login_account="off", rate_limit_token_client="off",
-        rate_limit_site_ip="off", rate_limit_login_failures_ip="off", rate_limit_passkey_options_ip="off",
+        rate_limit_login_ip="off",
+        rate_limit_login_account="off",
+        rate_limit_token_client="off",
+        rate_limit_site_ip="off",
+        rate_limit_login_failures_ip="off",
+        rate_limit_passkey_options_ip="off",
         rate_limit_authorize_ip="off",
     )
 

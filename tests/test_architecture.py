@@ -1,5 +1,6 @@
 """Layering (STYLE.md §5): only idp/oidc imports Authlib; only idp/web (and the composition
 root) import Starlette; the login chain imports neither."""
+
 from __future__ import annotations
 
 import ast

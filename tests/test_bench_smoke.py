@@ -1,6 +1,7 @@
 """`make bench` end to end with a tiny load (bench/run.py --quick): every scenario runs
 against a real `idp serve` on SQLite and finishes without errors. No timing is asserted:
 numbers from a test machine mean nothing."""
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,24 @@ def test_make_bench_quick_runs_every_scenario_without_errors(tmp_path: Path) -> 
             pytest.fail("wrk is not installed (CI is set: this must run, not skip)")
         pytest.skip("wrk is not installed (apt-get install wrk)")
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--backends", "sqlite", "--no-peer", "--duration", "1",
-         "--output", str(tmp_path / "result.md")],
-        cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_SECONDS, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--backends",
+            "sqlite",
+            "--no-peer",
+            "--duration",
+            "1",
+            "--output",
+            str(tmp_path / "result.md"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_SECONDS,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _table_rows(done.stdout)
@@ -71,10 +87,13 @@ Transfer/sec:     10.00MB
 """
 
 
-@pytest.mark.parametrize("p50, p99, expected_ms", [
-    pytest.param("130.00us", "1.50ms", (0.13, 1.5), id="microseconds and milliseconds"),
-    pytest.param("2.00ms", "1.20s", (2.0, 1200.0), id="milliseconds and seconds"),
-])
+@pytest.mark.parametrize(
+    "p50, p99, expected_ms",
+    [
+        pytest.param("130.00us", "1.50ms", (0.13, 1.5), id="microseconds and milliseconds"),
+        pytest.param("2.00ms", "1.20s", (2.0, 1200.0), id="milliseconds and seconds"),
+    ],
+)
 def test_wrk_report_is_read_in_any_latency_unit(p50: str, p99: str, expected_ms: tuple[float, float]) -> None:
     result = parse_wrk(WRK_REPORT.format(p50=p50, p99=p99))
     assert (result.p50_ms, result.p99_ms) == pytest.approx(expected_ms)

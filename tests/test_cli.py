@@ -177,8 +177,17 @@ def test_commands_on_a_database_that_is_not_migrated_say_to_run_db_upgrade(
 
 
 def test_user_add_creates_an_active_user_with_an_opaque_subject(idp: Idp) -> None:
-    out = idp.ok("user", "add", "alice", "--email", "alice@example.com", "--name", "Alice",
-                 "--password-stdin", stdin=GOOD_PASSWORD + "\n")
+    out = idp.ok(
+        "user",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--name",
+        "Alice",
+        "--password-stdin",
+        stdin=GOOD_PASSWORD + "\n",
+    )
     assert "alice" in out
 
     users = idp.users()
@@ -200,11 +209,14 @@ def test_two_users_get_different_subjects(idp: Idp) -> None:
     assert users["alice"][2] != users["bob.smith"][2]
 
 
-@pytest.mark.parametrize("again", [
-    pytest.param("alice", id="same name"),
-    pytest.param("ALICE", id="same name in capitals"),
-    pytest.param(" alice ", id="same name with spaces around"),
-])
+@pytest.mark.parametrize(
+    "again",
+    [
+        pytest.param("alice", id="same name"),
+        pytest.param("ALICE", id="same name in capitals"),
+        pytest.param(" alice ", id="same name with spaces around"),
+    ],
+)
 def test_adding_an_existing_user_again_fails_and_changes_nothing(idp: Idp, again: str) -> None:
     idp.ok("user", "add", "alice", "--email", "alice@example.com", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
     before = idp.users()
@@ -256,10 +268,13 @@ def test_a_bad_username_or_email_is_refused_and_no_user_is_created(idp: Idp, arg
     assert idp.users() == {}
 
 
-@pytest.mark.parametrize("stdin", [
-    pytest.param("", id="empty standard input"),
-    pytest.param("\n", id="an empty line"),
-])
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        pytest.param("", id="empty standard input"),
+        pytest.param("\n", id="an empty line"),
+    ],
+)
 def test_password_stdin_without_a_password_is_refused(idp: Idp, stdin: str) -> None:
     result = idp("user", "add", "alice", "--password-stdin", stdin=stdin)
 
@@ -292,17 +307,21 @@ def test_disabling_an_unknown_user_fails_cleanly(idp: Idp) -> None:
     assert idp.users()["alice"][1] == "active"
 
 
-
 def test_require_mfa_flags_the_user_and_reset_mfa_removes_every_second_factor(idp: Idp) -> None:
     idp.ok("user", "add", "alice", "--password-stdin", stdin=GOOD_PASSWORD + "\n")
     assert "alice" in idp.ok("user", "require-mfa", "alice")
     assert idp.users()["alice"][1] == "active,mfa-required"
     [(user_id,)] = idp.query("SELECT id FROM users WHERE username = 'alice'")
     with sqlite3.connect(idp.db_path) as connection:  # as /account would leave them
-        connection.execute("INSERT INTO totp_credentials (user_id, secret_encrypted, created_at, confirmed_at) "
-                           "VALUES (?, x'01', '2026-01-01', '2026-01-01')", (user_id,))
-        connection.execute("INSERT INTO backup_codes (user_id, lookup, code_hash, created_at) "
-                           "VALUES (?, 'l', 'h', '2026-01-01')", (user_id,))
+        connection.execute(
+            "INSERT INTO totp_credentials (user_id, secret_encrypted, created_at, confirmed_at) "
+            "VALUES (?, x'01', '2026-01-01', '2026-01-01')",
+            (user_id,),
+        )
+        connection.execute(
+            "INSERT INTO backup_codes (user_id, lookup, code_hash, created_at) VALUES (?, 'l', 'h', '2026-01-01')",
+            (user_id,),
+        )
 
     assert "alice" in idp.ok("user", "reset-mfa", "alice")
 
@@ -322,8 +341,9 @@ def test_mfa_commands_on_an_unknown_user_fail_cleanly(idp: Idp, command: str) ->
 
 def user_rows(idp: Idp) -> list[tuple[object, ...]]:
     """Everything `user set` may change, and the audit trail, to show nothing changed."""
-    return idp.query("SELECT username, email, email_verified, name FROM users ORDER BY username") + \
-        idp.query("SELECT count(*) FROM audit_events")
+    return idp.query("SELECT username, email, email_verified, name FROM users ORDER BY username") + idp.query(
+        "SELECT count(*) FROM audit_events"
+    )
 
 
 def email_and_verified(idp: Idp, username: str) -> tuple[object, bool]:
@@ -343,19 +363,30 @@ def test_user_add_with_email_verified_marks_the_address_verified(idp: Idp) -> No
     assert email_and_verified(idp, "alice") == ("alice@example.com", True)
     assert email_and_verified(idp, "bob") == ("bob@example.com", False)
     assert idp.query("SELECT kind, detail FROM audit_events ORDER BY id") == [
-        ("user.added", '{"email_verified": true}'), ("user.added", '{"email_verified": false}')]
+        ("user.added", '{"email_verified": true}'),
+        ("user.added", '{"email_verified": false}'),
+    ]
 
 
 BAD_VERIFIED_NEW_USERS = [
-    pytest.param(["carol", "--email-verified"], ["--email-verified", "--email"],
-                 id="refuses --email-verified without --email"),
-    pytest.param(["carol", "--email", "ALICE@example.com", "--email-verified"],
-                 ["ALICE@example.com", "already verified for another user"],
-                 id="refuses an address another user verified, in other capitals"),
-    pytest.param(["carol", "--email", "carol@example.com", "--name", "x" * 201], ["--name", "200"],
-                 id="refuses a 201-character name"),
-    pytest.param(["carol", "--email", "carol@example.com", "--name", "Carol\x1b[2J"], ["--name", "control"],
-                 id="refuses a name with a control character"),
+    pytest.param(
+        ["carol", "--email-verified"], ["--email-verified", "--email"], id="refuses --email-verified without --email"
+    ),
+    pytest.param(
+        ["carol", "--email", "ALICE@example.com", "--email-verified"],
+        ["ALICE@example.com", "already verified for another user"],
+        id="refuses an address another user verified, in other capitals",
+    ),
+    pytest.param(
+        ["carol", "--email", "carol@example.com", "--name", "x" * 201],
+        ["--name", "200"],
+        id="refuses a 201-character name",
+    ),
+    pytest.param(
+        ["carol", "--email", "carol@example.com", "--name", "Carol\x1b[2J"],
+        ["--name", "control"],
+        id="refuses a name with a control character",
+    ),
 ]
 
 
@@ -383,7 +414,10 @@ def test_user_set_email_verified_yes_and_no(idp: Idp) -> None:
 
     assert "email_verified" in idp.ok("user", "set", "alice", "--email-verified", "yes")
     assert email_and_verified(idp, "alice") == ("alice@example.com", True)
-    assert last_audit_event(idp) == ("user.updated", {"by": "cli", "changed": ["email_verified"], "email_verified": True})
+    assert last_audit_event(idp) == (
+        "user.updated",
+        {"by": "cli", "changed": ["email_verified"], "email_verified": True},
+    )
 
     idp.ok("user", "set", "alice", "--email-verified", "no")
     assert email_and_verified(idp, "alice") == ("alice@example.com", False)
@@ -396,8 +430,10 @@ def test_user_set_a_new_address_clears_the_verification(idp: Idp) -> None:
     idp.ok("user", "set", "alice", "--email", "alice@new.example")
 
     assert email_and_verified(idp, "alice") == ("alice@new.example", False)
-    assert last_audit_event(idp) == ("user.updated", {"by": "cli", "changed": ["email", "email_verified"],
-                                                      "email_verified": False})
+    assert last_audit_event(idp) == (
+        "user.updated",
+        {"by": "cli", "changed": ["email", "email_verified"], "email_verified": False},
+    )
 
 
 def test_user_set_a_new_address_and_its_verification_in_one_command(idp: Idp) -> None:
@@ -438,25 +474,43 @@ def test_user_set_an_empty_address_or_name_removes_it(idp: Idp) -> None:
 
 BAD_USER_SETS = [
     pytest.param(["alice"], ["nothing to change"], id="refuses no option at all"),
-    pytest.param(["alice", "--email-verified", "maybe"], ["--email-verified", "yes", "no"],
-                 id="refuses --email-verified other than yes or no"),
+    pytest.param(
+        ["alice", "--email-verified", "maybe"],
+        ["--email-verified", "yes", "no"],
+        id="refuses --email-verified other than yes or no",
+    ),
     pytest.param(["alice", "--email-verified"], ["--email-verified"], id="refuses --email-verified without a value"),
-    pytest.param(["alice", "--email", "not-an-email"], ["--email", "not an email address"],
-                 id="refuses an email without @"),
-    pytest.param(["alice", "--email", "alice @example.com", "--email-verified", "yes"], ["--email"],
-                 id="refuses an email with a space, even with its verification"),
+    pytest.param(
+        ["alice", "--email", "not-an-email"], ["--email", "not an email address"], id="refuses an email without @"
+    ),
+    pytest.param(
+        ["alice", "--email", "alice @example.com", "--email-verified", "yes"],
+        ["--email"],
+        id="refuses an email with a space, even with its verification",
+    ),
     pytest.param(["alice", "--name", "x" * 201], ["--name", "200"], id="refuses a 201-character name"),
     pytest.param(["alice", "--name", "Alice\nLiddell"], ["--name", "control"], id="refuses a name with a newline"),
     pytest.param(["nobody", "--email-verified", "yes"], ["nobody"], id="refuses an unknown user"),
-    pytest.param(["carol", "--email-verified", "yes"], ["--email-verified", "no address", "--email"],
-                 id="refuses to verify a user without an address"),
-    pytest.param(["alice", "--email", "", "--email-verified", "yes"], ["--email-verified", "no address"],
-                 id="refuses to verify an address removed in the same command"),
-    pytest.param(["bob", "--email-verified", "yes"], ["BOB@example.com", "already verified for another user"],
-                 id="refuses to verify an address another user verified"),
-    pytest.param(["alice", "--email", "Bob@Example.com", "--email-verified", "yes"],
-                 ["Bob@Example.com", "already verified for another user"],
-                 id="refuses a new address another user verified, in other capitals"),
+    pytest.param(
+        ["carol", "--email-verified", "yes"],
+        ["--email-verified", "no address", "--email"],
+        id="refuses to verify a user without an address",
+    ),
+    pytest.param(
+        ["alice", "--email", "", "--email-verified", "yes"],
+        ["--email-verified", "no address"],
+        id="refuses to verify an address removed in the same command",
+    ),
+    pytest.param(
+        ["bob", "--email-verified", "yes"],
+        ["BOB@example.com", "already verified for another user"],
+        id="refuses to verify an address another user verified",
+    ),
+    pytest.param(
+        ["alice", "--email", "Bob@Example.com", "--email-verified", "yes"],
+        ["Bob@Example.com", "already verified for another user"],
+        id="refuses a new address another user verified, in other capitals",
+    ),
 ]
 
 
@@ -522,19 +576,24 @@ def test_clients_sync_stores_a_secret_digest_and_never_the_secret(idp: Idp) -> N
 
 def test_clients_sync_reports_removed_and_updated_clients(idp: Idp) -> None:
     idp.ok("clients", "sync", idp.write("clients.toml", VALID_CLIENTS))
-    only_shop = VALID_CLIENTS.split("[[clients]]\nclient_id = \"app\"")[0].replace('"Shop"', '"The Shop"')
+    only_shop = VALID_CLIENTS.split('[[clients]]\nclient_id = "app"')[0].replace('"Shop"', '"The Shop"')
 
     assert sync_counts(idp.ok("clients", "sync", idp.write("shop-only.toml", only_shop))) == (0, 1, 1)
     assert [row[0] for row in stored_clients(idp)] == ["shop"]
 
 
 INVALID_CLIENTS = [
-    pytest.param(VALID_CLIENTS.replace('scope = "openid', 'scop = "openid'), "scop",
-                 id="refuses an unknown key"),
-    pytest.param(VALID_CLIENTS.replace("https://shop.example/callback", "http://shop.example/callback"),
-                 "redirect_uris", id="refuses an http redirect for a host other than localhost"),
-    pytest.param(VALID_CLIENTS.replace('["authorization_code", "refresh_token"]', '["implicit"]'),
-                 "grant_types", id="refuses the implicit grant type"),
+    pytest.param(VALID_CLIENTS.replace('scope = "openid', 'scop = "openid'), "scop", id="refuses an unknown key"),
+    pytest.param(
+        VALID_CLIENTS.replace("https://shop.example/callback", "http://shop.example/callback"),
+        "redirect_uris",
+        id="refuses an http redirect for a host other than localhost",
+    ),
+    pytest.param(
+        VALID_CLIENTS.replace('["authorization_code", "refresh_token"]', '["implicit"]'),
+        "grant_types",
+        id="refuses the implicit grant type",
+    ),
 ]
 
 
@@ -612,7 +671,11 @@ def test_keys_rotate_publishes_the_new_key_before_it_signs(idp: Idp) -> None:
     assert found, second
     assert int(found[2]) == PUBLISH_LEAD_SECONDS
     switch = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-    assert rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS - 5) <= switch <= rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS)
+    assert (
+        rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS - 5)
+        <= switch
+        <= rotated_at + timedelta(seconds=PUBLISH_LEAD_SECONDS)
+    )
 
     keys = {key[0]: key[3] for key in parse_keys(idp.ok("keys", "list"))}
     for alg in KEY_ALGS:  # every algorithm's new key waits for the same moment
@@ -620,8 +683,11 @@ def test_keys_rotate_publishes_the_new_key_before_it_signs(idp: Idp) -> None:
         assert keys[rotated(first)[alg]] == f"active until {found[1]}Z"
 
 
-@pytest.mark.parametrize(("option", "family"), [("ES256", "ES256"), ("Ed25519", "Ed25519"),
-                                                ("EdDSA", "Ed25519")], ids=["ES256", "Ed25519", "EdDSA names Ed25519"])
+@pytest.mark.parametrize(
+    ("option", "family"),
+    [("ES256", "ES256"), ("Ed25519", "Ed25519"), ("EdDSA", "Ed25519")],
+    ids=["ES256", "Ed25519", "EdDSA names Ed25519"],
+)
 def test_keys_rotate_alg_rotates_that_algorithms_key_only(idp: Idp, option: str, family: str) -> None:
     first = rotated(idp.ok("keys", "rotate"))
     only = rotated(idp.ok("keys", "rotate", "--alg", option, "--signs-in", "0"))
@@ -712,7 +778,9 @@ def test_serve_with_a_localhost_issuer_on_another_port_uses_it_and_warns(idp: Id
         log = server.log().splitlines()
     assert f"idp: issuer http://localhost:{proxy_port}" in log
     [warning] = [line for line in log if "warning" in line]
-    assert warning.startswith(f"idp: warning: IDP_ISSUER is http://localhost:{proxy_port} but idp serves on port {port}")
+    assert warning.startswith(
+        f"idp: warning: IDP_ISSUER is http://localhost:{proxy_port} but idp serves on port {port}"
+    )
 
 
 @pytest.mark.multiprocess
@@ -739,8 +807,14 @@ def test_make_run_serves_on_the_port_it_is_given() -> None:
     for args, port in (([], "8000"), (["PORT=8299"], "8299")):
         # run under `make test` too: the outer make's variables would make this one a sub-make
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-        done = subprocess.run(["make", "--no-print-directory", "-n", "run", *args], cwd=root, capture_output=True,
-                              text=True, timeout=30, env={**env, "PORT": "1234"})  # an unrelated PORT in the environment
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-n", "run", *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**env, "PORT": "1234"},
+        )  # an unrelated PORT in the environment
         assert done.returncode == 0, done.stderr
         serve = [line.split() for line in done.stdout.splitlines() if line.startswith(".venv/bin/idp serve")]
         assert serve == [[".venv/bin/idp", "serve", "--port", port]], done.stdout
@@ -769,12 +843,15 @@ def test_workers_auto_is_one_per_core_this_process_may_use() -> None:
     assert _worker_count("3") == 3
 
 
-@pytest.mark.parametrize(("extra_env", "named"), [
-    pytest.param({"IDP_CODE_TTL_SECONDS": "0"}, "IDP_CODE_TTL_SECONDS", id="an out-of-range lifetime"),
-    pytest.param({"IDP_ISSUER": "http://id.example.com"}, "IDP_ISSUER", id="an http issuer"),
-    pytest.param({"IDP_DATABASE_URL": "mysql://u:p@db/idp"}, "IDP_DATABASE_URL", id="a MySQL database"),
-    pytest.param({"IDP_CONFIG": "/nonexistent/idp.toml"}, "IDP_CONFIG", id="a missing config file"),
-])
+@pytest.mark.parametrize(
+    ("extra_env", "named"),
+    [
+        pytest.param({"IDP_CODE_TTL_SECONDS": "0"}, "IDP_CODE_TTL_SECONDS", id="an out-of-range lifetime"),
+        pytest.param({"IDP_ISSUER": "http://id.example.com"}, "IDP_ISSUER", id="an http issuer"),
+        pytest.param({"IDP_DATABASE_URL": "mysql://u:p@db/idp"}, "IDP_DATABASE_URL", id="a MySQL database"),
+        pytest.param({"IDP_CONFIG": "/nonexistent/idp.toml"}, "IDP_CONFIG", id="a missing config file"),
+    ],
+)
 def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
     idp: Idp, extra_env: dict[str, str], named: str
 ) -> None:

@@ -1,4 +1,5 @@
 """/healthz and /readyz (issue 8): what load balancers and the Dockerfile's HEALTHCHECK ask."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """The Alembic migrations build exactly the schema the models describe, on SQLite and
 PostgreSQL (a model change without a migration fails here)."""
+
 from __future__ import annotations
 
 import os
@@ -57,10 +58,13 @@ def test_the_verified_email_index_is_partial_and_on_the_lower_case_address(datab
 
 
 def insert_user(conn, name: str, email: str, verified: bool) -> None:  # type: ignore[no-untyped-def]
-    conn.execute(text(
-        "INSERT INTO users (subject, username, email, email_verified, disabled, require_mfa, created_at, updated_at) "
-        "VALUES (:name, :name, :email, :verified, false, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
-        {"name": name, "email": email, "verified": verified})
+    conn.execute(
+        text(
+            "INSERT INTO users (subject, username, email, email_verified, disabled, require_mfa, created_at, updated_at) "
+            "VALUES (:name, :name, :email, :verified, false, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        ),
+        {"name": name, "email": email, "verified": verified},
+    )
 
 
 def test_the_database_itself_refuses_a_second_user_with_the_same_verified_address(database_url):
@@ -90,12 +94,21 @@ def test_db_upgrade_of_an_existing_database_keeps_its_users_unverified(tmp_path:
     engine.dispose()
     with sqlite3.connect(path) as connection:
         for name, email in (("alice", "alice@example.com"), ("bob", "ALICE@example.com"), ("carol", None)):
-            connection.execute("INSERT INTO users (subject, username, email, disabled, require_mfa, created_at, updated_at) "
-                               "VALUES (?, ?, ?, 0, 0, '2026-01-01', '2026-01-01')", (name, name, email))
+            connection.execute(
+                "INSERT INTO users (subject, username, email, disabled, require_mfa, created_at, updated_at) "
+                "VALUES (?, ?, ?, 0, 0, '2026-01-01', '2026-01-01')",
+                (name, name, email),
+            )
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("IDP_")}
-    done = subprocess.run([sys.executable, "-m", "idp", "db", "upgrade"], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path, env={**env, "IDP_DATABASE_URL": f"sqlite:///{path}"})
+    done = subprocess.run(
+        [sys.executable, "-m", "idp", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**env, "IDP_DATABASE_URL": f"sqlite:///{path}"},
+    )
 
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(path) as connection:

@@ -40,24 +40,53 @@ def test_load_settings_ignores_variables_outside_the_environ_it_is_given(monkeyp
 
 
 ACCEPTED = [
-    pytest.param({"IDP_ISSUER": "http://127.0.0.1:8000"}, "issuer", "http://127.0.0.1:8000",
-                 id="accepts http on 127.0.0.1 without a secret key"),
-    pytest.param({"IDP_ISSUER": "http://[::1]:8000"}, "issuer", "http://[::1]:8000",
-                 id="accepts http on [::1] without a secret key"),
-    pytest.param({**PUBLIC, "IDP_ISSUER": "https://id.example.com/tenant"}, "issuer",
-                 "https://id.example.com/tenant", id="accepts an https issuer with a path"),
+    pytest.param(
+        {"IDP_ISSUER": "http://127.0.0.1:8000"},
+        "issuer",
+        "http://127.0.0.1:8000",
+        id="accepts http on 127.0.0.1 without a secret key",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "http://[::1]:8000"},
+        "issuer",
+        "http://[::1]:8000",
+        id="accepts http on [::1] without a secret key",
+    ),
+    pytest.param(
+        {**PUBLIC, "IDP_ISSUER": "https://id.example.com/tenant"},
+        "issuer",
+        "https://id.example.com/tenant",
+        id="accepts an https issuer with a path",
+    ),
     pytest.param(PUBLIC, "secret_key", SECRET, id="accepts a 32-character secret key"),
     pytest.param({"IDP_CODE_TTL_SECONDS": "1"}, "code_ttl_seconds", 1, id="accepts a 1 second code lifetime"),
-    pytest.param({"IDP_CODE_TTL_SECONDS": " 600 "}, "code_ttl_seconds", 600,
-                 id="accepts a 600 second code lifetime with spaces around"),
-    pytest.param({"IDP_DATABASE_URL": "postgresql+psycopg://idp:pw@db/idp"}, "database_url",
-                 "postgresql+psycopg://idp:pw@db/idp", id="accepts a PostgreSQL URL"),
-    pytest.param({"IDP_DATABASE_URL": "sqlite:////srv/idp/idp.db"}, "database_url", "sqlite:////srv/idp/idp.db",
-                 id="accepts an absolute SQLite path"),
-    pytest.param({"IDP_REDIS_URL": "rediss://cache:6380/0"}, "redis_url", "rediss://cache:6380/0",
-                 id="accepts a TLS Redis URL"),
-    pytest.param({"IDP_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.1 ,::1/128"}, "trusted_proxies",
-                 ("10.0.0.0/8", "192.168.1.1", "::1/128"), id="accepts comma-separated CIDRs and addresses"),
+    pytest.param(
+        {"IDP_CODE_TTL_SECONDS": " 600 "},
+        "code_ttl_seconds",
+        600,
+        id="accepts a 600 second code lifetime with spaces around",
+    ),
+    pytest.param(
+        {"IDP_DATABASE_URL": "postgresql+psycopg://idp:pw@db/idp"},
+        "database_url",
+        "postgresql+psycopg://idp:pw@db/idp",
+        id="accepts a PostgreSQL URL",
+    ),
+    pytest.param(
+        {"IDP_DATABASE_URL": "sqlite:////srv/idp/idp.db"},
+        "database_url",
+        "sqlite:////srv/idp/idp.db",
+        id="accepts an absolute SQLite path",
+    ),
+    pytest.param(
+        {"IDP_REDIS_URL": "rediss://cache:6380/0"}, "redis_url", "rediss://cache:6380/0", id="accepts a TLS Redis URL"
+    ),
+    pytest.param(
+        {"IDP_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.1 ,::1/128"},
+        "trusted_proxies",
+        ("10.0.0.0/8", "192.168.1.1", "::1/128"),
+        id="accepts comma-separated CIDRs and addresses",
+    ),
     pytest.param({"IDP_TRUSTED_PROXIES": ""}, "trusted_proxies", (), id="reads an empty proxy list as none"),
 ]
 
@@ -70,38 +99,72 @@ def test_good_values_are_accepted(environ: dict[str, str], name: str, expected: 
 REFUSED = [
     pytest.param({"IDP_CODE_TTL_SECONDS": "0"}, "IDP_CODE_TTL_SECONDS", id="refuses a 0 second code lifetime"),
     pytest.param({"IDP_CODE_TTL_SECONDS": "601"}, "IDP_CODE_TTL_SECONDS", id="refuses a 601 second code lifetime"),
-    pytest.param({"IDP_CODE_TTL_SECONDS": "abc"}, "IDP_CODE_TTL_SECONDS", id="refuses a code lifetime that is not a number"),
+    pytest.param(
+        {"IDP_CODE_TTL_SECONDS": "abc"}, "IDP_CODE_TTL_SECONDS", id="refuses a code lifetime that is not a number"
+    ),
     pytest.param({"IDP_CODE_TTL_SECONDS": "60.5"}, "IDP_CODE_TTL_SECONDS", id="refuses a fractional code lifetime"),
     pytest.param({"IDP_CODE_TTL_SECONDS": ""}, "IDP_CODE_TTL_SECONDS", id="refuses an empty code lifetime"),
     pytest.param({"IDP_ARGON2_MEMORY_KIB": "1024"}, "IDP_ARGON2_MEMORY_KIB", id="refuses too little Argon2 memory"),
-    pytest.param({"IDP_REFRESH_TOKEN_TTL_SECONDS": "7200", "IDP_REFRESH_TOKEN_ABSOLUTE_TTL_SECONDS": "3600"},
-                 "IDP_REFRESH_TOKEN_ABSOLUTE_TTL_SECONDS", id="refuses an absolute refresh lifetime below the idle one"),
-    pytest.param({"IDP_ISSUER": "id.example.com", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses an issuer without a scheme"),
+    pytest.param(
+        {"IDP_REFRESH_TOKEN_TTL_SECONDS": "7200", "IDP_REFRESH_TOKEN_ABSOLUTE_TTL_SECONDS": "3600"},
+        "IDP_REFRESH_TOKEN_ABSOLUTE_TTL_SECONDS",
+        id="refuses an absolute refresh lifetime below the idle one",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "id.example.com", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses an issuer without a scheme",
+    ),
     pytest.param({"IDP_ISSUER": "localhost:8000"}, "IDP_ISSUER", id="refuses localhost:8000 without a scheme"),
-    pytest.param({"IDP_ISSUER": "ftp://id.example.com", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses an ftp issuer"),
-    pytest.param({"IDP_ISSUER": "https://id.example.com/", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses an issuer with a trailing slash"),
-    pytest.param({"IDP_ISSUER": "http://localhost:8000/"}, "IDP_ISSUER",
-                 id="refuses a localhost issuer with a trailing slash"),
-    pytest.param({"IDP_ISSUER": "https://id.example.com?tenant=a", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses an issuer with a query"),
-    pytest.param({"IDP_ISSUER": "https://id.example.com#top", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses an issuer with a fragment"),
-    pytest.param({"IDP_ISSUER": "https://id.example.com:99999", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses an issuer whose port is out of range"),
-    pytest.param({"IDP_ISSUER": "http://id.example.com", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses http for a host other than localhost"),
-    pytest.param({"IDP_ISSUER": "http://localhost.example.com", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER",
-                 id="refuses http for a host that only starts with localhost"),
+    pytest.param(
+        {"IDP_ISSUER": "ftp://id.example.com", "IDP_SECRET_KEY": SECRET}, "IDP_ISSUER", id="refuses an ftp issuer"
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "https://id.example.com/", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses an issuer with a trailing slash",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "http://localhost:8000/"}, "IDP_ISSUER", id="refuses a localhost issuer with a trailing slash"
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "https://id.example.com?tenant=a", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses an issuer with a query",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "https://id.example.com#top", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses an issuer with a fragment",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "https://id.example.com:99999", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses an issuer whose port is out of range",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "http://id.example.com", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses http for a host other than localhost",
+    ),
+    pytest.param(
+        {"IDP_ISSUER": "http://localhost.example.com", "IDP_SECRET_KEY": SECRET},
+        "IDP_ISSUER",
+        id="refuses http for a host that only starts with localhost",
+    ),
     pytest.param({**PUBLIC, "IDP_SECRET_KEY": SECRET[:31]}, "IDP_SECRET_KEY", id="refuses a 31-character secret key"),
     pytest.param({"IDP_SECRET_KEY": "short"}, "IDP_SECRET_KEY", id="refuses a short secret key even on localhost"),
-    pytest.param({"IDP_ISSUER": "https://id.example.com"}, "IDP_SECRET_KEY",
-                 id="refuses a public https issuer without a secret key"),
+    pytest.param(
+        {"IDP_ISSUER": "https://id.example.com"},
+        "IDP_SECRET_KEY",
+        id="refuses a public https issuer without a secret key",
+    ),
     pytest.param({"IDP_TRUSTED_PROXIES": "10.0.0.0/33"}, "IDP_TRUSTED_PROXIES", id="refuses a /33 prefix"),
-    pytest.param({"IDP_TRUSTED_PROXIES": "10.0.0.0/8,proxy.internal"}, "IDP_TRUSTED_PROXIES",
-                 id="refuses a host name among the proxies"),
+    pytest.param(
+        {"IDP_TRUSTED_PROXIES": "10.0.0.0/8,proxy.internal"},
+        "IDP_TRUSTED_PROXIES",
+        id="refuses a host name among the proxies",
+    ),
     pytest.param({"IDP_TRUSTED_PROXIES": "300.1.2.3"}, "IDP_TRUSTED_PROXIES", id="refuses an impossible address"),
     pytest.param({"IDP_DATABASE_URL": "mysql://idp:pw@db/idp"}, "IDP_DATABASE_URL", id="refuses MySQL"),
     pytest.param({"IDP_DATABASE_URL": "var/idp.db"}, "IDP_DATABASE_URL", id="refuses a bare path as database URL"),
@@ -148,12 +211,14 @@ def test_the_config_file_named_by_idp_config_is_read(tmp_path: Path) -> None:
 
 
 def test_environment_variables_override_the_config_file(tmp_path: Path) -> None:
-    settings = load_settings(environ={
-        "IDP_CONFIG": write_config(tmp_path, CONFIG_FILE),
-        "IDP_CODE_TTL_SECONDS": "30",
-        "IDP_ISSUER": "https://login.example.org",
-        "IDP_TRUSTED_PROXIES": "192.0.2.0/24",
-    })
+    settings = load_settings(
+        environ={
+            "IDP_CONFIG": write_config(tmp_path, CONFIG_FILE),
+            "IDP_CODE_TTL_SECONDS": "30",
+            "IDP_ISSUER": "https://login.example.org",
+            "IDP_TRUSTED_PROXIES": "192.0.2.0/24",
+        }
+    )
 
     assert settings.code_ttl_seconds == 30
     assert settings.issuer == "https://login.example.org"
@@ -168,8 +233,11 @@ def test_an_environment_variable_can_fix_a_bad_value_in_the_file(tmp_path: Path)
 
 BAD_CONFIG_FILES = [
     pytest.param("code_ttl = 120\n", ["IDP_CONFIG", "code_ttl"], id="refuses an unknown key, naming it"),
-    pytest.param('IDP_ISSUER = "https://id.example.com"\n', ["IDP_CONFIG", "IDP_ISSUER"],
-                 id="refuses environment-style names in the file"),
+    pytest.param(
+        'IDP_ISSUER = "https://id.example.com"\n',
+        ["IDP_CONFIG", "IDP_ISSUER"],
+        id="refuses environment-style names in the file",
+    ),
     pytest.param("code_ttl_seconds = 0\n", ["IDP_CODE_TTL_SECONDS"], id="refuses an out-of-range value"),
     pytest.param('code_ttl_seconds = "soon"\n', ["IDP_CODE_TTL_SECONDS"], id="refuses a string for a number"),
     pytest.param("code_ttl_seconds = true\n", ["IDP_CODE_TTL_SECONDS"], id="refuses a boolean for a number"),
@@ -218,11 +286,16 @@ def test_without_idp_issuer_the_issuer_is_localhost_on_the_served_port() -> None
     assert load_settings(environ={}).issuer == "http://localhost:8000"  # callers that serve nothing
 
 
-@pytest.mark.parametrize(("environ", "overrides"), [
-    pytest.param({"IDP_ISSUER": "http://localhost:8000"}, {}, id="IDP_ISSUER"),
-    pytest.param({}, {"issuer": "http://localhost:8000"}, id="an issuer override"),
-])
-def test_an_issuer_that_is_set_is_used_as_given_whatever_the_port(environ: dict[str, str], overrides: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("environ", "overrides"),
+    [
+        pytest.param({"IDP_ISSUER": "http://localhost:8000"}, {}, id="IDP_ISSUER"),
+        pytest.param({}, {"issuer": "http://localhost:8000"}, id="an issuer override"),
+    ],
+)
+def test_an_issuer_that_is_set_is_used_as_given_whatever_the_port(
+    environ: dict[str, str], overrides: dict[str, str]
+) -> None:
     assert load_settings(environ=environ, serve_port=8299, **overrides).issuer == "http://localhost:8000"
 
 
@@ -234,7 +307,9 @@ def test_an_issuer_in_the_config_file_is_used_as_given_whatever_the_port(tmp_pat
 def test_serving_on_port_0_without_idp_issuer_is_refused() -> None:
     with pytest.raises(SettingsError, match=r"^IDP_ISSUER: must be set to serve on --port 0"):
         load_settings(environ={}, serve_port=0)
-    assert load_settings(environ={"IDP_ISSUER": "http://localhost:8000"}, serve_port=0).issuer == "http://localhost:8000"
+    assert (
+        load_settings(environ={"IDP_ISSUER": "http://localhost:8000"}, serve_port=0).issuer == "http://localhost:8000"
+    )
 
 
 def test_an_empty_idp_issuer_is_refused_not_taken_for_unset() -> None:

@@ -1,5 +1,6 @@
 """idp/users.py against both databases: a verified address belongs to one user, and the
 database's unique index has the last word when two commands verify one address at once."""
+
 from __future__ import annotations
 
 import pytest

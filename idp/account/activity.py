@@ -2,6 +2,7 @@
 added or removed, the authenticator app turned on or off, backup codes generated, the
 password changed), read from the audit trail, each with when and from which device, so a
 change the user did not make stands out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,11 +38,27 @@ class ActivityEntry:
 
 def recent_activity(db: Session, user_id: int, *, limit: int = LIMIT) -> tuple[ActivityEntry, ...]:
     """The newest first; only changes that happened (outcome success)."""
-    rows = db.scalars(select(AuditEvent).where(
-        AuditEvent.user_id == user_id, AuditEvent.kind.in_(tuple(CREDENTIAL_CHANGES)), AuditEvent.outcome == "success",
-    ).order_by(AuditEvent.id.desc()).limit(limit))
-    return tuple(ActivityEntry(kind=row.kind, label=CREDENTIAL_CHANGES[row.kind], at=row.at, user_agent=row.user_agent,
-                               ip=row.ip, name=_passkey_name(row.detail)) for row in rows)
+    rows = db.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.user_id == user_id,
+            AuditEvent.kind.in_(tuple(CREDENTIAL_CHANGES)),
+            AuditEvent.outcome == "success",
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(limit)
+    )
+    return tuple(
+        ActivityEntry(
+            kind=row.kind,
+            label=CREDENTIAL_CHANGES[row.kind],
+            at=row.at,
+            user_agent=row.user_agent,
+            ip=row.ip,
+            name=_passkey_name(row.detail),
+        )
+        for row in rows
+    )
 
 
 def _passkey_name(detail: dict[str, object] | None) -> str | None:

@@ -3,6 +3,7 @@ authenticator, or on request (the password and a current code, proof.py) replaci
 old one. New codes add a credential: the request needs a recent sign-in at the user's
 level (reauth.py). The caller hashes the codes (Argon2, outside any unit of work) between
 `new_codes` and `store`; the plain codes are shown once and never stored."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,18 +30,26 @@ def new_codes(user_id: int, kind: str) -> NewCodes:
     return NewCodes(user_id=user_id, kind=kind, codes=tuple(backup_codes.generate()))
 
 
-def begin_regeneration(services: AccountServices, caller: Caller, password: str | None,
-                       code: str | None) -> proof.PasswordAndCode:
+def begin_regeneration(
+    services: AccountServices, caller: Caller, password: str | None, code: str | None
+) -> proof.PasswordAndCode:
     return proof.begin(services, reauth.admit(services, caller, reauth.BACKUP_CODES), password, code)
 
 
-def verify_regeneration(services: AccountServices, caller: Caller, started: proof.PasswordAndCode,
-                        password_ok: bool) -> NewCodes:
+def verify_regeneration(
+    services: AccountServices, caller: Caller, started: proof.PasswordAndCode, password_ok: bool
+) -> NewCodes:
     with services.sessions.begin() as db:
         failure = proof.check(db, services, started, password_ok)
         if failure is not None:
-            events.record(db, "mfa.backup_codes.regenerate_failed", started.user_id, caller, failure=failure,
-                          reason="code" if password_ok else "password")
+            events.record(
+                db,
+                "mfa.backup_codes.regenerate_failed",
+                started.user_id,
+                caller,
+                failure=failure,
+                reason="code" if password_ok else "password",
+            )
     if failure is not None:  # raised after the commit: the failure stays counted
         raise FormRefused(lockout_words(failure, proof.WRONG, lock_seconds=services.lockout.seconds), 401)
     return new_codes(started.user_id, REGENERATED)

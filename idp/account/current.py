@@ -1,5 +1,6 @@
 """Who is asking: the browser (`Caller`: its session cookie, IP and User-Agent, the last two
 for the audit trail) and the signed-in user its live session belongs to (`SignedIn`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,16 @@ def get_signed_in(db: Session, services: AccountServices, caller: Caller) -> Sig
     if found is None:
         raise NotSignedIn()
     row, user = found
-    return SignedIn(user_id=user.id, username=user.username, email=user.email, require_mfa=user.require_mfa,
-                    password_hash=user.password_hash, session_id=row.id, auth_time=row.auth_time, acr=row.acr)
+    return SignedIn(
+        user_id=user.id,
+        username=user.username,
+        email=user.email,
+        require_mfa=user.require_mfa,
+        password_hash=user.password_hash,
+        session_id=row.id,
+        auth_time=row.auth_time,
+        acr=row.acr,
+    )
 
 
 def get_user(db: Session, user_id: int) -> User:

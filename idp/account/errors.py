@@ -2,6 +2,7 @@
 each kind in one place: a page or JSON error with the public message, the sign-in page,
 the re-authentication page, or the account page with the message beside its form.
 Messages are for the user; none carries a secret, code or password."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
@@ -43,8 +44,7 @@ class NeedsReauth(AccountRefused):
 class FormRefused(AccountRefused):
     """The account page again, the message beside the form it is about (`section`)."""
 
-    def __init__(self, message: str, status: int = 400, *, section: Literal["account", "password"] = "account"
-                 ) -> None:
+    def __init__(self, message: str, status: int = 400, *, section: Literal["account", "password"] = "account") -> None:
         super().__init__(message, status)
         self.section = section
 

@@ -1,6 +1,7 @@
 """The account's audit events: one writer for every account action (the caller's IP and
 User-Agent on each row, so /account can show where a change came from), the outcome
 derived from the lockout counter's answer, and account.locked when a failure took the lock."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,9 @@ from idp.audit.trail import record_audit
 from idp.lockout import FailureRecord
 
 
-def record(db: Session, kind: str, user_id: int, caller: Caller, *, failure: FailureRecord | None = None,
-           **detail: Any) -> None:
+def record(
+    db: Session, kind: str, user_id: int, caller: Caller, *, failure: FailureRecord | None = None, **detail: Any
+) -> None:
     outcome = "success" if failure is None else "refused" if failure.was_locked else "failure"
     _write(db, kind, user_id, caller, outcome, detail)
     if failure is not None and failure.locked_now:

@@ -1,6 +1,7 @@
 """What /account shows, read in one unit of work: the user, their second factors and
 passkeys, their live sessions and their recent security activity. Facts only (times as
 datetimes, raw user agents): the web layer words and formats them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,11 +48,18 @@ def get_overview(services: AccountServices, caller: Caller) -> AccountOverview:
         who = get_signed_in(db, services, caller)
         user = get_user(db, who.user_id)
         factors = services.factors.factors_of(db, user, count_backup_codes=True)
-        passkeys = tuple(PasskeyEntry(id=p.id, name=p.name, created_at=p.created_at, last_used_at=p.last_used_at)
-                         for p in services.passkeys.list(db, user.id))
+        passkeys = tuple(
+            PasskeyEntry(id=p.id, name=p.name, created_at=p.created_at, last_used_at=p.last_used_at)
+            for p in services.passkeys.list(db, user.id)
+        )
         return AccountOverview(
-            username=user.username, require_mfa=user.require_mfa, totp=factors.totp,
-            backup_codes_left=factors.backup_codes, has_password=user.password_hash is not None,
-            has_second_factor=factors.has_second_factor, passkeys=passkeys,
+            username=user.username,
+            require_mfa=user.require_mfa,
+            totp=factors.totp,
+            backup_codes_left=factors.backup_codes,
+            has_password=user.password_hash is not None,
+            has_second_factor=factors.has_second_factor,
+            passkeys=passkeys,
             sessions=live_sessions(db, services.session_policy, user.id, who.session_id),
-            activity=recent_activity(db, user.id))
+            activity=recent_activity(db, user.id),
+        )

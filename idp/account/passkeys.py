@@ -3,6 +3,7 @@ registration options and registration, which add a credential (a recent sign-in 
 user's level, reauth.py, checked on both calls: options fetched while fresh do not carry
 over), renaming, and removal (a recent sign-in; with settings.passkey_removal_ends_sessions
 = 1 the other sessions end and every refresh token is revoked)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,8 +30,9 @@ def register(services: AccountServices, caller: Caller, data: dict[str, Any]) ->
     who = reauth.admit(services, caller, reauth.PASSKEY_REGISTER)
     try:
         with services.sessions.begin() as db:
-            row = services.passkeys.register(db, get_user(db, who.user_id), data.get("challenge_id"),
-                                             data.get("credential"), data.get("name"))
+            row = services.passkeys.register(
+                db, get_user(db, who.user_id), data.get("challenge_id"), data.get("credential"), data.get("name")
+            )
             events.record(db, "passkey.added", who.user_id, caller, passkey=row.id, name=row.name)
     except PasskeyError as exc:  # the failed unit of work rolled back; its audit gets its own
         with services.sessions.begin() as db:
@@ -58,8 +60,19 @@ def remove(services: AccountServices, caller: Caller, passkey_id: object) -> lis
             raise AccountRefused(NO_SUCH_PASSKEY, 404)
         removed, name = row.id, row.name
         db.delete(row)
-        ended = sessions.end_others_and_revoke_tokens(db, who.user_id, who.session_id, caller,
-                                                      reason="passkey.removed") if ends_sessions else []
-        events.record(db, "passkey.removed", who.user_id, caller, passkey=removed, name=name,
-                      sessions_ended=len(ended), refresh_tokens_revoked=ends_sessions)
+        ended = (
+            sessions.end_others_and_revoke_tokens(db, who.user_id, who.session_id, caller, reason="passkey.removed")
+            if ends_sessions
+            else []
+        )
+        events.record(
+            db,
+            "passkey.removed",
+            who.user_id,
+            caller,
+            passkey=removed,
+            name=name,
+            sessions_ended=len(ended),
+            refresh_tokens_revoked=ends_sessions,
+        )
     return ended

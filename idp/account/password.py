@@ -4,6 +4,7 @@ cannot be set); the caller then verifies the current one and hashes the new one.
 current password counts toward the lockout, and a locked account is refused like it.
 Success: the new hash (replacing exactly the one verified), the other sessions ended and
 every refresh token revoked, audited, in one unit of work; this session stays."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ LOCKED = FailureRecord(remaining=0, locked_now=False, was_locked=True)
 class PasswordChange:
     """A change that passed the session's rules and the policy: the caller verifies
     `current` against `password_hash` and hashes `new`, then calls finish_change."""
+
     user_id: int
     username: str  # the key of the account's rate limit
     session_id: int  # the session that stays
@@ -54,12 +56,19 @@ def begin_change(services: AccountServices, caller: Caller, current: str, new: s
         check_password(new, username=who.username, email=who.email, has_second_factor=has_second_factor)
     except PasswordRejected as exc:
         raise FormRefused(exc.reason, section="password") from None
-    return PasswordChange(user_id=who.user_id, username=who.username, session_id=who.session_id,
-                          password_hash=who.password_hash, current=current, new=new)
+    return PasswordChange(
+        user_id=who.user_id,
+        username=who.username,
+        session_id=who.session_id,
+        password_hash=who.password_hash,
+        current=current,
+        new=new,
+    )
 
 
-def finish_change(services: AccountServices, caller: Caller, change: PasswordChange,
-                  new_hash: str | None) -> list[EndedSession]:
+def finish_change(
+    services: AccountServices, caller: Caller, change: PasswordChange, new_hash: str | None
+) -> list[EndedSession]:
     """`new_hash` None: the current password was wrong. Returns the sessions ended (the
     caller schedules their back-channel logouts once this has committed)."""
     with services.sessions.begin() as db:
@@ -71,16 +80,22 @@ def finish_change(services: AccountServices, caller: Caller, change: PasswordCha
             events.record(db, "password.change_failed", change.user_id, caller, failure=failure, reason="locked")
         else:
             return _store(db, change, new_hash, caller)
-    raise FormRefused(lockout_words(failure, WRONG_CURRENT, lock_seconds=services.lockout.seconds), 401,
-                      section="password")
+    raise FormRefused(
+        lockout_words(failure, WRONG_CURRENT, lock_seconds=services.lockout.seconds), 401, section="password"
+    )
 
 
 def _store(db: Session, change: PasswordChange, new_hash: str, caller: Caller) -> list[EndedSession]:
-    changed = db.execute(update(User).where(User.id == change.user_id, User.password_hash == change.password_hash)
-                         .values(password_hash=new_hash).returning(User.id)).first()
+    changed = db.execute(
+        update(User)
+        .where(User.id == change.user_id, User.password_hash == change.password_hash)
+        .values(password_hash=new_hash)
+        .returning(User.id)
+    ).first()
     if changed is None:  # raised inside the unit of work: it rolls back, nothing changes
         raise AccountRefused(CHANGED_MEANWHILE, 409)
-    ended = sessions.end_others_and_revoke_tokens(db, change.user_id, change.session_id, caller,
-                                                  reason="password.changed")
+    ended = sessions.end_others_and_revoke_tokens(
+        db, change.user_id, change.session_id, caller, reason="password.changed"
+    )
     events.record(db, "password.changed", change.user_id, caller, sessions_ended=len(ended))
     return ended

@@ -3,6 +3,7 @@
 wrong password never uses up a code; both failures count toward the one lockout. Nothing
 but the failure count is written until both have passed, and never a password-hash
 upgrade here (an upgrade is a write, and this request may yet fail)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ NOT_SET_UP = "The authenticator app is not set up."
 class PasswordAndCode:
     """A request that passed its session's rules, holding what the caller's Argon2
     verification (`password` against `password_hash`) and then `check` need."""
+
     user_id: int
     username: str  # the key of the account's rate limit
     password_hash: str | None = field(repr=False)
@@ -36,8 +38,9 @@ def begin(services: AccountServices, who: SignedIn, password: str | None, code: 
     with services.sessions() as db:
         if not services.factors.factors_of(db, get_user(db, who.user_id)).totp:
             raise AccountRefused(NOT_SET_UP, 409)
-    return PasswordAndCode(user_id=who.user_id, username=who.username, password_hash=who.password_hash,
-                           password=password, code=code)
+    return PasswordAndCode(
+        user_id=who.user_id, username=who.username, password_hash=who.password_hash, password=password, code=code
+    )
 
 
 def check(db: Session, services: AccountServices, started: PasswordAndCode, password_ok: bool) -> FailureRecord | None:
@@ -45,4 +48,3 @@ def check(db: Session, services: AccountServices, started: PasswordAndCode, pass
     if not password_ok:
         return services.lockout.record_failure(db, started.user_id)
     return services.factors.check_totp(db, started.user_id, started.code).failure
-

@@ -13,6 +13,7 @@ A refusal is audited (account.reauth_required, with the action and why) in its o
 work and raised as NeedsReauth before anything else is looked at; the user signs in again
 and comes back. The login chain's own enrolment step (/login/enrol) is not an account
 action and does not come here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,15 +60,17 @@ def admit(services: AccountServices, caller: Caller, action: Sensitive | None = 
             return who
         reason = reason_to_refuse(db, services, who, action)
         if reason is not None:  # audited in this unit of work, which commits before the raise
-            events.record_refusal(db, "account.reauth_required", who.user_id, caller, action=action.name,
-                                  reason=reason, acr=who.acr)
+            events.record_refusal(
+                db, "account.reauth_required", who.user_id, caller, action=action.name, reason=reason, acr=who.acr
+            )
     if reason is not None:
         raise NeedsReauth(action.name, reason)
     return who
 
 
-def reason_to_refuse(db: Session, services: AccountServices, who: SignedIn, action: Sensitive,
-                     *, now: datetime | None = None) -> ReauthReason | None:
+def reason_to_refuse(
+    db: Session, services: AccountServices, who: SignedIn, action: Sensitive, *, now: datetime | None = None
+) -> ReauthReason | None:
     if action.adds_credential and _invitation_grace(who):
         return None
     if needs_reauth(services.settings, who.auth_time, now=now):

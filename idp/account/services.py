@@ -1,5 +1,6 @@
 """What account actions need from the composition root: a narrow view of idp/web's
 Services (which satisfies it as it is), so this package never imports the web layer."""
+
 from __future__ import annotations
 
 from typing import Protocol

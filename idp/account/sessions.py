@@ -2,6 +2,7 @@
 one other session, or all others, each audited (session.ended_by_user); after a credential
 change, all others and every refresh token of the user. Ended sessions are handed back so
 the caller can send their back-channel logouts once the unit of work has committed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,12 +55,27 @@ def live_sessions(db: Session, policy: SessionPolicy, user_id: int, current_id: 
     """The user's sessions that still work (not ended, not past their absolute or idle
     lifetime): the current one first, then the most recently seen."""
     now = utcnow()
-    rows = db.scalars(select(IdpSession).where(
-        IdpSession.user_id == user_id, IdpSession.ended_at.is_(None), IdpSession.expires_at > now,
-        IdpSession.last_seen_at >= now - timedelta(seconds=policy.idle_seconds),
-    ).order_by(IdpSession.last_seen_at.desc(), IdpSession.id.desc()))
-    found = [LiveSession(id=row.id, user_agent=row.user_agent, ip=row.ip, created_at=row.created_at,
-                         last_seen_at=row.last_seen_at, current=row.id == current_id) for row in rows]
+    rows = db.scalars(
+        select(IdpSession)
+        .where(
+            IdpSession.user_id == user_id,
+            IdpSession.ended_at.is_(None),
+            IdpSession.expires_at > now,
+            IdpSession.last_seen_at >= now - timedelta(seconds=policy.idle_seconds),
+        )
+        .order_by(IdpSession.last_seen_at.desc(), IdpSession.id.desc())
+    )
+    found = [
+        LiveSession(
+            id=row.id,
+            user_agent=row.user_agent,
+            ip=row.ip,
+            created_at=row.created_at,
+            last_seen_at=row.last_seen_at,
+            current=row.id == current_id,
+        )
+        for row in rows
+    ]
     found.sort(key=lambda one: not one.current)  # stable: the rest keep their order
     return tuple(found)
 
@@ -89,8 +105,9 @@ def end_others(services: AccountServices, caller: Caller) -> list[EndedSession]:
         return _end_others(db, who.user_id, who.session_id, caller, reason="signed_out_others")
 
 
-def end_others_and_revoke_tokens(db: Session, user_id: int, current_id: int, caller: Caller, *,
-                                 reason: str) -> list[EndedSession]:
+def end_others_and_revoke_tokens(
+    db: Session, user_id: int, current_id: int, caller: Caller, *, reason: str
+) -> list[EndedSession]:
     """After a credential change: the other sessions end and every refresh token of the
     user (offline_access ones too) is revoked; the current session stays."""
     ended = _end_others(db, user_id, current_id, caller, reason=reason)
@@ -101,6 +118,7 @@ def end_others_and_revoke_tokens(db: Session, user_id: int, current_id: int, cal
 def _end_others(db: Session, user_id: int, current_id: int, caller: Caller, *, reason: str) -> list[EndedSession]:
     ended = end_all_sessions(db, user_id, except_session_id=current_id)
     for one in ended:
-        events.record(db, "session.ended_by_user", user_id, caller, sid=one.sid, clients=list(one.clients),
-                      reason=reason)
+        events.record(
+            db, "session.ended_by_user", user_id, caller, sid=one.sid, clients=list(one.clients), reason=reason
+        )
     return ended

@@ -7,6 +7,7 @@ off removes one: all three are sensitive (reauth.py).
 Each action comes in two halves, as the web layer rate-limits (and, to turn TOTP off,
 verifies the password with Argon2) in between: `begin_*` admits the request and checks
 what needs no write; `finish_*` does the work in one unit of work."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ MFA_REQUIRED = "Your administrator requires a second factor, so the authenticato
 @dataclass(frozen=True)
 class TotpSetup:
     """What the set-up page shows: the key as text and as a QR code of its otpauth URI."""
+
     username: str
     secret: str = field(repr=False)
     qr_data_uri: str = field(repr=False)
@@ -76,30 +78,43 @@ def finish_confirm(services: AccountServices, caller: Caller, who: SignedIn, cod
         if secret is None:  # confirmed or replaced meanwhile
             raise AccountRefused(NO_SET_UP, 409)
         check = services.factors.confirm_totp(db, who.user_id, code)
-        events.record(db, "mfa.totp.enabled" if check.ok else "mfa.totp.confirm_failed", who.user_id, caller,
-                      failure=check.failure)
+        events.record(
+            db,
+            "mfa.totp.enabled" if check.ok else "mfa.totp.confirm_failed",
+            who.user_id,
+            caller,
+            failure=check.failure,
+        )
     if check.failure is not None:  # raised after the commit: the failure stays counted
         words = lockout_words(check.failure, WRONG_CODE, lock_seconds=services.lockout.seconds)
         raise SetupRefused(words, 401, _setup(services, who.username, secret))
     return backup_codes.new_codes(who.user_id, backup_codes.GENERATED)
 
 
-def begin_disable(services: AccountServices, caller: Caller, password: str | None,
-                  code: str | None) -> proof.PasswordAndCode:
+def begin_disable(
+    services: AccountServices, caller: Caller, password: str | None, code: str | None
+) -> proof.PasswordAndCode:
     who = reauth.admit(services, caller, reauth.TOTP_DISABLE)
     if who.require_mfa:
         raise AccountRefused(MFA_REQUIRED, 403)
     return proof.begin(services, who, password, code)
 
 
-def finish_disable(services: AccountServices, caller: Caller, started: proof.PasswordAndCode,
-                   password_ok: bool) -> None:
+def finish_disable(
+    services: AccountServices, caller: Caller, started: proof.PasswordAndCode, password_ok: bool
+) -> None:
     """TOTP and its backup codes gone, in the unit of work whose code check passed."""
     with services.sessions.begin() as db:
         failure = proof.check(db, services, started, password_ok)
         if failure is not None:
-            events.record(db, "mfa.totp.disable_failed", started.user_id, caller, failure=failure,
-                          reason="code" if password_ok else "password")
+            events.record(
+                db,
+                "mfa.totp.disable_failed",
+                started.user_id,
+                caller,
+                failure=failure,
+                reason="code" if password_ok else "password",
+            )
         else:
             services.factors.disable_totp(db, started.user_id)
             events.record(db, "mfa.totp.disabled", started.user_id, caller)

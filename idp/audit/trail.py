@@ -5,6 +5,7 @@ Never put a secret, code or token in `detail`.
 Kinds are `area.event` (login.password.failed, account.locked, token.issued, …); `outcome`
 is success, failure or refused (refused: a rate limit or a lock said no before any check).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,13 +44,32 @@ def record_audit(
     request_id = current_request_id.get()
     if request_id is not None:  # ties the row to the request's log line (and nginx's)
         detail["request_id"] = request_id
-    db.connection().execute(_INSERT, {
-        "at": at, "kind": kind, "user_id": user_id, "client_id": client_id, "ip": ip, "user_agent": agent,
-        "outcome": outcome, "detail": detail,
-    })
+    db.connection().execute(
+        _INSERT,
+        {
+            "at": at,
+            "kind": kind,
+            "user_id": user_id,
+            "client_id": client_id,
+            "ip": ip,
+            "user_agent": agent,
+            "outcome": outcome,
+            "detail": detail,
+        },
+    )
     if log.isEnabledFor(logging.INFO):
-        log.info(event_json(at=at, kind=kind, outcome=outcome, user_id=user_id, client_id=client_id, ip=ip,
-                            user_agent=agent, detail=detail))
+        log.info(
+            event_json(
+                at=at,
+                kind=kind,
+                outcome=outcome,
+                user_id=user_id,
+                client_id=client_id,
+                ip=ip,
+                user_agent=agent,
+                detail=detail,
+            )
+        )
     count_audit_event(kind, outcome, detail)
 
 
@@ -59,16 +79,32 @@ def event_json(**fields: Any) -> str:
     return json.dumps({"event": "audit", "at": at.isoformat(), **fields}, separators=(",", ":"), default=str)
 
 
-def recent_events(db: Session, *, limit: int, kind_prefix: str = "", username: str | None = None,
-                  after_id: int = 0) -> list[tuple[int, str]]:
+def recent_events(
+    db: Session, *, limit: int, kind_prefix: str = "", username: str | None = None, after_id: int = 0
+) -> list[tuple[int, str]]:
     """(id, JSON line) of the newest `limit` events matching, oldest first."""
-    query = (select(AuditEvent, User.username).outerjoin(User, User.id == AuditEvent.user_id)
-             .where(AuditEvent.id > after_id))
+    query = (
+        select(AuditEvent, User.username).outerjoin(User, User.id == AuditEvent.user_id).where(AuditEvent.id > after_id)
+    )
     if kind_prefix:
         query = query.where(AuditEvent.kind.startswith(kind_prefix, autoescape=True))
     if username is not None:
         query = query.where(User.username == username)
     rows = db.execute(query.order_by(AuditEvent.id.desc()).limit(limit)).all()
-    return [(e.id, event_json(at=e.at, kind=e.kind, outcome=e.outcome, user_id=e.user_id, username=name,
-                              client_id=e.client_id, ip=e.ip, user_agent=e.user_agent, detail=e.detail))
-            for e, name in reversed(rows)]
+    return [
+        (
+            e.id,
+            event_json(
+                at=e.at,
+                kind=e.kind,
+                outcome=e.outcome,
+                user_id=e.user_id,
+                username=name,
+                client_id=e.client_id,
+                ip=e.ip,
+                user_agent=e.user_agent,
+                detail=e.detail,
+            ),
+        )
+        for e, name in reversed(rows)
+    ]

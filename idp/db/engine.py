@@ -1,4 +1,5 @@
 """Engine and unit-of-work factory for SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,14 @@ def _sqlite_engine(url: str) -> Engine:
     # One connection, handed from thread to thread: SQLite has one writer at a time, and
     # several connections contending for it sleep in SQLite's busy handler (measured: p99
     # over a second at 16 concurrent token requests). Queueing on the pool is far cheaper.
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                           poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=30)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+    )
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,4 +1,5 @@
 """Alembic migrations, found both in a checkout (top-level migrations/) and in the wheel."""
+
 from __future__ import annotations
 
 from alembic import command

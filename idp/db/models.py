@@ -4,6 +4,7 @@ access/refresh token records, consents, IdP sessions and the audit trail.
 Secrets are never stored raw: codes, tokens, session ids and client secrets as keyed
 digests, private keys AEAD-encrypted, passwords as Argon2id hashes.
 """
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -79,8 +80,13 @@ class User(Base):
 # SQLite and PostgreSQL both have them. SQLite cannot reflect expression indexes, so a batch
 # migration that rebuilds `users` on SQLite must create this index again
 # (tests/test_migrations.py checks it is there at head).
-Index("uq_users_verified_email", func.lower(User.email), unique=True,
-      sqlite_where=User.email_verified, postgresql_where=User.email_verified)
+Index(
+    "uq_users_verified_email",
+    func.lower(User.email),
+    unique=True,
+    sqlite_where=User.email_verified,
+    postgresql_where=User.email_verified,
+)
 
 
 class Client(Base):

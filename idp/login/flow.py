@@ -16,6 +16,7 @@ calls, and turns the returned value (idp/login/outcomes.py) or refusal
 The lockout counter is reset only when the whole chain has succeeded: a right password
 followed by wrong codes keeps counting, so knowing the password does not buy unlimited
 code guesses."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,8 +130,9 @@ class LoginFlow:
                 if state.next_step in self.steps:
                     return Continue(tx, state.next_step)
                 raise NotThisStep()
-            ctx = StepContext(self.services, tx, attempt, state.factors if state else None,
-                              state.next_step if state else None)
+            ctx = StepContext(
+                self.services, tx, attempt, state.factors if state else None, state.next_step if state else None
+            )
             return self._view(step, ctx, db, {}, page_tx=tx)
 
     def submit(self, name: str, tx_id: str | None, form: Mapping[str, object], attempt: Attempt) -> Outcome:
@@ -146,8 +148,9 @@ class LoginFlow:
                 state = self._state_of(db, tx)
             if not step.first and not self._accepts(step, state):
                 raise NotThisStep()
-        ctx = StepContext(self.services, tx, attempt, state.factors if state else None,
-                          state.next_step if state else None)
+        ctx = StepContext(
+            self.services, tx, attempt, state.factors if state else None, state.next_step if state else None
+        )
         if not step.filled(form):
             with self.services.sessions.begin() as db:
                 return Failed(self._view(step, ctx, db, form, page_tx=None if new else tx), step.empty_words, 400)
@@ -157,8 +160,14 @@ class LoginFlow:
             outcome = self._decide(step, ctx, db, form, prepared, new)
         return self._after(outcome, attempt)
 
-    def challenge(self, name: str, tx_id: str | None, form: Mapping[str, object], attempt: Attempt,
-                  limits: Sequence[tuple[str, str]]) -> Challenge:
+    def challenge(
+        self,
+        name: str,
+        tx_id: str | None,
+        form: Mapping[str, object],
+        attempt: Attempt,
+        limits: Sequence[tuple[str, str]],
+    ) -> Challenge:
         step = self.step(name)
         tx = self._transaction(step, tx_id, attempt, create=True)
         assert tx is not None
@@ -219,8 +228,11 @@ class LoginFlow:
         factors = self.services.factors.factors_of(db, user, count_backup_codes=True)
         requested = tx.requested_acr
         if tx.client_id:  # the client's default may have changed since the request was parked
-            requested = max(requested, policy.requested_level(None, self.services.client_minimum(tx.client_id)),
-                            key=policy.LEVELS.__getitem__)
+            requested = max(
+                requested,
+                policy.requested_level(None, self.services.client_minimum(tx.client_id)),
+                key=policy.LEVELS.__getitem__,
+            )
         required = policy.required_level(requested, factors)
         return ChainState(required, policy.next_step(required, tx.steps_done, factors), factors)
 
@@ -237,14 +249,24 @@ class LoginFlow:
         for scope, key in checks:
             verdict = limits.admit(scope, key)
             if not verdict.allowed:
-                audit_refusal(self.services.sessions, self.services.store, self.services.keyring, verdict, key,
-                              ip=attempt.ip, client_id=None, user_agent=attempt.user_agent, path="/login")
+                audit_refusal(
+                    self.services.sessions,
+                    self.services.store,
+                    self.services.keyring,
+                    verdict,
+                    key,
+                    ip=attempt.ip,
+                    client_id=None,
+                    user_agent=attempt.user_agent,
+                    path="/login",
+                )
                 raise TooManyAttempts(verdict)
 
     # ---- the one write transaction ------------------------------------------------------
 
-    def _decide(self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], prepared: Any,
-                new: bool) -> Outcome:
+    def _decide(
+        self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], prepared: Any, new: bool
+    ) -> Outcome:
         tx, attempt, lockout = ctx.tx, ctx.attempt, self.services.lockout
         assert tx is not None
         page_tx = None if new else tx
@@ -254,25 +276,46 @@ class LoginFlow:
             # that account (same page, status, counter), never merged
             result = Rejected(result.user_id, reason="other_identity")
         if isinstance(result, Passed) and step.lockable and lockout.is_locked(db, result.user_id):
-            failure = refuse_locked(db, step.audit_kind, user_id=result.user_id, ip=attempt.ip,
-                                    user_agent=attempt.user_agent)
-            return Failed(self._view(step, ctx, db, form, page_tx=page_tx),
-                          failure_message(lockout, failure, step.failed_words))
+            failure = refuse_locked(
+                db, step.audit_kind, user_id=result.user_id, ip=attempt.ip, user_agent=attempt.user_agent
+            )
+            return Failed(
+                self._view(step, ctx, db, form, page_tx=page_tx), failure_message(lockout, failure, step.failed_words)
+            )
         if isinstance(result, Passed) and result.claim is not None and not result.claim(db):
             result = Rejected(result.user_id, reason="already_used")  # a racing request used it first
         if isinstance(result, Rejected):
             for kind in result.audit_also:
-                record_audit(db, kind, user_id=result.user_id, ip=attempt.ip, user_agent=attempt.user_agent,
-                             outcome="refused")
-            failure = count_failure(db, lockout, self.services.keyring, step.audit_kind, user_id=result.user_id,
-                                    name=result.name, ip=attempt.ip, user_agent=attempt.user_agent,
-                                    reason=result.reason)
-            message = failure_message(lockout, failure, step.failed_words) if (
-                result.user_id is not None or result.name) else step.failed_words
+                record_audit(
+                    db, kind, user_id=result.user_id, ip=attempt.ip, user_agent=attempt.user_agent, outcome="refused"
+                )
+            failure = count_failure(
+                db,
+                lockout,
+                self.services.keyring,
+                step.audit_kind,
+                user_id=result.user_id,
+                name=result.name,
+                ip=attempt.ip,
+                user_agent=attempt.user_agent,
+                reason=result.reason,
+            )
+            message = (
+                failure_message(lockout, failure, step.failed_words)
+                if (result.user_id is not None or result.name)
+                else step.failed_words
+            )
             return Failed(self._view(step, ctx, db, form, page_tx=page_tx), message)
 
-        record_audit(db, f"{step.audit_kind}.succeeded", user_id=result.user_id, ip=attempt.ip,
-                     user_agent=attempt.user_agent, outcome="success", **result.audit)
+        record_audit(
+            db,
+            f"{step.audit_kind}.succeeded",
+            user_id=result.user_id,
+            ip=attempt.ip,
+            user_agent=attempt.user_agent,
+            outcome="success",
+            **result.audit,
+        )
         notice = result.notice(db) if result.notice is not None else None
         chained = tx
         for method in result.methods:
@@ -284,8 +327,9 @@ class LoginFlow:
             return Unmet(chained)
         return Continue(chained, state.next_step, notice, new_transaction=new)
 
-    def _finish(self, step: Step, ctx: StepContext, db: Session, tx: LoginTransaction, notice: Notice | None,
-                new: bool) -> Outcome:
+    def _finish(
+        self, step: Step, ctx: StepContext, db: Session, tx: LoginTransaction, notice: Notice | None, new: bool
+    ) -> Outcome:
         """The chain's end, once per transaction (a second request that reached it too, a race
         or a replayed form, is refused like a bad credential and starts no second session).
 
@@ -296,8 +340,10 @@ class LoginFlow:
         assert tx.user_id is not None
 
         def refused() -> Failed:  # answered as for a bad credential
-            return Failed(self._view(step, ctx, db, {}, page_tx=None if new else ctx.tx),
-                          failure_message(services.lockout, LOCKED, step.failed_words))
+            return Failed(
+                self._view(step, ctx, db, {}, page_tx=None if new else ctx.tx),
+                failure_message(services.lockout, LOCKED, step.failed_words),
+            )
 
         if not tx_store.claim_finish(services.store, tx.id, ttl_seconds=services.ttl_seconds):
             return refused()
@@ -305,8 +351,15 @@ class LoginFlow:
             return refused()  # the chain's earlier credit came from that session: with it gone, nothing is left
         if step.lockable:
             if not services.lockout.record_success(db, tx.user_id):  # the lock, checked again at the end
-                record_audit(db, "login.refused", user_id=tx.user_id, ip=attempt.ip, user_agent=attempt.user_agent,
-                             outcome="refused", reason="locked")
+                record_audit(
+                    db,
+                    "login.refused",
+                    user_id=tx.user_id,
+                    ip=attempt.ip,
+                    user_agent=attempt.user_agent,
+                    outcome="refused",
+                    reason="locked",
+                )
                 return refused()
             cleared_lock = False
         else:  # a user-verified passkey signs in through a lock, and clears it (DESIGN.md §4)
@@ -316,15 +369,26 @@ class LoginFlow:
         if user is None or user.disabled:
             return refused()
         acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
-        record_audit(db, "login.succeeded", user_id=user.id, ip=attempt.ip, user_agent=attempt.user_agent,
-                     outcome="success", acr=acr, amr=amr, client_id=tx.client_id or None,
-                     step_up=tx.step_up_sid is not None, **({"cleared_lock": True} if cleared_lock else {}))
+        record_audit(
+            db,
+            "login.succeeded",
+            user_id=user.id,
+            ip=attempt.ip,
+            user_agent=attempt.user_agent,
+            outcome="success",
+            acr=acr,
+            amr=amr,
+            client_id=tx.client_id or None,
+            step_up=tx.step_up_sid is not None,
+            **({"cleared_lock": True} if cleared_lock else {}),
+        )
         cookie, sid, ended = self._session_for(db, tx, user, acr, amr, attempt)
         finished = tx.finished_by(sid)
         return Completed(finished, tx.resume_url, cookie, sid, tuple(ended), notice, new_transaction=new)
 
-    def _session_for(self, db: Session, tx: LoginTransaction, user: User, acr: str, amr: list[str],
-                     attempt: Attempt) -> tuple[str, str, list[EndedSession]]:
+    def _session_for(
+        self, db: Session, tx: LoginTransaction, user: User, acr: str, amr: list[str], attempt: Attempt
+    ) -> tuple[str, str, list[EndedSession]]:
         """(session cookie value, sid, sessions ended: by the cap, or the other user's this
         browser held)."""
         services, ip = self.services, attempt.ip
@@ -339,10 +403,19 @@ class LoginFlow:
                 return renewed[0], renewed[1].sid, []
         replaced = end_session(db, held[0].id) if held is not None and held[1].id != user.id else None
         if replaced is not None:
-            record_audit(db, "session.replaced", user_id=replaced.user_id, ip=ip, user_agent=attempt.user_agent,
-                         outcome="success", sid=replaced.sid, by_user=user.id)
-        cookie, row = start_session(db, services.keyring, services.session_policy, user, acr=acr, amr=amr,
-                                    user_agent=attempt.user_agent, ip=ip)
+            record_audit(
+                db,
+                "session.replaced",
+                user_id=replaced.user_id,
+                ip=ip,
+                user_agent=attempt.user_agent,
+                outcome="success",
+                sid=replaced.sid,
+                by_user=user.id,
+            )
+        cookie, row = start_session(
+            db, services.keyring, services.session_policy, user, acr=acr, amr=amr, user_agent=attempt.user_agent, ip=ip
+        )
         ended = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])] + [replaced]
         return cookie, row.sid, [e for e in ended if e is not None]
 
@@ -367,17 +440,27 @@ class LoginFlow:
             self.services.rate_limits.record("login_failures_ip", attempt.ip or "-")
         return outcome
 
-    def _view(self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], *,
-              page_tx: LoginTransaction | None) -> StepView:
+    def _view(
+        self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], *, page_tx: LoginTransaction | None
+    ) -> StepView:
         """The step's page; `page_tx` is the transaction it posts to (None: a sign-in to idp
         itself whose transaction was never saved, so the page starts a new one)."""
         shown = StepContext(ctx.services, page_tx, ctx.attempt, ctx.factors, ctx.next_step)
         tx = page_tx
         # the other steps the chain would accept now (the next one, or one that may replace it)
-        offers = [] if ctx.next_step is None or tx is None else [
-            (other.name, other.label) for other in self.steps.values()
-            if other is not step and other.label and (other.name == ctx.next_step or (
-                ctx.next_step in other.instead_of and other.available(ctx.factors)))]
+        offers = (
+            []
+            if ctx.next_step is None or tx is None
+            else [
+                (other.name, other.label)
+                for other in self.steps.values()
+                if other is not step
+                and other.label
+                and (
+                    other.name == ctx.next_step or (ctx.next_step in other.instead_of and other.available(ctx.factors))
+                )
+            ]
+        )
         context: dict[str, Any] = {"offers": offers}
         context.update(step.view(shown, db, form))
         return StepView(step.name, step.template, tx, context)

@@ -5,6 +5,7 @@ optional interstitial Notice), Failed into the step's page again with the messag
 into the OIDC error at the RP, a StepView into the step's page. Refusals that end the
 request (a gone transaction, a step out of turn, a rate limit) are exceptions
 (idp/login/refusals.py), handled in one place by the web layer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

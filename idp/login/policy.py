@@ -14,6 +14,7 @@ both one-time passwords), hwk or swk (a passkey: hardware-bound or synced key) w
 user verification is phishing-resistant and multi-factor on its own: phr, which satisfies
 mfa and pwd too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

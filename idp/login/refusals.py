@@ -1,5 +1,6 @@
 """Refusals that end a request to the login flow, raised rather than returned so every
 entry point handles them in one place (the web layer maps each to one page or JSON error)."""
+
 from __future__ import annotations
 
 from idp.security.rate_limits import Verdict

@@ -2,6 +2,7 @@
 keyed digest with auth_time, acr and amr. Idle and absolute lifetimes end it. Every
 authentication event issues a new cookie value (a new session, or a new value for the one
 a step-up upgrades)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,15 +28,30 @@ class SessionPolicy:
 
 
 def start_session(
-    db: Session, keyring: Keyring, policy: SessionPolicy, user: User, *, acr: str, amr: list[str],
-    user_agent: str | None, ip: str | None,
+    db: Session,
+    keyring: Keyring,
+    policy: SessionPolicy,
+    user: User,
+    *,
+    acr: str,
+    amr: list[str],
+    user_agent: str | None,
+    ip: str | None,
 ) -> tuple[str, IdpSession]:
     cookie = new_secret(32)
     now = utcnow()
     row = IdpSession(
-        cookie_digest=keyring.digest(cookie), sid=new_secret(16), user_id=user.id, auth_time=now, acr=acr,
-        amr=amr, created_at=now, last_seen_at=now, expires_at=now + timedelta(seconds=policy.absolute_seconds),
-        user_agent=(user_agent or "")[:300] or None, ip=ip,
+        cookie_digest=keyring.digest(cookie),
+        sid=new_secret(16),
+        user_id=user.id,
+        auth_time=now,
+        acr=acr,
+        amr=amr,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(seconds=policy.absolute_seconds),
+        user_agent=(user_agent or "")[:300] or None,
+        ip=ip,
     )
     db.add(row)
     db.flush()
@@ -48,19 +64,27 @@ def _evict_beyond_cap(db: Session, user_id: int, cap: int, ip: str | None) -> No
     """A user has at most `cap` live sessions: the oldest beyond it end (and their refresh
     tokens, except offline_access ones, are revoked), audited."""
     now = utcnow()
-    live = list(db.scalars(select(IdpSession).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None),
-                                                    IdpSession.expires_at > now)
-                          .order_by(IdpSession.created_at.desc(), IdpSession.id.desc())))
+    live = list(
+        db.scalars(
+            select(IdpSession)
+            .where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None), IdpSession.expires_at > now)
+            .order_by(IdpSession.created_at.desc(), IdpSession.id.desc())
+        )
+    )
     for old in live[cap:]:
         old.ended_at = now
-        for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == old.sid, RefreshToken.revoked_at.is_(None))):
+        for token in db.scalars(
+            select(RefreshToken).where(RefreshToken.sid == old.sid, RefreshToken.revoked_at.is_(None))
+        ):
             if "offline_access" not in token.scope.split():
                 token.revoked_at = now
         record_audit(db, "session.evicted", user_id=user_id, ip=ip, outcome="success", sid=old.sid, cap=cap)
         db.info.setdefault("ended_sids", []).append(old.sid)  # the web layer sends their back-channel logouts
 
 
-def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: str | None) -> tuple[IdpSession, User] | None:
+def find_session(
+    db: Session, keyring: Keyring, policy: SessionPolicy, cookie: str | None
+) -> tuple[IdpSession, User] | None:
     if not cookie or len(cookie) > 100:
         return None
     row = db.scalar(_SESSION_BY_DIGEST, {"digest": keyring.digest(cookie)})
@@ -80,18 +104,21 @@ def find_session(db: Session, keyring: Keyring, policy: SessionPolicy, cookie: s
 def is_live(db: Session, sid: str, user_id: int | None) -> bool:
     """The session `sid` of `user_id` has not ended or expired (idle time aside: a step-up
     begun from it keeps it in use)."""
-    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id,
-                                             IdpSession.ended_at.is_(None)))
+    row = db.scalar(
+        select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id, IdpSession.ended_at.is_(None))
+    )
     return row is not None and row.expires_at > utcnow()
 
 
-def upgrade_session(db: Session, keyring: Keyring, user_id: int, sid: str, *, acr: str, amr: list[str],
-                    ip: str | None) -> tuple[str, IdpSession] | None:
+def upgrade_session(
+    db: Session, keyring: Keyring, user_id: int, sid: str, *, acr: str, amr: list[str], ip: str | None
+) -> tuple[str, IdpSession] | None:
     """A step-up or re-authentication: the same session (same sid, so ID and logout tokens
     still name it) now holds more, as of now, under a new cookie value; the old value is dead
     from this commit on (a cookie copied before the step-up does not inherit it)."""
-    row = db.scalar(select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id,
-                                             IdpSession.ended_at.is_(None)))
+    row = db.scalar(
+        select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id, IdpSession.ended_at.is_(None))
+    )
     if row is None or row.expires_at <= utcnow():
         return None
     cookie = new_secret(32)
@@ -140,5 +167,8 @@ def end_all_sessions(db: Session, user_id: int, *, except_session_id: int | None
 
 
 def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
-    db.execute(update(RefreshToken).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-               .values(revoked_at=utcnow()))
+    db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )

@@ -13,6 +13,7 @@ write transaction; `check` decides inside the flow's one write transaction and w
 nothing itself: what must be written when it passed (claiming a one-time code, a rehash) it
 returns as `Passed.claim`, which the flow runs only after the identity and lock checks, so
 nothing is written unless every check of the request passed."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping

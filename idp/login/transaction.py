@@ -5,6 +5,7 @@ A transaction is bound to the browser that created it (`browser`: a keyed digest
 browser's binding secret, compared in constant time) and, once a step names a user, to that
 user: another identity is refused, never merged into the steps already done. A finished
 transaction (the chain established `authenticated_sid`) takes no further step."""
+
 from __future__ import annotations
 
 import hmac
@@ -59,9 +60,12 @@ class LoginTransaction:
             raise TransactionRefused("a finished transaction takes no further step")
         if user_id is not None and not self.accepts_user(user_id):
             raise TransactionRefused("another identity on a transaction that already named its user")
-        return replace(self, steps_done=tuple(dict.fromkeys((*self.steps_done, method))),
-                       user_id=user_id if user_id is not None else self.user_id,
-                       username=username if username is not None else self.username)
+        return replace(
+            self,
+            steps_done=tuple(dict.fromkeys((*self.steps_done, method))),
+            user_id=user_id if user_id is not None else self.user_id,
+            username=username if username is not None else self.username,
+        )
 
     @property
     def resume_url(self) -> str:
@@ -71,10 +75,17 @@ class LoginTransaction:
 _FIELDS = frozenset(f.name for f in fields(LoginTransaction))
 
 
-def new_transaction(params: dict[str, str], client_id: str, client_name: str, login_hint: str | None,
-                    **fields: object) -> LoginTransaction:
-    return LoginTransaction(id=new_secret(24), params=params, client_id=client_id, client_name=client_name,
-                            login_hint=login_hint, **fields)  # type: ignore[arg-type]
+def new_transaction(
+    params: dict[str, str], client_id: str, client_name: str, login_hint: str | None, **fields: object
+) -> LoginTransaction:
+    return LoginTransaction(
+        id=new_secret(24),
+        params=params,
+        client_id=client_id,
+        client_name=client_name,
+        login_hint=login_hint,
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 def save_transaction(store: StateStore, tx: LoginTransaction, *, ttl_seconds: int) -> None:

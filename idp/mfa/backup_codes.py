@@ -1,6 +1,7 @@
 """Backup codes: ten XXXX-XXXX codes from the CSPRNG, shown once, stored as an Argon2id hash
 each plus a keyed digest to find the one row a typed code can be (so an attempt costs one
 Argon2 verification, never a loop over every code: the predecessor's CPU-burning flaw)."""
+
 from __future__ import annotations
 
 import re

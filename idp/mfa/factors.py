@@ -7,6 +7,7 @@ Argon2 never runs here: backup-code checks are split into `backup_code_hash` (fi
 candidate row), the caller's `await hashing.verify_async(...)`, and `use_backup_code` (claim
 it), so the event loop never waits on a hash.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,11 @@ _PURPOSE = "totp-secret"
 
 _CLAIM_STEP = (
     update(TotpCredential)
-    .where(TotpCredential.user_id == bindparam("owner"), TotpCredential.id == bindparam("credential_id"),
-           or_(TotpCredential.last_used_step.is_(None), TotpCredential.last_used_step < bindparam("step")))
+    .where(
+        TotpCredential.user_id == bindparam("owner"),
+        TotpCredential.id == bindparam("credential_id"),
+        or_(TotpCredential.last_used_step.is_(None), TotpCredential.last_used_step < bindparam("step")),
+    )
     .values(last_used_step=bindparam("step"))
 )
 _CLAIM_BACKUP = (
@@ -64,15 +68,27 @@ class SecondFactors:
     # ---- what a user has ---------------------------------------------------------------
 
     def factors_of(self, db: Session, user: User, *, count_backup_codes: bool = False) -> UserFactors:
-        confirmed = db.scalar(select(TotpCredential.id).where(
-            TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None))) is not None
+        confirmed = (
+            db.scalar(
+                select(TotpCredential.id).where(
+                    TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None)
+                )
+            )
+            is not None
+        )
         left = self.backup_codes_left(db, user.id) if count_backup_codes else 0
         passkeys = int(db.scalar(select(func.count()).select_from(Passkey).where(Passkey.user_id == user.id)) or 0)
         return UserFactors(totp=confirmed, backup_codes=left, require_mfa=user.require_mfa, passkeys=passkeys)
 
     def backup_codes_left(self, db: Session, user_id: int) -> int:
-        return int(db.scalar(select(func.count()).select_from(BackupCode).where(
-            BackupCode.user_id == user_id, BackupCode.used_at.is_(None))) or 0)
+        return int(
+            db.scalar(
+                select(func.count())
+                .select_from(BackupCode)
+                .where(BackupCode.user_id == user_id, BackupCode.used_at.is_(None))
+            )
+            or 0
+        )
 
     # ---- TOTP set-up -------------------------------------------------------------------
 
@@ -92,8 +108,9 @@ class SecondFactors:
         return secret
 
     def pending_secret(self, db: Session, user_id: int) -> str | None:
-        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id,
-                                                     TotpCredential.confirmed_at.is_(None)))
+        row = db.scalar(
+            select(TotpCredential).where(TotpCredential.user_id == user_id, TotpCredential.confirmed_at.is_(None))
+        )
         return None if row is None else self._secret(row)
 
     def provisioning(self, secret: str, username: str) -> tuple[str, str]:
@@ -109,8 +126,9 @@ class SecondFactors:
 
     def confirm_totp(self, db: Session, user_id: int, raw_code: object) -> CodeCheck:
         """The first code enables the pending authenticator (through the one check path)."""
-        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id,
-                                                     TotpCredential.confirmed_at.is_(None)))
+        row = db.scalar(
+            select(TotpCredential).where(TotpCredential.user_id == user_id, TotpCredential.confirmed_at.is_(None))
+        )
         check = self._check_totp_row(db, user_id, row, raw_code)
         if check.ok:
             assert row is not None
@@ -133,8 +151,9 @@ class SecondFactors:
 
     def check_totp(self, db: Session, user_id: int, raw_code: object) -> CodeCheck:
         """A code from the user's confirmed authenticator, accepted once per time step."""
-        row = db.scalar(select(TotpCredential).where(TotpCredential.user_id == user_id,
-                                                     TotpCredential.confirmed_at.is_not(None)))
+        row = db.scalar(
+            select(TotpCredential).where(TotpCredential.user_id == user_id, TotpCredential.confirmed_at.is_not(None))
+        )
         return self._check_totp_row(db, user_id, row, raw_code)
 
     def _check_totp_row(self, db: Session, user_id: int, row: TotpCredential | None, raw_code: object) -> CodeCheck:
@@ -147,10 +166,13 @@ class SecondFactors:
             if secret is not None:
                 step = totp.matching_step(secret, code, now=self.clock(), last_used_step=row.last_used_step)
         # the step is claimed by a conditional UPDATE: two requests with one code, one wins
-        if step is not None and db.connection().execute(_CLAIM_STEP, {
-                "owner": user_id, "credential_id": row.id, "step": step}).rowcount == 1:  # type: ignore[union-attr]
-            if row is not None:
-                row.last_used_step = step
+        if (
+            row is not None
+            and step is not None
+            and db.connection().execute(_CLAIM_STEP, {"owner": user_id, "credential_id": row.id, "step": step}).rowcount
+            == 1
+        ):
+            row.last_used_step = step
             return CodeCheck.passed()
         return CodeCheck(False, self.lockout.record_failure(db, user_id))
 
@@ -161,23 +183,30 @@ class SecondFactors:
         if code is None:
             return None
         lookup = self.keyring.digest(backup_codes.lookup_input(user_id, code))
-        row = db.execute(select(BackupCode.id, BackupCode.code_hash).where(
-            BackupCode.user_id == user_id, BackupCode.lookup == lookup, BackupCode.used_at.is_(None))).first()
+        row = db.execute(
+            select(BackupCode.id, BackupCode.code_hash).where(
+                BackupCode.user_id == user_id, BackupCode.lookup == lookup, BackupCode.used_at.is_(None)
+            )
+        ).first()
         return None if row is None else (row.id, row.code_hash)
 
     def use_backup_code(self, db: Session, user_id: int, code_id: int | None, verified: bool) -> CodeCheck:
         """After the caller's Argon2 verification: claim the code (single use) or count a failure."""
         if self.lockout.is_locked(db, user_id):
             return CodeCheck(False, FailureRecord(remaining=0, locked_now=False, was_locked=True))
-        if verified and code_id is not None and db.connection().execute(
-                _CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1:
+        if (
+            verified
+            and code_id is not None
+            and db.connection().execute(_CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1
+        ):
             return CodeCheck.passed()
         return CodeCheck(False, self.lockout.record_failure(db, user_id))
 
     # ---- the login chain's primitives: no lockout here (idp/login/flow.py counts) ------------
 
-    def matching_totp(self, db: Session, user_id: int, raw_code: object, *, pending: bool = False
-                      ) -> tuple[int, int] | None:
+    def matching_totp(
+        self, db: Session, user_id: int, raw_code: object, *, pending: bool = False
+    ) -> tuple[int, int] | None:
         """(credential id, matched time step) when the code matches the user's confirmed
         authenticator (`pending`: the one being set up) and its step is unused; claims nothing."""
         confirmed = TotpCredential.confirmed_at.is_(None) if pending else TotpCredential.confirmed_at.is_not(None)
@@ -195,12 +224,15 @@ class SecondFactors:
     def claim_totp_step(db: Session, user_id: int, credential_id: int, step: int, *, confirm: bool = False) -> bool:
         """The matched step, claimed by a conditional UPDATE (two requests with one code: one
         wins); `confirm` enables a pending authenticator with it."""
-        if db.connection().execute(_CLAIM_STEP, {"owner": user_id, "credential_id": credential_id,
-                                                 "step": step}).rowcount != 1:
+        if (
+            db.connection()
+            .execute(_CLAIM_STEP, {"owner": user_id, "credential_id": credential_id, "step": step})
+            .rowcount
+            != 1
+        ):
             return False
         if confirm:
-            db.execute(update(TotpCredential).where(TotpCredential.id == credential_id)
-                       .values(confirmed_at=utcnow()))
+            db.execute(update(TotpCredential).where(TotpCredential.id == credential_id).values(confirmed_at=utcnow()))
         db.expire_all()  # the ORM's copies of the row are stale after Core UPDATEs
         return True
 
@@ -214,8 +246,13 @@ class SecondFactors:
         """Stores new codes (code, Argon2 hash), replacing every old one, used or not."""
         db.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
         for code, code_hash in hashed:
-            db.add(BackupCode(user_id=user_id, code_hash=code_hash,
-                              lookup=self.keyring.digest(backup_codes.lookup_input(user_id, code))))
+            db.add(
+                BackupCode(
+                    user_id=user_id,
+                    code_hash=code_hash,
+                    lookup=self.keyring.digest(backup_codes.lookup_input(user_id, code)),
+                )
+            )
         db.flush()
 
     def _secret_or_none(self, row: TotpCredential) -> str | None:

@@ -1,5 +1,6 @@
 """What second factors a user holds, as the login policy (idp/login/policy.py) and the
 account pages need to know it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,6 +14,7 @@ single-use challenges in the state store, and the stored credentials.
   every probe, the same shape as a real one, after the same database work (F-01 and the
   predecessor's gap).
 """
+
 from __future__ import annotations
 
 import builtins  # the class has a method named `list`
@@ -112,10 +113,15 @@ class Passkeys:
             db.flush()
         existing = self.list(db, user.id)
         options = webauthn.generate_registration_options(
-            rp_id=self.rp.rp_id, rp_name=self.rp.name, user_name=user.username, user_id=user.webauthn_handle,
-            user_display_name=user.name or user.username, timeout=CHALLENGE_TTL_SECONDS * 1000,
+            rp_id=self.rp.rp_id,
+            rp_name=self.rp.name,
+            user_name=user.username,
+            user_id=user.webauthn_handle,
+            user_display_name=user.name or user.username,
+            timeout=CHALLENGE_TTL_SECONDS * 1000,
             authenticator_selection=AuthenticatorSelectionCriteria(
-                resident_key=ResidentKeyRequirement.REQUIRED, user_verification=UserVerificationRequirement.REQUIRED),
+                resident_key=ResidentKeyRequirement.REQUIRED, user_verification=UserVerificationRequirement.REQUIRED
+            ),
             exclude_credentials=[self._descriptor(p.credential_id, p.transports) for p in existing],
         )
         challenge_id = self._issue("register", options.challenge, user_id=user.id)
@@ -127,25 +133,35 @@ class Passkeys:
             raise PasskeyError("challenge issued to another user")
         try:
             verified = webauthn.verify_registration_response(
-                credential=_credential_json(credential), expected_challenge=base64url_to_bytes(record["challenge"]),
-                expected_rp_id=self.rp.rp_id, expected_origin=self.rp.origin, require_user_verification=True,
+                credential=_credential_json(credential),
+                expected_challenge=base64url_to_bytes(record["challenge"]),
+                expected_rp_id=self.rp.rp_id,
+                expected_origin=self.rp.origin,
+                require_user_verification=True,
             )
         except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
             raise PasskeyError(f"registration did not verify: {type(exc).__name__}") from None
         if db.scalar(select(Passkey.id).where(Passkey.credential_id == verified.credential_id)) is not None:
             raise PasskeyError("credential already registered")
         transports = [t for t in _transports_of(credential) if t in _TRANSPORTS]
-        row = Passkey(user_id=user.id, credential_id=verified.credential_id, public_key=verified.credential_public_key,
-                      sign_count=verified.sign_count, transports=transports, name=clean_name(name),
-                      backed_up=bool(verified.credential_backed_up))
+        row = Passkey(
+            user_id=user.id,
+            credential_id=verified.credential_id,
+            public_key=verified.credential_public_key,
+            sign_count=verified.sign_count,
+            transports=transports,
+            name=clean_name(name),
+            backed_up=bool(verified.credential_backed_up),
+        )
         db.add(row)
         db.flush()
         return row
 
     # ---- sign-in (login chain) -------------------------------------------------------------
 
-    def sign_in_options(self, db: Session, *, tx_id: str, username: str | None = None,
-                        user_id: int | None = None) -> Challenge:
+    def sign_in_options(
+        self, db: Session, *, tx_id: str, username: str | None = None, user_id: int | None = None
+    ) -> Challenge:
         """Usernameless (no name: any discoverable passkey), username-first (a typed name),
         or for a known user (a step-up: user_id)."""
         allow: list[PublicKeyCredentialDescriptor] | None = None
@@ -153,14 +169,19 @@ class Passkeys:
         if user_id is not None or username is not None:
             if user_id is None:
                 user_id = db.scalar(select(User.id).where(User.username == username))
-            rows = db.execute(select(Passkey.credential_id, Passkey.transports).where(
-                Passkey.user_id == (user_id if user_id is not None else -1))).all()  # same query, known or not
+            rows = db.execute(
+                select(Passkey.credential_id, Passkey.transports).where(
+                    Passkey.user_id == (user_id if user_id is not None else -1)
+                )
+            ).all()  # same query, known or not
             # no transports in sign-in options: real ones vary by authenticator and would set
             # real descriptors apart from the fakes (they are only a hint to the browser)
             allow = [PublicKeyCredentialDescriptor(id=r.credential_id) for r in rows] or self._fakes(username or "")
             bound = user_id if user_id is not None else -1  # an unknown name can be signed in by no passkey
         options = webauthn.generate_authentication_options(
-            rp_id=self.rp.rp_id, timeout=CHALLENGE_TTL_SECONDS * 1000, allow_credentials=allow or [],
+            rp_id=self.rp.rp_id,
+            timeout=CHALLENGE_TTL_SECONDS * 1000,
+            allow_credentials=allow or [],
             user_verification=UserVerificationRequirement.REQUIRED,
         )
         challenge_id = self._issue("sign_in", options.challenge, tx_id=tx_id, user_id=bound)
@@ -198,9 +219,13 @@ class Passkeys:
             # the counter is checked below, after the signature: py_webauthn checks it first,
             # so an unsigned junk assertion could pass for a cloned authenticator
             verified = webauthn.verify_authentication_response(
-                credential=_credential_json(credential), expected_challenge=base64url_to_bytes(record["challenge"]),
-                expected_rp_id=self.rp.rp_id, expected_origin=self.rp.origin, credential_public_key=row.public_key,
-                credential_current_sign_count=0, require_user_verification=True,
+                credential=_credential_json(credential),
+                expected_challenge=base64url_to_bytes(record["challenge"]),
+                expected_rp_id=self.rp.rp_id,
+                expected_origin=self.rp.origin,
+                credential_public_key=row.public_key,
+                credential_current_sign_count=0,
+                require_user_verification=True,
             )
         except WebAuthnException as exc:
             raise PasskeyError(f"assertion did not verify: {type(exc).__name__}") from None
@@ -229,7 +254,9 @@ class Passkeys:
 
     @staticmethod
     def list(db: Session, user_id: int) -> list[Passkey]:
-        return list(db.scalars(select(Passkey).where(Passkey.user_id == user_id).order_by(Passkey.created_at, Passkey.id)))
+        return list(
+            db.scalars(select(Passkey).where(Passkey.user_id == user_id).order_by(Passkey.created_at, Passkey.id))
+        )
 
     @staticmethod
     def count(db: Session, user_id: int) -> int:
@@ -245,8 +272,9 @@ class Passkeys:
 
     @staticmethod
     def _descriptor(credential_id: bytes, transports: builtins.list[str]) -> PublicKeyCredentialDescriptor:
-        return PublicKeyCredentialDescriptor(id=credential_id, transports=[_TRANSPORTS[t] for t in transports
-                                                                            if t in _TRANSPORTS] or None)
+        return PublicKeyCredentialDescriptor(
+            id=credential_id, transports=[_TRANSPORTS[t] for t in transports if t in _TRANSPORTS] or None
+        )
 
     def _fakes(self, username: str) -> builtins.list[PublicKeyCredentialDescriptor]:
         """One plausible descriptor (most accounts have one passkey), stable per name: a

@@ -2,6 +2,7 @@
 and its QR code, and matching a code to a time step. pyotp's verify() only says yes or no;
 replay protection needs the step that matched (DESIGN.md §5), so we find it ourselves,
 comparing every step of the window in constant time."""
+
 from __future__ import annotations
 
 import hmac
@@ -60,4 +61,4 @@ def qr_data_uri(uri: str) -> str:
 
 def grouped(secret: str) -> str:
     """The secret in groups of four, as authenticator apps expect it typed."""
-    return " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))

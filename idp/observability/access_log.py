@@ -8,6 +8,7 @@ put together by hand (every client-supplied string through the C JSON string enc
 third of json.dumps's cost), and under `idp serve` it goes straight into the batching
 stderr handler (`stderr_handler`), skipping the LogRecord that would cost four times the
 line itself. Elsewhere (tests, embedding) lines go through the logger as usual."""
+
 from __future__ import annotations
 
 import logging
@@ -32,30 +33,67 @@ def stderr_handler(fd: int = 2) -> logging.Handler:
     return handler
 
 
-def write_request_line(*, request_id: str, method: str, path: str, endpoint: str, status: int, seconds: float,
-                       ip: str | None, user_agent: str | None) -> None:
-    line = request_line(request_id=request_id, method=method, path=path, endpoint=endpoint, status=status,
-                        seconds=seconds, ip=ip, user_agent=user_agent)
+def write_request_line(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    endpoint: str,
+    status: int,
+    seconds: float,
+    ip: str | None,
+    user_agent: str | None,
+) -> None:
+    line = request_line(
+        request_id=request_id,
+        method=method,
+        path=path,
+        endpoint=endpoint,
+        status=status,
+        seconds=seconds,
+        ip=ip,
+        user_agent=user_agent,
+    )
     if _direct is not None:
         _direct(line)
     else:
         log.info(line)
 
 
-def request_line(*, request_id: str, method: str, path: str, endpoint: str, status: int, seconds: float,
-                 ip: str | None, user_agent: str | None) -> str:
-    return "".join((
-        '{"event":"request","at":', _quoted(utcnow().isoformat()),
-        ',"request_id":', _quoted(request_id),
-        ',"method":', _quoted(method),
-        ',"path":', _quoted(path[:PATH_MAX]),
-        ',"endpoint":', _quoted(endpoint),
-        ',"status":', str(int(status)),
-        ',"duration_ms":', repr(round(seconds * 1000, 3)),
-        ',"ip":', _string_or_null(ip),
-        ',"user_agent":', _string_or_null(user_agent[:USER_AGENT_MAX] if user_agent else None),
-        "}",
-    ))
+def request_line(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    endpoint: str,
+    status: int,
+    seconds: float,
+    ip: str | None,
+    user_agent: str | None,
+) -> str:
+    return "".join(
+        (
+            '{"event":"request","at":',
+            _quoted(utcnow().isoformat()),
+            ',"request_id":',
+            _quoted(request_id),
+            ',"method":',
+            _quoted(method),
+            ',"path":',
+            _quoted(path[:PATH_MAX]),
+            ',"endpoint":',
+            _quoted(endpoint),
+            ',"status":',
+            str(int(status)),
+            ',"duration_ms":',
+            repr(round(seconds * 1000, 3)),
+            ',"ip":',
+            _string_or_null(ip),
+            ',"user_agent":',
+            _string_or_null(user_agent[:USER_AGENT_MAX] if user_agent else None),
+            "}",
+        )
+    )
 
 
 def _string_or_null(value: str | None) -> str:

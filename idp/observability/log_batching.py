@@ -4,6 +4,7 @@ write(2) per line was a large part of a discovery or JWKS request's cost; nginx'
 `access_log … buffer= flush=` makes the same trade. At most a second of request lines is
 lost if the process is killed outright; a normal stop flushes (logging.shutdown). The audit
 trail does not use this handler: its lines go out one by one."""
+
 from __future__ import annotations
 
 import logging
@@ -61,7 +62,7 @@ class BatchingStderrHandler(logging.Handler):
         self._size = 0
         try:
             while data:  # one write for the batch; the loop only finishes a short write
-                data = data[os.write(self._fd, data):]
+                data = data[os.write(self._fd, data) :]
         except OSError:
             pass  # stderr gone (closed pipe): nothing useful left to do with the lines
 

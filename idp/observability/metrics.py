@@ -10,6 +10,7 @@ Labels are only ever values from a closed set (route templates, methods, grant t
 kinds written in our code): a label taken from a request would let any client create
 unbounded series.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,18 +37,30 @@ disable_created_metrics()
 # Discovery and JWKS answer in well under a millisecond; Argon2 logins in a few hundred.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-http_requests = Counter("idp_http_requests", "HTTP requests answered, by route template, method and status",
-                        ("endpoint", "method", "status"))
-http_latency = Histogram("idp_http_request_duration_seconds", "Time to answer a request, by route template and method",
-                         ("endpoint", "method"), buckets=LATENCY_BUCKETS)
-logins = Counter("idp_logins", "Login steps by method (password, totp, backup_code, passkey) and outcome "
-                 "(success, failure, refused = locked before any check)", ("method", "outcome"))
+http_requests = Counter(
+    "idp_http_requests",
+    "HTTP requests answered, by route template, method and status",
+    ("endpoint", "method", "status"),
+)
+http_latency = Histogram(
+    "idp_http_request_duration_seconds",
+    "Time to answer a request, by route template and method",
+    ("endpoint", "method"),
+    buckets=LATENCY_BUCKETS,
+)
+logins = Counter(
+    "idp_logins",
+    "Login steps by method (password, totp, backup_code, passkey) and outcome "
+    "(success, failure, refused = locked before any check)",
+    ("method", "outcome"),
+)
 sign_ins = Counter("idp_sign_ins_completed", "Login chains completed, by assurance level reached", ("acr",))
 lockouts = Counter("idp_lockouts", "Accounts locked by too many failed attempts")
 rate_limit_hits = Counter("idp_rate_limit_hits", "Requests refused by a rate limit, by scope", ("scope",))
 tokens_issued = Counter("idp_tokens_issued", "Token responses issued, by grant type", ("grant_type",))
-backchannel_deliveries = Counter("idp_backchannel_logout_deliveries", "Back-channel logout deliveries, by outcome",
-                                 ("outcome",))
+backchannel_deliveries = Counter(
+    "idp_backchannel_logout_deliveries", "Back-channel logout deliveries, by outcome", ("outcome",)
+)
 audit_events = Counter("idp_audit_events", "Audit events recorded, by kind and outcome", ("kind", "outcome"))
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -62,7 +75,7 @@ def count_audit_event(kind: str, outcome: str | None, detail: dict[str, object])
     audit_events.labels(kind, outcome or "none").inc()
     area, _, verb = kind.rpartition(".")
     # each login step audits as login.<step>.succeeded|failed: its method label is its name
-    method = area[len("login."):] if area.startswith("login.") else None
+    method = area[len("login.") :] if area.startswith("login.") else None
     if method:
         logins.labels(method, outcome if outcome in _OUTCOMES else "failure").inc()
     elif kind == "login.refused":
@@ -94,7 +107,9 @@ class RequestCounters:
         latency = self._latencies.get((endpoint, method))
         if count is None or latency is None:
             with self._lock:
-                count = self._counts.setdefault((endpoint, method, status), http_requests.labels(endpoint, method, str(status)))
+                count = self._counts.setdefault(
+                    (endpoint, method, status), http_requests.labels(endpoint, method, str(status))
+                )
                 latency = self._latencies.setdefault((endpoint, method), http_latency.labels(endpoint, method))
         count.inc()  # type: ignore[attr-defined]
         latency.observe(seconds)  # type: ignore[attr-defined]

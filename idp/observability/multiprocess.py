@@ -1,6 +1,7 @@
 """The directory where prometheus-client's multi-process mode keeps each worker's values,
 prepared by `idp serve --workers N` before any worker starts (and before prometheus_client
 is imported: the mode is fixed at import). Imports nothing from prometheus_client itself."""
+
 from __future__ import annotations
 
 import os

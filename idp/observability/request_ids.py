@@ -6,6 +6,7 @@ lines and audit rows of that request.
 An id sent by a trusted proxy (nginx's $request_id) is kept, so nginx's access log and
 idp's lines share it; anyone else's is replaced, because an attacker-chosen id could be
 used to make unrelated requests look related in the logs."""
+
 from __future__ import annotations
 
 import os

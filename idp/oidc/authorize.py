@@ -2,6 +2,7 @@
 request with Authlib, then either redirect to the client (code or error, always with the
 RFC 9207 `iss`), show an error page (client or redirect_uri not trusted: never redirect),
 or ask the login chain or the consent page for what is missing."""
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,9 @@ from idp.oidc.server import IdpAuthorizationServer
 _RESPONSE_TYPE = re.compile(r"[A-Za-z0-9_ ]{1,100}")
 # Built once (SQLAlchemy reuses their compiled form): these run on every authorization.
 _CONSENT = select(Consent).where(Consent.user_id == bindparam("user_id"), Consent.client_id == bindparam("client_id"))
-_SESSION_CLIENT = select(SessionClient.id).where(SessionClient.session_id == bindparam("session_id"),
-                                                 SessionClient.client_id == bindparam("client_id"))
+_SESSION_CLIENT = select(SessionClient.id).where(
+    SessionClient.session_id == bindparam("session_id"), SessionClient.client_id == bindparam("client_id")
+)
 KNOWN_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 RESPONSE_MODES = ("query", "form_post")  # discovery's response_modes_supported
 
@@ -124,17 +126,27 @@ def decide(
         grant = server.get_consent_grant(request=request, end_user=session.user if session else None)
         _check_oidc_parameters(request, grant.redirect_uri)
         if oversized:
-            raise InvalidRequestError(f"The request's parameters are longer than {MAX_PARKED_BYTES} bytes.",
-                                      redirect_uri=grant.redirect_uri)
+            raise InvalidRequestError(
+                f"The request's parameters are longer than {MAX_PARKED_BYTES} bytes.", redirect_uri=grant.redirect_uri
+            )
         if "openid" not in requested_scope:
-            raise _redirectable(InvalidScopeError, grant.redirect_uri, "invalid_scope",
-                                "This provider serves OpenID Connect: the scope must include 'openid'.")
+            raise _redirectable(
+                InvalidScopeError,
+                grant.redirect_uri,
+                "invalid_scope",
+                "This provider serves OpenID Connect: the scope must include 'openid'.",
+            )
         prompts = set((request.payload.data.get("prompt") or "").split())
-        requested = requested_level(request.payload.data.get("acr_values"),
-                                    request.client.config.get("default_acr_values") or ())
+        requested = requested_level(
+            request.payload.data.get("acr_values"), request.client.config.get("default_acr_values") or ()
+        )
         if requested not in SUPPORTED_ACR:
-            raise _redirectable(InvalidRequestError, grant.redirect_uri, "unmet_authentication_requirements",
-                                f"This provider cannot authenticate at the level '{requested}'.")
+            raise _redirectable(
+                InvalidRequestError,
+                grant.redirect_uri,
+                "unmet_authentication_requirements",
+                f"This provider cannot authenticate at the level '{requested}'.",
+            )
         if _login_needed(request, session, prompts, authenticated_now):
             if "none" in prompts:
                 raise LoginRequiredError(redirect_uri=grant.redirect_uri)
@@ -142,10 +154,18 @@ def decide(
         assert session is not None
         if not satisfies(session.acr, required_level(requested, factors)):
             if "none" in prompts:  # a step-up needs the user: OIDC Core §3.1.2.6
-                raise _redirectable(InvalidRequestError, grant.redirect_uri, "interaction_required",
-                                    "A stronger sign-in is required.")
-            return NeedLogin(request.client.client_name, _login_hint(request), requested, step_up=True,
-                             session_user_id=session.user.id, session_sid=session.sid, session_amr=session.amr)
+                raise _redirectable(
+                    InvalidRequestError, grant.redirect_uri, "interaction_required", "A stronger sign-in is required."
+                )
+            return NeedLogin(
+                request.client.client_name,
+                _login_hint(request),
+                requested,
+                step_up=True,
+                session_user_id=session.user.id,
+                session_sid=session.sid,
+                session_amr=session.amr,
+            )
         if consent_decision is True and not request.client.first_party:
             record_consent(request, session.user)
         if not _has_consent(request, session.user, prompts, consent_decision):
@@ -176,9 +196,13 @@ def _grant_registered_scopes(server: IdpAuthorizationServer, request: IdpRequest
 def _check_oidc_parameters(request: IdpRequest, redirect_uri: str) -> None:
     data = request.payload.data
     if "request" in data:
-        raise _redirectable(InvalidRequestError, redirect_uri, "request_not_supported", "Request objects are not supported.")
+        raise _redirectable(
+            InvalidRequestError, redirect_uri, "request_not_supported", "Request objects are not supported."
+        )
     if "request_uri" in data:
-        raise _redirectable(InvalidRequestError, redirect_uri, "request_uri_not_supported", "request_uri is not supported.")
+        raise _redirectable(
+            InvalidRequestError, redirect_uri, "request_uri_not_supported", "request_uri is not supported."
+        )
     mode = data.get("response_mode", "query")
     if mode not in RESPONSE_MODES:
         data.pop("response_mode", None)  # the error itself goes back the default way
@@ -202,7 +226,9 @@ def _redirectable(cls: type[OAuth2Error], redirect_uri: str, error: str, descrip
     return exc
 
 
-def _login_needed(request: IdpRequest, session: CurrentSession | None, prompts: set[str], authenticated_now: bool) -> bool:
+def _login_needed(
+    request: IdpRequest, session: CurrentSession | None, prompts: set[str], authenticated_now: bool
+) -> bool:
     if session is None:
         return True
     if authenticated_now:
@@ -226,7 +252,9 @@ def _has_consent(request: IdpRequest, user: User, prompts: set[str], decision: b
     return row is not None and set(request.scope.split()) <= set(row.scope.split())
 
 
-def _issue(server: IdpAuthorizationServer, request: IdpRequest, grant: Any, session: CurrentSession, *, approved: bool) -> Outcome:
+def _issue(
+    server: IdpAuthorizationServer, request: IdpRequest, grant: Any, session: CurrentSession, *, approved: bool
+) -> Outcome:
     db = request.db
     client_id = request.client.client_id
     if approved:
@@ -236,8 +264,14 @@ def _issue(server: IdpAuthorizationServer, request: IdpRequest, grant: Any, sess
     kind = "authorize.code_issued" if approved else "authorize.denied"
     record_audit(db, kind, user_id=session.user.id, client_id=client_id, ip=request.client_ip)
     if approved and not request.payload.data.get("code_challenge"):  # require_pkce = false: each one on record
-        record_audit(db, "authorize.without_pkce", user_id=session.user.id, client_id=client_id, ip=request.client_ip,
-                     outcome="success")
+        record_audit(
+            db,
+            "authorize.without_pkce",
+            user_id=session.user.id,
+            client_id=client_id,
+            ip=request.client_ip,
+            outcome="success",
+        )
     return _to_client(response.location, grant.redirect_uri, request)
 
 

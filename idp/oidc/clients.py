@@ -1,6 +1,7 @@
 """Relying parties as Authlib sees them (ClientMixin), served from an in-memory registry
 that the app reloads from the database every few seconds, so a token request costs no
 client query and a `clients sync` on any host reaches every process."""
+
 from __future__ import annotations
 
 import threading

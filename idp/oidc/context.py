@@ -1,4 +1,5 @@
 """What the OIDC layer needs from the rest of idp, handed over once at start-up."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Provider metadata (OIDC Discovery 1.0 §3, RFC 8414, RFC 9207 §3): one document, built
 once at start-up and served as precomputed bytes."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,25 @@ def build_metadata(issuer: str) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods[:3],
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "azp",
-                             "at_hash", "name", "preferred_username", "email", "email_verified", "updated_at"],
+        "claims_supported": [
+            "sub",
+            "iss",
+            "aud",
+            "exp",
+            "iat",
+            "auth_time",
+            "nonce",
+            "acr",
+            "amr",
+            "sid",
+            "azp",
+            "at_hash",
+            "name",
+            "preferred_username",
+            "email",
+            "email_verified",
+            "updated_at",
+        ],
         "acr_values_supported": ACR_VALUES,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_parameter_supported": False,

@@ -2,6 +2,7 @@
 what Authlib leaves to us: S256-only PKCE for every client, single-use codes whose reuse
 revokes what they issued, refresh rotation with reuse detection and an optional grace
 period, absolute refresh lifetimes, and ID tokens carrying the login's acr/amr/sid."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,11 @@ class S256CodeChallenge(CodeChallenge):
 
     def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
-        if not data.get("code_challenge") and not data.get("code_challenge_method") \
-                and not grant.request.client.pkce_required:
+        if (
+            not data.get("code_challenge")
+            and not data.get("code_challenge_method")
+            and not grant.request.client.pkce_required
+        ):
             if not data.get("nonce"):
                 raise InvalidRequestError("Without PKCE, this client must send a nonce (RFC 9700 section 2.1.1)")
             return
@@ -204,9 +208,14 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         token = self.issue_token(owner, view)
         successor = token["refresh_token"]
         claimed = row.rotated_at is None and consume_refresh_token(
-            db, row.id, successor_digest=ctx.keyring.digest(successor),
-            successor_encrypted=(ctx.keyring.encrypt("refresh-successor", successor.encode())
-                                 if ctx.lifetimes.grace_seconds > 0 else None),
+            db,
+            row.id,
+            successor_digest=ctx.keyring.digest(successor),
+            successor_encrypted=(
+                ctx.keyring.encrypt("refresh-successor", successor.encode())
+                if ctx.lifetimes.grace_seconds > 0
+                else None
+            ),
         )
         if not claimed:
             # Raced with a concurrent refresh: inside the grace period it gets the same successor.
@@ -214,7 +223,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             if current is None or not within_grace(current, ctx.lifetimes, utcnow()):
                 self._revoke_after_reuse(db, row)
                 raise InvalidGrantError("The refresh token is no longer valid.")
-            self.request.reissued_refresh_token = ctx.keyring.decrypt("refresh-successor", current.successor_encrypted).decode()
+            self.request.reissued_refresh_token = ctx.keyring.decrypt(
+                "refresh-successor", current.successor_encrypted
+            ).decode()
         self.save_token(token)
         if "openid" in token.get("scope", "").split():
             token["id_token"] = id_tokens.encode_refresh_id_token(self.request, token, row)
@@ -233,7 +244,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def _revoke_after_reuse(self, db: Session, row: Any) -> None:
         # A rotated-out refresh token presented again: assume theft, kill the family.
         revoke_family(db, row.family_id)
-        record_audit(db, "token.refresh_reused", user_id=row.user_id, client_id=row.client_id, ip=self.request.client_ip)
+        record_audit(
+            db, "token.refresh_reused", user_id=row.user_id, client_id=row.client_id, ip=self.request.client_ip
+        )
 
 
 class _RefreshView:

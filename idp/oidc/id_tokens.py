@@ -1,6 +1,7 @@
 """ID tokens (OIDC Core §2, §3.1.3.6): signed with the algorithm the client registered as
 `id_token_signed_response_alg` (OIDC Registration §2; RS256 when absent) under the current key
 of that family, carrying the login's auth_time/acr/amr/sid, the nonce and at_hash."""
+
 from __future__ import annotations
 
 import time
@@ -56,7 +57,9 @@ def _base_claims(request: IdpRequest, user: User, token: dict[str, Any]) -> dict
     now = int(time.time())
     client_id = request.client.get_client_id()
     claims: dict[str, Any] = dict(build_user_info(user, token.get("scope", "")))
-    claims.update(iss=request.ctx.issuer, aud=client_id, azp=client_id, iat=now, exp=now + request.ctx.id_token_ttl_seconds)
+    claims.update(
+        iss=request.ctx.issuer, aud=client_id, azp=client_id, iat=now, exp=now + request.ctx.id_token_ttl_seconds
+    )
     access_token = token.get("access_token")
     if access_token and (at_hash := build_at_hash(access_token, id_token_alg(request.client))):
         claims["at_hash"] = at_hash

@@ -11,6 +11,7 @@ logout tokens the RPs it signed into are sent.
 - Ending a session revokes the refresh tokens bound to it (`sid`), except those granted
   `offline_access`: that scope exists so an RP keeps access when the user is gone.
 """
+
 from __future__ import annotations
 
 import time
@@ -81,7 +82,13 @@ def logout_token(issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: 
     """Back-Channel Logout 1.0 §2.4: iss, aud, iat, exp, jti, events, sub and sid; no nonce."""
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": issuer, "aud": client_id, "iat": now, "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
-        "jti": uuid.uuid4().hex, "events": {BACKCHANNEL_EVENT: {}}, "sub": sub, "sid": sid,
+        "iss": issuer,
+        "aud": client_id,
+        "iat": now,
+        "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
+        "jti": uuid.uuid4().hex,
+        "events": {BACKCHANNEL_EVENT: {}},
+        "sub": sub,
+        "sid": sid,
     }
     return keys.get().sign(claims, alg=alg, typ="logout+jwt")

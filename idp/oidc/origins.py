@@ -1,6 +1,7 @@
 """Web origins (RFC 6454) as browsers send them in `Origin`: lower-case scheme and host, the
 port only when it is not the scheme's default. Used for a client's CORS origins and the
 CSP sources of pages that lead back to it."""
+
 from __future__ import annotations
 
 import re

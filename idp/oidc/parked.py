@@ -1,6 +1,7 @@
 """What of an authorization request is kept while it waits for the login chain or the
 consent page (issue 15): only the parameters idp honours, within a size bound. Anything
 else is dropped, as RFC 6749 §3.1 lets a server ignore parameters it does not recognise."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,19 @@ from collections.abc import Mapping
 # back, state, scope for consent, login_hint). `request` and `request_uri` are refused before
 # anything is parked; claims, display, ui_locales and id_token_hint are not honoured.
 PARKED_PARAMETERS = (
-    "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge",
-    "code_challenge_method", "prompt", "max_age", "acr_values", "login_hint", "response_mode",
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+    "max_age",
+    "acr_values",
+    "login_hint",
+    "response_mode",
 )
 
 # The kept parameters, as JSON in the stored transaction. The longest request idp otherwise

@@ -1,5 +1,6 @@
 """A client's jwks_uri (private_key_jwt), fetched over https with a short timeout, a size
 cap and a small cache, so one slow RP cannot stall token requests for long."""
+
 from __future__ import annotations
 
 import threading

@@ -1,5 +1,6 @@
 """The request object Authlib's grants see: parameters read once by the web layer, plus
 the unit-of-work database session and the OIDC context of this request."""
+
 from __future__ import annotations
 
 from collections import defaultdict

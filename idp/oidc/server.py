@@ -1,5 +1,6 @@
 """Authlib's AuthorizationServer with idp's seams: clients from the registry, tokens into
 SQL, responses as framework-neutral values (the web layer turns them into HTTP)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -69,8 +70,9 @@ class OAuthResponse:
 def _first_refusal(ctx: OidcContext, client_id: str, retry_after: int) -> bool:
     """Audit the first refusal per client and window, not every one of a flood."""
     try:
-        return ctx.store.add(f"rl-audited:token_client:{ctx.keyring.digest(client_id)}", b"1",
-                             ttl_seconds=max(1, retry_after))
+        return ctx.store.add(
+            f"rl-audited:token_client:{ctx.keyring.digest(client_id)}", b"1", ttl_seconds=max(1, retry_after)
+        )
     except StoreUnavailable:
         return True
 
@@ -105,10 +107,19 @@ def _audit_failed_authentication(request: Any, client: RegisteredClient | None, 
     except StoreUnavailable:
         count = 1  # cannot tell: audit it
     if count == 1 or str(count).strip("0") == "1":
-        record_audit(request.db, "client.authentication_failed", client_id=client.client_id if client else None,
-                     ip=request.client_ip, user_agent=request.headers.get("user-agent"), outcome="failure",
-                     method_tried=tried, method_registered=client.auth_method if client else None,
-                     known_client=client is not None, count=count, window_seconds=_AUTH_FAILURE_WINDOW_SECONDS)
+        record_audit(
+            request.db,
+            "client.authentication_failed",
+            client_id=client.client_id if client else None,
+            ip=request.client_ip,
+            user_agent=request.headers.get("user-agent"),
+            outcome="failure",
+            method_tried=tried,
+            method_registered=client.auth_method if client else None,
+            known_client=client is not None,
+            count=count,
+            window_seconds=_AUTH_FAILURE_WINDOW_SECONDS,
+        )
 
 
 class TooManyRequests(OAuth2Error):
@@ -130,7 +141,9 @@ class IdpAuthorizationServer(AuthorizationServer):
         super().__init__(scopes_supported=SUPPORTED_SCOPES)
         self.ctx = ctx
         self.register_token_generator("default", self._generate_bearer_token)
-        self.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True), IdpOpenIDCode(require_nonce=False)])
+        self.register_grant(
+            AuthorizationCodeGrant, [S256CodeChallenge(required=True), IdpOpenIDCode(require_nonce=False)]
+        )
         self.register_grant(RefreshTokenGrant)
         self.register_grant(ClientCredentialsGrant)
         self.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT(ctx))
@@ -160,9 +173,17 @@ class IdpAuthorizationServer(AuthorizationServer):
             verdict = self.ctx.rate_limits.hit("token_client", client.get_client_id())
             if not verdict.allowed:
                 if _first_refusal(self.ctx, client.get_client_id(), verdict.retry_after):
-                    record_audit(request.db, "rate_limit.exceeded", client_id=client.get_client_id(), ip=request.client_ip,
-                                 user_agent=request.headers.get("user-agent"), outcome="refused",
-                                 scope=verdict.scope, path="/token", retry_after=verdict.retry_after)
+                    record_audit(
+                        request.db,
+                        "rate_limit.exceeded",
+                        client_id=client.get_client_id(),
+                        ip=request.client_ip,
+                        user_agent=request.headers.get("user-agent"),
+                        outcome="refused",
+                        scope=verdict.scope,
+                        path="/token",
+                        retry_after=verdict.retry_after,
+                    )
                 raise TooManyRequests(verdict.retry_after)
         return client
 
@@ -192,8 +213,13 @@ class IdpAuthorizationServer(AuthorizationServer):
         pass
 
     def _generate_bearer_token(
-        self, grant_type: str, client: RegisteredClient, user: Any = None, scope: str | None = None,
-        expires_in: int | None = None, include_refresh_token: bool = True,
+        self,
+        grant_type: str,
+        client: RegisteredClient,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         token: dict[str, Any] = {
             "token_type": "Bearer",
@@ -216,14 +242,30 @@ class IdpAuthorizationServer(AuthorizationServer):
         # Core inserts, not ORM objects: nothing reads these rows back in this request, and
         # the ORM's unit-of-work bookkeeping was a quarter of a token request's CPU.
         grant_type = request.payload.grant_type
-        record_audit(request.db, "token.issued", user_id=user.id if user else None, client_id=request.client.get_client_id(),
-                     ip=request.client_ip, user_agent=request.headers.get("user-agent"), outcome="success",
-                     grant_type=grant_type, refresh=("refresh_token" in token and user is not None and family_id is not None))
-        request.db.connection().execute(_INSERT_ACCESS_TOKEN, dict(
-            token_digest=keyring.digest(token["access_token"]), client_id=request.client.get_client_id(),
-            user_id=user.id if user else None, scope=token["scope"], family_id=family_id,
-            issued_at=now, expires_at=now + timedelta(seconds=life.access_seconds), revoked_at=None,
-        ))
+        record_audit(
+            request.db,
+            "token.issued",
+            user_id=user.id if user else None,
+            client_id=request.client.get_client_id(),
+            ip=request.client_ip,
+            user_agent=request.headers.get("user-agent"),
+            outcome="success",
+            grant_type=grant_type,
+            refresh=("refresh_token" in token and user is not None and family_id is not None),
+        )
+        request.db.connection().execute(
+            _INSERT_ACCESS_TOKEN,
+            dict(
+                token_digest=keyring.digest(token["access_token"]),
+                client_id=request.client.get_client_id(),
+                user_id=user.id if user else None,
+                scope=token["scope"],
+                family_id=family_id,
+                issued_at=now,
+                expires_at=now + timedelta(seconds=life.access_seconds),
+                revoked_at=None,
+            ),
+        )
         if "refresh_token" not in token or user is None or family_id is None:
             token.pop("refresh_token", None)
             return
@@ -234,14 +276,27 @@ class IdpAuthorizationServer(AuthorizationServer):
         origin = code or parent
         assert origin is not None
         family_end = parent.family_expires_at if parent else now + timedelta(seconds=life.refresh_absolute_seconds)
-        request.db.connection().execute(_INSERT_REFRESH_TOKEN, dict(
-            token_digest=keyring.digest(token["refresh_token"]), family_id=family_id,
-            client_id=request.client.get_client_id(), user_id=user.id, scope=token["scope"], sid=origin.sid,
-            auth_time=origin.auth_time, acr=origin.acr, amr=list(origin.amr), issued_at=now,
-            expires_at=min(now + timedelta(seconds=life.refresh_idle_seconds), family_end),
-            family_expires_at=family_end, rotated_at=None, successor_digest=None, successor_encrypted=None,
-            revoked_at=None,
-        ))
+        request.db.connection().execute(
+            _INSERT_REFRESH_TOKEN,
+            dict(
+                token_digest=keyring.digest(token["refresh_token"]),
+                family_id=family_id,
+                client_id=request.client.get_client_id(),
+                user_id=user.id,
+                scope=token["scope"],
+                sid=origin.sid,
+                auth_time=origin.auth_time,
+                acr=origin.acr,
+                amr=list(origin.amr),
+                issued_at=now,
+                expires_at=min(now + timedelta(seconds=life.refresh_idle_seconds), family_end),
+                family_expires_at=family_end,
+                rotated_at=None,
+                successor_digest=None,
+                successor_encrypted=None,
+                revoked_at=None,
+            ),
+        )
         request.issued_refresh_token = token["refresh_token"]
 
 
@@ -334,8 +389,19 @@ def _lookup(model: type[AccessToken] | type[RefreshToken], *extra: Any) -> Any:
     # Core rows joined with the user in one query: the ORM's per-object work was most of
     # an introspection request's CPU.
     return (
-        select(model.id, model.client_id, model.scope, model.issued_at, model.expires_at, model.revoked_at,
-               model.user_id, User.subject, User.username, User.disabled, *extra)
+        select(
+            model.id,
+            model.client_id,
+            model.scope,
+            model.issued_at,
+            model.expires_at,
+            model.revoked_at,
+            model.user_id,
+            User.subject,
+            User.username,
+            User.disabled,
+            *extra,
+        )
         .outerjoin(User, User.id == model.user_id)
         .where(model.token_digest == bindparam("digest"))
     )
@@ -372,8 +438,16 @@ class Revocation(_TokenLookup, RevocationEndpoint):
 
     def revoke_token(self, token: _TokenView, request: IdpRequest) -> None:
         row = token.row
-        record_audit(request.db, "token.revoked", user_id=row.user_id, client_id=row.client_id, ip=request.client_ip,
-                     user_agent=request.headers.get("user-agent"), outcome="success", token_type=token.kind)
+        record_audit(
+            request.db,
+            "token.revoked",
+            user_id=row.user_id,
+            client_id=row.client_id,
+            ip=request.client_ip,
+            user_agent=request.headers.get("user-agent"),
+            outcome="success",
+            token_type=token.kind,
+        )
         if token.kind == "refresh":
             revoke_family(request.db, row.family_id)  # RFC 7009 §2.1: and the access tokens of that grant
         elif row.revoked_at is None:
@@ -390,9 +464,13 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
     def introspect_token(self, token: _TokenView) -> dict[str, Any]:
         row = token.row
         payload: dict[str, Any] = {
-            "active": True, "client_id": row.client_id, "scope": row.scope, "iss": self.server.ctx.issuer,
+            "active": True,
+            "client_id": row.client_id,
+            "scope": row.scope,
+            "iss": self.server.ctx.issuer,
             "token_type": "Bearer" if token.kind == "access" else "refresh_token",
-            "exp": epoch(row.expires_at), "iat": epoch(row.issued_at),
+            "exp": epoch(row.expires_at),
+            "iat": epoch(row.issued_at),
         }
         if row.user_id is not None:
             if row.subject is None or row.disabled:

@@ -10,6 +10,7 @@ later. Signing at once would let one process issue tokens under a kid that anoth
 JWKS, or a relying party's cached copy of it, does not have yet. The old key signs until
 then and stays published until every ID token it signed has expired. Each family rotates on
 its own: a new ES256 key retires only the ES256 key before it."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,9 @@ def build_public_jwks(row: SigningKey) -> list[dict[str, Any]]:
     `alg` names one algorithm (RFC 7517 §4.4) and verifiers (joserfc, panva/jose) refuse a
     token whose header names another, so each name needs its own entry; a kid of its own
     keeps kids distinct within the set (RFC 7517 §4.5)."""
-    return [row.public_jwk] + [{**row.public_jwk, "kid": kid_for(row.kid, alias), "alg": alias}
-                               for alias in _ALIASES.get(row.alg, ())]
+    return [row.public_jwk] + [
+        {**row.public_jwk, "kid": kid_for(row.kid, alias), "alg": alias} for alias in _ALIASES.get(row.alg, ())
+    ]
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,9 @@ def ensure_signing_key(db: Session, keyring: Keyring) -> None:
             create_signing_key(db, keyring, alg)
 
 
-def rotate_signing_key(db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0,
-                       alg: str = ALG) -> SigningKey:
+def rotate_signing_key(
+    db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0, alg: str = ALG
+) -> SigningKey:
     """A new key of `alg`'s family, published now and signing `signs_in_seconds` from now (0:
     at once, for a compromised key, accepting that relying parties may briefly miss it). The
     family's keys signing until then stop at that moment, and stay published until their last
@@ -142,19 +145,34 @@ def rotate_signing_key(db: Session, keyring: Keyring, *, id_token_ttl_seconds: i
     return row
 
 
-def rotate_signing_keys(db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0,
-                        algs: Iterable[str] = KEY_ALGS) -> list[SigningKey]:
+def rotate_signing_keys(
+    db: Session,
+    keyring: Keyring,
+    *,
+    id_token_ttl_seconds: int,
+    signs_in_seconds: int = 0,
+    algs: Iterable[str] = KEY_ALGS,
+) -> list[SigningKey]:
     """`rotate_signing_key` for each family named (default: all), in one transaction."""
     families = dict.fromkeys(family_of(alg) for alg in algs)  # EdDSA and Ed25519 rotate one key
-    return [rotate_signing_key(db, keyring, id_token_ttl_seconds=id_token_ttl_seconds,
-                               signs_in_seconds=signs_in_seconds, alg=family) for family in families]
+    return [
+        rotate_signing_key(
+            db, keyring, id_token_ttl_seconds=id_token_ttl_seconds, signs_in_seconds=signs_in_seconds, alg=family
+        )
+        for family in families
+    ]
 
 
 def signing_key_of(keys: list[SigningKey], now: datetime, alg: str = ALG) -> SigningKey | None:
     """The key of `alg`'s family that signs at `now`: of those whose time has come and not
     gone, the newest."""
-    ready = [k for k in keys if k.alg == alg
-             and (k.signs_from is None or k.signs_from <= now) and (k.retired_at is None or k.retired_at > now)]
+    ready = [
+        k
+        for k in keys
+        if k.alg == alg
+        and (k.signs_from is None or k.signs_from <= now)
+        and (k.retired_at is None or k.retired_at > now)
+    ]
     return max(ready, key=lambda k: (k.signs_from or k.created_at, k.id), default=None)
 
 

@@ -1,5 +1,6 @@
 """Access and refresh token records: minted at random, stored as keyed digests, revoked
 by family (every token that descends from one authorization code)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,21 +38,29 @@ class TokenOwner:
 
 # One Core query for the token and its owner: the refresh grant's hot path (bench/) spent
 # more on ORM identity-map bookkeeping and a second lookup of the user than on SQLite.
-_REFRESH_WITH_OWNER = (
-    select(RefreshToken.__table__, User.subject.label("owner_subject"), User.username.label("owner_username"),
-           User.name.label("owner_name"), User.email.label("owner_email"),
-           User.email_verified.label("owner_email_verified"),
-           User.updated_at.label("owner_updated_at"), User.disabled.label("owner_disabled"))
-    .join(User, User.id == RefreshToken.user_id)
-)
+_REFRESH_WITH_OWNER = select(
+    RefreshToken.__table__,
+    User.subject.label("owner_subject"),
+    User.username.label("owner_username"),
+    User.name.label("owner_name"),
+    User.email.label("owner_email"),
+    User.email_verified.label("owner_email_verified"),
+    User.updated_at.label("owner_updated_at"),
+    User.disabled.label("owner_disabled"),
+).join(User, User.id == RefreshToken.user_id)
 # Built once: SQLAlchemy then reuses the compiled form instead of rebuilding each statement.
 _REFRESH_BY_DIGEST = _REFRESH_WITH_OWNER.where(RefreshToken.token_digest == bindparam("digest"))
 _REFRESH_BY_ID = _REFRESH_WITH_OWNER.where(RefreshToken.id == bindparam("token_id"))
 _CLAIM_REFRESH = (
     update(RefreshToken)
-    .where(RefreshToken.id == bindparam("token_id"), RefreshToken.rotated_at.is_(None), RefreshToken.revoked_at.is_(None))
-    .values(rotated_at=bindparam("now"), successor_digest=bindparam("successor_digest"),
-            successor_encrypted=bindparam("successor_encrypted"))
+    .where(
+        RefreshToken.id == bindparam("token_id"), RefreshToken.rotated_at.is_(None), RefreshToken.revoked_at.is_(None)
+    )
+    .values(
+        rotated_at=bindparam("now"),
+        successor_digest=bindparam("successor_digest"),
+        successor_encrypted=bindparam("successor_encrypted"),
+    )
 )
 
 
@@ -67,8 +76,16 @@ def reload_refresh_grant(db: Session, token_id: int) -> Row | None:  # type: ign
 
 
 def owner_of(row: Row) -> TokenOwner:  # type: ignore[type-arg]
-    return TokenOwner(row.user_id, row.owner_subject, row.owner_username, row.owner_name, row.owner_email,
-                      row.owner_email_verified, row.owner_updated_at, row.owner_disabled)
+    return TokenOwner(
+        row.user_id,
+        row.owner_subject,
+        row.owner_username,
+        row.owner_name,
+        row.owner_email,
+        row.owner_email_verified,
+        row.owner_updated_at,
+        row.owner_disabled,
+    )
 
 
 _CODE_BY_DIGEST = select(AuthorizationCode).where(AuthorizationCode.code_digest == bindparam("digest"))
@@ -93,14 +110,20 @@ def consume_authorization_code(db: Session, code: AuthorizationCode) -> bool:
     return result.rowcount == 1
 
 
-def consume_refresh_token(db: Session, token_id: int, *, successor_digest: str,
-                          successor_encrypted: bytes | None) -> bool:
+def consume_refresh_token(
+    db: Session, token_id: int, *, successor_digest: str, successor_encrypted: bytes | None
+) -> bool:
     """Claims a refresh token for rotation and names its successor in the same conditional
     UPDATE; False when another request got there first (or it was revoked meanwhile)."""
-    result = db.connection().execute(_CLAIM_REFRESH, {
-        "token_id": token_id, "now": utcnow(), "successor_digest": successor_digest,
-        "successor_encrypted": successor_encrypted,
-    })
+    result = db.connection().execute(
+        _CLAIM_REFRESH,
+        {
+            "token_id": token_id,
+            "now": utcnow(),
+            "successor_digest": successor_digest,
+            "successor_encrypted": successor_encrypted,
+        },
+    )
     return result.rowcount == 1
 
 

@@ -1,5 +1,6 @@
 """UserInfo (OIDC Core §5.3): the claims of the user an access token was issued for,
 released by the token's scope. Bearer tokens per RFC 6750 §2.1 and §2.2."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,9 +30,19 @@ class UserInfoError:
 # One read-only query for token and user together; Core rows, not ORM objects: the ORM's
 # identity-map work was over half of a userinfo request's CPU.
 _TOKEN_AND_USER = (
-    select(AccessToken.expires_at, AccessToken.revoked_at, AccessToken.scope, AccessToken.client_id, User.subject,
-           User.username,
-           User.name, User.email, User.email_verified, User.updated_at, User.disabled)
+    select(
+        AccessToken.expires_at,
+        AccessToken.revoked_at,
+        AccessToken.scope,
+        AccessToken.client_id,
+        User.subject,
+        User.username,
+        User.name,
+        User.email,
+        User.email_verified,
+        User.updated_at,
+        User.disabled,
+    )
     .join(User, User.id == AccessToken.user_id)
     .where(AccessToken.token_digest == bindparam("digest"))
 )

@@ -1,5 +1,6 @@
 """The client's IP address: X-Forwarded-For is believed only when the direct peer is a
 trusted proxy (predecessor fix F-03), and then only up to the first untrusted hop."""
+
 from __future__ import annotations
 
 import ipaddress

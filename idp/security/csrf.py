@@ -1,5 +1,6 @@
 """CSRF protection for every form: a random per-browser cookie and, in each form, an HMAC of
 it under a derived key (signed double submit). Compared in constant time."""
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 purpose label), AEAD encryption at rest (AES-256-GCM) and keyed digests of high-entropy
 secrets (HMAC-SHA256) so tokens, codes and client secrets are never stored raw.
 """
+
 from __future__ import annotations
 
 import base64

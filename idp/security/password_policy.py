@@ -100,13 +100,9 @@ def _local_part(email: str | None) -> str | None:
 def _check_trivial(password: str) -> None:
     folded = _fold(password)
     if len(set(folded)) == 1:
-        raise PasswordRejected(
-            "Passwords cannot be one character repeated.", rule="repeated_character"
-        )
+        raise PasswordRejected("Passwords cannot be one character repeated.", rule="repeated_character")
     if _is_sequence(folded):
-        raise PasswordRejected(
-            "Passwords cannot be a simple sequence such as abcdef or 123456.", rule="sequence"
-        )
+        raise PasswordRejected("Passwords cannot be a simple sequence such as abcdef or 123456.", rule="sequence")
 
 
 def _is_sequence(folded: str) -> bool:
@@ -125,6 +121,4 @@ def _fold(text: str) -> str:
 def _common_passwords() -> frozenset[str]:
     # Loaded on first use, not on import: the CLI's other commands never need it.
     text = resources.files("idp").joinpath("data/common-passwords.txt").read_text("utf-8")
-    return frozenset(
-        _fold(line) for line in text.splitlines() if line and not line.startswith("#")
-    )
+    return frozenset(_fold(line) for line in text.splitlines() if line and not line.startswith("#"))

@@ -98,9 +98,7 @@ class PasswordHashing:
             time_cost=time_cost, memory_cost_kib=memory_cost_kib, parallelism=parallelism
         )
         # argon2-cffi releases the GIL, so these threads hash truly in parallel.
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.max_concurrent, thread_name_prefix="argon2"
-        )
+        self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="argon2")
         # The same bound for callers that run Argon2 on their own worker threads: taken once,
         # around the Argon2 call only (never nested), so the pool's threads take it once too.
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
@@ -209,10 +207,14 @@ class PasswordHashing:
         try:
             with self._slots:
                 dummy = hash_secret(
-                    secrets.token_bytes(32), os.urandom(self._hasher.salt_len),
-                    time_cost=parameters.time_cost, memory_cost=parameters.memory_cost,
-                    parallelism=parameters.parallelism, hash_len=self._hasher.hash_len,
-                    type=_TYPES[parameters.type_name], version=parameters.version,
+                    secrets.token_bytes(32),
+                    os.urandom(self._hasher.salt_len),
+                    time_cost=parameters.time_cost,
+                    memory_cost=parameters.memory_cost,
+                    parallelism=parameters.parallelism,
+                    hash_len=self._hasher.hash_len,
+                    type=_TYPES[parameters.type_name],
+                    version=parameters.version,
                 ).decode("ascii")
         except HashingError:
             if parameters == self.current:

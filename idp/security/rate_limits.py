@@ -27,6 +27,7 @@ A login's limits fit an office behind one NAT without helping a password sprayer
 - Per-IP keys are the address, or its /64 for IPv6 (a subscriber's prefix, whose
   addresses they may rotate through at will).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -100,8 +101,13 @@ class RateLimits:
         self._local = FixedWindowRateLimiter(MemoryStorage())
         self._shared: FixedWindowRateLimiter | None = None
         if settings.redis_url:
-            storage = RedisStorage(settings.redis_url, key_prefix="idp:limits", wrap_exceptions=True,
-                                   socket_timeout=0.5, socket_connect_timeout=0.5)
+            storage = RedisStorage(
+                settings.redis_url,
+                key_prefix="idp:limits",
+                wrap_exceptions=True,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+            )
             self._shared = FixedWindowRateLimiter(storage)
         self._shared_down_until = 0.0
         self._lock = threading.Lock()
@@ -176,5 +182,6 @@ class RateLimits:
             first = self._shared_down_until == 0.0 or time.monotonic() >= self._shared_down_until + FALLBACK_SECONDS
             self._shared_down_until = time.monotonic() + FALLBACK_SECONDS
         if first:
-            log.warning("rate limits: Redis unreachable (%s); counting per process until it answers again",
-                        type(exc).__name__)
+            log.warning(
+                "rate limits: Redis unreachable (%s); counting per process until it answers again", type(exc).__name__
+            )

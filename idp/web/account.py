@@ -10,6 +10,7 @@ Every refusal of idp/account (idp/account/errors.py) is answered in one place, `
 (for the JSON calls `answer_json`): the sign-in page, the re-authentication page, the
 account or set-up page again with the message beside its form, or an error page; a rate
 limit's refusal is the 429 page. idp/web/account_passkeys.py shares them."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,6 +60,7 @@ NOTICES = {
 
 # ---- the one place refusals are answered ----------------------------------------------------
 
+
 class RateLimited(Exception):
     """The login rate limits said no (before any code check or Argon2): the 429 page."""
 
@@ -69,6 +71,7 @@ class RateLimited(Exception):
 
 def form_action(handler: Callable[[Request, dict[str, str]], Awaitable[Response]]) -> Endpoint:
     """A form POST: the form read and its CSRF token checked first, then the handler."""
+
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         params = await read_form(request)
@@ -80,11 +83,13 @@ def form_action(handler: Callable[[Request, dict[str, str]], Awaitable[Response]
             return await answer(request, refusal)
         except RateLimited as limited:
             return too_many_page(request, limited.verdict)
+
     return endpoint
 
 
 def json_action(handler: Callable[[Request, dict[str, Any]], Awaitable[Response]]) -> Endpoint:
     """A JSON call of idp/static/passkeys.js: the body read and its CSRF token checked first."""
+
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         data = await read_json(request)
@@ -94,6 +99,7 @@ def json_action(handler: Callable[[Request, dict[str, Any]], Awaitable[Response]
             return await handler(request, data)
         except AccountRefused as refusal:
             return answer_json(refusal)
+
     return endpoint
 
 
@@ -110,19 +116,26 @@ async def answer(request: Request, refusal: AccountRefused) -> Response:
         except NotSignedIn:  # the session ended meanwhile
             return _see_other("/login")
         beside_password = refusal.section == "password"
-        return _account_page(request, account, status=refusal.status, error=None if beside_password else refusal.message,
-                             password_error=refusal.message if beside_password else None)
+        return _account_page(
+            request,
+            account,
+            status=refusal.status,
+            error=None if beside_password else refusal.message,
+            password_error=refusal.message if beside_password else None,
+        )
     return error_page(request, refusal.status, refusal.message)
 
 
 def answer_json(refusal: AccountRefused) -> Response:
     if isinstance(refusal, NeedsReauth):  # passkeys.js follows `redirect`
-        return JSONResponse({"error": refusal.message, "redirect": REAUTH_URL}, status_code=refusal.status,
-                            headers=NO_STORE)
+        return JSONResponse(
+            {"error": refusal.message, "redirect": REAUTH_URL}, status_code=refusal.status, headers=NO_STORE
+        )
     return json_error(refusal.status, refusal.message)
 
 
 # ---- handlers ----------------------------------------------------------------------------------
+
 
 async def account_page(request: Request) -> Response:
     try:
@@ -145,15 +158,17 @@ async def totp_confirm(request: Request, params: dict[str, str]) -> Response:
     services, caller, code = services_of(request), caller_of(request), params.get("code")
     who = await run_blocking(request, totp.begin_confirm, services, caller, code)
     await _throttle(request, who.username)
-    return await _new_backup_codes(request, await run_blocking(request, totp.finish_confirm, services, caller,
-                                                               who, code))
+    return await _new_backup_codes(
+        request, await run_blocking(request, totp.finish_confirm, services, caller, who, code)
+    )
 
 
 @form_action
 async def totp_disable(request: Request, params: dict[str, str]) -> Response:
     services, caller = services_of(request), caller_of(request)
-    started = await run_blocking(request, totp.begin_disable, services, caller, params.get("password"),
-                                 params.get("code"))
+    started = await run_blocking(
+        request, totp.begin_disable, services, caller, params.get("password"), params.get("code")
+    )
     await _throttle(request, started.username)
     password_ok = await services.hashing.verify_async(started.password_hash, started.password)
     await run_blocking(request, totp.finish_disable, services, caller, started, password_ok)
@@ -163,8 +178,9 @@ async def totp_disable(request: Request, params: dict[str, str]) -> Response:
 @form_action
 async def regenerate_backup_codes(request: Request, params: dict[str, str]) -> Response:
     services, caller = services_of(request), caller_of(request)
-    started = await run_blocking(request, backup_codes.begin_regeneration, services, caller, params.get("password"),
-                                 params.get("code"))
+    started = await run_blocking(
+        request, backup_codes.begin_regeneration, services, caller, params.get("password"), params.get("code")
+    )
     await _throttle(request, started.username)
     password_ok = await services.hashing.verify_async(started.password_hash, started.password)
     new = await run_blocking(request, backup_codes.verify_regeneration, services, caller, started, password_ok)
@@ -174,8 +190,15 @@ async def regenerate_backup_codes(request: Request, params: dict[str, str]) -> R
 @form_action
 async def change_password(request: Request, params: dict[str, str]) -> Response:
     services, caller = services_of(request), caller_of(request)
-    change = await run_blocking(request, password.begin_change, services, caller, params.get("current_password", ""),
-                                params.get("new_password", ""), params.get("confirm_password", ""))
+    change = await run_blocking(
+        request,
+        password.begin_change,
+        services,
+        caller,
+        params.get("current_password", ""),
+        params.get("new_password", ""),
+        params.get("confirm_password", ""),
+    )
     await _throttle(request, change.username)
     right = await services.hashing.verify_async(change.password_hash, change.current)
     new_hash = await services.hashing.hash_async(change.new) if right else None  # no hash for a refused change
@@ -188,8 +211,9 @@ async def change_password(request: Request, params: dict[str, str]) -> Response:
 async def end_one_session(request: Request, params: dict[str, str]) -> Response:
     """Signs out one other session of the user's (someone else's, or no such one: 404)."""
     services = services_of(request)
-    ended = await run_blocking(request, sessions.end_one, services, caller_of(request),
-                               request.path_params.get("session_id"))
+    ended = await run_blocking(
+        request, sessions.end_one, services, caller_of(request), request.path_params.get("session_id")
+    )
     schedule_backchannel(services, [ended])
     return _see_other("/account?done=session")
 
@@ -202,6 +226,7 @@ async def end_other_sessions(request: Request, params: dict[str, str]) -> Respon
 
 
 # ---- answers -----------------------------------------------------------------------------------
+
 
 async def _overview(request: Request) -> AccountOverview:
     return await run_blocking(request, get_overview, services_of(request), caller_of(request))
@@ -225,19 +250,46 @@ async def _new_backup_codes(request: Request, new: NewCodes) -> Response:
     return response
 
 
-def _account_page(request: Request, account: AccountOverview, *, status: int = 200, error: str | None = None,
-                  password_error: str | None = None, notice: str | None = None) -> Response:
-    response = render(request, "account.html", status=status, account=account, error=error, warn_at=WARN_AT,
-                      passkeys=passkey_views(account.passkeys), sessions=session_views(account.sessions),
-                      activity=activity_views(account.activity), password_error=password_error, notice=notice)
+def _account_page(
+    request: Request,
+    account: AccountOverview,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    password_error: str | None = None,
+    notice: str | None = None,
+) -> Response:
+    response = render(
+        request,
+        "account.html",
+        status=status,
+        account=account,
+        error=error,
+        warn_at=WARN_AT,
+        passkeys=passkey_views(account.passkeys),
+        sessions=session_views(account.sessions),
+        activity=activity_views(account.activity),
+        password_error=password_error,
+        notice=notice,
+    )
     response.headers.update(NO_STORE)
     return response
 
 
 def _setup_page(request: Request, setup: TotpSetup, *, error: str | None = None, status: int = 200) -> Response:
-    response = render(request, "account.html", status=status, account=setup, setup=True, secret=setup.secret,
-                      secret_grouped=setup.secret_grouped, qr_data_uri=setup.qr_data_uri,
-                      form_action="/account/totp/confirm", hidden={}, error=error)
+    response = render(
+        request,
+        "account.html",
+        status=status,
+        account=setup,
+        setup=True,
+        secret=setup.secret,
+        secret_grouped=setup.secret_grouped,
+        qr_data_uri=setup.qr_data_uri,
+        form_action="/account/totp/confirm",
+        hidden={},
+        error=error,
+    )
     response.headers.update(NO_STORE)
     return response
 

@@ -2,6 +2,7 @@
 by idp/static/passkeys.js), renaming and removal as forms. The logic is
 idp/account/passkeys.py's; refusals are answered by idp/web/account.py's one place (a JSON
 call that needs a fresh sign-in gets {"error", "redirect"} and passkeys.js follows it)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,15 +32,22 @@ async def register(request: Request, data: dict[str, Any]) -> Response:
 
 @form_action
 async def rename(request: Request, params: dict[str, str]) -> Response:
-    await run_blocking(request, passkeys.rename, services_of(request), caller_of(request),
-                       request.path_params.get("passkey_id"), params.get("name"))
+    await run_blocking(
+        request,
+        passkeys.rename,
+        services_of(request),
+        caller_of(request),
+        request.path_params.get("passkey_id"),
+        params.get("name"),
+    )
     return RedirectResponse("/account", status_code=303, headers=NO_STORE)
 
 
 @form_action
 async def remove(request: Request, params: dict[str, str]) -> Response:
     services = services_of(request)
-    ended = await run_blocking(request, passkeys.remove, services, caller_of(request),
-                               request.path_params.get("passkey_id"))
+    ended = await run_blocking(
+        request, passkeys.remove, services, caller_of(request), request.path_params.get("passkey_id")
+    )
     schedule_backchannel(services, ended)
     return RedirectResponse("/account", status_code=303, headers=NO_STORE)

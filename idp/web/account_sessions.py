@@ -4,6 +4,7 @@ lands back on /account), the back-channel logouts of sessions an action ended, a
 page's wording of what idp/account returns (times in UTC, devices from user agents).
 
 The rules themselves (recent sign-in, assurance level) are idp/account/reauth.py's."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -23,15 +24,29 @@ from idp.web.oauth_endpoints import request_ip
 from idp.web.services import Services
 from idp.web.user_agents import describe
 
-__all__ = ["REAUTH_URL", "ActivityView", "PasskeyView", "SessionView", "activity_views", "caller_of",
-           "needs_reauth", "passkey_views", "schedule_backchannel", "session_views", "utc_text"]
+__all__ = [
+    "REAUTH_URL",
+    "ActivityView",
+    "PasskeyView",
+    "SessionView",
+    "activity_views",
+    "caller_of",
+    "needs_reauth",
+    "passkey_views",
+    "schedule_backchannel",
+    "session_views",
+    "utc_text",
+]
 
 REAUTH_URL = "/login?reauth=1"
 
 
 def caller_of(request: Request) -> Caller:
-    return Caller(cookie=cookies.read(request, cookies.SESSION), ip=request_ip(request),
-                  user_agent=request.headers.get("user-agent"))
+    return Caller(
+        cookie=cookies.read(request, cookies.SESSION),
+        ip=request_ip(request),
+        user_agent=request.headers.get("user-agent"),
+    )
 
 
 def schedule_backchannel(services: Services, ended: Iterable[EndedSession]) -> None:
@@ -76,17 +91,40 @@ class ActivityView:
 
 
 def session_views(found: Iterable[LiveSession]) -> tuple[SessionView, ...]:
-    return tuple(SessionView(id=one.id, device=describe(one.user_agent), ip=one.ip or "unknown",
-                             created_at=utc_text(one.created_at), last_seen_at=utc_text(one.last_seen_at),
-                             current=one.current) for one in found)
+    return tuple(
+        SessionView(
+            id=one.id,
+            device=describe(one.user_agent),
+            ip=one.ip or "unknown",
+            created_at=utc_text(one.created_at),
+            last_seen_at=utc_text(one.last_seen_at),
+            current=one.current,
+        )
+        for one in found
+    )
 
 
 def passkey_views(found: Iterable[PasskeyEntry]) -> tuple[PasskeyView, ...]:
-    return tuple(PasskeyView(id=one.id, name=one.name, created_at=utc_text(one.created_at),
-                             last_used_at=utc_text(one.last_used_at) if one.last_used_at else None)
-                 for one in found)
+    return tuple(
+        PasskeyView(
+            id=one.id,
+            name=one.name,
+            created_at=utc_text(one.created_at),
+            last_used_at=utc_text(one.last_used_at) if one.last_used_at else None,
+        )
+        for one in found
+    )
 
 
 def activity_views(found: Iterable[ActivityEntry]) -> tuple[ActivityView, ...]:
-    return tuple(ActivityView(kind=one.kind, label=one.label, name=one.name, at=utc_text(one.at),
-                              device=describe(one.user_agent), ip=one.ip or "unknown") for one in found)
+    return tuple(
+        ActivityView(
+            kind=one.kind,
+            label=one.label,
+            name=one.name,
+            at=utc_text(one.at),
+            device=describe(one.user_agent),
+            ip=one.ip or "unknown",
+        )
+        for one in found
+    )

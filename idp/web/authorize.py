@@ -1,6 +1,7 @@
 """The authorization endpoint and its resumption after the login chain or the consent page
 (DESIGN.md §2: the OIDC layer parks the request as a login transaction, never asks for a
 password itself)."""
+
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -59,7 +60,9 @@ def step_up_alive(services: Services, tx: tx_store.LoginTransaction) -> bool:
         return is_live(db, tx.step_up_sid, tx.user_id)
 
 
-async def take_transaction(request: Request, tx_id: str | None, *, finished: bool) -> tx_store.LoginTransaction | Response:
+async def take_transaction(
+    request: Request, tx_id: str | None, *, finished: bool
+) -> tx_store.LoginTransaction | Response:
     """Single use, for resume (`finished`: only once the chain has finished) and the consent
     decision: the transaction is consumed atomically before anything is decided, so two
     requests racing with one id get one authorization between them."""
@@ -96,7 +99,11 @@ async def resume(request: Request) -> Response:
 
 
 async def run_authorization(
-    request: Request, params: dict[str, str], *, tx: tx_store.LoginTransaction | None = None, consent: bool | None = None
+    request: Request,
+    params: dict[str, str],
+    *,
+    tx: tx_store.LoginTransaction | None = None,
+    consent: bool | None = None,
 ) -> Outcome:
     services = services_of(request)
     ip = request_ip(request)
@@ -113,19 +120,32 @@ async def run_authorization(
             if acting_for and (current is None or current.sid != acting_for):
                 current = None  # the browser's session changed since (another user, a sign-out): start over
             oauth_request = IdpRequest(
-                method="GET", uri=f"{services.oidc.issuer}/authorize", headers=request.headers, params=params,
-                db=db, ctx=services.oidc, client_ip=ip,
+                method="GET",
+                uri=f"{services.oidc.issuer}/authorize",
+                headers=request.headers,
+                params=params,
+                db=db,
+                ctx=services.oidc,
+                client_ip=ip,
             )
             # "authenticated for this request" only if the chain ran in this very browser session
             fresh = tx is not None and current is not None and tx.authenticated_sid == current.sid
             factors = services.factors.factors_of(db, current.user) if current is not None else None
-            return decide(services.server, oauth_request, current, authenticated_now=fresh, consent_decision=consent,
-                          factors=factors)
+            return decide(
+                services.server,
+                oauth_request,
+                current,
+                authenticated_now=fresh,
+                consent_decision=consent,
+                factors=factors,
+            )
 
     return await run_blocking(request, unit_of_work)
 
 
-async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx: tx_store.LoginTransaction | None) -> Response:
+async def respond(
+    request: Request, outcome: Outcome, params: dict[str, str], tx: tx_store.LoginTransaction | None
+) -> Response:
     """The outcome as a response. A transaction passed in was already consumed (resume,
     consent decision); one that must live on (consent still to give) is saved again."""
     services = services_of(request)
@@ -146,18 +166,32 @@ async def respond(request: Request, outcome: Outcome, params: dict[str, str], tx
         # a new transaction for each pass that needs the chain: a step-up starts from what the
         # session holds, a (re-)authentication from nothing
         if outcome.step_up:
-            tx = tx_store.new_transaction(kept, kept.get("client_id", ""), outcome.client_name, outcome.login_hint,
-                                          requested_acr=outcome.requested_acr, user_id=outcome.session_user_id,
-                                          steps_done=tuple(m for m in outcome.session_amr if m in ("pwd", "otp")),
-                                          step_up_sid=outcome.session_sid, browser=browser)
+            tx = tx_store.new_transaction(
+                kept,
+                kept.get("client_id", ""),
+                outcome.client_name,
+                outcome.login_hint,
+                requested_acr=outcome.requested_acr,
+                user_id=outcome.session_user_id,
+                steps_done=tuple(m for m in outcome.session_amr if m in ("pwd", "otp")),
+                step_up_sid=outcome.session_sid,
+                browser=browser,
+            )
             target = "/login"
         else:
-            tx = tx_store.new_transaction(kept, kept.get("client_id", ""), outcome.client_name, outcome.login_hint,
-                                          requested_acr=outcome.requested_acr, browser=browser)
+            tx = tx_store.new_transaction(
+                kept,
+                kept.get("client_id", ""),
+                outcome.client_name,
+                outcome.login_hint,
+                requested_acr=outcome.requested_acr,
+                browser=browser,
+            )
             target = "/login"
     else:
-        tx = tx or tx_store.new_transaction(kept, kept.get("client_id", ""), outcome.client_name, None,
-                                            browser=browser, consent_sid=outcome.session_sid)
+        tx = tx or tx_store.new_transaction(
+            kept, kept.get("client_id", ""), outcome.client_name, None, browser=browser, consent_sid=outcome.session_sid
+        )
         target = "/consent"
     # until a step saves it again (for login_ttl_seconds), a new transaction waits only briefly
     ttl = services.settings.login_ttl_seconds if carried_on else services.settings.login_untouched_ttl_seconds
@@ -176,8 +210,14 @@ def to_client(request: Request, outcome: RedirectToClient) -> Response:
     page whose form POSTs it there, the only place that page's CSP lets a form go."""
     if not outcome.form_post:
         return RedirectResponse(outcome.location, status_code=303, headers=NO_STORE)
-    response = render(request, "form_post.html", action=outcome.redirect_uri, fields=outcome.response,
-                      form_targets=redirect_source(outcome.redirect_uri), self_form_action=False)
+    response = render(
+        request,
+        "form_post.html",
+        action=outcome.redirect_uri,
+        fields=outcome.response,
+        form_targets=redirect_source(outcome.redirect_uri),
+        self_form_action=False,
+    )
     response.headers.update(NO_STORE)
     return response
 

@@ -4,6 +4,7 @@ backoff, is bounded in time, and every outcome is audited. In the server it runs
 request path (a task on the event loop); deliveries in flight when a process stops are lost,
 and the RPs' own session lifetimes are the backstop (documented in the README). The CLI's
 `user disable` and `user reset-mfa` deliver before they return (`deliver_all`)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,6 +34,7 @@ _in_flight: set[asyncio.Task[Delivered]] = set()
 @dataclass(frozen=True)
 class Sender:
     """What a delivery needs: who we are, the key that signs, the RPs' URIs, the audit."""
+
     issuer: str
     keys: KeyCache
     clients: ClientRegistry
@@ -62,7 +64,9 @@ def schedule(services: Services, ended: EndedSession) -> None:
 
 async def deliver_all(sender: Sender, ended: list[EndedSession]) -> list[Delivered]:
     """Every delivery for these ended sessions, at once, waiting for all (at most TOTAL_SECONDS)."""
-    deliveries = [_deliver(sender, client_id, uri, one) for one in ended for client_id, uri in _destinations(sender, one)]
+    deliveries = [
+        _deliver(sender, client_id, uri, one) for one in ended for client_id, uri in _destinations(sender, one)
+    ]
     return list(await asyncio.gather(*deliveries))
 
 
@@ -103,10 +107,11 @@ async def _post_with_retries(sender: Sender, client_id: str, uri: str, ended: En
     async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_SECONDS, follow_redirects=False) as http:
         alg = id_token_alg(sender.clients.get(client_id))  # Back-Channel Logout §2.6: the alg of its ID tokens
         for attempt in range(ATTEMPTS):
-            token = logout_token(sender.issuer, sender.keys, client_id=client_id, sub=ended.subject, sid=ended.sid, alg=alg)
+            token = logout_token(
+                sender.issuer, sender.keys, client_id=client_id, sub=ended.subject, sid=ended.sid, alg=alg
+            )
             try:
-                response = await http.post(uri, data={"logout_token": token},
-                                           headers={"cache-control": "no-store"})
+                response = await http.post(uri, data={"logout_token": token}, headers={"cache-control": "no-store"})
                 if response.status_code in (200, 204):
                     return "success", f"HTTP {response.status_code}"
                 detail = f"HTTP {response.status_code}"
@@ -121,5 +126,12 @@ async def _post_with_retries(sender: Sender, client_id: str, uri: str, ended: En
 
 def _audit(sender: Sender, client_id: str, ended: EndedSession, outcome: str, detail: str) -> None:
     with sender.sessions.begin() as db:
-        record_audit(db, "logout.backchannel", user_id=ended.user_id, client_id=client_id, outcome=outcome,
-                     sid=ended.sid, result=detail)
+        record_audit(
+            db,
+            "logout.backchannel",
+            user_id=ended.user_id,
+            client_id=client_id,
+            outcome=outcome,
+            sid=ended.sid,
+            result=detail,
+        )

@@ -3,6 +3,7 @@ short (tens of microseconds), and a hop to the threadpool costs more than the ca
 (measured: token requests +60% throughput inline), so it runs on the event loop. With
 PostgreSQL or Redis a call waits on the network, so it runs in Starlette's threadpool
 and the loop keeps serving. Argon2 never comes here: it has its own bounded pool."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

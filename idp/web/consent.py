@@ -1,5 +1,6 @@
 """The consent page: Allow or Deny for a client and a scope set (remembered per user,
 client and scopes; prompt=consent asks again; first-party clients skip it)."""
+
 from __future__ import annotations
 
 from starlette.requests import Request
@@ -31,11 +32,18 @@ async def show_consent(request: Request) -> Response:
         return tx
     scopes = (tx.params.get("scope") or "openid").split()
     client = services_of(request).oidc.clients.get(tx.client_id)
-    about = {key: client.config.get(key) for key in ("logo_uri", "client_uri", "policy_uri", "tos_uri")} if client else {}
+    about = (
+        {key: client.config.get(key) for key in ("logo_uri", "client_uri", "policy_uri", "tos_uri")} if client else {}
+    )
     logo_origin = origin_of(about.get("logo_uri"))  # https only, checked by the clients file
     response = render(
-        request, "consent.html", tx=tx, client_name=tx.client_name, about=about,
-        scopes=[SCOPE_TEXT.get(s, s) for s in scopes], form_targets=redirect_origin(tx.params),
+        request,
+        "consent.html",
+        tx=tx,
+        client_name=tx.client_name,
+        about=about,
+        scopes=[SCOPE_TEXT.get(s, s) for s in scopes],
+        form_targets=redirect_origin(tx.params),
         image_origins=(logo_origin,) if logo_origin else (),
     )
     response.headers.update(NO_STORE)

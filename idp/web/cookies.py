@@ -1,6 +1,7 @@
 """The cookies idp sets in a browser, each under one name: `__Host-` prefixed when the
 issuer is https (RFC 6265bis §4.1.3.2: Secure, Path=/ and no Domain, so neither a sibling
 subdomain nor a plain-http page can plant or overwrite one), always HttpOnly and Lax."""
+
 from __future__ import annotations
 
 from starlette.requests import Request
@@ -28,8 +29,9 @@ def read(request: Request, base: str) -> str | None:
 
 
 def put(response: Response, request: Request, base: str, value: str, *, max_age: int | None = None) -> None:
-    response.set_cookie(name(request, base), value, max_age=max_age, path="/", secure=_secure(request),
-                        httponly=True, samesite="lax")
+    response.set_cookie(
+        name(request, base), value, max_age=max_age, path="/", secure=_secure(request), httponly=True, samesite="lax"
+    )
 
 
 def remove(response: Response, request: Request, base: str) -> None:

@@ -5,6 +5,7 @@ authenticated (for userinfo: the client the token was issued to), so one client'
 cannot read another's responses. Never Access-Control-Allow-Credentials: these endpoints
 take no cookies. Discovery and JWKS are public documents (`*`, static_documents.py);
 introspection is for resource servers, not browsers, and has no CORS at all."""
+
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -20,22 +21,30 @@ def preflight(request: Request, *, methods: tuple[str, ...]) -> Response:
     origin = request.headers.get("origin")
     registered = request.app.state.services.oidc.clients.cors_origins()
     if origin is None or origin not in registered:
-        return _refused("This origin is not registered for any client (allowed_cors_origins, or the "
-                        "redirect_uris of a public client).")
+        return _refused(
+            "This origin is not registered for any client (allowed_cors_origins, or the "
+            "redirect_uris of a public client)."
+        )
     if request.headers.get("access-control-request-method") not in methods:
         return _refused(f"Only {', '.join(methods)} is allowed here.")
-    return Response(status_code=204, headers={
-        "access-control-allow-origin": origin,
-        "access-control-allow-methods": ", ".join(methods),
-        "access-control-allow-headers": ALLOW_HEADERS,
-        "access-control-max-age": str(PREFLIGHT_MAX_AGE_SECONDS),
-        "vary": "Origin",
-    })
+    return Response(
+        status_code=204,
+        headers={
+            "access-control-allow-origin": origin,
+            "access-control-allow-methods": ", ".join(methods),
+            "access-control-allow-headers": ALLOW_HEADERS,
+            "access-control-max-age": str(PREFLIGHT_MAX_AGE_SECONDS),
+            "vary": "Origin",
+        },
+    )
 
 
 def _refused(description: str) -> Response:
-    return JSONResponse({"error": "invalid_request", "error_description": description}, status_code=403,
-                        headers={"vary": "Origin", "cache-control": "no-store"})
+    return JSONResponse(
+        {"error": "invalid_request", "error_description": description},
+        status_code=403,
+        headers={"vary": "Origin", "cache-control": "no-store"},
+    )
 
 
 def allow(request: Request, response: Response, origins: Collection[str]) -> Response:

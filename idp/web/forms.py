@@ -1,5 +1,6 @@
 """Reading a hosted page's form: parameters read once, then the CSRF check, before any
 handler logic runs. A refusal is a page, never a redirect."""
+
 from __future__ import annotations
 
 from starlette.requests import Request

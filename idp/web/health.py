@@ -1,6 +1,7 @@
 """Health endpoints for load balancers and orchestrators: /healthz says the process
 answers; /readyz says it can serve (database reachable, schema current, state store
 reachable) and answers 503 naming what is not."""
+
 from __future__ import annotations
 
 from sqlalchemy import text
@@ -20,8 +21,11 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     checks = await run_blocking(request, _checks, services_of(request))
     ready = all(checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503, headers=NO_STORE)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+        headers=NO_STORE,
+    )
 
 
 def _checks(services: Services) -> dict[str, bool]:

@@ -1,5 +1,6 @@
 """The site root: says who is signed in (and lets them sign out), and the icon browsers
 ask for at /favicon.ico."""
+
 from __future__ import annotations
 
 from starlette.requests import Request

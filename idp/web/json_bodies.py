@@ -1,5 +1,6 @@
 """JSON bodies of the passkey ceremonies (idp/static/passkeys.js): every call carries the
 page's CSRF token in its JSON body; answers are JSON, errors {"error": …} with a 4xx status."""
+
 from __future__ import annotations
 
 import json
@@ -38,5 +39,3 @@ async def read_json(request: Request) -> dict[str, Any] | Response:
 
 def options_response(challenge_id: str, options_json: str) -> Response:
     return JSONResponse({"challenge_id": challenge_id, "publicKey": json.loads(options_json)}, headers=NO_STORE)
-
-

@@ -2,6 +2,7 @@
 Each handler parses the request, makes one call into the flow (idp/login/flow.py) in the
 threadpool, and turns what comes back into a response; refusals are handled in one place
 (`_refused`). Nothing about the chain is decided here."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -42,9 +43,13 @@ def flow_of(request: Request) -> LoginFlow:
 
 
 def attempt_of(request: Request) -> Attempt:
-    return Attempt(ip=request_ip(request), user_agent=request.headers.get("user-agent"),
-                   browser=login_binding.presented(request), new_browser=login_binding.for_new_transaction(request),
-                   session_cookie=cookies.read(request, cookies.SESSION))
+    return Attempt(
+        ip=request_ip(request),
+        user_agent=request.headers.get("user-agent"),
+        browser=login_binding.presented(request),
+        new_browser=login_binding.for_new_transaction(request),
+        session_cookie=cookies.read(request, cookies.SESSION),
+    )
 
 
 def step_url(step: str, tx_id: str) -> str:
@@ -59,13 +64,17 @@ async def _in_thread(call: Callable[..., T], *args: object) -> T:
 
 # ---- pages and forms -----------------------------------------------------------------------
 
+
 async def show_login(request: Request) -> Response:
     """/login: the first step; for a transaction whose chain already named its user (a
     step-up), the step the chain is on."""
     tx_id = request.query_params.get("tx")
     try:
-        onward = None if tx_id is None else await run_blocking(request, flow_of(request).where_next, tx_id,
-                                                               attempt_of(request))
+        onward = (
+            None
+            if tx_id is None
+            else await run_blocking(request, flow_of(request).where_next, tx_id, attempt_of(request))
+        )
         if onward is not None:
             return RedirectResponse(step_url(onward.step, onward.tx.id), status_code=303, headers=NO_STORE)
         return await _show(request, FIRST_STEP, tx_id)
@@ -110,9 +119,16 @@ async def _submit(request: Request, step: str) -> Response:
 
 def _page(request: Request, view: StepView, *, error: str | None = None, status: int = 200) -> Response:
     tx = view.tx
-    response = render(request, view.template, status=status, tx=tx, error=error,
-                      client_name=(tx.client_name or None) if tx else None,
-                      form_targets=redirect_source(tx.params.get("redirect_uri")) if tx else (), **view.context)
+    response = render(
+        request,
+        view.template,
+        status=status,
+        tx=tx,
+        error=error,
+        client_name=(tx.client_name or None) if tx else None,
+        form_targets=redirect_source(tx.params.get("redirect_uri")) if tx else (),
+        **view.context,
+    )
     response.headers.update(NO_STORE)
     return response
 
@@ -151,8 +167,9 @@ def _unmet(request: Request, outcome: Unmet) -> Response:
     redirect_uri = tx.params.get("redirect_uri")
     if not tx.client_id or not redirect_uri:
         return error_page(request, 403, "Your account cannot sign in at the level asked for.")
-    return error_to_client(request, tx.params, "unmet_authentication_requirements",
-                           "The user cannot authenticate at the level requested.")
+    return error_to_client(
+        request, tx.params, "unmet_authentication_requirements", "The user cannot authenticate at the level requested."
+    )
 
 
 def error_to_client(request: Request, params: Mapping[str, str], error: str, description: str) -> Response:
@@ -166,8 +183,15 @@ def error_to_client(request: Request, params: Mapping[str, str], error: str, des
         fields["state"] = params["state"]
     fields["iss"] = services_of(request).oidc.issuer
     separator = "&" if urlsplit(redirect_uri).query else "?"
-    return to_client(request, RedirectToClient(redirect_uri + separator + urlencode(fields), redirect_uri,
-                                               tuple(fields.items()), params.get("response_mode") == "form_post"))
+    return to_client(
+        request,
+        RedirectToClient(
+            redirect_uri + separator + urlencode(fields),
+            redirect_uri,
+            tuple(fields.items()),
+            params.get("response_mode") == "form_post",
+        ),
+    )
 
 
 def _refused(request: Request, refusal: FlowRefused) -> Response:
@@ -177,8 +201,7 @@ def _refused(request: Request, refusal: FlowRefused) -> Response:
     if isinstance(refusal, TransactionGone) and refusal.parked and refusal.parked.get("redirect_uri"):
         # the request's redirect_uri was verified when it was parked: the page's button goes
         # back to the RP with the error, state and iss
-        return error_page(request, refusal.status, refusal.message,
-                          return_to=_return_link(request, refusal.parked))
+        return error_page(request, refusal.status, refusal.message, return_to=_return_link(request, refusal.parked))
     return error_page(request, refusal.status, refusal.message)
 
 
@@ -208,12 +231,14 @@ async def passkey_options(request: Request) -> Response:
     limits = [("passkey_options_ip", attempt.ip or "-")] + ([("login_account", username)] if username else [])
     tx_id = data.get("tx") if isinstance(data.get("tx"), str) else None
     try:
-        challenge = await run_blocking(request, flow_of(request).challenge, "passkey", tx_id,
-                                       {"username": username}, attempt, limits)
+        challenge = await run_blocking(
+            request, flow_of(request).challenge, "passkey", tx_id, {"username": username}, attempt, limits
+        )
     except TransactionGone:
         # not (or no longer) a transaction of this browser's: signing in to idp itself
-        challenge = await run_blocking(request, flow_of(request).challenge, "passkey", None,
-                                       {"username": username}, attempt, limits)
+        challenge = await run_blocking(
+            request, flow_of(request).challenge, "passkey", None, {"username": username}, attempt, limits
+        )
     except TooManyAttempts as refusal:
         return too_many_json(refusal.verdict)
     except FlowRefused as refusal:
@@ -241,4 +266,3 @@ async def passkey_verify(request: Request) -> Response:
     if "location" not in answer.headers:  # a page instead of a redirect (form_post to the RP): no way on in JSON
         return json_error(401, SIGN_IN_FAILED)
     return copy_cookies(answer, JSONResponse({"redirect": answer.headers["location"]}, headers=NO_STORE))
-

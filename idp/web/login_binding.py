@@ -6,6 +6,7 @@ time, so a transaction id alone (seen in a URL, a log or a Referer) is worth not
 another browser. One secret per browser rather than a cookie per transaction: sign-ins in
 several tabs each keep working, and a page that opens many sign-ins cannot grow the
 browser's cookies past what servers accept."""
+
 from __future__ import annotations
 
 from starlette.requests import Request

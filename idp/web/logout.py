@@ -2,6 +2,7 @@
 signing out from idp's own pages. A request tied to the browser's session by its
 id_token_hint (same sid, or same subject) signs out at once; anything else asks the user
 to confirm, so a third-party page cannot sign people out by embedding a link."""
+
 from __future__ import annotations
 
 from starlette.requests import Request
@@ -51,17 +52,27 @@ async def _sign_out(request: Request, params: dict[str, str], *, confirmed: bool
     state = params.get("state", "")[:2048] or None
 
     session = await run_blocking(request, _current_session, services, cookies.read(request, cookies.SESSION))
-    tied = session is not None and hint is not None and (
-        (hint.sid is not None and hint.sid == session[1]) or (hint.sid is None and hint.sub == session[2]))
+    tied = (
+        session is not None
+        and hint is not None
+        and ((hint.sid is not None and hint.sid == session[1]) or (hint.sid is None and hint.sub == session[2]))
+    )
     if session is not None and not (tied or confirmed):
-        response = render(request, "logout_confirm.html", client_name=client.client_name if client else None,
-                          client_id=client_id or "", redirect=redirect or "", state=state or "",
-                          form_targets=redirect_source(redirect))  # the confirmed POST ends there
+        response = render(
+            request,
+            "logout_confirm.html",
+            client_name=client.client_name if client else None,
+            client_id=client_id or "",
+            redirect=redirect or "",
+            state=state or "",
+            form_targets=redirect_source(redirect),
+        )  # the confirmed POST ends there
         response.headers.update(NO_STORE)
         return response
     if session is not None:
-        ended = await run_blocking(request, _end, services, session[0], request_ip(request),
-                                   request.headers.get("user-agent"), client_id)
+        ended = await run_blocking(
+            request, _end, services, session[0], request_ip(request), request.headers.get("user-agent"), client_id
+        )
         if ended is not None:
             backchannel.schedule(services, ended)
     if redirect:
@@ -95,6 +106,15 @@ def _end(services: Services, session_id: int, ip: str | None, agent: str | None,
     with services.sessions.begin() as db:
         ended = end_session(db, session_id)
         if ended is not None:
-            record_audit(db, "logout", user_id=ended.user_id, client_id=client_id, ip=ip, user_agent=agent,
-                         outcome="success", sid=ended.sid, clients=list(ended.clients))
+            record_audit(
+                db,
+                "logout",
+                user_id=ended.user_id,
+                client_id=client_id,
+                ip=ip,
+                user_agent=agent,
+                outcome="success",
+                sid=ended.sid,
+                clients=list(ended.clients),
+            )
         return ended

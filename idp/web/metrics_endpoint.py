@@ -3,6 +3,7 @@ judged on the client address as worked out with IDP_TRUSTED_PROXIES, so a reques
 by nginx for an outside client is refused even though nginx itself is on loopback. The
 figures are not secrets, but they tell an attacker how well an attack is going (failed
 logins, lockouts, rate-limit hits); deploy/nginx.conf also refuses the path outright."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -25,9 +26,9 @@ async def metrics(request: Request) -> Response:
     except ValueError:
         address = None
     if address is None or not any(address in network for network in allowed):
-        return PlainTextResponse("Forbidden: /metrics is served to IDP_METRICS_ALLOWED only", status_code=403,
-                                 headers=NO_STORE)
+        return PlainTextResponse(
+            "Forbidden: /metrics is served to IDP_METRICS_ALLOWED only", status_code=403, headers=NO_STORE
+        )
     # multi-process mode reads one file per worker: off the event loop
     body, content_type = await run_in_threadpool(exposition)
     return Response(body, media_type=content_type, headers=NO_STORE)
-

@@ -1,6 +1,7 @@
 """HTTP glue for the machine-facing endpoints: token, revocation, introspection, userinfo,
 discovery and JWKS. Read the request once, run the sync OAuth core in the threadpool
 with one unit of work, turn its result into a response."""
+
 from __future__ import annotations
 
 import base64
@@ -66,8 +67,13 @@ async def _run_endpoint(request: Request, call: Any, *, cors_allowed: bool = Fal
     def unit_of_work() -> tuple[OAuthResponse, frozenset[str]]:
         with services.sessions.begin() as db:
             oauth_request = IdpRequest(
-                method="POST", uri=f"{services.oidc.issuer}{request.url.path}", headers=request.headers,
-                params=params, db=db, ctx=services.oidc, client_ip=ip,
+                method="POST",
+                uri=f"{services.oidc.issuer}{request.url.path}",
+                headers=request.headers,
+                params=params,
+                db=db,
+                ctx=services.oidc,
+                client_ip=ip,
             )
             result = call(services.server, oauth_request)
             # the client that authenticated in this request, if it got that far
@@ -100,8 +106,9 @@ async def token(request: Request) -> Response:
 
 
 async def revoke(request: Request) -> Response:
-    return await _run_endpoint(request, lambda server, req: server.create_endpoint_response("revocation", req),
-                               cors_allowed=True)
+    return await _run_endpoint(
+        request, lambda server, req: server.create_endpoint_response("revocation", req), cors_allowed=True
+    )
 
 
 async def introspect(request: Request) -> Response:
@@ -137,7 +144,9 @@ async def _bearer_token(request: Request, services: Services) -> str | None:
     header = request.headers.get("authorization", "")
     from_header = header[7:].strip() if header[:7].lower() == "bearer " else None
     from_body = None
-    if request.method == "POST" and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+    if request.method == "POST" and request.headers.get("content-type", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
         from_body = (await read_params(request, max_bytes=services.settings.max_body_bytes)).get("access_token")
     if from_header and from_body:
         raise BadParameters("Send the access token in one place only.")  # RFC 6750 §2

@@ -4,6 +4,7 @@ response header, the latency and status in the Prometheus metrics, and one JSON 
 
 An exception nothing else handled is answered here with a plain 500, after logging it with
 the request id, so that even that answer carries the id the operator will search for."""
+
 from __future__ import annotations
 
 import logging
@@ -74,7 +75,8 @@ class RequestObservationMiddleware:
             if responded:
                 raise  # the answer is already on its way: the server cuts the connection
             await PlainTextResponse("Internal error", status_code=500, headers={"cache-control": "no-store"})(
-                scope, receive, send_with_id)
+                scope, receive, send_with_id
+            )
         finally:
             current_request_id.reset(context_token)
             seconds = time.perf_counter() - started_at
@@ -83,8 +85,15 @@ class RequestObservationMiddleware:
             if access_log.enabled():
                 ip = client_ip(peer, joined_forwarded_for(forwarded) if from_proxy else None, self.trusted)
                 access_log.write_request_line(
-                    request_id=request_id, method=scope["method"], path=scope["path"], endpoint=endpoint, status=status,
-                    seconds=seconds, ip=ip, user_agent=agent.decode("latin-1") if agent else None)
+                    request_id=request_id,
+                    method=scope["method"],
+                    path=scope["path"],
+                    endpoint=endpoint,
+                    status=status,
+                    seconds=seconds,
+                    ip=ip,
+                    user_agent=agent.decode("latin-1") if agent else None,
+                )
 
     def _endpoint(self, scope: Scope) -> str:
         route = scope.get("route")

@@ -1,5 +1,6 @@
 """Rendering hosted pages: Jinja2 (autoescaped) with the CSRF token of this browser, and
 the cookie that token is bound to."""
+
 from __future__ import annotations
 
 import re
@@ -43,11 +44,21 @@ def check_form_csrf(request: Request, params: dict[str, str]) -> bool:
     return csrf.check_csrf(services.keyring, cookies.read(request, cookies.CSRF), params.get(csrf.FIELD_NAME))
 
 
-def render(request: Request, template: str, *, status: int = 200, form_targets: tuple[str, ...] = (),
-           image_origins: tuple[str, ...] = (), self_form_action: bool = True, **context: Any) -> Response:
+def render(
+    request: Request,
+    template: str,
+    *,
+    status: int = 200,
+    form_targets: tuple[str, ...] = (),
+    image_origins: tuple[str, ...] = (),
+    self_form_action: bool = True,
+    **context: Any,
+) -> Response:
     services = request.app.state.services
     cookie = csrf_cookie_of(request)
-    context.update(csrf_field=csrf.FIELD_NAME, csrf_token=csrf.csrf_token_for(services.keyring, cookie), request=request)
+    context.update(
+        csrf_field=csrf.FIELD_NAME, csrf_token=csrf.csrf_token_for(services.keyring, cookie), request=request
+    )
     html = _env.get_template(template).render(**context)
     response = HTMLResponse(html, status_code=status)
     # browsers apply form-action to every redirect after a form POST: a page whose form can end
@@ -72,8 +83,9 @@ def redirect_source(uri: str | None) -> tuple[str, ...]:
     return (origin,) if origin else ()
 
 
-def build_csp(form_targets: tuple[str, ...] = (), image_origins: tuple[str, ...] = (),
-              self_form_action: bool = True) -> str:
+def build_csp(
+    form_targets: tuple[str, ...] = (), image_origins: tuple[str, ...] = (), self_form_action: bool = True
+) -> str:
     """`image_origins`: exactly the origins of images a page shows from elsewhere (an RP's
     registered https logo on the consent page); `self_form_action` False: the page's forms
     may go to `form_targets` only (the form_post page)."""
@@ -88,16 +100,19 @@ def build_csp(form_targets: tuple[str, ...] = (), image_origins: tuple[str, ...]
 @dataclass(frozen=True)
 class NextAction:
     """What an error page tells the user to do next, and the link that does it."""
+
     advice: str
     label: str
     href: str
 
 
 _ACCOUNT_NEXT = NextAction("Go back to your account page and try again.", "Back to your account", "/account")
-_LOGOUT_NEXT = NextAction("Go back to the application you came from, or sign out from idp's home page.",
-                          "Go to idp's home page", "/")
-_SIGN_IN_NEXT = NextAction("Go back to the application you came from and start signing in again from there.",
-                           "Go to idp's home page", "/")
+_LOGOUT_NEXT = NextAction(
+    "Go back to the application you came from, or sign out from idp's home page.", "Go to idp's home page", "/"
+)
+_SIGN_IN_NEXT = NextAction(
+    "Go back to the application you came from and start signing in again from there.", "Go to idp's home page", "/"
+)
 
 
 def next_action(path: str) -> NextAction:
@@ -114,8 +129,15 @@ def error_page(request: Request, status: int, message: str, *, return_to: str | 
     page's CSP needs no form-action for it."""
     if return_to is not None and not redirect_source(return_to):
         raise ValueError("return_to must be an RP's verified http(s) or private-use-scheme redirect URI")
-    response = render(request, "error.html", status=status, message=message, return_to=return_to,
-                      next_action=next_action(request.url.path), request_id=current_request_id.get())
+    response = render(
+        request,
+        "error.html",
+        status=status,
+        message=message,
+        return_to=return_to,
+        next_action=next_action(request.url.path),
+        request_id=current_request_id.get(),
+    )
     response.headers.update({"cache-control": "no-store", "pragma": "no-cache"})
     return response
 

@@ -1,6 +1,7 @@
 """Reads a request's parameters once, refusing what no honest client sends: oversized
 bodies, too many or too long parameters, duplicates (RFC 6749 §3.1, §3.2), NUL bytes
 and non-UTF-8. The OAuth layer then sees a plain dict."""
+
 from __future__ import annotations
 
 from urllib.parse import parse_qsl

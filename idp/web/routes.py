@@ -1,4 +1,5 @@
 """Every URL idp serves, on one screen."""
+
 from __future__ import annotations
 
 from starlette.routing import Mount, Route

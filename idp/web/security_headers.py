@@ -1,6 +1,7 @@
 """Security headers on every response (pure ASGI): a strict CSP with frame-ancestors
 'none' unless the page set its own, no sniffing, no referrer leaks, HSTS over https.
 Headers are precomputed bytes appended when absent: this runs on every request."""
+
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

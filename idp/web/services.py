@@ -1,4 +1,5 @@
 """The services a request handler may use, built once by the composition root."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

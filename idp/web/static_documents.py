@@ -1,6 +1,7 @@
 """Discovery and JWKS answered before routing (pure ASGI): they are the most requested
 documents, the same bytes for everyone, and need no request parsing (routes.py notes
 them in its URL map)."""
+
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -10,11 +11,17 @@ from idp.web.services import Services
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/jwks"
-_DISCOVERY_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"public, max-age=300"),
-                      (b"access-control-allow-origin", b"*")]
+_DISCOVERY_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"public, max-age=300"),
+    (b"access-control-allow-origin", b"*"),
+]
 # application/json rather than jwk-set+json: older RP libraries warn on the latter
-_JWKS_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", f"public, max-age={JWKS_MAX_AGE_SECONDS}".encode()),
-                 (b"access-control-allow-origin", b"*")]
+_JWKS_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", f"public, max-age={JWKS_MAX_AGE_SECONDS}".encode()),
+    (b"access-control-allow-origin", b"*"),
+]
 
 
 class StaticDocumentsMiddleware:
@@ -46,7 +53,10 @@ async def _send(send: Send, scope: Scope, headers: list[tuple[bytes, bytes]], bo
 
 async def _method_not_allowed(send: Send) -> None:
     body = b"Method Not Allowed"
-    headers = [(b"allow", b"GET, HEAD"), (b"content-type", b"text/plain; charset=utf-8"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"allow", b"GET, HEAD"),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     await send({"type": "http.response.start", "status": 405, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -3,6 +3,7 @@ clients, Retry-After for both), the checks in front of a credential step and the
 of the failure budget after one failed, the site-wide per-IP middleware, and the audit of
 refusals (the first refusal of a key per window is audited, not every one: a flood must
 not turn into a flood of database writes)."""
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,8 @@ def retry_message(seconds: int) -> str:
 
 def too_many_json(verdict: Verdict) -> Response:
     return JSONResponse(
-        {"error": "too_many_requests", "error_description": retry_message(verdict.retry_after)}, status_code=429,
+        {"error": "too_many_requests", "error_description": retry_message(verdict.retry_after)},
+        status_code=429,
         headers={"retry-after": str(verdict.retry_after), "cache-control": "no-store", "pragma": "no-cache"},
     )
 
@@ -57,8 +59,9 @@ def credential_checks(ip: str | None, account: str | None = None) -> list[tuple[
     return checks + ([("login_account", account)] if account is not None else [])
 
 
-async def check_limits(request: Request, checks: Sequence[tuple[str, str]], *, ip: str | None,
-                       client_id: str | None = None) -> Verdict:
+async def check_limits(
+    request: Request, checks: Sequence[tuple[str, str]], *, ip: str | None, client_id: str | None = None
+) -> Verdict:
     """Admits the request under every (scope, key) in order (RateLimits.admit: counted, or
     for a failure budget tested) and returns the first refusal, audited."""
     services: Services = request.app.state.services
@@ -69,8 +72,17 @@ async def check_limits(request: Request, checks: Sequence[tuple[str, str]], *, i
         else:
             verdict = limits.admit(scope, key)
         if not verdict.allowed:
-            await run_blocking(request, audit_refusal, services, verdict, key, ip, client_id,
-                               request.headers.get("user-agent"), request.url.path)
+            await run_blocking(
+                request,
+                audit_refusal,
+                services,
+                verdict,
+                key,
+                ip,
+                client_id,
+                request.headers.get("user-agent"),
+                request.url.path,
+            )
             return verdict
     return ALLOWED
 
@@ -85,10 +97,26 @@ async def record_failed_check(request: Request, ip: str | None) -> None:
         limits.record("login_failures_ip", ip or "-")
 
 
-def audit_refusal(services: Services, verdict: Verdict, key: str, ip: str | None, client_id: str | None,
-                  user_agent: str | None, path: str) -> None:
-    refusals.audit_refusal(services.sessions, services.store, services.keyring, verdict, key, ip=ip,
-                           client_id=client_id, user_agent=user_agent, path=path)
+def audit_refusal(
+    services: Services,
+    verdict: Verdict,
+    key: str,
+    ip: str | None,
+    client_id: str | None,
+    user_agent: str | None,
+    path: str,
+) -> None:
+    refusals.audit_refusal(
+        services.sessions,
+        services.store,
+        services.keyring,
+        verdict,
+        key,
+        ip=ip,
+        client_id=client_id,
+        user_agent=user_agent,
+        path=path,
+    )
 
 
 class SiteRateLimitMiddleware:
@@ -106,7 +134,9 @@ class SiteRateLimitMiddleware:
         peer = scope["client"][0] if scope.get("client") else None
         forwarded = None
         if self.services.trusted_proxies:
-            forwarded = joined_forwarded_for([v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"])
+            forwarded = joined_forwarded_for(
+                [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            )
         ip = client_ip(peer, forwarded, self.services.trusted_proxies)
         verdict = self.services.rate_limits.hit("site_ip", ip or "-")
         if verdict.allowed:

@@ -1,6 +1,7 @@
 """Helpers the /account tests share: signing in with the password and then a TOTP code,
 following the login chain wherever it sends the browser (the step's own form, its action
 and hidden fields read from the page, never a hard-coded step URL)."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,9 @@ def sign_in_with_code(client: TestClient, secret: str, at: float, username: str 
     """The password, then the TOTP code for time `at`: the browser's session reaches mfa
     (a new session, or this browser's own renewed) and the chain lands on /account."""
     csrf = form_value(client.get("/login").text, "csrf_token")
-    response = client.post("/login", data={"csrf_token": csrf, "username": username, "password": PASSWORD},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"csrf_token": csrf, "username": username, "password": PASSWORD}, follow_redirects=False
+    )
     assert response.status_code == 303, response.text
     page = client.get(response.headers["location"])
     form = next((f for f in _FORM.findall(page.text) if 'name="code"' in f), None)

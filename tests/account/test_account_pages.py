@@ -4,6 +4,7 @@ backup codes need the password and a fresh code; a code is accepted once; admin-
 MFA cannot be turned off; CSRF, rate limits (before Argon2) and no-store on every answer.
 
 Time comes from the injected clock of SecondFactors: no test waits for a TOTP window."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,10 +50,12 @@ def clock(client: TestClient) -> Clock:
 
 # ---- a scripted browser -------------------------------------------------------------------------
 
+
 def sign_in(client: TestClient, username: str = "alice") -> None:
     csrf = form_value(client.get("/login").text, "csrf_token")
-    response = client.post("/login", data={"csrf_token": csrf, "username": username, "password": PASSWORD},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"csrf_token": csrf, "username": username, "password": PASSWORD}, follow_redirects=False
+    )
     assert response.status_code == 303, response.text
     assert "idp_session" in client.cookies
 
@@ -103,6 +106,7 @@ def enable_totp(client: TestClient, clock: Clock) -> tuple[str, list[str]]:
 
 # ---- the database, read directly ------------------------------------------------------------------
 
+
 def db_of(client: TestClient):  # type: ignore[no-untyped-def]
     return client.app.state.services.sessions()  # type: ignore[attr-defined]
 
@@ -124,17 +128,25 @@ def totp_enabled(client: TestClient) -> bool:
 
 def backup_rows(client: TestClient) -> list[tuple[int, str, str]]:
     with db_of(client) as db:
-        return [tuple(r) for r in db.execute(select(BackupCode.id, BackupCode.lookup, BackupCode.code_hash)
-                                             .where(BackupCode.user_id == alice_id(client)))]
+        return [
+            tuple(r)
+            for r in db.execute(
+                select(BackupCode.id, BackupCode.lookup, BackupCode.code_hash).where(
+                    BackupCode.user_id == alice_id(client)
+                )
+            )
+        ]
 
 
 def audit_kinds(client: TestClient) -> list[str]:
     with db_of(client) as db:
-        return list(db.scalars(select(AuditEvent.kind).where(AuditEvent.kind.startswith("mfa."))
-                               .order_by(AuditEvent.id)))
+        return list(
+            db.scalars(select(AuditEvent.kind).where(AuditEvent.kind.startswith("mfa.")).order_by(AuditEvent.id))
+        )
 
 
 # ---- the account page -----------------------------------------------------------------------------
+
 
 def test_the_account_page_needs_a_session(client):
     response = client.get("/account", follow_redirects=False)
@@ -158,6 +170,7 @@ def test_the_account_page_shows_the_user_and_offers_set_up(client):
 
 # ---- set-up and confirmation ----------------------------------------------------------------------
 
+
 def test_set_up_shows_the_key_and_a_qr_code_and_stores_the_key_encrypted(client):
     sign_in(client)
     response = post(client, "/account/totp/setup")
@@ -165,7 +178,7 @@ def test_set_up_shows_the_key_and_a_qr_code_and_stores_the_key_encrypted(client)
     html = response.text
     secret = secret_on(html)
     assert len(secret) == 32
-    assert " ".join(secret[i:i + 4] for i in range(0, 32, 4)) in html  # typed in groups of four
+    assert " ".join(secret[i : i + 4] for i in range(0, 32, 4)) in html  # typed in groups of four
     assert re.search(r'<img[^>]+src="data:image/svg\+xml[^"]+"[^>]+alt="QR code for your authenticator app"', html)
     field = re.search(r"<input[^>]*name=\"code\"[^>]*>", html)
     assert field and 'autocomplete="one-time-code"' in field.group(0) and 'inputmode="numeric"' in field.group(0)
@@ -243,12 +256,16 @@ def test_set_up_is_refused_once_totp_is_enabled(client, clock):
     assert totp_enabled(client)
 
 
-@pytest.mark.parametrize("used, warning", [
-    (6, None),
-    (7, "Only 3 backup codes left."),
-    (9, "Only 1 backup code left."),
-    (10, "You have no backup codes left."),
-], ids=["4 left: no warning", "3 left", "1 left", "none left"])
+@pytest.mark.parametrize(
+    "used, warning",
+    [
+        (6, None),
+        (7, "Only 3 backup codes left."),
+        (9, "Only 1 backup code left."),
+        (10, "You have no backup codes left."),
+    ],
+    ids=["4 left: no warning", "3 left", "1 left", "none left"],
+)
 def test_the_page_urges_new_codes_when_few_are_left(client, clock, used, warning):
     enable_totp(client, clock)
     ids = [i for i, _, _ in backup_rows(client)][:used]
@@ -265,6 +282,7 @@ def test_the_page_urges_new_codes_when_few_are_left(client, clock, used, warning
 
 
 # ---- turning it off, new backup codes -------------------------------------------------------------
+
 
 def test_a_code_is_accepted_only_once(client, clock):
     sign_in(client)
@@ -396,8 +414,7 @@ def test_every_form_needs_a_session(client, path):
 def test_an_oversized_form_is_bad_input(client, path):
     sign_in(client)
 
-    response = client.post(path, data={"csrf_token": csrf_of(client), "password": "x" * 5000},
-                           follow_redirects=False)
+    response = client.post(path, data={"csrf_token": csrf_of(client), "password": "x" * 5000}, follow_redirects=False)
 
     assert response.status_code == 400
 
@@ -429,8 +446,7 @@ def test_the_account_rate_limit_refuses_before_argon2(limited_client, monkeypatc
         return await original(stored_hash, password)
 
     monkeypatch.setattr(services.hashing, "verify_async", counting_verify)
-    statuses = [post(client, "/account/totp/disable", password="not it", code="000000").status_code
-                for _ in range(3)]
+    statuses = [post(client, "/account/totp/disable", password="not it", code="000000").status_code for _ in range(3)]
 
     assert statuses == [401, 401, 429]
     assert len(calls) == 2, "a refused attempt must not reach Argon2"

@@ -2,6 +2,7 @@
 "Add a passkey" on /account is refused before the authenticator is ever asked, and
 idp/static/passkeys.js follows the answer's `redirect` to sign in again; back on /account,
 the passkey is added and "Recent security activity" lists it with this browser."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,6 +1,7 @@
 """idp/account is self-service logic, not HTTP (DESIGN.md §2): it imports neither Starlette
 nor Authlib nor anything of idp/web or idp/oidc, and names no URL; idp/web maps its values
 and refusals to answers."""
+
 from __future__ import annotations
 
 import ast
@@ -24,11 +25,19 @@ def imports_of(path: Path) -> set[str]:
 
 def strings_of(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef) and node.body
-                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return [node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
 
 
 MODULES = sorted(PACKAGE.glob("*.py"))

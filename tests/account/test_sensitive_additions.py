@@ -9,6 +9,7 @@ with when and from which device.
 Sessions are made the way a user makes them (the login chain), then aged or given a new
 factor "from elsewhere" directly in the database. Time for TOTP comes from the injected
 clock of SecondFactors."""
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,13 @@ from tests.support.rp import form_value
 from tests.support.seed import PASSWORD
 
 REAUTH = "/login?reauth=1"
-CHROME_WINDOWS = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                  "Chrome/124.0.0.0 Safari/537.36")
-SAFARI_IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-                 "Version/17.4.1 Mobile/15E148 Safari/604.1")
+CHROME_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+)
+SAFARI_IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4.1 Mobile/15E148 Safari/604.1"
+)
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 UTC_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
 
@@ -64,14 +68,16 @@ def clock(client: TestClient) -> Clock:
 
 # ---- the browser --------------------------------------------------------------------------------
 
+
 def browser(app: Starlette, agent: str) -> TestClient:
     return TestClient(app, base_url=ISSUER, headers={"user-agent": agent})
 
 
 def sign_in(client: TestClient, username: str = "alice") -> None:
     csrf = form_value(client.get("/login").text, "csrf_token")
-    response = client.post("/login", data={"csrf_token": csrf, "username": username, "password": PASSWORD},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"csrf_token": csrf, "username": username, "password": PASSWORD}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"] == "/account", response.text
 
 
@@ -89,11 +95,19 @@ def passkey_options(client: TestClient):  # type: ignore[no-untyped-def]
     return client.post("/account/passkeys/options", json={"csrf_token": csrf_of(client)})
 
 
-def passkey_register(client: TestClient, options: dict[str, Any], name: str = "Laptop",
-                     authenticator: SoftAuthenticator | None = None):  # type: ignore[no-untyped-def]
+def passkey_register(
+    client: TestClient, options: dict[str, Any], name: str = "Laptop", authenticator: SoftAuthenticator | None = None
+):  # type: ignore[no-untyped-def]
     credential = (authenticator or SoftAuthenticator()).create(options["publicKey"])
-    return client.post("/account/passkeys", json={"csrf_token": csrf_of(client), "challenge_id": options["challenge_id"],
-                                                  "credential": credential, "name": name})
+    return client.post(
+        "/account/passkeys",
+        json={
+            "csrf_token": csrf_of(client),
+            "challenge_id": options["challenge_id"],
+            "credential": credential,
+            "name": name,
+        },
+    )
 
 
 def add_passkey(client: TestClient, name: str = "Laptop") -> None:
@@ -117,6 +131,7 @@ def begin_setup(client: TestClient) -> str:
 
 # ---- the database, read and arranged directly -------------------------------------------------------
 
+
 def services_of(client: TestClient):  # type: ignore[no-untyped-def]
     return client.app.state.services  # type: ignore[attr-defined]
 
@@ -132,8 +147,10 @@ def credentials(client: TestClient) -> dict[str, Any]:
     with services_of(client).sessions() as db:
         return {
             "passkeys": sorted(db.scalars(select(Passkey.credential_id).where(Passkey.user_id == uid))),
-            "totp": sorted((r.secret_encrypted, r.confirmed_at is not None, r.last_used_step) for r in
-                           db.scalars(select(TotpCredential).where(TotpCredential.user_id == uid))),
+            "totp": sorted(
+                (r.secret_encrypted, r.confirmed_at is not None, r.last_used_step)
+                for r in db.scalars(select(TotpCredential).where(TotpCredential.user_id == uid))
+            ),
             "backup_codes": sorted(db.scalars(select(BackupCode.code_hash).where(BackupCode.user_id == uid))),
             "failed_logins": db.scalar(select(User.failed_logins).where(User.id == uid)) or 0,
         }
@@ -147,8 +164,13 @@ def audits(client: TestClient, kind: str) -> list[AuditEvent]:
         return rows
 
 
-ADDITION_KINDS = ("passkey.added", "mfa.totp.setup_started", "mfa.totp.enabled", "mfa.backup_codes.generated",
-                  "mfa.backup_codes.regenerated")
+ADDITION_KINDS = (
+    "passkey.added",
+    "mfa.totp.setup_started",
+    "mfa.totp.enabled",
+    "mfa.backup_codes.generated",
+    "mfa.backup_codes.regenerated",
+)
 
 
 def additions_audited(client: TestClient) -> list[int]:
@@ -160,8 +182,11 @@ def age_sign_ins(client: TestClient) -> None:
     """alice's sessions last signed in interactively reauth_seconds + 60 ago."""
     services = services_of(client)
     with services.sessions.begin() as db:
-        db.execute(update(IdpSession).where(IdpSession.user_id == user_id(client)).values(
-            auth_time=utcnow() - timedelta(seconds=services.settings.reauth_seconds + 60)))
+        db.execute(
+            update(IdpSession)
+            .where(IdpSession.user_id == user_id(client))
+            .values(auth_time=utcnow() - timedelta(seconds=services.settings.reauth_seconds + 60))
+        )
 
 
 def set_session_level(client: TestClient, acr: str) -> None:
@@ -169,16 +194,20 @@ def set_session_level(client: TestClient, acr: str) -> None:
     assert cookie
     services = services_of(client)
     with services.sessions.begin() as db:
-        db.execute(update(IdpSession).where(IdpSession.cookie_digest == services.keyring.digest(cookie))
-                   .values(acr=acr))
+        db.execute(
+            update(IdpSession).where(IdpSession.cookie_digest == services.keyring.digest(cookie)).values(acr=acr)
+        )
 
 
 def session_level(client: TestClient) -> str:
     cookie = client.cookies.get("idp_session")
     services = services_of(client)
     with services.sessions() as db:
-        return db.scalar(select(IdpSession.acr).where(  # type: ignore[no-any-return]
-            IdpSession.cookie_digest == services.keyring.digest(cookie)))
+        return db.scalar(
+            select(IdpSession.acr).where(  # type: ignore[no-any-return]
+                IdpSession.cookie_digest == services.keyring.digest(cookie)
+            )
+        )
 
 
 def give_totp(client: TestClient, clock: Clock) -> str:
@@ -205,9 +234,13 @@ def give_passkey(client: TestClient) -> None:
 # ---- refused: too old, or too weak ------------------------------------------------------------------
 
 ADDITIONS = ["passkey options", "passkey register", "totp setup", "totp confirm", "new backup codes"]
-ACTION_NAMES = {"passkey options": "passkey.options", "passkey register": "passkey.register",
-                "totp setup": "totp.setup", "totp confirm": "totp.confirm",
-                "new backup codes": "backup_codes.regenerate"}
+ACTION_NAMES = {
+    "passkey options": "passkey.options",
+    "passkey register": "passkey.register",
+    "totp setup": "totp.setup",
+    "totp confirm": "totp.confirm",
+    "new backup codes": "backup_codes.regenerate",
+}
 
 
 @pytest.mark.parametrize("why", ["stale", "level"], ids=["sign-in too old", "password-only session of an mfa user"])
@@ -237,8 +270,9 @@ def test_adding_a_credential_needs_a_recent_sign_in_at_the_users_level(client, c
         "passkey register": lambda: passkey_register(client, pending["options"]),
         "totp setup": lambda: post(client, "/account/totp/setup"),
         "totp confirm": lambda: post(client, "/account/totp/confirm", code=totp_code(pending["secret"], clock)),
-        "new backup codes": lambda: post(client, "/account/backup-codes", password=PASSWORD,
-                                         code=totp_code(pending["secret"], clock)),
+        "new backup codes": lambda: post(
+            client, "/account/backup-codes", password=PASSWORD, code=totp_code(pending["secret"], clock)
+        ),
     }[action]()
 
     if action.startswith("passkey"):  # JSON: passkeys.js follows `redirect`
@@ -276,7 +310,9 @@ def test_a_stolen_old_session_cookie_cannot_plant_a_passkey(app, client):
     assert credentials(client)["passkeys"] == []
     refusals = audits(client, "account.reauth_required")
     assert [(r.detail["action"], r.user_agent) for r in refusals] == [
-        ("passkey.options", CHROME_WINDOWS), ("passkey.register", CHROME_WINDOWS)]
+        ("passkey.options", CHROME_WINDOWS),
+        ("passkey.register", CHROME_WINDOWS),
+    ]
 
 
 def test_a_password_only_session_cannot_add_a_passkey_that_skips_the_second_factor(client, clock):
@@ -292,6 +328,7 @@ def test_a_password_only_session_cannot_add_a_passkey_that_skips_the_second_fact
 
 
 # ---- allowed: recent, at the right level ---------------------------------------------------------------
+
 
 def test_without_a_second_factor_a_fresh_password_session_may_add_one(client, clock):
     client.headers["user-agent"] = CHROME_WINDOWS
@@ -394,16 +431,28 @@ def test_recent_security_activity_lists_each_change_with_time_and_device(app, cl
     clock.now += 30
     assert post(client, "/account/totp/disable", password="not it", code="000000").status_code == 401  # no change
     sign_in(browser(app, FIREFOX_LINUX), "bob")
-    assert post(client, "/account/password", current_password=PASSWORD, new_password="plum tractor velvet orbit",
-                confirm_password="plum tractor velvet orbit").status_code == 303
+    assert (
+        post(
+            client,
+            "/account/password",
+            current_password=PASSWORD,
+            new_password="plum tractor velvet orbit",
+            confirm_password="plum tractor velvet orbit",
+        ).status_code
+        == 303
+    )
 
     page = client.get("/account")
 
     assert "Recent security activity" in page.text
     listed = activity_on(page.text)
     assert [kind for kind, _ in listed] == [  # the newest first; failures and set-up starts are no change
-        "password.changed", "mfa.backup_codes.regenerated", "passkey.added", "mfa.backup_codes.generated",
-        "mfa.totp.enabled"]
+        "password.changed",
+        "mfa.backup_codes.regenerated",
+        "passkey.added",
+        "mfa.backup_codes.generated",
+        "mfa.totp.enabled",
+    ]
     texts = dict(listed)
     assert "Password changed" in texts["password.changed"] and "Chrome on Windows" in texts["password.changed"]
     assert "New backup codes generated" in texts["mfa.backup_codes.regenerated"]
@@ -419,15 +468,23 @@ def test_the_activity_list_keeps_the_last_ten_of_the_users_own(client):
     services, uid, bob = services_of(client), user_id(client), user_id(client, "bob")
     with services.sessions.begin() as db:
         for number in range(12):
-            record_audit(db, "passkey.added", user_id=uid, outcome="success", user_agent=FIREFOX_LINUX,
-                         passkey=number, name=f"Key {number}")
+            record_audit(
+                db,
+                "passkey.added",
+                user_id=uid,
+                outcome="success",
+                user_agent=FIREFOX_LINUX,
+                passkey=number,
+                name=f"Key {number}",
+            )
         record_audit(db, "passkey.added", user_id=bob, outcome="success", name="Bob's key")
         record_audit(db, "passkey.removed", user_id=uid, outcome="failure", name="Key 0")
 
     listed = activity_on(client.get("/account").text)
 
     assert [re.search(r"“(Key \d+)”", text).group(1) for _, text in listed] == [  # type: ignore[union-attr]
-        f"Key {n}" for n in range(11, 1, -1)]
+        f"Key {n}" for n in range(11, 1, -1)
+    ]
     assert all("Firefox on Linux" in text for _, text in listed)
 
 

@@ -7,6 +7,7 @@ of sensitive actions (TOTP off, new backup codes, new password, passkey removal)
 passkey removal ending the other sessions when settings.passkey_removal_ends_sessions = 1.
 
 Several browsers are several TestClients on one app, each with its own cookie jar."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,10 +44,13 @@ from tests.support.rp import AuthRequest, form_value, refresh, tokens_for
 from tests.support.seed import PASSWORD, seed
 
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
-CHROME_WINDOWS = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                  "Chrome/124.0.0.0 Safari/537.36")
-SAFARI_IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-                 "Version/17.4.1 Mobile/15E148 Safari/604.1")
+CHROME_WINDOWS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+)
+SAFARI_IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4.1 Mobile/15E148 Safari/604.1"
+)
 NEW_PASSWORD = "plum tractor velvet orbit"
 UTC_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
 REAUTH = "/login?reauth=1"
@@ -54,49 +58,115 @@ REAUTH = "/login?reauth=1"
 
 # ---- user agents ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("agent, expected", [
-    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-     "Chrome on Linux"),
-    (CHROME_WINDOWS, "Chrome on Windows"),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
-      "Safari/537.36"), "Chrome on macOS"),
-    (("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile "
-      "Safari/537.36"), "Chrome on Android"),
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-      "CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1"), "Chrome on iPhone"),
-    (("Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
-      "Safari/537.36"), "Chrome on ChromeOS"),
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0", "Firefox on Windows"),
-    (FIREFOX_LINUX, "Firefox on Linux"),
-    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0", "Firefox on macOS"),
-    ("Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0", "Firefox on Android"),
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-      "FxiOS/125.0 Mobile/15E148 Safari/605.1.15"), "Firefox on iPhone"),
-    (SAFARI_IPHONE, "Safari on iPhone"),
-    (("Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
-      "Mobile/15E148 Safari/604.1"), "Safari on iPad"),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 "
-      "Safari/605.1.15"), "Safari on macOS"),
-    (CHROME_WINDOWS + " Edg/124.0.2478.67", "Edge on Windows"),
-    (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/70.0.3538.102 "
-      "Safari/537.36 Edge/18.19582"), "Edge on Windows"),
-    (("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile "
-      "Safari/537.36 EdgA/124.0.2478.64"), "Edge on Android"),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
-      "Safari/537.36 Edg/124.0.0.0"), "Edge on macOS"),
-    (CHROME_WINDOWS + " OPR/109.0.0.0", "Opera on Windows"),
-    (("Mozilla/5.0 (Linux; Android 13; SAMSUNG SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36"), "Samsung Internet on Android"),
-    (("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/124.0.0.0 "
-      "Safari/537.36"), "Chrome on Linux"),
-    ("curl/8.5.0", "curl"),
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64)", "Unknown browser on Windows"),
-    ("python-httpx/0.27.0", "Unknown browser"),
-    ("testclient", "Unknown browser"),
-    ("", "Unknown browser"),
-    (None, "Unknown browser"),
-    ("\x00" * 5000, "Unknown browser"),
-])
+
+@pytest.mark.parametrize(
+    "agent, expected",
+    [
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+            "Chrome on Linux",
+        ),
+        (CHROME_WINDOWS, "Chrome on Windows"),
+        (
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
+                "Safari/537.36"
+            ),
+            "Chrome on macOS",
+        ),
+        (
+            (
+                "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile "
+                "Safari/537.36"
+            ),
+            "Chrome on Android",
+        ),
+        (
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                "CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1"
+            ),
+            "Chrome on iPhone",
+        ),
+        (
+            (
+                "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
+                "Safari/537.36"
+            ),
+            "Chrome on ChromeOS",
+        ),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0", "Firefox on Windows"),
+        (FIREFOX_LINUX, "Firefox on Linux"),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0", "Firefox on macOS"),
+        ("Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0", "Firefox on Android"),
+        (
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                "FxiOS/125.0 Mobile/15E148 Safari/605.1.15"
+            ),
+            "Firefox on iPhone",
+        ),
+        (SAFARI_IPHONE, "Safari on iPhone"),
+        (
+            (
+                "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 "
+                "Mobile/15E148 Safari/604.1"
+            ),
+            "Safari on iPad",
+        ),
+        (
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4.1 "
+                "Safari/605.1.15"
+            ),
+            "Safari on macOS",
+        ),
+        (CHROME_WINDOWS + " Edg/124.0.2478.67", "Edge on Windows"),
+        (
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/70.0.3538.102 "
+                "Safari/537.36 Edge/18.19582"
+            ),
+            "Edge on Windows",
+        ),
+        (
+            (
+                "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile "
+                "Safari/537.36 EdgA/124.0.2478.64"
+            ),
+            "Edge on Android",
+        ),
+        (
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 "
+                "Safari/537.36 Edg/124.0.0.0"
+            ),
+            "Edge on macOS",
+        ),
+        (CHROME_WINDOWS + " OPR/109.0.0.0", "Opera on Windows"),
+        (
+            (
+                "Mozilla/5.0 (Linux; Android 13; SAMSUNG SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36"
+            ),
+            "Samsung Internet on Android",
+        ),
+        (
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/124.0.0.0 "
+                "Safari/537.36"
+            ),
+            "Chrome on Linux",
+        ),
+        ("curl/8.5.0", "curl"),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64)", "Unknown browser on Windows"),
+        ("python-httpx/0.27.0", "Unknown browser"),
+        ("testclient", "Unknown browser"),
+        ("", "Unknown browser"),
+        (None, "Unknown browser"),
+        ("\x00" * 5000, "Unknown browser"),
+    ],
+)
 def test_describe_a_user_agent(agent, expected):
     assert describe(agent) == expected
 
@@ -111,6 +181,7 @@ def test_needs_reauth_uses_the_setting():
 
 # ---- browsers ---------------------------------------------------------------------------------
 
+
 def browser(app: Starlette, agent: str) -> TestClient:
     """Another browser on the same app (no lifespan of its own: the fixture's runs)."""
     return TestClient(app, base_url=ISSUER, headers={"user-agent": agent})
@@ -118,8 +189,9 @@ def browser(app: Starlette, agent: str) -> TestClient:
 
 def sign_in(client: TestClient, username: str = "alice", password: str = PASSWORD) -> None:
     csrf = form_value(client.get("/login").text, "csrf_token")
-    response = client.post("/login", data={"csrf_token": csrf, "username": username, "password": password},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"csrf_token": csrf, "username": username, "password": password}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"] == "/account", response.text
 
 
@@ -127,8 +199,9 @@ def login_status(app: Starlette, password: str, username: str = "alice") -> int:
     """A fresh browser's password sign-in: 303 on success, 401 refused."""
     fresh = browser(app, FIREFOX_LINUX)
     csrf = form_value(fresh.get("/login").text, "csrf_token")
-    return fresh.post("/login", data={"csrf_token": csrf, "username": username, "password": password},
-                      follow_redirects=False).status_code
+    return fresh.post(
+        "/login", data={"csrf_token": csrf, "username": username, "password": password}, follow_redirects=False
+    ).status_code
 
 
 def csrf_of(client: TestClient) -> str:
@@ -169,11 +242,14 @@ SESSION_ITEM = re.compile(r'<li class="session-item( session-current)?" data-ses
 
 def sessions_on(html: str) -> list[tuple[int, bool, str]]:
     """(session id, marked current, the item's text) for each session listed."""
-    return [(int(m.group(2)), bool(m.group(1)), " ".join(re.sub(r"<[^>]+>", " ", m.group(3)).split()))
-            for m in SESSION_ITEM.finditer(html)]
+    return [
+        (int(m.group(2)), bool(m.group(1)), " ".join(re.sub(r"<[^>]+>", " ", m.group(3)).split()))
+        for m in SESSION_ITEM.finditer(html)
+    ]
 
 
 # ---- the database, read directly ----------------------------------------------------------------
+
 
 def services_of(client: TestClient):  # type: ignore[no-untyped-def]
     return client.app.state.services  # type: ignore[attr-defined]
@@ -189,8 +265,11 @@ def session_id_of(client: TestClient) -> int:
     cookie = client.cookies.get("idp_session")
     assert cookie
     with services.sessions() as db:
-        return db.scalar(select(IdpSession.id).where(  # type: ignore[no-any-return]
-            IdpSession.cookie_digest == services.keyring.digest(cookie)))
+        return db.scalar(
+            select(IdpSession.id).where(  # type: ignore[no-any-return]
+                IdpSession.cookie_digest == services.keyring.digest(cookie)
+            )
+        )
 
 
 def password_hash(client: TestClient, username: str = "alice") -> str:
@@ -214,8 +293,13 @@ def audits(client: TestClient, kind: str) -> list[AuditEvent]:
 def live_refresh_tokens(client: TestClient) -> int:
     uid = user_id(client)
     with services_of(client).sessions() as db:
-        return len(list(db.scalars(select(RefreshToken.id).where(RefreshToken.user_id == uid,
-                                                                 RefreshToken.revoked_at.is_(None)))))
+        return len(
+            list(
+                db.scalars(
+                    select(RefreshToken.id).where(RefreshToken.user_id == uid, RefreshToken.revoked_at.is_(None))
+                )
+            )
+        )
 
 
 def age_sign_ins(client: TestClient, username: str = "alice") -> None:
@@ -223,8 +307,11 @@ def age_sign_ins(client: TestClient, username: str = "alice") -> None:
     services = services_of(client)
     uid = user_id(client, username)
     with services.sessions.begin() as db:
-        db.execute(update(IdpSession).where(IdpSession.user_id == uid).values(
-            auth_time=utcnow() - timedelta(seconds=services.settings.reauth_seconds + 60)))
+        db.execute(
+            update(IdpSession)
+            .where(IdpSession.user_id == uid)
+            .values(auth_time=utcnow() - timedelta(seconds=services.settings.reauth_seconds + 60))
+        )
 
 
 @pytest.fixture
@@ -236,6 +323,7 @@ def scheduled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 # ---- the session list ----------------------------------------------------------------------------
+
 
 def test_the_list_shows_each_live_session_and_marks_this_browser(app, client):
     client.headers["user-agent"] = FIREFOX_LINUX
@@ -277,12 +365,14 @@ def test_ended_and_expired_sessions_are_not_listed(app, client):
     ended_id, expired_id = session_id_of(ended), session_id_of(expired)
     with services_of(client).sessions.begin() as db:
         db.execute(update(IdpSession).where(IdpSession.id == ended_id).values(ended_at=utcnow()))
-        db.execute(update(IdpSession).where(IdpSession.id == expired_id)
-                   .values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.execute(
+            update(IdpSession).where(IdpSession.id == expired_id).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert [i for i, _, _ in sessions_on(client.get("/account").text)] == [session_id_of(client)]
 
 
 # ---- signing sessions out -------------------------------------------------------------------------
+
 
 def test_signing_out_another_session(app, client, scheduled):
     sign_in(client)
@@ -342,8 +432,9 @@ def test_someone_elses_session_is_not_found(app, client):
     assert audits(client, "session.ended_by_user") == []
 
 
-@pytest.mark.parametrize("path", ["/account/sessions/999999/end", "/account/sessions/99999999999999999999/end",
-                                  "/account/sessions/0/end"])
+@pytest.mark.parametrize(
+    "path", ["/account/sessions/999999/end", "/account/sessions/99999999999999999999/end", "/account/sessions/0/end"]
+)
 def test_no_such_session_is_404_never_500(client, path):
     sign_in(client)
     assert post(client, path).status_code == 404
@@ -358,10 +449,15 @@ def test_the_current_session_is_not_ended_from_the_list(client):
 
 # ---- changing the password -------------------------------------------------------------------------
 
-def change(client: TestClient, current: str = PASSWORD, new: str = NEW_PASSWORD,
-           confirm: str | None = None):  # type: ignore[no-untyped-def]
-    return post(client, "/account/password", current_password=current, new_password=new,
-                confirm_password=new if confirm is None else confirm)
+
+def change(client: TestClient, current: str = PASSWORD, new: str = NEW_PASSWORD, confirm: str | None = None):  # type: ignore[no-untyped-def]
+    return post(
+        client,
+        "/account/password",
+        current_password=current,
+        new_password=new,
+        confirm_password=new if confirm is None else confirm,
+    )
 
 
 def test_the_password_form_is_what_password_managers_expect(client):
@@ -369,8 +465,12 @@ def test_the_password_form_is_what_password_managers_expect(client):
     page = client.get("/account").text
     form = re.search(r'<form method="post" action="/account/password".*?</form>', page, re.DOTALL)
     assert form, "no password form"
-    fields = {name: tag for tag, name in ((m.group(0), m.group(1)) for m in
-                                          re.finditer(r'<input[^>]*name="([^"]+)"[^>]*>', form.group(0)))}
+    fields = {
+        name: tag
+        for tag, name in (
+            (m.group(0), m.group(1)) for m in re.finditer(r'<input[^>]*name="([^"]+)"[^>]*>', form.group(0))
+        )
+    }
     assert 'autocomplete="current-password"' in fields["current_password"]
     assert 'autocomplete="new-password"' in fields["new_password"]
     assert 'autocomplete="new-password"' in fields["confirm_password"]
@@ -410,13 +510,17 @@ def test_wrong_current_passwords_lock_the_account(client):
     assert audits(client, "password.changed") == []
 
 
-@pytest.mark.parametrize("new, confirm, reason", [
-    ("1qaz2wsx3edc4rfv", None, "This password is on a list of common or breached passwords; choose another."),
-    ("short pass", None, "Use at least 15 characters."),
-    ("alice alice alice", None, "Passwords cannot contain your username or email address."),
-    (NEW_PASSWORD, NEW_PASSWORD + "!", "The two new passwords are not the same."),
-    ("", "", "Enter your current password, then the new one twice."),
-], ids=["common", "short", "contains the username", "not confirmed", "empty"])
+@pytest.mark.parametrize(
+    "new, confirm, reason",
+    [
+        ("1qaz2wsx3edc4rfv", None, "This password is on a list of common or breached passwords; choose another."),
+        ("short pass", None, "Use at least 15 characters."),
+        ("alice alice alice", None, "Passwords cannot contain your username or email address."),
+        (NEW_PASSWORD, NEW_PASSWORD + "!", "The two new passwords are not the same."),
+        ("", "", "Enter your current password, then the new one twice."),
+    ],
+    ids=["common", "short", "contains the username", "not confirmed", "empty"],
+)
 def test_a_refused_new_password_is_400_with_the_reason_and_changes_nothing(app, client, new, confirm, reason):
     sign_in(client)
     other = browser(app, CHROME_WINDOWS)
@@ -506,8 +610,11 @@ def test_every_form_needs_its_csrf_token(app, client, path):
     other = browser(app, CHROME_WINDOWS)
     sign_in(other)
 
-    response = client.post(path, data={"current_password": PASSWORD, "new_password": NEW_PASSWORD,
-                                       "confirm_password": NEW_PASSWORD}, follow_redirects=False)
+    response = client.post(
+        path,
+        data={"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+        follow_redirects=False,
+    )
 
     assert response.status_code == 403
     assert response.headers["cache-control"] == "no-store"
@@ -524,12 +631,14 @@ def test_every_form_needs_a_session(client, path):
 @pytest.mark.parametrize("path", POSTS)
 def test_an_oversized_form_is_bad_input(client, path):
     sign_in(client)
-    response = client.post(path, data={"csrf_token": csrf_of(client), "new_password": "x" * 70000},
-                           follow_redirects=False)
+    response = client.post(
+        path, data={"csrf_token": csrf_of(client), "new_password": "x" * 70000}, follow_redirects=False
+    )
     assert response.status_code == 400
 
 
 # ---- recent authentication ---------------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self) -> None:
@@ -558,9 +667,15 @@ def register_passkey(client: TestClient, authenticator: SoftAuthenticator) -> in
     options = client.post("/account/passkeys/options", json={"csrf_token": token})
     assert options.status_code == 200, options.text
     body = options.json()
-    done = client.post("/account/passkeys", json={"csrf_token": token, "challenge_id": body["challenge_id"],
-                                                  "credential": authenticator.create(body["publicKey"]),
-                                                  "name": "Laptop"})
+    done = client.post(
+        "/account/passkeys",
+        json={
+            "csrf_token": token,
+            "challenge_id": body["challenge_id"],
+            "credential": authenticator.create(body["publicKey"]),
+            "name": "Laptop",
+        },
+    )
     assert done.status_code == 200, done.text
     uid = user_id(client)
     with services_of(client).sessions() as db:
@@ -607,8 +722,10 @@ def test_sensitive_actions_need_a_recent_sign_in(app, client, monkeypatch, actio
     path, fields = {
         "disable TOTP": ("/account/totp/disable", {"password": PASSWORD, "code": code}),
         "new backup codes": ("/account/backup-codes", {"password": PASSWORD, "code": code}),
-        "change password": ("/account/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD,
-                                                  "confirm_password": NEW_PASSWORD}),
+        "change password": (
+            "/account/password",
+            {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+        ),
         "remove passkey": (f"/account/passkeys/{passkey}/remove", {}),
     }[action]
 
@@ -624,8 +741,9 @@ def test_sensitive_actions_need_a_recent_sign_in(app, client, monkeypatch, actio
 def sign_in_with_code(client: TestClient, secret: str, clock: Clock) -> None:
     """alice's password, then her TOTP code (she has a second factor now)."""
     csrf = form_value(client.get("/login").text, "csrf_token")
-    response = client.post("/login", data={"csrf_token": csrf, "username": "alice", "password": PASSWORD},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"csrf_token": csrf, "username": "alice", "password": PASSWORD}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"].startswith("/login/totp"), response.text
     page = client.get(response.headers["location"])
     data = {"csrf_token": form_value(page.text, "csrf_token"), "code": pyotp.TOTP(secret).at(clock.now)}
@@ -650,6 +768,7 @@ def test_signing_in_again_lets_the_action_through(client):
 
 
 # ---- passkey removal ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(params=[1, 0], ids=["ends sessions", "keeps sessions"])
 def passkey_app(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Starlette]:

@@ -4,6 +4,7 @@ Docker and systemd cannot run here, so these tests parse the files and assert wh
 wire together: which services exist and what they depend on, where each idp replica finds
 PostgreSQL and Redis, that no secret is written down, health checks, a non-root user and
 the sandbox options."""
+
 from __future__ import annotations
 
 import configparser
@@ -120,8 +121,10 @@ def test_migration_is_one_shot_db_upgrade_after_postgres(compose: dict[str, Any]
     assert migrate.get("restart", "no") == "no"
 
 
-@pytest.mark.parametrize("key", ["IDP_DATABASE_URL", "IDP_REDIS_URL", "IDP_SECRET_KEY", "IDP_ISSUER",
-                                 "IDP_TRUSTED_PROXIES", "IDP_CLIENTS_FILE"])
+@pytest.mark.parametrize(
+    "key",
+    ["IDP_DATABASE_URL", "IDP_REDIS_URL", "IDP_SECRET_KEY", "IDP_ISSUER", "IDP_TRUSTED_PROXIES", "IDP_CLIENTS_FILE"],
+)
 def test_every_idp_replica_and_the_migration_are_configured(compose: dict[str, Any], key: str) -> None:
     services = dict(_idp_replicas(compose), migrate=_services(compose)["migrate"])
     for name, service in services.items():
@@ -187,7 +190,7 @@ def test_nginx_upstreams_are_the_replicas_addresses(compose: dict[str, Any]) -> 
     """nginx.conf is mounted unchanged, so its upstream servers must be the replicas'
     fixed addresses (or their service names) on port 8000."""
     config = (COMPOSE.parent / "nginx.conf").read_text()
-    upstream = config[config.index("upstream idp {"):]
+    upstream = config[config.index("upstream idp {") :]
     upstream = upstream[: upstream.index("}")]
     servers = {(m["host"], m["port"]) for m in UPSTREAM_SERVER.finditer(upstream)}
     replicas = _idp_replicas(compose)
@@ -209,8 +212,9 @@ def test_trusted_proxies_name_nginx_on_a_fixed_subnet(compose: dict[str, Any]) -
             if network_name in _ipv4_addresses(service):
                 assert any(address in p for p in proxies), f"{name}: nginx {address} not trusted"
         for proxy in proxies:
-            assert any(proxy.subnet_of(s) for s in subnets.values() if s.version == proxy.version), \
+            assert any(proxy.subnet_of(s) for s in subnets.values() if s.version == proxy.version), (
                 f"{name}: {proxy} is outside the compose networks"
+            )
             assert proxy.prefixlen >= 24, f"{name}: {proxy} is wider than the nginx network"
 
 
@@ -276,8 +280,9 @@ def test_dockerfile_builder_builds_wheels_and_runtime_installs_only_them() -> No
     runtime_runs = " ".join(a for k, a in runtime if k == "RUN")
     assert "pip install" in runtime_runs
     assert "--no-index" in runtime_runs and "--find-links=/wheels" in runtime_runs
-    assert "COPY" not in {k for k, _ in runtime} or all("--from=builder" in a for k, a in runtime if k == "COPY"), \
+    assert "COPY" not in {k for k, _ in runtime} or all("--from=builder" in a for k, a in runtime if k == "COPY"), (
         "the runtime stage takes nothing but the builder's wheels"
+    )
 
 
 def test_dockerfile_runs_as_a_fixed_non_root_user() -> None:
@@ -336,25 +341,28 @@ def test_unit_runs_as_idp_not_root(unit: configparser.ConfigParser) -> None:
     assert service["DynamicUser"] == "no"
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("NoNewPrivileges", "yes"),
-    ("ProtectSystem", "strict"),
-    ("ProtectHome", "yes"),
-    ("PrivateTmp", "yes"),
-    ("PrivateDevices", "yes"),
-    ("ProtectKernelTunables", "yes"),
-    ("ProtectKernelModules", "yes"),
-    ("ProtectKernelLogs", "yes"),
-    ("ProtectControlGroups", "yes"),
-    ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
-    ("RestrictNamespaces", "yes"),
-    ("LockPersonality", "yes"),
-    ("MemoryDenyWriteExecute", "yes"),
-    ("CapabilityBoundingSet", ""),
-    ("Restart", "on-failure"),
-    ("KillSignal", "SIGTERM"),
-    ("TimeoutStopSec", "30"),
-])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("RestrictNamespaces", "yes"),
+        ("LockPersonality", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+        ("TimeoutStopSec", "30"),
+    ],
+)
 def test_unit_hardening(unit: configparser.ConfigParser, option: str, value: str) -> None:
     assert unit["Service"][option] == value
 
@@ -373,7 +381,20 @@ def test_unit_is_installed_for_multi_user(unit: configparser.ConfigParser) -> No
 # ---- README ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("topic", ["TLS", "IDP_SECRET_KEY", "pg_dump", "idp keys rotate", "Sentinel",
-                                   "PgBouncer", "IDP_TRUSTED_PROXIES", "/readyz", "/healthz", "JSON"])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "TLS",
+        "IDP_SECRET_KEY",
+        "pg_dump",
+        "idp keys rotate",
+        "Sentinel",
+        "PgBouncer",
+        "IDP_TRUSTED_PROXIES",
+        "/readyz",
+        "/healthz",
+        "JSON",
+    ],
+)
 def test_readme_checklist_covers(topic: str) -> None:
     assert topic in README.read_text()

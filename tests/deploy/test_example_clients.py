@@ -1,4 +1,5 @@
 """The example clients file shipped in deploy/ is accepted by `idp clients sync` as it is."""
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ name 127.0.0.7, neither the spoofed address nor nginx. The same request straight
 must be judged by its peer address too, and plain http must only redirect.
 
 No nginx here: the tests skip, or fail under CI (tests/conftest.py's `unavailable`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -55,14 +56,33 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 # Directives that must reach the running nginx exactly as written in deploy/nginx.conf.
 SECURITY_DIRECTIVES = {
-    "set_real_ip_from", "real_ip_header", "real_ip_recursive", "proxy_set_header", "proxy_http_version",
-    "proxy_next_upstream", "proxy_next_upstream_tries", "proxy_hide_header", "add_header", "proxy_pass",
-    "limit_req_zone", "limit_req", "limit_req_status", "limit_conn_zone", "limit_conn", "client_max_body_size",
-    "ssl_protocols", "ssl_ciphers", "ssl_session_tickets", "ssl_reject_handshake", "server_tokens", "keepalive",
+    "set_real_ip_from",
+    "real_ip_header",
+    "real_ip_recursive",
+    "proxy_set_header",
+    "proxy_http_version",
+    "proxy_next_upstream",
+    "proxy_next_upstream_tries",
+    "proxy_hide_header",
+    "add_header",
+    "proxy_pass",
+    "limit_req_zone",
+    "limit_req",
+    "limit_req_status",
+    "limit_conn_zone",
+    "limit_conn",
+    "client_max_body_size",
+    "ssl_protocols",
+    "ssl_ciphers",
+    "ssl_session_tickets",
+    "ssl_reject_handshake",
+    "server_tokens",
+    "keepalive",
 }
 
 
 # ---- the configuration ---------------------------------------------------------------------
+
 
 def directives(config: str) -> list[tuple[str, str]]:
     """(name, arguments) of every directive and block, comments stripped, in file order."""
@@ -131,6 +151,7 @@ def config_for_test(work: Path, ports: Ports, ipv6: bool) -> str:
 
 # ---- processes ------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -156,15 +177,18 @@ def log_tail(path: Path, lines: int = 30) -> str:
 @contextlib.contextmanager
 def running(command: list[str], env: dict[str, str], log_path: Path, ready: Callable[[], bool]) -> Iterator[None]:
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while not ready():
             if process.poll() is not None:
                 pytest.fail(f"`{' '.join(command)}` exited with {process.returncode}:\n{log_tail(log_path)}")
             if time.monotonic() > deadline:
-                pytest.fail(f"`{' '.join(command)}` not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{log_tail(log_path)}")
+                pytest.fail(
+                    f"`{' '.join(command)}` not ready after {READY_TIMEOUT_SECONDS:.0f} s:\n{log_tail(log_path)}"
+                )
             time.sleep(0.1)
         yield
     finally:
@@ -227,8 +251,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         IDP_ARGON2_MEMORY_KIB="8192",
     )
     for args, stdin in ((["db", "upgrade"], None), (["user", "add", USERNAME, "--password-stdin"], PASSWORD + "\n")):
-        done = subprocess.run([str(IDP_COMMAND), *args], env=env, input=stdin, capture_output=True, text=True,
-                              timeout=120, check=False)
+        done = subprocess.run(
+            [str(IDP_COMMAND), *args], env=env, input=stdin, capture_output=True, text=True, timeout=120, check=False
+        )
         assert done.returncode == 0, f"`idp {' '.join(args)}` failed: {done.stderr or done.stdout}"
 
     config = work / "nginx.conf"
@@ -239,13 +264,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     idp_command = [str(IDP_COMMAND), "serve", "--host", "127.0.0.1", "--port", str(ports.idp)]
     stack = Stack(ports=ports, database=database, tls=tls)
-    with running(idp_command, env, work / "idp.log", lambda: answers(stack.idp_url + DISCOVERY_PATH)), \
-            running([*nginx_command, "-g", "daemon off;"], dict(os.environ), work / "nginx.log",
-                    lambda: answers(stack.https_url + DISCOVERY_PATH, tls)):
+    with (
+        running(idp_command, env, work / "idp.log", lambda: answers(stack.idp_url + DISCOVERY_PATH)),
+        running(
+            [*nginx_command, "-g", "daemon off;"],
+            dict(os.environ),
+            work / "nginx.log",
+            lambda: answers(stack.https_url + DISCOVERY_PATH, tls),
+        ),
+    ):
         yield stack
 
 
 # ---- the client --------------------------------------------------------------------------------
+
 
 def client(stack: Stack) -> httpx.Client:
     """A client whose connections leave from CLIENT_IP."""
@@ -272,12 +304,17 @@ def failed_login(http: httpx.Client, base_url: str) -> httpx.Response:
     parser = _CsrfField()
     parser.feed(page.text)
     # the issuer is https, so the cookie carries the __Host- prefix
-    cookie = next((m.group(1) for h in page.headers.get_list("set-cookie")
-                   if (m := re.match(r"__Host-idp_csrf=([^;]+)", h))), None)
+    cookie = next(
+        (m.group(1) for h in page.headers.get_list("set-cookie") if (m := re.match(r"__Host-idp_csrf=([^;]+)", h))),
+        None,
+    )
     assert parser.value and cookie, "no CSRF field or __Host-idp_csrf cookie on the login page"
     http.cookies.clear()
-    return http.post(f"{base_url}/login", headers={**spoof, "cookie": f"__Host-idp_csrf={cookie}"},
-                     data={"username": USERNAME, "password": "wrong password, wrong password", "csrf_token": parser.value})
+    return http.post(
+        f"{base_url}/login",
+        headers={**spoof, "cookie": f"__Host-idp_csrf={cookie}"},
+        data={"username": USERNAME, "password": "wrong password, wrong password", "csrf_token": parser.value},
+    )
 
 
 def last_audit_id(database: Path) -> int:
@@ -292,6 +329,7 @@ def failure_ips_since(database: Path, after_id: int) -> list[str | None]:
 
 
 # ---- the checks ----------------------------------------------------------------------------------
+
 
 def test_through_nginx_the_audit_names_the_real_client_not_the_spoofed_header(stack: Stack) -> None:
     before = last_audit_id(stack.database)

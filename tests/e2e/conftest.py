@@ -1,6 +1,7 @@
 """Fixtures for end-to-end tests: idp run as an admin runs it (the `idp` CLI in
 subprocesses, a fresh SQLite database per test), a relying party's callback server, and
 Debian's Chromium driven by Playwright (never a downloaded browser)."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ALICE_PASSWORD = "correct horse battery staple"
@@ -31,10 +38,12 @@ IDP_COMMAND = Path(sys.executable).with_name("idp")
 
 # --- relying party callback -------------------------------------------------------------
 
+
 @dataclass
 class Callback:
     """The RP's redirect_uri (`url`, path /callback) and its post-logout page (path
     /logged-out): a real HTTP server that records each query either receives."""
+
     url: str
     queries: list[str] = field(default_factory=list)
     logged_out: list[str] = field(default_factory=list)
@@ -102,6 +111,7 @@ def rp_callback() -> Iterator[Callback]:
 
 
 # --- the identity provider ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RunningIdp:
@@ -187,20 +197,42 @@ def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
     env.pop("IDP_CONFIG", None)
     env.pop("IDP_REDIS_URL", None)
     _idp(env, "db", "upgrade")
-    _idp(env, "user", "add", "alice", "--email", "alice@example.com", "--name", "Alice Liddell", "--password-stdin",
-         stdin=ALICE_PASSWORD + "\n")
+    _idp(
+        env,
+        "user",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.com",
+        "--name",
+        "Alice Liddell",
+        "--password-stdin",
+        stdin=ALICE_PASSWORD + "\n",
+    )
 
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(IDP_COMMAND), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_until_serving(issuer, process, log)
-        yield RunningIdp(issuer, "shop", secret, rp_callback.url, "alice", ALICE_PASSWORD, log,
-                         post_logout_redirect_uri=rp_callback.logged_out_url,
-                         first_party_client_id="portal", first_party_client_secret=first_party_secret)
+        yield RunningIdp(
+            issuer,
+            "shop",
+            secret,
+            rp_callback.url,
+            "alice",
+            ALICE_PASSWORD,
+            log,
+            post_logout_redirect_uri=rp_callback.logged_out_url,
+            first_party_client_id="portal",
+            first_party_client_secret=first_party_secret,
+        )
     finally:
         process.terminate()
         try:
@@ -211,6 +243,7 @@ def idp(tmp_path: Path, rp_callback: Callback) -> Iterator[RunningIdp]:
 
 
 # --- the browser -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")  # Playwright's sync API holds an event loop: stop it before other modules run
 def browser():  # type: ignore[no-untyped-def]
@@ -247,6 +280,7 @@ def artifacts() -> Path:
 
 
 # --- the admin's command line against a running idp ----------------------------------------
+
 
 @pytest.fixture
 def idp_cli(idp: RunningIdp, tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -1,6 +1,7 @@
 """The authorization code flow end to end, as a real user and a real relying party see it:
 Debian's Chromium on idp's hosted pages, and pyoidc (`oic`, not idp's code) as the RP, with
 PyJWT as a second, independent check of the ID token."""
+
 from __future__ import annotations
 
 import base64
@@ -36,9 +37,11 @@ SCOPE = "openid profile email offline_access"
 
 # --- the relying party (pyoidc) ----------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Authorization:
     """What the RP keeps between sending the browser away and the callback."""
+
     url: str
     state: str
     nonce: str
@@ -48,35 +51,51 @@ class Authorization:
 def relying_party(idp: RunningIdp) -> Client:
     rp = Client(client_id=idp.client_id, client_authn_method=CLIENT_AUTHN_METHOD)
     rp.provider_config(idp.issuer)  # discovery and JWKS
-    rp.store_registration_info(RegistrationResponse(
-        client_id=idp.client_id, client_secret=idp.client_secret, redirect_uris=[idp.redirect_uri],
-        token_endpoint_auth_method="client_secret_basic",
-    ))
+    rp.store_registration_info(
+        RegistrationResponse(
+            client_id=idp.client_id,
+            client_secret=idp.client_secret,
+            redirect_uris=[idp.redirect_uri],
+            token_endpoint_auth_method="client_secret_basic",
+        )
+    )
     return rp
 
 
 def start_authorization(rp: Client, idp: RunningIdp) -> Authorization:
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     pkce, code_verifier = rp.add_code_challenge()  # S256
-    request = rp.construct_AuthorizationRequest(request_args={
-        "client_id": idp.client_id, "response_type": "code", "scope": SCOPE, "redirect_uri": idp.redirect_uri,
-        "state": state, "nonce": nonce, **pkce,
-    })
+    request = rp.construct_AuthorizationRequest(
+        request_args={
+            "client_id": idp.client_id,
+            "response_type": "code",
+            "scope": SCOPE,
+            "redirect_uri": idp.redirect_uri,
+            "state": state,
+            "nonce": nonce,
+            **pkce,
+        }
+    )
     return Authorization(request.request(rp.authorization_endpoint), state, nonce, code_verifier)
 
 
 def redeem(rp: Client, idp: RunningIdp, authorization: Authorization, callback_query: str) -> AccessTokenResponse:
     response = rp.parse_response(AuthorizationResponse, info=callback_query, sformat="urlencoded")
     tokens = rp.do_access_token_request(
-        state=authorization.state, authn_method="client_secret_basic",
-        request_args={"code": response["code"], "redirect_uri": idp.redirect_uri,
-                      "code_verifier": authorization.code_verifier},
+        state=authorization.state,
+        authn_method="client_secret_basic",
+        request_args={
+            "code": response["code"],
+            "redirect_uri": idp.redirect_uri,
+            "code_verifier": authorization.code_verifier,
+        },
     )  # verifies the ID token's signature (JWKS), iss, aud and nonce
     assert isinstance(tokens, AccessTokenResponse), tokens.to_dict()
     return tokens
 
 
 # --- the browser -------------------------------------------------------------------------
+
 
 def sign_in(page: Page, username: str, password: str) -> None:
     page.locator("input[name=username]").fill(username)
@@ -90,7 +109,9 @@ def callback_query(page: Page, idp: RunningIdp) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query, strict_parsing=True).items()}
 
 
-def first_sign_in(page: Page, rp: Client, idp: RunningIdp, screenshots: Path | None = None) -> tuple[Authorization, str]:
+def first_sign_in(
+    page: Page, rp: Client, idp: RunningIdp, screenshots: Path | None = None
+) -> tuple[Authorization, str]:
     """Login form, then consent, then the callback; returns the authorization and the raw query."""
     authorization = start_authorization(rp, idp)
     page.goto(authorization.url)
@@ -110,9 +131,13 @@ def first_sign_in(page: Page, rp: Client, idp: RunningIdp, screenshots: Path | N
 
 # --- raw HTTP for the token, revocation and introspection endpoints -----------------------
 
+
 def refresh(idp: RunningIdp, refresh_token: str) -> httpx.Response:
-    return httpx.post(f"{idp.issuer}/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-                      auth=(idp.client_id, idp.client_secret))
+    return httpx.post(
+        f"{idp.issuer}/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+        auth=(idp.client_id, idp.client_secret),
+    )
 
 
 def introspect(idp: RunningIdp, token: str) -> dict[str, object]:
@@ -127,6 +152,7 @@ def at_hash(access_token: str) -> str:
 
 
 # --- the tests ---------------------------------------------------------------------------
+
 
 def test_signing_in_through_the_hosted_pages_gives_the_rp_a_verified_id_token_and_userinfo(page, idp, artifacts):
     rp = relying_party(idp)
@@ -194,7 +220,10 @@ def test_second_sign_in_needs_neither_password_nor_consent_and_its_access_token_
     assert before["sub"] == tokens["id_token"]["sub"]
     assert before["client_id"] == "shop"
 
-    revoked = httpx.post(f"{idp.issuer}/revoke", data={"token": access_token, "token_type_hint": "access_token"},
-                         auth=(idp.client_id, idp.client_secret))
+    revoked = httpx.post(
+        f"{idp.issuer}/revoke",
+        data={"token": access_token, "token_type_hint": "access_token"},
+        auth=(idp.client_id, idp.client_secret),
+    )
     assert revoked.status_code == 200, revoked.text
     assert introspect(idp, access_token) == {"active": False}

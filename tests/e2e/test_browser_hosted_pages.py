@@ -2,6 +2,7 @@
 `idp serve`: signing out from / and /account, focus on the password after a wrong one, no
 404 in any page load (the favicon included), and a focus ring that can be seen. Every test
 fails on any Content-Security-Policy violation."""
+
 from __future__ import annotations
 
 import re
@@ -107,8 +108,10 @@ def rgb(css_colour: str) -> str:
 
 def contrast(a: str, b: str) -> float:
     def luminance(colour: str) -> float:
-        r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-                   for c in (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)))
+        r, g, b = (
+            c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+            for c in (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        )
         return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
     light, dark = sorted((luminance(a), luminance(b)), reverse=True)

@@ -34,6 +34,7 @@ step (tests/support/journeys.py's TotpApp). Second factors are enrolled where a 
 does it, on /account; pages are driven only by the contract's selectors
 (tests/support/hosted_pages.py) and by following redirects, starting at the RP's URLs.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -123,10 +124,22 @@ ROWS = (
     Row("first-consent", "shop", consent_page=True, signed_in_at_shop_before=False, session_kept=False),
     Row("returning", "shop", consent_page=False, signed_in_at_shop_before=True, session_kept=False),
     Row("first-party", "portal", consent_page=False, signed_in_at_shop_before=False, session_kept=False),
-    Row("prompt-login", "shop", consent_page=False, signed_in_at_shop_before=True, session_kept=True,
-        params={"prompt": "login"}),
-    Row("max-age-0", "shop", consent_page=False, signed_in_at_shop_before=True, session_kept=True,
-        params={"max_age": "0"}),
+    Row(
+        "prompt-login",
+        "shop",
+        consent_page=False,
+        signed_in_at_shop_before=True,
+        session_kept=True,
+        params={"prompt": "login"},
+    ),
+    Row(
+        "max-age-0",
+        "shop",
+        consent_page=False,
+        signed_in_at_shop_before=True,
+        session_kept=True,
+        params={"max_age": "0"},
+    ),
 )
 COLUMNS = (
     Column("password", totp=False, passkey=False, expected=PWD),
@@ -136,11 +149,16 @@ COLUMNS = (
     Column("step-up-mfa-phr", totp=True, passkey=True, expected=None),
 )
 LOGOUTS = ("logout-confirmed", "logout-by-hint")
-CELLS = [pytest.param(row, column, logout, id=f"{row.name} x {column.name} x {logout}")
-         for row in ROWS for column in COLUMNS for logout in LOGOUTS]
+CELLS = [
+    pytest.param(row, column, logout, id=f"{row.name} x {column.name} x {logout}")
+    for row in ROWS
+    for column in COLUMNS
+    for logout in LOGOUTS
+]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -153,10 +171,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """One idp (clients Shop and Portal, both with a post_logout_redirect_uri) and the RPs'
     site on another origin, for the whole matrix; every journey brings its own user."""
     client_secrets = {"shop": secrets.token_urlsafe(36), "portal": secrets.token_urlsafe(36)}
-    with serving_relying_party_site() as site, \
-            serving_idp(tmp_path_factory.mktemp("idp-matrix"), clients_toml(site, client_secrets), users=()) as idp:
-        rps = {client_id: RelyingParty.discover(idp.issuer, client_id, secret, site)
-               for client_id, secret in client_secrets.items()}
+    with (
+        serving_relying_party_site() as site,
+        serving_idp(tmp_path_factory.mktemp("idp-matrix"), clients_toml(site, client_secrets), users=()) as idp,
+    ):
+        rps = {
+            client_id: RelyingParty.discover(idp.issuer, client_id, secret, site)
+            for client_id, secret in client_secrets.items()
+        }
         yield Deployment(idp, rps)
 
 
@@ -173,6 +195,7 @@ def csp(page: Page) -> CspViolations:
 
 
 # --- one person's journey ------------------------------------------------------------------------
+
 
 @dataclass
 class Journey:
@@ -198,8 +221,9 @@ class Journey:
         earlier ID token when there was a sign-in at Shop."""
         earlier = None
         if row.signed_in_at_shop_before:
-            earlier = self.authorize(self.deployment.rps["shop"], {}, consent=True, factors=self.password_step,
-                                     expected=PWD)
+            earlier = self.authorize(
+                self.deployment.rps["shop"], {}, consent=True, factors=self.password_step, expected=PWD
+            )
         if column.totp or column.passkey:
             self.page.goto(f"{self.issuer}/account")  # signed out: the login page, which comes back here
             if earlier is None:
@@ -264,26 +288,51 @@ class Journey:
     def sign_in(self, row: Row, column: Column) -> list[IdToken]:
         rp = self.deployment.rps[row.client_id]
         if column.expected is not None:
-            factors = {"password": self.password_step, "password+totp": self.password_and_code,
-                       "password+backup-code": self.password_and_backup_code,
-                       "passkey": self.passkey_on_login_page}[column.name]
-            return [self.authorize(rp, row.params, consent=row.consent_page, factors=factors,
-                                   expected=column.expected)]
+            factors = {
+                "password": self.password_step,
+                "password+totp": self.password_and_code,
+                "password+backup-code": self.password_and_backup_code,
+                "passkey": self.passkey_on_login_page,
+            }[column.name]
+            return [self.authorize(rp, row.params, consent=row.consent_page, factors=factors, expected=column.expected)]
         if row.reauthenticates:
-            mfa = self.authorize(rp, {**row.params, "acr_values": "mfa"}, consent=row.consent_page,
-                                 factors=self.password_and_code, expected=MFA)
-            phr = self.authorize(rp, {**row.params, "acr_values": "phr"}, consent=False,
-                                 factors=self.password_then_passkey_step, expected=PHR_AFTER_PASSWORD)
+            mfa = self.authorize(
+                rp,
+                {**row.params, "acr_values": "mfa"},
+                consent=row.consent_page,
+                factors=self.password_and_code,
+                expected=MFA,
+            )
+            phr = self.authorize(
+                rp,
+                {**row.params, "acr_values": "phr"},
+                consent=False,
+                factors=self.password_then_passkey_step,
+                expected=PHR_AFTER_PASSWORD,
+            )
         else:
-            mfa = self.authorize(rp, {"acr_values": "mfa"}, consent=row.consent_page, factors=self.code_step_only,
-                                 expected=MFA)
-            phr = self.authorize(rp, {"acr_values": "phr"}, consent=False, factors=self.passkey_step_only,
-                                 expected=PHR_STEPPED_UP_FROM_MFA)
+            mfa = self.authorize(
+                rp, {"acr_values": "mfa"}, consent=row.consent_page, factors=self.code_step_only, expected=MFA
+            )
+            phr = self.authorize(
+                rp,
+                {"acr_values": "phr"},
+                consent=False,
+                factors=self.passkey_step_only,
+                expected=PHR_STEPPED_UP_FROM_MFA,
+            )
             assert phr.sid == mfa.sid, (mfa.claims, phr.claims)  # one session, stepped up twice
         return [mfa, phr]
 
-    def authorize(self, rp: RelyingParty, params: dict[str, str], *, consent: bool, factors: Callable[[], None],
-                  expected: Expected) -> IdToken:
+    def authorize(
+        self,
+        rp: RelyingParty,
+        params: dict[str, str],
+        *,
+        consent: bool,
+        factors: Callable[[], None],
+        expected: Expected,
+    ) -> IdToken:
         """From the RP's authorization URL: the factors, the consent page if `consent` (and
         only then), the RP's callback; the code redeemed and the ID token checked."""
         authorization = rp.authorization(**params)
@@ -294,8 +343,12 @@ class Journey:
         if consent:
             reach(self.page, self.csp, allow_button(self.page), "the consent page")
             allow(self.page)
-        arrive(self.page, self.csp, lambda url: url.startswith(rp.site.redirect_uri + "?"),
-               f"{rp.client_id}'s redirect_uri")
+        arrive(
+            self.page,
+            self.csp,
+            lambda url: url.startswith(rp.site.redirect_uri + "?"),
+            f"{rp.client_id}'s redirect_uri",
+        )
         expect(self.page.locator("body")).to_contain_text("Signed in.")  # the RP's own page answered
         if self.authenticator is not None:
             self.authenticator.touched(False)  # until the person's next passkey request
@@ -359,8 +412,12 @@ class Journey:
         paths = visited_paths(self.page)
         if kind == "logout-confirmed":
             self.page.goto(rp.end_session_url(state))
-            reach(self.page, self.csp, self.page.get_by_role("button", name="Sign out", exact=True),
-                  "the logout confirmation")
+            reach(
+                self.page,
+                self.csp,
+                self.page.get_by_role("button", name="Sign out", exact=True),
+                "the logout confirmation",
+            )
             assert session_cookie(self.page) == cookie  # nothing ends before the person confirms
             confirm_sign_out(self.page)
         else:
@@ -388,18 +445,29 @@ class Journey:
         outcome = params.get("error", ["a code"])[0]
         assert outcome == "login_required", (
             f"after the logout, {which} is still a live IdP session (prompt=none with it got {outcome}, "
-            "not login_required): that session was never ended")
+            "not login_required): that session was never ended"
+        )
 
 
 # --- the matrix ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("row", "column", "logout"), CELLS)
 def test_journey_ends_at_the_rp_with_the_id_token_it_must_produce_then_logs_out(
-        row: Row, column: Column, logout: str, page: Page, csp: CspViolations, deployment: Deployment,
-        oathtool: str) -> None:
+    row: Row, column: Column, logout: str, page: Page, csp: CspViolations, deployment: Deployment, oathtool: str
+) -> None:
     username, password = f"{row.name}.{column.name}.{logout}", secrets.token_urlsafe(18)
-    deployment.idp.cli("user", "add", username, "--email", f"{username}@example.com", "--name", username,
-                       "--password-stdin", stdin=password + "\n")
+    deployment.idp.cli(
+        "user",
+        "add",
+        username,
+        "--email",
+        f"{username}@example.com",
+        "--name",
+        username,
+        "--password-stdin",
+        stdin=password + "\n",
+    )
     authenticator = virtual_authenticator(page) if column.passkey else None
     if authenticator is not None:
         authenticator.touched(False)

@@ -2,6 +2,7 @@
 from one RP in Debian's Chromium, Back-Channel Logout 1.0 tokens POSTed to both RPs' own
 HTTP servers (verified with PyJWT, not idp's JOSE library), the confirmation page for a
 request not tied to the session, and signing out other browsers from /account."""
+
 from __future__ import annotations
 
 import re
@@ -44,10 +45,12 @@ NARROW, WIDE = (360, 740), (1280, 800)
 
 # --- the relying parties' own HTTP servers -----------------------------------------------------
 
+
 @dataclass
 class RelyingParty:
     """One RP: its registration and the real HTTP server behind its URIs, which records the
     authorization callbacks, the back-channel POSTs and the post-logout landings."""
+
     client_id: str
     client_name: str
     client_secret: str
@@ -120,9 +123,9 @@ def _rp_handler(rp: RelyingParty) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-
 def _clients_toml(*rps: RelyingParty) -> str:
-    return "".join(f"""\
+    return "".join(
+        f"""\
 [[clients]]
 client_id = "{rp.client_id}"
 client_name = "{rp.client_name}"
@@ -134,14 +137,17 @@ grant_types = ["authorization_code", "refresh_token"]
 token_endpoint_auth_method = "client_secret_basic"
 scope = "openid profile email offline_access"
 
-""" for rp in rps)
+"""
+        for rp in rps
+    )
 
 
 def _registered(idp: RunningIdp, rp: RelyingParty) -> bool:
     """Whether the running idp already serves `rp` as synced: a cookieless logout request with
     its post_logout_redirect_uri is sent there (unknown client: 400; old config: no redirect)."""
-    response = httpx.get(f"{idp.issuer}/logout", params={"client_id": rp.client_id,
-                                                          "post_logout_redirect_uri": rp.logged_out_uri})
+    response = httpx.get(
+        f"{idp.issuer}/logout", params={"client_id": rp.client_id, "post_logout_redirect_uri": rp.logged_out_uri}
+    )
     return response.status_code == 303 and response.headers["location"] == rp.logged_out_uri
 
 
@@ -177,6 +183,7 @@ def rps(idp: RunningIdp, idp_cli, tmp_path: Path) -> Iterator[tuple[RelyingParty
 
 # --- the relying parties' OpenID Connect side (pyoidc) ----------------------------------------
 
+
 @dataclass(frozen=True)
 class Authorization:
     url: str
@@ -188,20 +195,31 @@ class Authorization:
 def oidc_client(idp: RunningIdp, rp: RelyingParty) -> Client:
     client = Client(client_id=rp.client_id, client_authn_method=CLIENT_AUTHN_METHOD)
     client.provider_config(idp.issuer)  # discovery and JWKS
-    client.store_registration_info(RegistrationResponse(
-        client_id=rp.client_id, client_secret=rp.client_secret, redirect_uris=[rp.redirect_uri],
-        token_endpoint_auth_method="client_secret_basic",
-    ))
+    client.store_registration_info(
+        RegistrationResponse(
+            client_id=rp.client_id,
+            client_secret=rp.client_secret,
+            redirect_uris=[rp.redirect_uri],
+            token_endpoint_auth_method="client_secret_basic",
+        )
+    )
     return client
 
 
 def start_authorization(client: Client, rp: RelyingParty) -> Authorization:
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     pkce, code_verifier = client.add_code_challenge()  # S256
-    request = client.construct_AuthorizationRequest(request_args={
-        "client_id": rp.client_id, "response_type": "code", "scope": SCOPE, "redirect_uri": rp.redirect_uri,
-        "state": state, "nonce": nonce, **pkce,
-    })
+    request = client.construct_AuthorizationRequest(
+        request_args={
+            "client_id": rp.client_id,
+            "response_type": "code",
+            "scope": SCOPE,
+            "redirect_uri": rp.redirect_uri,
+            "state": state,
+            "nonce": nonce,
+            **pkce,
+        }
+    )
     return Authorization(request.request(client.authorization_endpoint), state, nonce, code_verifier)
 
 
@@ -209,9 +227,13 @@ def redeem(client: Client, rp: RelyingParty, authorization: Authorization, query
     response = client.parse_response(AuthorizationResponse, info=query, sformat="urlencoded")
     assert response["state"] == authorization.state
     tokens = client.do_access_token_request(
-        state=authorization.state, authn_method="client_secret_basic",
-        request_args={"code": response["code"], "redirect_uri": rp.redirect_uri,
-                      "code_verifier": authorization.code_verifier},
+        state=authorization.state,
+        authn_method="client_secret_basic",
+        request_args={
+            "code": response["code"],
+            "redirect_uri": rp.redirect_uri,
+            "code_verifier": authorization.code_verifier,
+        },
     )  # verifies the ID token's signature (JWKS), iss, aud and nonce
     assert isinstance(tokens, AccessTokenResponse), tokens.to_dict()
     assert tokens["id_token"]["nonce"] == authorization.nonce
@@ -220,8 +242,10 @@ def redeem(client: Client, rp: RelyingParty, authorization: Authorization, query
 
 # --- the browser -------------------------------------------------------------------------------
 
-def sign_in_at_rp(page: Page, idp: RunningIdp, client: Client, rp: RelyingParty, *,
-                  password: bool) -> AccessTokenResponse:
+
+def sign_in_at_rp(
+    page: Page, idp: RunningIdp, client: Client, rp: RelyingParty, *, password: bool
+) -> AccessTokenResponse:
     """The RP sends the browser to /authorize; the login form if `password` (else it must not
     appear), consent if asked, then the RP's callback; returns the RP's verified tokens."""
     authorization = start_authorization(client, rp)
@@ -268,6 +292,7 @@ def screenshots(page: Page, artifacts: Path, name: str) -> None:
 
 # --- back-channel logout tokens, checked with PyJWT --------------------------------------------
 
+
 def wait_for_logout_tokens(*rps: RelyingParty, timeout: float = DELIVERY_SECONDS) -> None:
     deadline = time.monotonic() + timeout
     while not all(rp.backchannel for rp in rps):
@@ -283,8 +308,14 @@ def verified_logout_token(token: str, client: Client, idp: RunningIdp, rp: Relyi
     assert header["alg"] == "RS256", header
     assert header.get("typ") == "logout+jwt", header  # explicit typing (§2.4, RFC 8725 §3.11)
     signing_key = jwt.PyJWKClient(client.provider_info["jwks_uri"]).get_signing_key_from_jwt(token)
-    claims = jwt.decode(token, signing_key.key, algorithms=["RS256"], audience=rp.client_id, issuer=idp.issuer,
-                        options={"require": ["iss", "aud", "iat", "exp", "jti", "events", "sid"]})
+    claims = jwt.decode(
+        token,
+        signing_key.key,
+        algorithms=["RS256"],
+        audience=rp.client_id,
+        issuer=idp.issuer,
+        options={"require": ["iss", "aud", "iat", "exp", "jti", "events", "sid"]},
+    )
     assert claims["aud"] in (rp.client_id, [rp.client_id]), claims
     now = time.time()
     assert isinstance(claims["iat"], int) and abs(claims["iat"] - now) < 60, claims
@@ -297,6 +328,7 @@ def verified_logout_token(token: str, client: Client, idp: RunningIdp, rp: Relyi
 
 
 # --- the tests ---------------------------------------------------------------------------------
+
 
 def test_rp_initiated_logout_signs_out_of_both_rps_over_the_back_channel(page, idp, rps):
     shop, blog = rps
@@ -316,10 +348,17 @@ def test_rp_initiated_logout_signs_out_of_both_rps_over_the_back_channel(page, i
     assert end_session_endpoint == f"{idp.issuer}/logout"
     state = secrets.token_urlsafe(24)
     paths = visited_paths(page)
-    page.goto(end_session_endpoint + "?" + urlencode({
-        "id_token_hint": shop_tokens["id_token_jwt"], "post_logout_redirect_uri": shop.logged_out_uri,
-        "state": state,
-    }))
+    page.goto(
+        end_session_endpoint
+        + "?"
+        + urlencode(
+            {
+                "id_token_hint": shop_tokens["id_token_jwt"],
+                "post_logout_redirect_uri": shop.logged_out_uri,
+                "state": state,
+            }
+        )
+    )
     page.wait_for_url(lambda url: url.startswith(shop.logged_out_uri + "?"))
     expect(page.locator("body")).to_contain_text("Shop: signed out.")
     assert paths == ["/logout", "/logged-out"], paths  # straight through: no "Sign out?" page

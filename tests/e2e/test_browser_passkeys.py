@@ -3,6 +3,7 @@ usernameless sign-in with it, a step-up from a password session to phr, its remo
 passkey idp never registered. Debian's Chromium on idp's hosted pages, with Chromium's own
 virtual authenticator (the DevTools WebAuthn domain, not py_webauthn, which idp uses) as the
 user's device; pyoidc (`oic`) as the RP, with PyJWT checking the ID token."""
+
 from __future__ import annotations
 
 import base64
@@ -45,10 +46,12 @@ NARROW, WIDE = (360, 740), (1280, 800)
 
 # --- the user's device: Chromium's virtual authenticator ---------------------------------------
 
+
 @dataclass(frozen=True)
 class VirtualAuthenticator:
     """A platform authenticator (like a laptop's fingerprint reader) that holds discoverable
     credentials, verifies the user and is always touched: no prompt, no UI."""
+
     cdp: CDPSession
     authenticator_id: str
 
@@ -60,19 +63,30 @@ class VirtualAuthenticator:
 
     def touched(self, touched: bool) -> None:
         """Whether the user touches the authenticator (and verifies) when a request comes."""
-        self.cdp.send("WebAuthn.setAutomaticPresenceSimulation",
-                      {"authenticatorId": self.authenticator_id, "enabled": touched})
+        self.cdp.send(
+            "WebAuthn.setAutomaticPresenceSimulation", {"authenticatorId": self.authenticator_id, "enabled": touched}
+        )
 
 
 def virtual_authenticator(page: Page) -> VirtualAuthenticator:
     cdp = page.context.new_cdp_session(page)
     cdp.send("WebAuthn.enable", {"enableUI": False})
-    added = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
-        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
-        "isUserVerified": True, "automaticPresenceSimulation": True,
-        # a device-bound key (backup state off): idp should call it hwk, not swk
-        "defaultBackupEligibility": False, "defaultBackupState": False,
-    }})
+    added = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+                # a device-bound key (backup state off): idp should call it hwk, not swk
+                "defaultBackupEligibility": False,
+                "defaultBackupState": False,
+            }
+        },
+    )
     return VirtualAuthenticator(cdp, added["authenticatorId"])
 
 
@@ -84,13 +98,19 @@ def unregistered_credential(rp_id: str, user_handle: str) -> dict[str, Any]:
     """A discoverable credential for idp's RP ID with a fresh id and key pair: what a device
     that never went through idp's registration would hold (here even claiming alice's handle)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    return {"credentialId": b64(secrets.token_bytes(32)), "isResidentCredential": True, "rpId": rp_id,
-            "privateKey": b64(der), "userHandle": user_handle, "signCount": 0}
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return {
+        "credentialId": b64(secrets.token_bytes(32)),
+        "isResidentCredential": True,
+        "rpId": rp_id,
+        "privateKey": b64(der),
+        "userHandle": user_handle,
+        "signCount": 0,
+    }
 
 
 # --- the relying party (pyoidc) ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Authorization:
@@ -103,20 +123,32 @@ class Authorization:
 def relying_party(idp: RunningIdp) -> Client:
     rp = Client(client_id=idp.client_id, client_authn_method=CLIENT_AUTHN_METHOD)
     rp.provider_config(idp.issuer)  # discovery and JWKS
-    rp.store_registration_info(RegistrationResponse(
-        client_id=idp.client_id, client_secret=idp.client_secret, redirect_uris=[idp.redirect_uri],
-        token_endpoint_auth_method="client_secret_basic",
-    ))
+    rp.store_registration_info(
+        RegistrationResponse(
+            client_id=idp.client_id,
+            client_secret=idp.client_secret,
+            redirect_uris=[idp.redirect_uri],
+            token_endpoint_auth_method="client_secret_basic",
+        )
+    )
     return rp
 
 
 def start_authorization(rp: Client, idp: RunningIdp, **extra: str) -> Authorization:
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     pkce, code_verifier = rp.add_code_challenge()  # S256
-    request = rp.construct_AuthorizationRequest(request_args={
-        "client_id": idp.client_id, "response_type": "code", "scope": SCOPE, "redirect_uri": idp.redirect_uri,
-        "state": state, "nonce": nonce, **pkce, **extra,
-    })
+    request = rp.construct_AuthorizationRequest(
+        request_args={
+            "client_id": idp.client_id,
+            "response_type": "code",
+            "scope": SCOPE,
+            "redirect_uri": idp.redirect_uri,
+            "state": state,
+            "nonce": nonce,
+            **pkce,
+            **extra,
+        }
+    )
     return Authorization(request.request(rp.authorization_endpoint), state, nonce, code_verifier)
 
 
@@ -136,9 +168,13 @@ def finish_at_rp(page: Page, rp: Client, idp: RunningIdp, authorization: Authori
 
     response = rp.parse_response(AuthorizationResponse, info=query, sformat="urlencoded")
     tokens = rp.do_access_token_request(
-        state=authorization.state, authn_method="client_secret_basic",
-        request_args={"code": response["code"], "redirect_uri": idp.redirect_uri,
-                      "code_verifier": authorization.code_verifier},
+        state=authorization.state,
+        authn_method="client_secret_basic",
+        request_args={
+            "code": response["code"],
+            "redirect_uri": idp.redirect_uri,
+            "code_verifier": authorization.code_verifier,
+        },
     )
     assert isinstance(tokens, AccessTokenResponse), tokens.to_dict()
     id_token = tokens["id_token_jwt"]
@@ -161,6 +197,7 @@ def assert_passkey_sign_in(claims: dict[str, Any]) -> None:
 
 
 # --- the browser ------------------------------------------------------------------------------
+
 
 @contextmanager
 def fresh_page(browser: Browser) -> Iterator[Page]:
@@ -210,8 +247,9 @@ def open_login_page(page: Page, authenticator: VirtualAuthenticator, url: str) -
     return visited_paths(page)
 
 
-def click_passkey_button(page: Page, authenticator: VirtualAuthenticator, button: Locator, *,
-                         touch_again: bool = True) -> None:
+def click_passkey_button(
+    page: Page, authenticator: VirtualAuthenticator, button: Locator, *, touch_again: bool = True
+) -> None:
     """Clicks the button and touches the authenticator for the request it makes; with
     touch_again=False, not for any request after that one's answer came back."""
     authenticator.touched(True)
@@ -268,6 +306,7 @@ def assert_refused_on_login_page(page: Page, idp: RunningIdp, rp_callback: Callb
 
 
 # --- the tests ----------------------------------------------------------------------------------
+
 
 def test_a_passkey_added_on_account_signs_in_without_a_username_and_the_rp_gets_phr(page, idp):
     authenticator = virtual_authenticator(page)

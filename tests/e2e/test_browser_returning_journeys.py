@@ -5,6 +5,7 @@ redirects (via /authorize/resume) to the RP's own origin, and browsers apply CSP
 `form-action` to that whole redirect chain (issue 13): every test fails on any
 Content-Security-Policy violation in any page of its journey, and checks that the browser
 really reached the RP, whose code is redeemed with httpx and whose ID token PyJWT verifies."""
+
 from __future__ import annotations
 
 import base64
@@ -43,6 +44,7 @@ SESSION_COOKIE = "idp_session"
 
 # --- the relying party: authorization request, code redemption, ID token (httpx + PyJWT) -----------
 
+
 @dataclass(frozen=True)
 class Authorization:
     url: str
@@ -67,10 +69,19 @@ class RelyingParty:
     def authorization(self, **extra: str) -> Authorization:
         state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        query = urlencode({
-            "client_id": self.client_id, "response_type": "code", "scope": SCOPE, "redirect_uri": self.redirect_uri,
-            "state": state, "nonce": nonce, "code_challenge": challenge, "code_challenge_method": "S256", **extra,
-        })
+        query = urlencode(
+            {
+                "client_id": self.client_id,
+                "response_type": "code",
+                "scope": SCOPE,
+                "redirect_uri": self.redirect_uri,
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                **extra,
+            }
+        )
         return Authorization(f"{self.metadata['authorization_endpoint']}?{query}", state, nonce, verifier)
 
     def redeem(self, authorization: Authorization, query: str) -> dict[str, object]:
@@ -81,18 +92,29 @@ class RelyingParty:
         assert params["state"] == [authorization.state], params
         assert params["iss"] == [self.issuer], params  # RFC 9207
         response = httpx.post(
-            self.metadata["token_endpoint"], timeout=10,
+            self.metadata["token_endpoint"],
+            timeout=10,
             auth=(quote(self.client_id, safe=""), quote(self.client_secret, safe="")),  # RFC 6749 §2.3.1
-            data={"grant_type": "authorization_code", "code": params["code"][0], "redirect_uri": self.redirect_uri,
-                  "code_verifier": authorization.code_verifier},
+            data={
+                "grant_type": "authorization_code",
+                "code": params["code"][0],
+                "redirect_uri": self.redirect_uri,
+                "code_verifier": authorization.code_verifier,
+            },
         )
         assert response.status_code == 200, response.text
         tokens = response.json()
         assert tokens["token_type"].lower() == "bearer", tokens
         id_token = tokens["id_token"]
         key = jwt.PyJWKClient(self.metadata["jwks_uri"]).get_signing_key_from_jwt(id_token)
-        claims = jwt.decode(id_token, key.key, algorithms=["RS256"], audience=self.client_id, issuer=self.issuer,
-                            options={"require": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid"]})
+        claims = jwt.decode(
+            id_token,
+            key.key,
+            algorithms=["RS256"],
+            audience=self.client_id,
+            issuer=self.issuer,
+            options={"require": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid"]},
+        )
         assert claims["nonce"] == authorization.nonce, claims
         return claims
 
@@ -108,6 +130,7 @@ def assert_signed_in(claims: dict[str, object], *, since: float, acr: str, amr: 
 
 # --- the browser --------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def csp(page: Page) -> CspViolations:
     """Every Content-Security-Policy violation in any page of this test's browser context."""
@@ -120,8 +143,9 @@ def end_of_session(page: Page) -> None:
     assert all(cookie["name"] != SESSION_COOKIE for cookie in page.context.cookies())
 
 
-def arrive_at_rp(page: Page, csp: CspViolations, rp: RelyingParty, authorization: Authorization,
-                 rp_callback: Callback) -> str:
+def arrive_at_rp(
+    page: Page, csp: CspViolations, rp: RelyingParty, authorization: Authorization, rp_callback: Callback
+) -> str:
     """The browser lands on the RP's callback with this authorization's code; returns its query."""
     csp.wait_for_url(page, lambda url: url.startswith(rp.redirect_uri + "?"), "the RP's redirect_uri")
     expect(page.locator("body")).to_contain_text("Signed in.")  # the RP's own page answered
@@ -132,8 +156,9 @@ def arrive_at_rp(page: Page, csp: CspViolations, rp: RelyingParty, authorization
     return query
 
 
-def first_sign_in_with_consent(page: Page, csp: CspViolations, idp: RunningIdp, rp: RelyingParty,
-                               rp_callback: Callback) -> dict[str, object]:
+def first_sign_in_with_consent(
+    page: Page, csp: CspViolations, idp: RunningIdp, rp: RelyingParty, rp_callback: Callback
+) -> dict[str, object]:
     """A new browser at the RP: the password, then the consent page, Allow; the RP gets a code."""
     authorization = rp.authorization()
     since = time.time()
@@ -153,6 +178,7 @@ def shop(idp: RunningIdp) -> RelyingParty:
 
 
 # --- the tests ------------------------------------------------------------------------------------------
+
 
 def test_a_returning_user_with_stored_consent_lands_on_the_rp_after_the_password(page, idp, rp_callback, csp):
     rp = shop(idp)
@@ -175,7 +201,12 @@ def test_a_returning_user_with_stored_consent_lands_on_the_rp_after_the_password
 
 
 def test_a_returning_user_with_stored_consent_and_totp_lands_on_the_rp_after_the_code(
-        page, idp, rp_callback, csp, oathtool):  # noqa: F811 - the imported fixture
+    page,
+    idp,
+    rp_callback,
+    csp,
+    oathtool,  # noqa: F811 - the imported fixture
+):
     rp = shop(idp)
     first = first_sign_in_with_consent(page, csp, idp, rp, rp_callback)
     page.goto(f"{idp.issuer}/account")  # the session just signed in: TOTP set-up is allowed
@@ -242,13 +273,18 @@ def test_a_confirmed_logout_returns_to_the_rps_post_logout_redirect_uri(page, id
     assert any(cookie["name"] == SESSION_COOKIE for cookie in page.context.cookies())
 
     # no id_token_hint: the request is not tied to the session, so idp asks first
-    page.goto(f"{idp.issuer}/logout?" + urlencode({
-        "client_id": idp.client_id, "post_logout_redirect_uri": idp.post_logout_redirect_uri, "state": "xyz"}))
+    page.goto(
+        f"{idp.issuer}/logout?"
+        + urlencode(
+            {"client_id": idp.client_id, "post_logout_redirect_uri": idp.post_logout_redirect_uri, "state": "xyz"}
+        )
+    )
     expect(page.get_by_role("heading", name="Sign out?")).to_be_visible()
     assert rp_callback.logged_out == []
     page.get_by_role("button", name="Sign out", exact=True).click()  # POST /logout?confirm=1 → 303 the RP
-    csp.wait_for_url(page, lambda url: re.sub(r"\?.*", "", url) == idp.post_logout_redirect_uri,
-                     "the RP's post_logout_redirect_uri")
+    csp.wait_for_url(
+        page, lambda url: re.sub(r"\?.*", "", url) == idp.post_logout_redirect_uri, "the RP's post_logout_redirect_uri"
+    )
 
     assert page.url == f"{idp.post_logout_redirect_uri}?state=xyz"
     expect(page.locator("body")).to_contain_text("Signed out.")  # the RP's own page answered

@@ -3,6 +3,7 @@
 codes that work once, and the enrolment an admin's `idp user require-mfa` forces at login.
 Debian's Chromium on idp's hosted pages; Debian's oathtool (not pyotp, which idp uses) as
 the user's authenticator app; pyoidc (`oic`) as the RP, with PyJWT checking the ID token."""
+
 from __future__ import annotations
 
 import os
@@ -47,6 +48,7 @@ NARROW, WIDE = (360, 740), (1280, 800)
 
 # --- the user's authenticator app (oathtool) ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def oathtool() -> str:
     if not (os.path.exists(OATHTOOL) and os.access(OATHTOOL, os.X_OK)):
@@ -58,6 +60,7 @@ def oathtool() -> str:
 class Authenticator:
     """An authenticator app holding one secret. idp accepts a code once per 30-second time
     step, so a second code from the same app waits for the next step (as a person would)."""
+
     oathtool: str
     secret: str
     last_step: int | None = None
@@ -68,8 +71,9 @@ class Authenticator:
             time.sleep(min(TOTP_PERIOD, max(0.05, (self.last_step + 1) * TOTP_PERIOD - time.time())))
             now = int(time.time())
         # -N pins the moment, so the step this code belongs to is known exactly
-        result = subprocess.run([self.oathtool, "--totp", "-b", self.secret, "-N", f"@{now}"],
-                                capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            [self.oathtool, "--totp", "-b", self.secret, "-N", f"@{now}"], capture_output=True, text=True, timeout=10
+        )
         assert result.returncode == 0, f"oathtool failed: {result.stderr.strip()}"
         code = result.stdout.strip()
         assert re.fullmatch(r"[0-9]{6}", code), code
@@ -78,6 +82,7 @@ class Authenticator:
 
 
 # --- the relying party (pyoidc) ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Authorization:
@@ -90,20 +95,32 @@ class Authorization:
 def relying_party(idp: RunningIdp) -> Client:
     rp = Client(client_id=idp.client_id, client_authn_method=CLIENT_AUTHN_METHOD)
     rp.provider_config(idp.issuer)  # discovery and JWKS
-    rp.store_registration_info(RegistrationResponse(
-        client_id=idp.client_id, client_secret=idp.client_secret, redirect_uris=[idp.redirect_uri],
-        token_endpoint_auth_method="client_secret_basic",
-    ))
+    rp.store_registration_info(
+        RegistrationResponse(
+            client_id=idp.client_id,
+            client_secret=idp.client_secret,
+            redirect_uris=[idp.redirect_uri],
+            token_endpoint_auth_method="client_secret_basic",
+        )
+    )
     return rp
 
 
 def start_authorization(rp: Client, idp: RunningIdp, **extra: str) -> Authorization:
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     pkce, code_verifier = rp.add_code_challenge()  # S256
-    request = rp.construct_AuthorizationRequest(request_args={
-        "client_id": idp.client_id, "response_type": "code", "scope": SCOPE, "redirect_uri": idp.redirect_uri,
-        "state": state, "nonce": nonce, **pkce, **extra,
-    })
+    request = rp.construct_AuthorizationRequest(
+        request_args={
+            "client_id": idp.client_id,
+            "response_type": "code",
+            "scope": SCOPE,
+            "redirect_uri": idp.redirect_uri,
+            "state": state,
+            "nonce": nonce,
+            **pkce,
+            **extra,
+        }
+    )
     return Authorization(request.request(rp.authorization_endpoint), state, nonce, code_verifier)
 
 
@@ -123,9 +140,13 @@ def finish_at_rp(page: Page, rp: Client, idp: RunningIdp, authorization: Authori
 
     response = rp.parse_response(AuthorizationResponse, info=query, sformat="urlencoded")
     tokens = rp.do_access_token_request(
-        state=authorization.state, authn_method="client_secret_basic",
-        request_args={"code": response["code"], "redirect_uri": idp.redirect_uri,
-                      "code_verifier": authorization.code_verifier},
+        state=authorization.state,
+        authn_method="client_secret_basic",
+        request_args={
+            "code": response["code"],
+            "redirect_uri": idp.redirect_uri,
+            "code_verifier": authorization.code_verifier,
+        },
     )
     assert isinstance(tokens, AccessTokenResponse), tokens.to_dict()
     id_token = tokens["id_token_jwt"]
@@ -144,6 +165,7 @@ def assert_mfa(claims: dict[str, object]) -> None:
 
 
 # --- the browser ------------------------------------------------------------------------------
+
 
 @contextmanager
 def fresh_page(browser: Browser) -> Iterator[Page]:
@@ -238,6 +260,7 @@ def screenshots(page: Page, artifacts: Path, name: str) -> None:
 
 # --- the tests ----------------------------------------------------------------------------------
 
+
 def test_totp_set_up_on_account_then_a_step_up_asks_only_for_the_code(page, idp, oathtool):
     authenticator, _ = enrol_on_account(page, idp, oathtool)
     page.get_by_role("link", name="I have saved them").click()
@@ -290,8 +313,17 @@ def test_a_backup_code_signs_in_once(page, idp, oathtool, browser, rp_callback: 
 
 
 def test_an_admin_requirement_makes_the_next_login_enrol_totp(page, idp, idp_cli, oathtool):
-    idp_cli("user", "add", "bob", "--email", "bob@example.com", "--name", "Bob", "--password-stdin",
-            stdin=BOB_PASSWORD + "\n")
+    idp_cli(
+        "user",
+        "add",
+        "bob",
+        "--email",
+        "bob@example.com",
+        "--name",
+        "Bob",
+        "--password-stdin",
+        stdin=BOB_PASSWORD + "\n",
+    )
     idp_cli("user", "require-mfa", "bob")
 
     rp = relying_party(idp)

@@ -3,6 +3,7 @@ tests/e2e/toy_step (a PIN that may replace the authenticator code) is registered
 it to the list of steps the app is built with, and a person walks it in Chromium from the
 RP's authorization request to the RP's page with an ID token at mfa. No other step, page or
 route of idp was changed for it."""
+
 from __future__ import annotations
 
 import secrets

@@ -2,6 +2,7 @@
 relying party sees them in the ID token (acr, amr, auth_time), step-up that asks only for
 what is missing, enrolment demanded by an admin or a client, backup codes, unmet
 requirements, and the shared lockout across the password and code steps."""
+
 from __future__ import annotations
 
 import re
@@ -71,9 +72,15 @@ def to_client(client, response) -> str:
             return location
         if location.startswith("/consent"):
             page = client.get(location)
-            response = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                     "tx": form_value(page.text, "tx"), "decision": "allow"},
-                                   follow_redirects=False)
+            response = client.post(
+                "/consent",
+                data={
+                    "csrf_token": form_value(page.text, "csrf_token"),
+                    "tx": form_value(page.text, "tx"),
+                    "decision": "allow",
+                },
+                follow_redirects=False,
+            )
         else:
             response = client.get(location, follow_redirects=False)
     raise AssertionError("too many redirects")
@@ -101,7 +108,9 @@ def test_a_user_with_totp_always_does_the_code_step_and_the_rp_gets_mfa(client):
 
 def test_step_up_from_a_password_session_asks_only_for_the_code_and_keeps_the_session(client):
     first = AuthRequest(scope="openid")
-    claims = id_token_of(client, first, to_client(client, submit_login(client, start(client, first).headers["location"])))
+    claims = id_token_of(
+        client, first, to_client(client, submit_login(client, start(client, first).headers["location"]))
+    )
     assert claims["acr"] == "pwd" and claims["amr"] == ["pwd"]
     secret = enrol_totp(client)
 
@@ -125,9 +134,15 @@ def test_acr_values_mfa_for_a_user_without_a_factor_enrols_on_the_spot(client):
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', page.text).group(1)
     assert 'src="data:image/svg+xml' in page.text
     now = at_step(client, 0)
-    confirm = client.post("/login/enrol_totp", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                "tx": form_value(page.text, "tx"), "code": pyotp.TOTP(secret).at(now)},
-                          follow_redirects=False)
+    confirm = client.post(
+        "/login/enrol_totp",
+        data={
+            "csrf_token": form_value(page.text, "csrf_token"),
+            "tx": form_value(page.text, "tx"),
+            "code": pyotp.TOTP(secret).at(now),
+        },
+        follow_redirects=False,
+    )
     assert confirm.status_code == 200  # the backup codes, shown once, before going on
     codes = re.findall(r"\b[A-Z0-9]{4}-[A-Z0-9]{4}\b", confirm.text)
     assert len(set(codes)) == 10
@@ -152,7 +167,9 @@ def test_a_clients_default_acr_values_demand_a_second_factor(client):
     services = client.app.state.services
     with services.sessions.begin() as db:
         row = db.scalar(select(Client).where(Client.client_id == "shop"))
-        db.execute(update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]}))
+        db.execute(
+            update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]})
+        )
     services.oidc.clients.reload()
     response = submit_login(client, start(client, AuthRequest()).headers["location"])
     assert response.headers["location"].startswith("/login/enrol_totp?tx=")
@@ -201,7 +218,9 @@ def test_a_backup_code_works_once_and_the_page_says_how_many_are_left(client):
 
     client.cookies.clear()
     again = submit_login(client, start(client, AuthRequest()).headers["location"])
-    refused = post_code(client, again.headers["location"].replace("/login/totp?", "/login/backup_code?"), backup_code="ABCD-EFGH")
+    refused = post_code(
+        client, again.headers["location"].replace("/login/totp?", "/login/backup_code?"), backup_code="ABCD-EFGH"
+    )
     assert refused.status_code == 401
     assert "not valid or was already used" in error_of(refused.text)
 
@@ -246,8 +265,11 @@ def test_discovery_advertises_the_levels_idp_can_reach(client):
 def test_plain_sign_in_to_idp_with_totp_goes_through_the_code_step_to_the_account_page(client):
     secret = enrol_totp(client)
     page = client.get("/login")
-    response = client.post("/login", data={"csrf_token": form_value(page.text, "csrf_token"), "username": "alice",
-                                           "password": PASSWORD}, follow_redirects=False)
+    response = client.post(
+        "/login",
+        data={"csrf_token": form_value(page.text, "csrf_token"), "username": "alice", "password": PASSWORD},
+        follow_redirects=False,
+    )
     assert response.headers["location"].startswith("/login/totp?tx=")
     now = at_step(client, 1)
     done = post_code(client, response.headers["location"], code=pyotp.TOTP(secret).at(now))

@@ -1,6 +1,7 @@
 """CSP form-action on the pages whose form can end at a relying party (issue 13): browsers
 apply form-action to every redirect after a form POST, so these pages allow exactly the
 RP's verified redirect origin (scheme, host, actual port), and every other page 'self'."""
+
 from __future__ import annotations
 
 import re
@@ -16,23 +17,27 @@ from tests.login.test_transaction_binding import login_page_url, post_password, 
 from tests.support.rp import AuthRequest, start, submit_login
 
 
-@pytest.mark.parametrize("uri,source", [
-    ("https://shop.example/callback", "https://shop.example"),
-    ("https://Shop.Example:443/cb?x=1", "https://shop.example"),
-    ("https://shop.example:8443/cb", "https://shop.example:8443"),
-    ("http://localhost:5173/callback", "http://localhost:5173"),
-    ("http://127.0.0.1:80/cb", "http://127.0.0.1"),
-    ("http://[::1]:8080/cb", "http://[::1]:8080"),
-    ("com.example.app:/oauth2redirect", "com.example.app:"),
-    ("https://shop.example; script-src 'unsafe-inline'/cb", None),
-    ("https://user@shop.example/cb", None),
-    ("https://shop.example:99999/cb", None),
-    ("javascript:alert(1)", None),
-    ("data:text/html,x", None),
-    ("/relative/only", None),
-    ("", None),
-    (None, None),
-], ids=lambda value: repr(value))
+@pytest.mark.parametrize(
+    "uri,source",
+    [
+        ("https://shop.example/callback", "https://shop.example"),
+        ("https://Shop.Example:443/cb?x=1", "https://shop.example"),
+        ("https://shop.example:8443/cb", "https://shop.example:8443"),
+        ("http://localhost:5173/callback", "http://localhost:5173"),
+        ("http://127.0.0.1:80/cb", "http://127.0.0.1"),
+        ("http://[::1]:8080/cb", "http://[::1]:8080"),
+        ("com.example.app:/oauth2redirect", "com.example.app:"),
+        ("https://shop.example; script-src 'unsafe-inline'/cb", None),
+        ("https://user@shop.example/cb", None),
+        ("https://shop.example:99999/cb", None),
+        ("javascript:alert(1)", None),
+        ("data:text/html,x", None),
+        ("/relative/only", None),
+        ("", None),
+        (None, None),
+    ],
+    ids=lambda value: repr(value),
+)
 def test_redirect_source_is_exactly_the_origin_or_nothing(uri, source):
     assert redirect_source(uri) == ((source,) if source else ())
 
@@ -65,12 +70,16 @@ def test_the_enrolment_and_passkey_steps_allow_the_rps_origin(client):
     services = client.app.state.services
     with services.sessions.begin() as db:
         row = db.scalar(select(Client).where(Client.client_id == "shop"))
-        db.execute(update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]}))
+        db.execute(
+            update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]})
+        )
     services.oidc.clients.reload()
     enrol = post_password(client, tx_of(login_page_url(client)), "alice")
     assert form_action(client.get(enrol.headers["location"])) == RP
     tx = tx_of(enrol.headers["location"])
-    elsewhere = client.get(f"/login/passkey?tx={tx}", follow_redirects=False)  # no passkey yet: the chain is on the enrolment
+    elsewhere = client.get(
+        f"/login/passkey?tx={tx}", follow_redirects=False
+    )  # no passkey yet: the chain is on the enrolment
     assert elsewhere.status_code == 303 and elsewhere.headers["location"] == f"/login/enrol_totp?tx={tx}"
 
 
@@ -80,18 +89,26 @@ def test_a_step_up_code_page_allows_the_rps_origin(client):
     step_up = start(client, AuthRequest(extra={"acr_values": "mfa"}))
     page = client.get(step_up.headers["location"])
     assert form_action(page) == RP
-    assert post_code(client, step_up.headers["location"], code=pyotp.TOTP(secret).at(at_step(client, 1))).status_code == 303
+    assert (
+        post_code(client, step_up.headers["location"], code=pyotp.TOTP(secret).at(at_step(client, 1))).status_code
+        == 303
+    )
 
 
 def test_the_logout_confirmation_allows_the_post_logout_origin_only(client):
     services = client.app.state.services
     with services.sessions.begin() as db:
         row = db.scalar(select(Client).where(Client.client_id == "shop"))
-        db.execute(update(Client).where(Client.id == row.id).values(
-            config={**row.config, "post_logout_redirect_uris": ["https://shop.example:8443/bye"]}))
+        db.execute(
+            update(Client)
+            .where(Client.id == row.id)
+            .values(config={**row.config, "post_logout_redirect_uris": ["https://shop.example:8443/bye"]})
+        )
     services.oidc.clients.reload()
     submit_login(client, "/login")
-    page = client.get("/logout", params={"client_id": "shop", "post_logout_redirect_uri": "https://shop.example:8443/bye"})
+    page = client.get(
+        "/logout", params={"client_id": "shop", "post_logout_redirect_uri": "https://shop.example:8443/bye"}
+    )
     assert page.status_code == 200 and form_action(page) == ["'self'", "https://shop.example:8443"]
     unlisted = client.get("/logout", params={"client_id": "shop"})
     assert form_action(unlisted) == ["'self'"]

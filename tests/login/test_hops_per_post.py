@@ -9,6 +9,7 @@ for a password POST that finishes the chain, one that fails, and a TOTP code POS
 with this file on the code before the flow (c4fda87, the chain in the web layer), on
 PostgreSQL: a finishing password POST made 9 hand-offs and 4 transactions, a failing one 5
 and 2, a finishing code POST 7 and 3. Now each is 1 and 2."""
+
 from __future__ import annotations
 
 import asyncio
@@ -73,8 +74,9 @@ def login_form(client) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_a_password_post_that_finishes_the_chain_is_one_hop_and_two_transactions(client, monkeypatch):
     form = login_form(client)
     with counted(client, monkeypatch) as counts:
-        response = client.post("/login", data={**form, "username": "alice", "password": PASSWORD},
-                               follow_redirects=False)
+        response = client.post(
+            "/login", data={**form, "username": "alice", "password": PASSWORD}, follow_redirects=False
+        )
     assert response.status_code == 303 and response.headers["location"].startswith("/authorize/resume?")
     assert (counts.hops, counts.transactions) == (1, 2), counts
 
@@ -84,8 +86,9 @@ def test_a_password_post_that_finishes_the_chain_is_one_hop_and_two_transactions
 def test_a_failed_password_post_is_one_hop_and_two_transactions(client, monkeypatch):
     form = login_form(client)
     with counted(client, monkeypatch) as counts:
-        response = client.post("/login", data={**form, "username": "alice", "password": "wrong"},
-                               follow_redirects=False)
+        response = client.post(
+            "/login", data={**form, "username": "alice", "password": "wrong"}, follow_redirects=False
+        )
     assert response.status_code == 401
     assert (counts.hops, counts.transactions) == (1, 2), counts
 
@@ -101,12 +104,14 @@ def test_a_code_post_that_finishes_the_chain_is_one_hop_and_two_transactions(cli
         secret = services.factors.begin_totp(db, alice)
         assert services.factors.confirm_totp(db, alice, pyotp.TOTP(secret).at(T0)).ok
     form = login_form(client)
-    code_step = client.post("/login", data={**form, "username": "alice", "password": PASSWORD},
-                            follow_redirects=False)
+    code_step = client.post("/login", data={**form, "username": "alice", "password": PASSWORD}, follow_redirects=False)
     page = client.get(code_step.headers["location"])
     services.factors.clock = lambda: T0 + 30
-    data = {"csrf_token": form_value(page.text, "csrf_token"), "tx": form_value(page.text, "tx"),
-            "code": pyotp.TOTP(secret).at(T0 + 30)}
+    data = {
+        "csrf_token": form_value(page.text, "csrf_token"),
+        "tx": form_value(page.text, "tx"),
+        "code": pyotp.TOTP(secret).at(T0 + 30),
+    }
     with counted(client, monkeypatch) as counts:
         response = client.post(code_step.headers["location"].split("?")[0], data=data, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].startswith("/authorize/resume?")

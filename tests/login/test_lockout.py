@@ -2,6 +2,7 @@
 that answers exactly like a bad credential (401, same page, same work), warnings from 3
 attempts left and on the locking attempt, the same warnings for names with no account, and
 counting that cannot overshoot the limit under concurrency."""
+
 from __future__ import annotations
 
 import re
@@ -123,8 +124,11 @@ def test_the_lock_ends_after_its_time_and_the_count_starts_again(client):
         submit_login(client, url, password="wrong password")
     with client.app.state.services.sessions.begin() as db:  # 30 minutes pass
         past = utcnow() - timedelta(seconds=1)
-        db.execute(update(User).where(User.username == "alice").values(
-            locked_until=past, failures_since=past - timedelta(minutes=30)))
+        db.execute(
+            update(User)
+            .where(User.username == "alice")
+            .values(locked_until=past, failures_since=past - timedelta(minutes=30))
+        )
     response = submit_login(client, url, password="wrong password")
     assert error_of(response.text) == "The username or password is incorrect."  # 4 left: no warning
     assert user_row(client, "alice").failed_logins == 1

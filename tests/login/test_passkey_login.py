@@ -2,6 +2,7 @@
 drives them, with a software authenticator: registration on /account, usernameless and
 username-first sign-in, step-up to phr, failures and the lockout, the audit of a counter
 regression, rename and removal, and bad input (always a 4xx JSON answer, never a 500)."""
+
 from __future__ import annotations
 
 import statistics
@@ -35,6 +36,7 @@ JSON_ENDPOINTS = ("/login/passkey/options", "/login/passkey/verify", "/account/p
 
 # ---- helpers: the browser -------------------------------------------------------------------
 
+
 def csrf_token(client: TestClient, page: str = "/login") -> str:
     """Any rendered page carries the token for the browser's idp_csrf cookie."""
     response = client.get(page)
@@ -44,20 +46,25 @@ def csrf_token(client: TestClient, page: str = "/login") -> str:
 
 def password_sign_in_to_account(client: TestClient, username: str = "alice") -> None:
     token = csrf_token(client)
-    response = client.post("/login", data={"csrf_token": token, "username": username, "password": PASSWORD},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"csrf_token": token, "username": username, "password": PASSWORD}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"] == "/account", response.text
 
 
-def register_on_account(client: TestClient, authenticator: SoftAuthenticator, name: str = "My laptop") -> dict[str, Any]:
+def register_on_account(
+    client: TestClient, authenticator: SoftAuthenticator, name: str = "My laptop"
+) -> dict[str, Any]:
     token = csrf_token(client)
     options = client.post("/account/passkeys/options", json={"csrf_token": token})
     assert options.status_code == 200, options.text
     assert options.headers["cache-control"].startswith("no-store")
     body = options.json()
     credential = authenticator.create(body["publicKey"])
-    done = client.post("/account/passkeys", json={"csrf_token": token, "challenge_id": body["challenge_id"],
-                                                  "credential": credential, "name": name})
+    done = client.post(
+        "/account/passkeys",
+        json={"csrf_token": token, "challenge_id": body["challenge_id"], "credential": credential, "name": name},
+    )
     assert done.status_code == 200, done.text
     assert done.json() == {"redirect": "/account"}
     return credential
@@ -70,16 +77,25 @@ def sign_in_options(client: TestClient, token: str, tx: str | None = None, **ext
     return client.post("/login/passkey/options", json=body)
 
 
-def passkey_ceremony(client: TestClient, authenticator: SoftAuthenticator, token: str, tx: str | None = None, *,
-                     username: str | None = None, **get: Any):  # type: ignore[no-untyped-def]
+def passkey_ceremony(
+    client: TestClient,
+    authenticator: SoftAuthenticator,
+    token: str,
+    tx: str | None = None,
+    *,
+    username: str | None = None,
+    **get: Any,
+):  # type: ignore[no-untyped-def]
     """options, the authenticator's assertion, verify: the verify response."""
     extra = {"username": username} if username is not None else {}
     options = sign_in_options(client, token, tx, **extra)
     assert options.status_code == 200, options.text
     body = options.json()
     assertion = authenticator.get(body["publicKey"], **get)
-    return client.post("/login/passkey/verify", json={"csrf_token": token, "tx": body["tx"],
-                                                      "challenge_id": body["challenge_id"], "credential": assertion})
+    return client.post(
+        "/login/passkey/verify",
+        json={"csrf_token": token, "tx": body["tx"], "challenge_id": body["challenge_id"], "credential": assertion},
+    )
 
 
 def follow_to_client(client: TestClient, location: str) -> str:
@@ -89,9 +105,15 @@ def follow_to_client(client: TestClient, location: str) -> str:
             return location
         if location.startswith("/consent"):
             page = client.get(location)
-            response = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                     "tx": form_value(page.text, "tx"), "decision": "allow"},
-                                   follow_redirects=False)
+            response = client.post(
+                "/consent",
+                data={
+                    "csrf_token": form_value(page.text, "csrf_token"),
+                    "tx": form_value(page.text, "tx"),
+                    "decision": "allow",
+                },
+                follow_redirects=False,
+            )
         else:
             response = client.get(location, follow_redirects=False)
         assert response.status_code in (302, 303), (location, response.status_code, response.text[:500])
@@ -109,6 +131,7 @@ def id_token_claims(client: TestClient, request: AuthRequest, location: str) -> 
 
 
 # ---- helpers: the database ------------------------------------------------------------------
+
 
 def _user(client: TestClient, username: str) -> User:
     with client.app.state.services.sessions() as db:
@@ -151,6 +174,7 @@ def with_passkey(client: TestClient, authenticator: SoftAuthenticator, username:
 
 # ---- registration ---------------------------------------------------------------------------
 
+
 def test_alice_registers_a_passkey_on_her_account_page(client):
     authenticator = SoftAuthenticator()
     password_sign_in_to_account(client)
@@ -167,8 +191,7 @@ def test_alice_registers_a_passkey_on_her_account_page(client):
 def test_registration_needs_a_session(client):
     token = csrf_token(client)
     assert client.post("/account/passkeys/options", json={"csrf_token": token}).status_code == 401
-    response = client.post("/account/passkeys", json={"csrf_token": token, "challenge_id": "x" * 32,
-                                                      "credential": {}})
+    response = client.post("/account/passkeys", json={"csrf_token": token, "challenge_id": "x" * 32, "credential": {}})
     assert response.status_code == 401 and "error" in response.json()
 
 
@@ -178,14 +201,17 @@ def test_a_failed_registration_is_a_400_and_is_audited(client):
     token = csrf_token(client)
     body = client.post("/account/passkeys/options", json={"csrf_token": token}).json()
     credential = authenticator.create(body["publicKey"], origin="https://evil.example")
-    response = client.post("/account/passkeys", json={"csrf_token": token, "challenge_id": body["challenge_id"],
-                                                      "credential": credential, "name": "x"})
+    response = client.post(
+        "/account/passkeys",
+        json={"csrf_token": token, "challenge_id": body["challenge_id"], "credential": credential, "name": "x"},
+    )
     assert response.status_code == 400 and "error" in response.json()
     assert passkeys_of(client) == []
     assert len(audits(client, "passkey.registration_failed")) == 1
 
 
 # ---- usernameless sign-in -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("synced", [False, True], ids=["device-bound", "synced"])
 def test_usernameless_sign_in_from_a_fresh_browser_is_phr(client, synced: bool):
@@ -205,9 +231,15 @@ def test_usernameless_sign_in_from_a_fresh_browser_is_phr(client, synced: bool):
     assert not public_key.get("allowCredentials"), "usernameless: the browser offers any discoverable passkey"
     assert public_key["userVerification"] == "required" and public_key["rpId"] == "localhost"
 
-    verify = client.post("/login/passkey/verify", json={"csrf_token": token, "tx": tx,
-                                                        "challenge_id": body["challenge_id"],
-                                                        "credential": authenticator.get(public_key)})
+    verify = client.post(
+        "/login/passkey/verify",
+        json={
+            "csrf_token": token,
+            "tx": tx,
+            "challenge_id": body["challenge_id"],
+            "credential": authenticator.get(public_key),
+        },
+    )
     assert verify.status_code == 200, verify.text
     assert "idp_session=" in verify.headers.get("set-cookie", "")  # the session starts with the JSON answer
     claims = id_token_claims(client, request, follow_to_client(client, verify.json()["redirect"]))
@@ -230,6 +262,7 @@ def test_a_passkey_sign_in_to_idp_itself_lands_on_the_account_page(client):
 
 
 # ---- username-first ------------------------------------------------------------------------
+
 
 def test_username_first_options_list_alices_credential(client):
     authenticator = SoftAuthenticator()
@@ -258,8 +291,9 @@ def test_username_first_options_for_unknown_names_and_users_without_passkeys_loo
     for username in ("nobody", "bob"):
         fake = public_key(username)
         assert sorted(fake) == sorted(real)
-        assert {k: v for k, v in fake.items() if k not in ("challenge", "allowCredentials")} == \
-            {k: v for k, v in real.items() if k not in ("challenge", "allowCredentials")}
+        assert {k: v for k, v in fake.items() if k not in ("challenge", "allowCredentials")} == {
+            k: v for k, v in real.items() if k not in ("challenge", "allowCredentials")
+        }
         assert len(fake["allowCredentials"]) == len(real["allowCredentials"])
         assert [sorted(d) for d in fake["allowCredentials"]] == [sorted(d) for d in real["allowCredentials"]]
         assert [len(d["id"]) for d in fake["allowCredentials"]] == [len(d["id"]) for d in real["allowCredentials"]]
@@ -294,6 +328,7 @@ def test_username_first_options_take_the_same_time_for_a_name_with_and_without_p
 
 # ---- step-up ---------------------------------------------------------------------------------
 
+
 def test_step_up_from_a_password_session_to_phr_asks_for_the_passkey_only(client):
     authenticator = SoftAuthenticator()
     first = AuthRequest(scope="openid")
@@ -318,9 +353,15 @@ def test_step_up_from_a_password_session_to_phr_asks_for_the_passkey_only(client
     options = sign_in_options(client, token, tx)
     assert [d["id"] for d in options.json()["publicKey"]["allowCredentials"]] == [authenticator.credential().b64id]
     body = options.json()
-    verify = client.post("/login/passkey/verify", json={"csrf_token": token, "tx": tx,
-                                                        "challenge_id": body["challenge_id"],
-                                                        "credential": authenticator.get(body["publicKey"])})
+    verify = client.post(
+        "/login/passkey/verify",
+        json={
+            "csrf_token": token,
+            "tx": tx,
+            "challenge_id": body["challenge_id"],
+            "credential": authenticator.get(body["publicKey"]),
+        },
+    )
     assert verify.status_code == 200, verify.text
     upgraded = id_token_claims(client, stepped, follow_to_client(client, verify.json()["redirect"]))
     assert upgraded["acr"] == "phr"
@@ -342,8 +383,10 @@ def test_the_step_up_passkey_must_be_the_session_users(client):
     token = csrf_token(client)
     body = sign_in_options(client, token, tx).json()
     assertion = bobs.get({**body["publicKey"], "allowCredentials": []})
-    verify = client.post("/login/passkey/verify", json={"csrf_token": token, "tx": tx,
-                                                        "challenge_id": body["challenge_id"], "credential": assertion})
+    verify = client.post(
+        "/login/passkey/verify",
+        json={"csrf_token": token, "tx": tx, "challenge_id": body["challenge_id"], "credential": assertion},
+    )
     assert verify.status_code == 401 and verify.json() == {"error": SIGN_IN_FAILED}
 
 
@@ -360,6 +403,7 @@ def test_phr_for_a_password_only_user_is_unmet_authentication_requirements(clien
 
 # ---- failures and the lockout ------------------------------------------------------------------
 
+
 def test_a_credential_that_is_not_registered_is_refused_and_counts_against_nobody(client):
     authenticator = SoftAuthenticator()
     with_passkey(client, authenticator)
@@ -368,8 +412,7 @@ def test_a_credential_that_is_not_registered_is_refused_and_counts_against_nobod
     stranger.new_credential(user_handle=alice.webauthn_handle)  # a second authenticator, never registered
     token = csrf_token(client)
     for username in (None, "alice"):
-        verify = passkey_ceremony(client, stranger, token, username=username,
-                                  credential=stranger.credential())
+        verify = passkey_ceremony(client, stranger, token, username=username, credential=stranger.credential())
         assert verify.status_code == 401 and verify.json() == {"error": SIGN_IN_FAILED}
         assert verify.headers["content-type"].startswith("application/json")
     assert failed_logins(client) == 0
@@ -430,9 +473,15 @@ def test_a_locked_account_refuses_the_password_even_mid_chain_but_not_the_passke
     tx = query_of(stepped.headers["location"])["tx"]
     token = csrf_token(client)
     body = sign_in_options(client, token, tx).json()
-    verify = client.post("/login/passkey/verify", json={
-        "csrf_token": token, "tx": tx, "challenge_id": body["challenge_id"],
-        "credential": authenticator.get(body["publicKey"])})
+    verify = client.post(
+        "/login/passkey/verify",
+        json={
+            "csrf_token": token,
+            "tx": tx,
+            "challenge_id": body["challenge_id"],
+            "credential": authenticator.get(body["publicKey"]),
+        },
+    )
     assert verify.status_code == 200 and verify.json()["redirect"].startswith("/authorize/resume?tx="), verify.text
 
 
@@ -482,6 +531,7 @@ def test_a_success_resets_the_failure_count(client):
 
 # ---- rename and remove ---------------------------------------------------------------------
 
+
 def _post_form(client: TestClient, path: str, **fields: str):  # type: ignore[no-untyped-def]
     return client.post(path, data={"csrf_token": csrf_token(client), **fields}, follow_redirects=False)
 
@@ -502,8 +552,9 @@ def test_removal_after_an_old_sign_in_asks_to_sign_in_again(client):
     (row,) = passkeys_of(client)
     alice = _user(client, "alice").id
     with client.app.state.services.sessions.begin() as db:
-        db.execute(update(IdpSession).where(IdpSession.user_id == alice)
-                   .values(auth_time=utcnow() - timedelta(minutes=11)))
+        db.execute(
+            update(IdpSession).where(IdpSession.user_id == alice).values(auth_time=utcnow() - timedelta(minutes=11))
+        )
     response = _post_form(client, f"/account/passkeys/{row.id}/remove")
     assert response.status_code == 303 and response.headers["location"] == "/login?reauth=1"
     assert [p.id for p in passkeys_of(client)] == [row.id]
@@ -551,6 +602,7 @@ def test_rename_and_remove_need_a_session_and_the_csrf_token(client):
 
 # ---- bad input ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tolerant(app):  # type: ignore[no-untyped-def]
     """A browser whose server errors come back as responses (a 500 is a failure, not an exception)."""
@@ -575,8 +627,12 @@ def test_bad_bodies_are_4xx_json_never_500(tolerant, path: str):
         ("not UTF-8", json_type, b'{"csrf_token": "\xff\xfe"}', 400),
         ("a JSON array", json_type, b'["csrf_token"]', 400),
         ("a JSON string", json_type, b'"hello"', 400),
-        ("wrong content type", {"content-type": "application/x-www-form-urlencoded"},
-         f"csrf_token={token}".encode(), 400),
+        (
+            "wrong content type",
+            {"content-type": "application/x-www-form-urlencoded"},
+            f"csrf_token={token}".encode(),
+            400,
+        ),
         ("text/plain", {"content-type": "text/plain"}, b'{"csrf_token": "' + token.encode() + b'"}', 400),
         ("no content type", {}, b'{"csrf_token": "' + token.encode() + b'"}', 400),
         ("missing csrf", json_type, b'{"tx": "x"}', 403),
@@ -602,29 +658,56 @@ def test_deeply_nested_json_within_the_size_limit_is_a_400_not_a_500(tolerant, p
     _assert_json_error(response, 400)
 
 
-@pytest.mark.parametrize("credential", [None, 42, "x", [], {}, {"rawId": 5}, {"rawId": "!!!", "id": "!!!"},
-                                        {"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": "x"},
-                                        {"id": "AAAA", "rawId": "AAAA", "type": "public-key",
-                                         "response": {"clientDataJSON": 1, "userHandle": 7}}])
+@pytest.mark.parametrize(
+    "credential",
+    [
+        None,
+        42,
+        "x",
+        [],
+        {},
+        {"rawId": 5},
+        {"rawId": "!!!", "id": "!!!"},
+        {"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": "x"},
+        {"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": {"clientDataJSON": 1, "userHandle": 7}},
+    ],
+)
 def test_garbage_credentials_are_refused_as_json(tolerant, credential: object):
     token = csrf_token(tolerant)
     body = sign_in_options(tolerant, token).json()
-    response = tolerant.post("/login/passkey/verify", json={"csrf_token": token, "tx": body["tx"],
-                                                            "challenge_id": body["challenge_id"],
-                                                            "credential": credential})
+    response = tolerant.post(
+        "/login/passkey/verify",
+        json={"csrf_token": token, "tx": body["tx"], "challenge_id": body["challenge_id"], "credential": credential},
+    )
     _assert_json_error(response, (400, 401))
 
     password_sign_in_to_account(tolerant)
     token = csrf_token(tolerant)
     options = tolerant.post("/account/passkeys/options", json={"csrf_token": token}).json()
-    response = tolerant.post("/account/passkeys", json={"csrf_token": token, "challenge_id": options["challenge_id"],
-                                                        "credential": credential, "name": ["not", "a", "name"]})
+    response = tolerant.post(
+        "/account/passkeys",
+        json={
+            "csrf_token": token,
+            "challenge_id": options["challenge_id"],
+            "credential": credential,
+            "name": ["not", "a", "name"],
+        },
+    )
     _assert_json_error(response, 400)
     assert passkeys_of(tolerant) == []
 
 
-@pytest.mark.parametrize("field,value", [("tx", 42), ("tx", "x" * 500), ("challenge_id", {"a": 1}),
-                                         ("challenge_id", "nope"), ("username", ["alice"]), ("username", "a" * 5000)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("tx", 42),
+        ("tx", "x" * 500),
+        ("challenge_id", {"a": 1}),
+        ("challenge_id", "nope"),
+        ("username", ["alice"]),
+        ("username", "a" * 5000),
+    ],
+)
 def test_odd_fields_in_the_sign_in_calls_are_harmless(tolerant, field: str, value: object):
     token = csrf_token(tolerant)
     options = tolerant.post("/login/passkey/options", json={"csrf_token": token, field: value})

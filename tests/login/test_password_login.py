@@ -1,5 +1,6 @@
 """The hosted password login: no user enumeration (status, message, timing), CSRF on the
 form, session cookie flags, and a parked request that only its own browser can resume."""
+
 from __future__ import annotations
 
 import re
@@ -29,11 +30,14 @@ def _disable(client, username):
         disable_user(db, username)
 
 
-@pytest.mark.parametrize("username, password", [
-    pytest.param("nobody", PASSWORD, id="unknown user"),
-    pytest.param("alice", PASSWORD + "x", id="wrong password"),
-    pytest.param("bob", PASSWORD, id="disabled user with the right password"),
-])
+@pytest.mark.parametrize(
+    "username, password",
+    [
+        pytest.param("nobody", PASSWORD, id="unknown user"),
+        pytest.param("alice", PASSWORD + "x", id="wrong password"),
+        pytest.param("bob", PASSWORD, id="disabled user with the right password"),
+    ],
+)
 def test_unknown_user_wrong_password_and_disabled_account_look_the_same(client, username, password):
     _disable(client, "bob")
     response = submit_login(client, login_url(client), username=username, password=password)
@@ -49,10 +53,13 @@ def test_login_form_matches_the_contract_for_password_managers(client):
     assert 'name="csrf_token"' in page
 
 
-@pytest.mark.parametrize("token", [
-    pytest.param(None, id="refuses a missing csrf token"),
-    pytest.param("0" * 64, id="refuses a forged csrf token"),
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(None, id="refuses a missing csrf token"),
+        pytest.param("0" * 64, id="refuses a forged csrf token"),
+    ],
+)
 def test_login_without_a_valid_csrf_token_is_refused(client, token):
     page = client.get(login_url(client))
     data = {"tx": form_value(page.text, "tx"), "username": "alice", "password": PASSWORD}
@@ -64,12 +71,22 @@ def test_login_without_a_valid_csrf_token_is_refused(client, token):
 
 
 def test_csrf_token_of_another_browser_is_refused(app):
-    with TestClient(app, base_url="http://localhost:8000") as victim, TestClient(app, base_url="http://localhost:8000") as attacker:
+    with (
+        TestClient(app, base_url="http://localhost:8000") as victim,
+        TestClient(app, base_url="http://localhost:8000") as attacker,
+    ):
         attacker_page = attacker.get(login_url(attacker))
         victim.get(login_url(victim))  # the victim has a csrf cookie of their own
-        response = victim.post("/login", data={"csrf_token": form_value(attacker_page.text, "csrf_token"),
-                                               "tx": form_value(attacker_page.text, "tx"),
-                                               "username": "alice", "password": PASSWORD}, follow_redirects=False)
+        response = victim.post(
+            "/login",
+            data={
+                "csrf_token": form_value(attacker_page.text, "csrf_token"),
+                "tx": form_value(attacker_page.text, "tx"),
+                "username": "alice",
+                "password": PASSWORD,
+            },
+            follow_redirects=False,
+        )
         assert response.status_code == 403
 
 
@@ -95,7 +112,10 @@ def test_session_cookie_is_secure_for_an_https_issuer(settings):
 
 
 def test_a_parked_request_cannot_be_finished_by_another_browser(app):
-    with TestClient(app, base_url="http://localhost:8000") as alice, TestClient(app, base_url="http://localhost:8000") as mallory:
+    with (
+        TestClient(app, base_url="http://localhost:8000") as alice,
+        TestClient(app, base_url="http://localhost:8000") as mallory,
+    ):
         location = login_url(alice)
         tx = location.split("tx=")[1]
         submit_login(mallory, "/login")  # mallory has a session of her own
@@ -173,12 +193,16 @@ def test_a_locked_account_with_the_right_password_times_like_a_wrong_password(se
     from idp.state.memory import MemoryStore
     from tests.support.seed import seed
 
-    app = create_app(replace(settings, argon2_time_cost=2, argon2_memory_kib=32768, lockout_attempts=100),
-                     store=MemoryStore())
+    app = create_app(
+        replace(settings, argon2_time_cost=2, argon2_memory_kib=32768, lockout_attempts=100), store=MemoryStore()
+    )
     seed(app.state.services)
     with app.state.services.sessions.begin() as db:
-        db.execute(update(User).where(User.username == "alice").values(
-            failed_logins=5, failures_since=utcnow(), locked_until=utcnow() + timedelta(minutes=30)))
+        db.execute(
+            update(User)
+            .where(User.username == "alice")
+            .values(failed_logins=5, failures_since=utcnow(), locked_until=utcnow() + timedelta(minutes=30))
+        )
     with TestClient(app, base_url="http://localhost:8000") as client:
         for _ in range(3):
             _timed_failed_login(client, "alice", PASSWORD)
@@ -189,4 +213,5 @@ def test_a_locked_account_with_the_right_password_times_like_a_wrong_password(se
             wrong.append(_timed_failed_login(client, "bob", PASSWORD + "x"))
         m_locked, m_wrong = statistics.median(locked), statistics.median(wrong)
         assert abs(m_locked - m_wrong) / m_wrong <= 0.15, (
-            f"locked account {m_locked * 1000:.1f} ms vs wrong password {m_wrong * 1000:.1f} ms")
+            f"locked account {m_locked * 1000:.1f} ms vs wrong password {m_wrong * 1000:.1f} ms"
+        )

@@ -1,6 +1,7 @@
 """The login chain's policy as a table: what is asked (the request's acr_values, else the
 client's default_acr_values) × what the session has done × the user's factors → the next
 step. Pure functions, no app."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,8 +48,9 @@ TABLE = [
     pytest.param("pwd", (), ["pwd"], TOTP, True, CODE, id="pwd-pwd-asked-has-totp-code"),
     pytest.param(None, (), ["pwd"], REQUIRED, True, ENROL_TOTP, id="pwd-require-mfa-no-factor-enrol"),
     pytest.param(None, (), ["pwd"], REQUIRED, False, UNMET, id="pwd-require-mfa-cannot-enrol-unmet"),
-    pytest.param(None, (), ["pwd"], UserFactors(totp=True, require_mfa=True), True, CODE,
-                 id="pwd-require-mfa-with-totp-code"),
+    pytest.param(
+        None, (), ["pwd"], UserFactors(totp=True, require_mfa=True), True, CODE, id="pwd-require-mfa-with-totp-code"
+    ),
     pytest.param("mfa", (), ["pwd", "otp"], TOTP, True, DONE, id="pwd-otp-mfa-asked-done"),
     pytest.param(None, (), ["pwd", "otp"], TOTP, True, DONE, id="pwd-otp-nothing-asked-done"),
     pytest.param(None, (), ["otp", "pwd"], TOTP, True, DONE, id="otp-pwd-any-order-done"),
@@ -72,58 +74,70 @@ def test_next_step(acr_values, client_default, methods, factors, can_enrol, expe
     assert step_for(acr_values, client_default, methods, factors, can_enrol) == expected
 
 
-@pytest.mark.parametrize(("acr_values", "client_default", "expected"), [
-    pytest.param(None, (), "pwd", id="nothing-asked"),
-    pytest.param("", (), "pwd", id="empty"),
-    pytest.param("pwd", (), "pwd", id="pwd"),
-    pytest.param("mfa", (), "mfa", id="mfa"),
-    pytest.param("phr", (), "phr", id="phr"),
-    pytest.param("mfa pwd", (), "pwd", id="lowest-listed-wins"),
-    pytest.param("phr mfa", (), "mfa", id="lowest-of-phr-mfa"),
-    pytest.param("gold", (), "pwd", id="unknown-ignored"),
-    pytest.param("gold phr", (), "phr", id="unknown-ignored-beside-known"),
-    pytest.param(None, ("mfa",), "mfa", id="client-default"),
-    pytest.param(None, ("gold",), "pwd", id="client-default-unknown-ignored"),
-    pytest.param("pwd", ("mfa",), "pwd", id="request-wins-over-default"),
-    pytest.param("phr", ("pwd",), "phr", id="request-phr-wins-over-default"),
-])
+@pytest.mark.parametrize(
+    ("acr_values", "client_default", "expected"),
+    [
+        pytest.param(None, (), "pwd", id="nothing-asked"),
+        pytest.param("", (), "pwd", id="empty"),
+        pytest.param("pwd", (), "pwd", id="pwd"),
+        pytest.param("mfa", (), "mfa", id="mfa"),
+        pytest.param("phr", (), "phr", id="phr"),
+        pytest.param("mfa pwd", (), "pwd", id="lowest-listed-wins"),
+        pytest.param("phr mfa", (), "mfa", id="lowest-of-phr-mfa"),
+        pytest.param("gold", (), "pwd", id="unknown-ignored"),
+        pytest.param("gold phr", (), "phr", id="unknown-ignored-beside-known"),
+        pytest.param(None, ("mfa",), "mfa", id="client-default"),
+        pytest.param(None, ("gold",), "pwd", id="client-default-unknown-ignored"),
+        pytest.param("pwd", ("mfa",), "pwd", id="request-wins-over-default"),
+        pytest.param("phr", ("pwd",), "phr", id="request-phr-wins-over-default"),
+    ],
+)
 def test_requested_level(acr_values, client_default, expected):  # type: ignore[no-untyped-def]
     assert requested_level(acr_values, client_default) == expected
 
 
-@pytest.mark.parametrize(("requested", "factors", "expected"), [
-    pytest.param("pwd", None, "pwd", id="unknown-user"),
-    pytest.param("pwd", NONE, "pwd", id="no-factor"),
-    pytest.param("pwd", TOTP, "mfa", id="totp-raises-to-mfa"),
-    pytest.param("pwd", REQUIRED, "mfa", id="require-mfa-raises-to-mfa"),
-    pytest.param("mfa", NONE, "mfa", id="mfa-stays"),
-    pytest.param("phr", TOTP, "phr", id="never-lowered"),
-])
+@pytest.mark.parametrize(
+    ("requested", "factors", "expected"),
+    [
+        pytest.param("pwd", None, "pwd", id="unknown-user"),
+        pytest.param("pwd", NONE, "pwd", id="no-factor"),
+        pytest.param("pwd", TOTP, "mfa", id="totp-raises-to-mfa"),
+        pytest.param("pwd", REQUIRED, "mfa", id="require-mfa-raises-to-mfa"),
+        pytest.param("mfa", NONE, "mfa", id="mfa-stays"),
+        pytest.param("phr", TOTP, "phr", id="never-lowered"),
+    ],
+)
 def test_required_level(requested, factors, expected):  # type: ignore[no-untyped-def]
     assert required_level(requested, factors) == expected
 
 
-@pytest.mark.parametrize(("methods", "acr", "amr"), [
-    pytest.param([], "pwd", [], id="nothing"),
-    pytest.param(["pwd"], "pwd", ["pwd"], id="pwd"),
-    pytest.param(["pwd", "otp"], "mfa", ["pwd", "otp", "mfa"], id="pwd-otp"),
-    pytest.param(["pwd", "pwd"], "pwd", ["pwd"], id="duplicate-pwd-collapses"),
-    pytest.param(["pwd", "otp", "pwd", "otp"], "mfa", ["pwd", "otp", "mfa"], id="duplicates-collapse"),
-    pytest.param(["pwd", "otp", "mfa"], "mfa", ["pwd", "otp", "mfa"], id="mfa-not-doubled"),
-    pytest.param(["otp"], "pwd", ["otp"], id="otp-alone-is-not-mfa"),
-    pytest.param(["pwd", "magic"], "pwd", ["pwd"], id="unknown-method-dropped"),
-])
+@pytest.mark.parametrize(
+    ("methods", "acr", "amr"),
+    [
+        pytest.param([], "pwd", [], id="nothing"),
+        pytest.param(["pwd"], "pwd", ["pwd"], id="pwd"),
+        pytest.param(["pwd", "otp"], "mfa", ["pwd", "otp", "mfa"], id="pwd-otp"),
+        pytest.param(["pwd", "pwd"], "pwd", ["pwd"], id="duplicate-pwd-collapses"),
+        pytest.param(["pwd", "otp", "pwd", "otp"], "mfa", ["pwd", "otp", "mfa"], id="duplicates-collapse"),
+        pytest.param(["pwd", "otp", "mfa"], "mfa", ["pwd", "otp", "mfa"], id="mfa-not-doubled"),
+        pytest.param(["otp"], "pwd", ["otp"], id="otp-alone-is-not-mfa"),
+        pytest.param(["pwd", "magic"], "pwd", ["pwd"], id="unknown-method-dropped"),
+    ],
+)
 def test_acr_and_amr(methods, acr, amr):  # type: ignore[no-untyped-def]
     assert acr_of(methods) == acr
     assert amr_of(methods) == amr
 
 
-@pytest.mark.parametrize(("acr", "required", "expected"), [
-    pytest.param("pwd", "pwd", True, id="pwd-pwd"),
-    pytest.param("pwd", "mfa", False, id="pwd-mfa"),
-    pytest.param("mfa", "pwd", True, id="mfa-pwd"),
-    pytest.param("mfa", "phr", False, id="mfa-phr"),
-    pytest.param("gold", "pwd", False, id="unknown-acr-satisfies-nothing"),
-])
+@pytest.mark.parametrize(
+    ("acr", "required", "expected"),
+    [
+        pytest.param("pwd", "pwd", True, id="pwd-pwd"),
+        pytest.param("pwd", "mfa", False, id="pwd-mfa"),
+        pytest.param("mfa", "pwd", True, id="mfa-pwd"),
+        pytest.param("mfa", "phr", False, id="mfa-phr"),
+        pytest.param("gold", "pwd", False, id="unknown-acr-satisfies-nothing"),
+    ],
+)
 def test_satisfies(acr, required, expected):  # type: ignore[no-untyped-def]
     assert satisfies(acr, required) is expected

@@ -1,6 +1,7 @@
 """The per-user cap on concurrent IdP sessions (settings.sessions_per_user): signing in
 beyond it ends the oldest session, revokes its refresh tokens (except offline_access
 ones) and audits the eviction."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,11 @@ def capped_app(settings: Settings) -> Starlette:
 @pytest.fixture
 def browsers(capped_app: Starlette) -> Iterator[list[TestClient]]:
     """Three browsers (separate cookie jars) on the same idp."""
-    with TestClient(capped_app, base_url=ISSUER) as one, TestClient(capped_app, base_url=ISSUER) as two, \
-            TestClient(capped_app, base_url=ISSUER) as three:
+    with (
+        TestClient(capped_app, base_url=ISSUER) as one,
+        TestClient(capped_app, base_url=ISSUER) as two,
+        TestClient(capped_app, base_url=ISSUER) as three,
+    ):
         yield [one, two, three]
 
 

@@ -4,6 +4,7 @@ that already named its user or finished, a transaction driven from a browser tha
 start it, a finished chain resumed twice, a consent decision replayed, and a session cookie
 copied before a step-up or re-authentication. Each would merge identities or hand one
 user's factor to another on the code before this fix."""
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,11 @@ def tx_of(location: str) -> str:
 
 def post_password(client: TestClient, tx: str, username: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
     """The login form posted on transaction `tx`, with this browser's own CSRF token."""
-    return client.post("/login", data={"csrf_token": csrf_token(client), "tx": tx, "username": username,
-                                       "password": password}, follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"csrf_token": csrf_token(client), "tx": tx, "username": username, "password": password},
+        follow_redirects=False,
+    )
 
 
 def sets_session(response: Any) -> bool:
@@ -68,7 +72,9 @@ def require_mfa_for_shop(client: TestClient) -> None:
     services = client.app.state.services  # type: ignore[attr-defined]
     with services.sessions.begin() as db:
         row = db.scalar(select(Client).where(Client.client_id == "shop"))
-        db.execute(update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]}))
+        db.execute(
+            update(Client).where(Client.id == row.id).values(config={**row.config, "default_acr_values": ["mfa"]})
+        )
     services.oidc.clients.reload()
 
 
@@ -83,6 +89,7 @@ def refused_like_a_wrong_password_on_a_finished_transaction(client: TestClient, 
 
 
 # ---- another user's password on a transaction that finished ---------------------------------------
+
 
 def test_attacker_who_finished_his_own_totp_chain_cannot_post_the_victims_password_on_it(client):
     enrol_totp(client, "alice")
@@ -108,9 +115,15 @@ def test_attacker_who_enrolled_a_factor_on_the_spot_cannot_hand_it_to_the_victim
     assert enrol.headers["location"].startswith("/login/enrol_totp?tx=")
     page = client.get(enrol.headers["location"])
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', page.text).group(1)  # type: ignore[union-attr]
-    confirmed = client.post("/login/enrol_totp", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
-                                                  "code": pyotp.TOTP(secret).at(at_step(client, 2))},
-                            follow_redirects=False)
+    confirmed = client.post(
+        "/login/enrol_totp",
+        data={
+            "csrf_token": form_value(page.text, "csrf_token"),
+            "tx": tx,
+            "code": pyotp.TOTP(secret).at(at_step(client, 2)),
+        },
+        follow_redirects=False,
+    )
     assert confirmed.status_code == 200 and f"/authorize/resume?tx={tx}" in confirmed.text
 
     refused_like_a_wrong_password_on_a_finished_transaction(client, tx, "alice")
@@ -131,6 +144,7 @@ def test_attacker_who_signed_in_with_his_own_passkey_cannot_lift_the_victim_to_p
 
 # ---- another user's password on a transaction that named its user ----------------------------------
 
+
 def test_another_users_password_mid_chain_gets_the_wrong_password_answer_and_is_never_merged(client):
     enrol_totp(client, "alice")
     bob_secret = enrol_totp(client, "bob")
@@ -145,8 +159,11 @@ def test_another_users_password_mid_chain_gets_the_wrong_password_answer_and_is_
     assert right.status_code == wrong.status_code == 401 and not sets_session(right)
     assert right.text == wrong.text  # the very same page: the password being right shows nowhere
     with client.app.state.services.sessions() as db:
-        reasons = db.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "login.password.failed",
-                                                             AuditEvent.user_id == user_id(client, "alice"))).all()
+        reasons = db.scalars(
+            select(AuditEvent.detail).where(
+                AuditEvent.kind == "login.password.failed", AuditEvent.user_id == user_id(client, "alice")
+            )
+        ).all()
     assert any((detail or {}).get("reason") == "other_identity" for detail in reasons), reasons
 
     # the chain is still bob's: his code finishes it, as bob
@@ -166,6 +183,7 @@ def test_a_step_up_transaction_refuses_another_users_password(client):
 
 
 # ---- a transaction presented by another browser --------------------------------------------------
+
 
 def test_a_victims_sign_in_on_a_transaction_the_attacker_created_is_refused(client, second_browser):
     """The no-account attack: the attacker makes T (prompt=consent) and lures the victim to
@@ -202,11 +220,13 @@ def test_a_transaction_posted_from_a_second_cookie_jar_is_refused_at_every_step(
         "code page": attacker.get(f"/login/totp?tx={tx}"),
         "code": attacker.post("/login/totp", data={"csrf_token": token, "tx": tx, "code": "123456"}),
         "consent page": attacker.get(f"/consent?tx={tx}"),
-        "consent": attacker.post("/consent", data={"csrf_token": token, "tx": tx, "decision": "allow"},
-                                 follow_redirects=False),
+        "consent": attacker.post(
+            "/consent", data={"csrf_token": token, "tx": tx, "decision": "allow"}, follow_redirects=False
+        ),
         "resume": attacker.get(f"/authorize/resume?tx={tx}", follow_redirects=False),
-        "passkey verify": attacker.post("/login/passkey/verify", json={"csrf_token": token, "tx": tx,
-                                                                       "challenge_id": "x", "credential": {}}),
+        "passkey verify": attacker.post(
+            "/login/passkey/verify", json={"csrf_token": token, "tx": tx, "challenge_id": "x", "credential": {}}
+        ),
     }
     for door, response in attempts.items():
         assert response.status_code == 400 and "location" not in response.headers, (door, response.text[:300])
@@ -216,8 +236,11 @@ def test_a_transaction_posted_from_a_second_cookie_jar_is_refused_at_every_step(
 
     # the victim's own browser still finishes: T was not spent by the attacker's attempts
     page = victim.get(f"/consent?tx={tx}")
-    allowed = victim.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
-                                            "decision": "allow"}, follow_redirects=False)
+    allowed = victim.post(
+        "/consent",
+        data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx, "decision": "allow"},
+        follow_redirects=False,
+    )
     assert "code" in query_of(allowed.headers["location"])
 
 
@@ -229,6 +252,7 @@ def test_a_link_to_a_login_page_opened_in_another_browser_shows_the_expired_page
 
 
 # ---- once: the end of the chain, the resume, the consent decision ---------------------------------
+
 
 def test_a_finished_transaction_resumes_exactly_once(client):
     request = AuthRequest(client_id="portal", redirect_uri="https://portal.example/cb", scope="openid")  # first party
@@ -245,9 +269,12 @@ def test_a_finished_transaction_takes_no_further_step(client):
     enrol_totp(client, "alice")
     tx = tx_of(login_page_url(client))
     post_password(client, tx, "bob")  # bob has no second factor: his chain ends at once
-    for response in (post_password(client, tx, "bob"),
-                     client.post("/login/totp", data={"csrf_token": csrf_token(client), "tx": tx, "code": "123456"}),
-                     client.get(f"/login/totp?tx={tx}"), client.get(f"/login/enrol_totp?tx={tx}")):
+    for response in (
+        post_password(client, tx, "bob"),
+        client.post("/login/totp", data={"csrf_token": csrf_token(client), "tx": tx, "code": "123456"}),
+        client.get(f"/login/totp?tx={tx}"),
+        client.get(f"/login/enrol_totp?tx={tx}"),
+    ):
         assert response.status_code == 400 and not sets_session(response), response.text[:300]
 
 
@@ -271,6 +298,7 @@ def test_a_consent_decision_is_taken_once(client):
 
 
 # ---- a new session cookie value at every authentication event --------------------------------------
+
 
 def session_row(client: TestClient, sid_or_user: str) -> IdpSession:
     with client.app.state.services.sessions() as db:  # type: ignore[attr-defined]
@@ -301,8 +329,11 @@ def test_after_a_step_up_the_old_cookie_value_gets_the_sign_in_page(client, seco
 def test_re_authentication_for_the_account_page_renews_the_cookie_and_keeps_the_session(client, second_browser):
     submit_login(client, "/login", username="alice")
     old_cookie, row = client.cookies["idp_session"], session_row(client, "alice")
-    again = client.post("/login", data={"csrf_token": csrf_token(client), "username": "alice", "password": PASSWORD},
-                        follow_redirects=False)
+    again = client.post(
+        "/login",
+        data={"csrf_token": csrf_token(client), "username": "alice", "password": PASSWORD},
+        follow_redirects=False,
+    )
     assert again.headers["location"] == "/account" and sets_session(again)
     assert client.cookies["idp_session"] != old_cookie
     renewed = session_row(client, "alice")
@@ -325,9 +356,15 @@ def test_a_passkey_of_another_user_cannot_finish_a_chain_that_named_its_user(cli
     token = csrf_token(client)
     options = client.post("/login/passkey/options", json={"csrf_token": token, "tx": tx}).json()
     assert post_password(client, tx, "bob").headers["location"].startswith("/login/totp?tx=")
-    verify = client.post("/login/passkey/verify", json={
-        "csrf_token": token, "tx": tx, "challenge_id": options["challenge_id"],
-        "credential": authenticator.get(options["publicKey"])})
+    verify = client.post(
+        "/login/passkey/verify",
+        json={
+            "csrf_token": token,
+            "tx": tx,
+            "challenge_id": options["challenge_id"],
+            "credential": authenticator.get(options["publicKey"]),
+        },
+    )
     assert verify.status_code == 401 and verify.json() == {"error": "That passkey could not sign you in."}
     assert not sets_session(verify)
 
@@ -385,10 +422,14 @@ def test_over_https_every_cookie_is_host_prefixed_secure_and_host_only(https_cli
 
 # ---- found by review: a step-up outliving its session, user switches, cross-site POSTs ----------------
 
+
 def live_sessions(client: TestClient, username: str) -> list[IdpSession]:
     with client.app.state.services.sessions() as db:  # type: ignore[attr-defined]
-        return list(db.scalars(select(IdpSession).where(IdpSession.user_id == user_id(client, username),
-                                                        IdpSession.ended_at.is_(None))))
+        return list(
+            db.scalars(
+                select(IdpSession).where(IdpSession.user_id == user_id(client, username), IdpSession.ended_at.is_(None))
+            )
+        )
 
 
 def has_totp(client: TestClient, username: str) -> bool:
@@ -396,21 +437,34 @@ def has_totp(client: TestClient, username: str) -> bool:
     from idp.db.models import TotpCredential
 
     with client.app.state.services.sessions() as db:  # type: ignore[attr-defined]
-        return db.scalar(select(TotpCredential.id).where(TotpCredential.user_id == user_id(client, username),
-                                                         TotpCredential.confirmed_at.is_not(None))) is not None
+        return (
+            db.scalar(
+                select(TotpCredential.id).where(
+                    TotpCredential.user_id == user_id(client, username), TotpCredential.confirmed_at.is_not(None)
+                )
+            )
+            is not None
+        )
 
 
 def enrolment_attempt(client: TestClient, tx: str, form_page: Any) -> Any:
     secret = re.search(r'data-totp-secret="([A-Z2-7]+)"', form_page.text)
-    return client.post("/login/enrol_totp", data={"csrf_token": csrf_token(client), "tx": tx,
-                                             "code": pyotp.TOTP(secret.group(1) if secret else "A" * 32).at(
-                                                 at_step(client, 1))}, follow_redirects=False)
+    return client.post(
+        "/login/enrol_totp",
+        data={
+            "csrf_token": csrf_token(client),
+            "tx": tx,
+            "code": pyotp.TOTP(secret.group(1) if secret else "A" * 32).at(at_step(client, 1)),
+        },
+        follow_redirects=False,
+    )
 
 
 def sign_out(client: TestClient) -> Any:
     page = client.get("/logout")
-    return client.post("/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token")},
-                       follow_redirects=False)
+    return client.post(
+        "/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token")}, follow_redirects=False
+    )
 
 
 def test_a_step_up_begun_before_signing_out_cannot_enrol_a_factor_afterwards(client):
@@ -422,8 +476,11 @@ def test_a_step_up_begun_before_signing_out_cannot_enrol_a_factor_afterwards(cli
     form_page = client.get(f"/login/enrol_totp?tx={tx}")
     assert form_page.status_code == 200
     signed_out = sign_out(client)
-    assert any(v.startswith("idp_login=") and "Max-Age=0" in v
-               for k, v in signed_out.headers.multi_items() if k == "set-cookie"), "the binding goes with the session"
+    assert any(
+        v.startswith("idp_login=") and "Max-Age=0" in v
+        for k, v in signed_out.headers.multi_items()
+        if k == "set-cookie"
+    ), "the binding goes with the session"
 
     client.cookies.set("idp_login", "kept-by-a-browser-that-ignored-the-deletion-0123456789")
     assert client.get(f"/login/enrol_totp?tx={tx}").status_code == 400
@@ -455,8 +512,11 @@ def test_consent_given_after_another_user_signed_in_in_the_same_browser_issues_n
     consent = client.get(post_password(client, tx, "alice").headers["location"], follow_redirects=False)
     page = client.get(consent.headers["location"])
     submit_login(client, "/login", username="bob")  # another tab of the same browser
-    allowed = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx,
-                                            "decision": "allow"}, follow_redirects=False)
+    allowed = client.post(
+        "/consent",
+        data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx, "decision": "allow"},
+        follow_redirects=False,
+    )
     assert allowed.status_code == 303 and allowed.headers["location"].startswith("/login?tx="), allowed.headers
 
 
@@ -494,7 +554,9 @@ def test_a_disabled_users_passkey_signs_in_nobody_and_never_500s(app):
             db.execute(update(User).where(User.username == "alice").values(disabled=True))
         for tx in (None, tx_of(login_page_url(client))):
             verify = passkey_ceremony(client, authenticator, csrf_token(client), tx)
-            assert verify.status_code == 401 and verify.json()["error"].startswith("That passkey could not sign you in.")
+            assert verify.status_code == 401 and verify.json()["error"].startswith(
+                "That passkey could not sign you in."
+            )
         with app.state.services.sessions() as db:
             kinds = db.scalars(select(AuditEvent.kind).where(AuditEvent.kind == "login.passkey.succeeded")).all()
         assert kinds == []
@@ -508,13 +570,24 @@ def test_a_user_disabled_mid_chain_gets_a_page_not_a_500(app):
         codes = backup_codes.generate()
         with app.state.services.sessions.begin() as db:
             app.state.services.factors.replace_backup_codes(
-                db, user_id(client, "alice"), [(c, app.state.services.hashing.hash(c)) for c in codes])
-        code_step = client.post("/login", data={"csrf_token": csrf_token(client), "username": "alice",
-                                                "password": PASSWORD}, follow_redirects=False)
+                db, user_id(client, "alice"), [(c, app.state.services.hashing.hash(c)) for c in codes]
+            )
+        code_step = client.post(
+            "/login",
+            data={"csrf_token": csrf_token(client), "username": "alice", "password": PASSWORD},
+            follow_redirects=False,
+        )
         with app.state.services.sessions.begin() as db:
             db.execute(update(User).where(User.username == "alice").values(disabled=True))
-        used = client.post("/login/totp", data={"csrf_token": csrf_token(client), "tx": tx_of(code_step.headers["location"]),
-                                                "backup_code": codes[0]}, follow_redirects=False)
+        used = client.post(
+            "/login/totp",
+            data={
+                "csrf_token": csrf_token(client),
+                "tx": tx_of(code_step.headers["location"]),
+                "backup_code": codes[0],
+            },
+            follow_redirects=False,
+        )
         assert 400 <= used.status_code < 500 and not sets_session(used), used.status_code
 
 
@@ -563,8 +636,9 @@ def test_another_user_signing_in_in_the_same_browser_ends_the_previous_session(c
     submit_login(client, "/login", username="alice")
     alices_cookie = client.cookies["idp_session"]
     switch = AuthRequest(scope="openid", extra={"prompt": "login"})
-    claims = id_token_of(client, switch, to_client(client, submit_login(client, login_page_url(client, switch),
-                                                                        username="bob")))
+    claims = id_token_of(
+        client, switch, to_client(client, submit_login(client, login_page_url(client, switch), username="bob"))
+    )
     assert claims["sub"] == subject_of(client, "bob")
     assert live_sessions(client, "alice") == [] and len(live_sessions(client, "bob")) == 1
     with client.app.state.services.sessions() as db:

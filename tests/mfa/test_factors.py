@@ -2,6 +2,7 @@
 the TOTP secret encrypted and bound to its user, set-up and confirmation, replay refusal
 with an injected clock, the lockout counter shared with the password step, and backup codes
 (normalised lookup, single use, one Argon2 verification per attempt, per-user lookups)."""
+
 from __future__ import annotations
 
 import base64
@@ -87,13 +88,17 @@ def try_backup(services: Services, uid: int, typed: str):  # type: ignore[no-unt
     """What the login code step does: one lookup, one Argon2 verification (a dummy one when
     nothing was found), then claim the code or count the failure."""
     found = find_backup(services, uid, typed)
-    verified = (services.hashing.verify(found[1], backup_codes.normalize(typed) or typed) if found
-                else services.hashing.verify_dummy(typed))
+    verified = (
+        services.hashing.verify(found[1], backup_codes.normalize(typed) or typed)
+        if found
+        else services.hashing.verify_dummy(typed)
+    )
     with services.sessions.begin() as db:
         return services.factors.use_backup_code(db, uid, found[0] if found else None, verified)
 
 
 # ---- the secret at rest ------------------------------------------------------------------
+
 
 def test_secret_is_stored_encrypted(services):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
@@ -130,6 +135,7 @@ def test_secret_is_bound_to_its_user(services):  # type: ignore[no-untyped-def]
 
 # ---- set-up ------------------------------------------------------------------------------
 
+
 def test_begin_twice_replaces_the_pending_secret(services):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
     first = begin(services, alice)
@@ -165,7 +171,9 @@ def test_begin_refused_once_enabled(services):  # type: ignore[no-untyped-def]
     with services.sessions() as db, pytest.raises(ValueError):
         services.factors.begin_totp(db, alice)
     with services.sessions() as db:
-        assert services.factors._secret(db.scalar(select(TotpCredential).where(TotpCredential.user_id == alice))) == secret
+        assert (
+            services.factors._secret(db.scalar(select(TotpCredential).where(TotpCredential.user_id == alice))) == secret
+        )
 
 
 def test_confirm_with_a_wrong_code_fails_and_counts(services):  # type: ignore[no-untyped-def]
@@ -180,6 +188,7 @@ def test_confirm_with_a_wrong_code_fails_and_counts(services):  # type: ignore[n
 
 
 # ---- the login check: replay -------------------------------------------------------------
+
 
 def test_check_accepts_a_code_once_then_the_next_step(services):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
@@ -216,6 +225,7 @@ def test_non_ascii_digits_are_a_counted_failure_not_an_error(services, typed):  
 
 
 # ---- the shared lockout ------------------------------------------------------------------
+
 
 def test_failed_check_counts_toward_the_lockout(services):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
@@ -291,6 +301,7 @@ def test_wrong_backup_codes_count_toward_the_lockout(services):  # type: ignore[
 
 # ---- backup codes ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", ["exact", "lower", "no-dash", "spaces", "lower-no-dash-spaces"])
 def test_backup_code_lookup_normalises(services, variant):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
@@ -315,8 +326,11 @@ def test_backup_code_lookup_normalises(services, variant):  # type: ignore[no-un
     assert not services.hashing.verify(code_hash, codes[4])
 
 
-@pytest.mark.parametrize("typed", ["2222-2222", "ABCD-EFG", "", None, "x" * 1000, "ABCD-EFGH-JKMN"],
-                         ids=["unknown", "short", "empty", "none", "long", "too-many-groups"])
+@pytest.mark.parametrize(
+    "typed",
+    ["2222-2222", "ABCD-EFG", "", None, "x" * 1000, "ABCD-EFGH-JKMN"],
+    ids=["unknown", "short", "empty", "none", "long", "too-many-groups"],
+)
 def test_backup_code_lookup_misses(services, typed):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
     codes = [c for c in backup_codes.generate() if c != "2222-2222"]
@@ -398,8 +412,11 @@ def test_one_argon2_verification_per_backup_code_attempt(services, monkeypatch):
             assert len(selects) == 1
             assert "lookup" in selects[0] and "user_id" in selects[0]
             assert found is None or isinstance(found[1], str)  # one hash, not a list of them
-            verified = (services.hashing.verify(found[1], backup_codes.normalize(typed) or typed) if found
-                        else services.hashing.verify_dummy(typed))
+            verified = (
+                services.hashing.verify(found[1], backup_codes.normalize(typed) or typed)
+                if found
+                else services.hashing.verify_dummy(typed)
+            )
             with services.sessions.begin() as db:
                 result = services.factors.use_backup_code(db, alice, found[0] if found else None, verified)
             assert result.ok is (found is not None)

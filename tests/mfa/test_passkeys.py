@@ -2,6 +2,7 @@
 PostgreSQL: a registration then a sign-in verify; every way a ceremony can be wrong is
 refused with PasskeyError and leaves the stored credential as it was (sign counter, last
 use); challenges are single use, expire, and are bound to their transaction and user."""
+
 from __future__ import annotations
 
 import json
@@ -54,15 +55,26 @@ def registration_options(passkeys: Passkeys, sessions, username: str = "alice") 
     return challenge.id, json.loads(challenge.options_json)
 
 
-def complete_registration(passkeys: Passkeys, sessions, username: str, challenge_id: object, credential: object,  # type: ignore[no-untyped-def]
-                          name: object = "Laptop") -> int:
+def complete_registration(
+    passkeys: Passkeys,
+    sessions,
+    username: str,
+    challenge_id: object,
+    credential: object,  # type: ignore[no-untyped-def]
+    name: object = "Laptop",
+) -> int:
     with sessions.begin() as db:
         user = db.scalar(select(User).where(User.username == username))
         return passkeys.register(db, user, challenge_id, credential, name).id
 
 
-def register(passkeys: Passkeys, sessions, authenticator: SoftAuthenticator, username: str = "alice",  # type: ignore[no-untyped-def]
-             name: str = "Laptop") -> int:
+def register(
+    passkeys: Passkeys,
+    sessions,
+    authenticator: SoftAuthenticator,
+    username: str = "alice",  # type: ignore[no-untyped-def]
+    name: str = "Laptop",
+) -> int:
     challenge_id, options = registration_options(passkeys, sessions, username)
     return complete_registration(passkeys, sessions, username, challenge_id, authenticator.create(options), name)
 
@@ -102,6 +114,7 @@ def new_tx() -> str:
 
 
 # ---- the happy path -------------------------------------------------------------------------
+
 
 def test_relying_party_comes_from_the_issuer():
     assert RelyingParty.from_issuer(ISSUER) == RelyingParty("localhost", "http://localhost:8000", "idp")
@@ -197,6 +210,7 @@ def test_an_unknown_name_can_be_signed_in_by_no_passkey(passkeys, sessions):
 
 
 # ---- sign-in failures: refused, and nothing changes ------------------------------------------
+
 
 @dataclass
 class World:
@@ -427,6 +441,7 @@ def test_a_credential_id_swapped_onto_another_key_is_refused(world: World):
 
 # ---- the sign counter ----------------------------------------------------------------------
 
+
 def test_a_counter_going_backwards_or_standing_still_is_refused(world: World):
     tx = new_tx()
     challenge_id, options = sign_in_options(world.passkeys, world.sessions, tx)
@@ -436,7 +451,9 @@ def test_a_counter_going_backwards_or_standing_still_is_refused(world: World):
     for count in (3, 5, 0):  # backwards, the same again, and a counting authenticator suddenly at zero
         challenge_id, options = sign_in_options(world.passkeys, world.sessions, tx)
         with pytest.raises(PasskeyError) as refused:
-            sign_in(world.passkeys, world.sessions, tx, challenge_id, world.authenticator.get(options, sign_count=count))
+            sign_in(
+                world.passkeys, world.sessions, tx, challenge_id, world.authenticator.get(options, sign_count=count)
+            )
         assert refused.value.reason == "sign counter went backwards"  # the web layer audits on this reason
         assert stored(world.sessions, world.passkey_id) == before
     challenge_id, options = sign_in_options(world.passkeys, world.sessions, tx)
@@ -458,12 +475,14 @@ def test_an_authenticator_that_does_not_count_is_accepted_again_and_again(passke
 
 # ---- registration ------------------------------------------------------------------------------
 
+
 def test_registration_options_exclude_the_users_existing_credentials(passkeys, sessions):
     authenticator = SoftAuthenticator()
     register(passkeys, sessions, authenticator)
     _, options = registration_options(passkeys, sessions)
     assert [(d["id"], d["type"]) for d in options["excludeCredentials"]] == [
-        (authenticator.credential().b64id, "public-key")]
+        (authenticator.credential().b64id, "public-key")
+    ]
     with pytest.raises(Excluded):  # what a browser does with it: the same authenticator will not register twice
         authenticator.create(options)
     # another user's options list only their own
@@ -478,7 +497,9 @@ def test_registering_the_same_credential_twice_is_refused(passkeys, sessions):
     for username in ("alice", "bob"):
         challenge_id, options = registration_options(passkeys, sessions, username)
         with pytest.raises(PasskeyError):
-            complete_registration(passkeys, sessions, username, challenge_id, authenticator.create(options, reuse=credential))
+            complete_registration(
+                passkeys, sessions, username, challenge_id, authenticator.create(options, reuse=credential)
+            )
     assert passkey_count(sessions) == 1
 
 
@@ -500,8 +521,13 @@ def test_a_sign_in_challenge_cannot_register(passkeys, sessions):
     challenge_id, options = sign_in_options(passkeys, sessions, new_tx())
     _, real = registration_options(passkeys, sessions)
     with pytest.raises(PasskeyError):
-        complete_registration(passkeys, sessions, "alice", challenge_id,
-                              SoftAuthenticator().create({**real, "challenge": options["challenge"]}))
+        complete_registration(
+            passkeys,
+            sessions,
+            "alice",
+            challenge_id,
+            SoftAuthenticator().create({**real, "challenge": options["challenge"]}),
+        )
     assert passkey_count(sessions) == 0
 
 
@@ -531,6 +557,7 @@ def test_a_malformed_registration_is_a_passkey_error(passkeys, sessions, credent
 
 
 # ---- small parts ---------------------------------------------------------------------------
+
 
 def test_owner_of_names_the_owner_of_a_known_credential_only(world: World):
     alice = user_id(world.sessions, "alice")

@@ -1,6 +1,7 @@
 """TOTP (RFC 6238, SHA-1, 6 digits, 30 s): the RFC's own test vectors, codes from an
 independent implementation (Debian's oathtool), the ±1 step window, replay refusal, code
 normalisation, and the otpauth URI and its QR code."""
+
 from __future__ import annotations
 
 import shutil
@@ -24,14 +25,18 @@ def test_rfc_secret_is_the_ascii_seed():
 
 
 # The RFC lists 8-digit codes; ours are 6 digits: the last 6 (the same truncation, mod 10^6).
-@pytest.mark.parametrize(("now", "rfc_code"), [
-    (59, "94287082"),
-    (1111111109, "07081804"),
-    (1111111111, "14050471"),
-    (1234567890, "89005924"),
-    (2000000000, "69279037"),
-    (20000000000, "65353130"),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("now", "rfc_code"),
+    [
+        (59, "94287082"),
+        (1111111109, "07081804"),
+        (1111111111, "14050471"),
+        (1234567890, "89005924"),
+        (2000000000, "69279037"),
+        (20000000000, "65353130"),
+    ],
+    ids=lambda v: str(v),
+)
 def test_rfc6238_appendix_b_sha1_vectors(now, rfc_code):  # type: ignore[no-untyped-def]
     code = rfc_code[-6:]
     assert totp.matching_step(RFC_SECRET, code, now=now) == now // 30
@@ -42,8 +47,12 @@ def test_rfc_vector_digits_are_the_last_six():
     assert totp.matching_step(RFC_SECRET, "94287082", now=59) is None  # 8 digits are not our code
 
 
-OATHTOOL_TIMES = ["2026-01-01 00:00:00 UTC", "2026-06-15 12:34:56 UTC", "2030-02-28 23:59:59 UTC",
-                  "1970-01-01 00:01:00 UTC"]
+OATHTOOL_TIMES = [
+    "2026-01-01 00:00:00 UTC",
+    "2026-06-15 12:34:56 UTC",
+    "2030-02-28 23:59:59 UTC",
+    "1970-01-01 00:01:00 UTC",
+]
 
 
 @pytest.mark.parametrize("when", OATHTOOL_TIMES)
@@ -52,8 +61,9 @@ def test_oathtool_codes_are_accepted(when, secret):  # type: ignore[no-untyped-d
     oathtool = shutil.which("oathtool")
     if oathtool is None:
         unavailable("oathtool is not installed (Debian package oathtool)")
-    out = subprocess.run([oathtool, "--totp", "-b", secret, "--now", when], capture_output=True, text=True,
-                         check=True, timeout=10)
+    out = subprocess.run(
+        [oathtool, "--totp", "-b", secret, "--now", when], capture_output=True, text=True, check=True, timeout=10
+    )
     code = out.stdout.strip()
     assert len(code) == 6 and code.isdigit()
     now = datetime.strptime(when, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC).timestamp()
@@ -67,8 +77,9 @@ def test_new_secret_works_with_oathtool():
     secret = totp.new_secret()
     assert len(secret) == 32  # 160 bits of base32
     when = "2026-01-01 00:00:00 UTC"
-    code = subprocess.run([oathtool, "--totp", "-b", secret, "--now", when], capture_output=True, text=True,
-                          check=True, timeout=10).stdout.strip()
+    code = subprocess.run(
+        [oathtool, "--totp", "-b", secret, "--now", when], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
     now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     assert totp.matching_step(secret, code, now=now) == int(now) // 30
 
@@ -126,6 +137,7 @@ def test_other_secret_is_refused():
 
 # ---- replay ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("delta", [-1, 0, 1], ids=["previous", "current", "next"])
 def test_replay_refused_when_last_used_step_is_at_or_after(delta):  # type: ignore[no-untyped-def]
     step = STEP + delta
@@ -149,30 +161,62 @@ def test_replay_of_the_rfc_vector():
 
 # ---- normalisation -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("123456", "123456"),
-    ("123 456", "123456"),
-    ("123-456", "123456"),
-    (" 123456 ", "123456"),
-    ("12 34 56", "123456"),
-    ("123\t456\n", "123456"),
-    ("000000", "000000"),
-], ids=["plain", "space", "dash", "surrounding-spaces", "pairs", "tab-newline", "zeros"])
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("123456", "123456"),
+        ("123 456", "123456"),
+        ("123-456", "123456"),
+        (" 123456 ", "123456"),
+        ("12 34 56", "123456"),
+        ("123\t456\n", "123456"),
+        ("000000", "000000"),
+    ],
+    ids=["plain", "space", "dash", "surrounding-spaces", "pairs", "tab-newline", "zeros"],
+)
 def test_normalize_code_accepts(raw, expected):  # type: ignore[no-untyped-def]
     assert totp.normalize_code(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [
-    "12345", "1234567", "abcdef", "12345a", "", "   ", None, 123456, b"123456",
-    "1" * 10_000, "123456" + " " * 100, "-" * 30 + "123456",
-], ids=["five", "seven", "letters", "letter", "empty", "blank", "none", "int", "bytes",
-        "very-long", "long-padding", "long-dashes"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "12345",
+        "1234567",
+        "abcdef",
+        "12345a",
+        "",
+        "   ",
+        None,
+        123456,
+        b"123456",
+        "1" * 10_000,
+        "123456" + " " * 100,
+        "-" * 30 + "123456",
+    ],
+    ids=[
+        "five",
+        "seven",
+        "letters",
+        "letter",
+        "empty",
+        "blank",
+        "none",
+        "int",
+        "bytes",
+        "very-long",
+        "long-padding",
+        "long-dashes",
+    ],
+)
 def test_normalize_code_refuses(raw):  # type: ignore[no-untyped-def]
     assert totp.normalize_code(raw) is None
 
 
-@pytest.mark.parametrize("raw", ["١٢٣٤٥٦", "１２３４５６", "۱۲۳۴۵۶"],
-                         ids=["arabic-indic", "fullwidth", "extended-arabic-indic"])
+@pytest.mark.parametrize(
+    "raw", ["١٢٣٤٥٦", "１２３４５６", "۱۲۳۴۵۶"], ids=["arabic-indic", "fullwidth", "extended-arabic-indic"]
+)
 def test_normalize_code_never_passes_non_ascii_digits(raw):  # type: ignore[no-untyped-def]
     """Python's `\\d` matches every Unicode digit; such a "code" must be refused here, since
     matching_step compares with hmac.compare_digest, which raises TypeError on non-ASCII
@@ -190,6 +234,7 @@ def test_non_ascii_digits_never_reach_the_comparison(raw):  # type: ignore[no-un
 
 
 # ---- provisioning ------------------------------------------------------------------------
+
 
 def test_provisioning_uri_has_issuer_and_account():
     secret = totp.new_secret()

@@ -1,5 +1,6 @@
 """The observability tests' fixture: an app built from the test's settings with some fields
 replaced, seeded, and a TestClient on it with the peer address chosen."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,10 @@ def make_client(settings: Settings) -> Iterator[MakeClient]:
     later ones in the same test share it."""
     seeded = False
     with ExitStack() as stack:
-        def make(*, client: tuple[str, int] = LOOPBACK, headers: dict[str, str] | None = None,
-                 **overrides: Any) -> TestClient:
+
+        def make(
+            *, client: tuple[str, int] = LOOPBACK, headers: dict[str, str] | None = None, **overrides: Any
+        ) -> TestClient:
             app = create_app(dataclasses.replace(settings, **overrides), store=MemoryStore())
             nonlocal seeded
             if not seeded:
@@ -37,5 +40,3 @@ def make_client(settings: Settings) -> Iterator[MakeClient]:
             return stack.enter_context(TestClient(app, base_url=ISSUER, client=client, headers=headers))
 
         yield make
-
-

@@ -1,5 +1,6 @@
 """Helpers for the observability tests: reading /metrics as the Prometheus server would,
 and the request log's lines captured from the `idp.access` logger."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """The request log's handler (idp/observability/log_batching.py): lines leave in batches of
 whole lines, at the latest a second after they were logged, at once when 64 KiB gather, and
 all of them on close (a normal stop)."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,16 @@ def _logger(handler: logging.Handler, name: str) -> logging.Logger:
 
 
 def _line(n: int) -> str:
-    return request_line(request_id=f"{n:032x}", method="GET", path=f"/p/{n}", endpoint="unmatched", status=404,
-                        seconds=0.001, ip="127.0.0.1", user_agent="t")
+    return request_line(
+        request_id=f"{n:032x}",
+        method="GET",
+        path=f"/p/{n}",
+        endpoint="unmatched",
+        status=404,
+        seconds=0.001,
+        ip="127.0.0.1",
+        user_agent="t",
+    )
 
 
 def test_lines_wait_for_the_periodic_flush_then_all_arrive_whole(target: tuple[int, Path]) -> None:
@@ -88,8 +97,16 @@ def test_under_idp_serve_request_lines_take_the_direct_path(target: tuple[int, P
     monkeypatch.setattr(access_log, "_direct", None)  # restored afterwards: other tests use the logger
     handler = access_log.stderr_handler(fd=fd)
     assert access_log.enabled()
-    access_log.write_request_line(request_id="b" * 32, method="GET", path="/jwks", endpoint="/jwks", status=200,
-                                  seconds=0.002, ip="127.0.0.1", user_agent="t")
+    access_log.write_request_line(
+        request_id="b" * 32,
+        method="GET",
+        path="/jwks",
+        endpoint="/jwks",
+        status=200,
+        seconds=0.002,
+        ip="127.0.0.1",
+        user_agent="t",
+    )
     assert path.read_text() == ""  # batched
     handler.close()
     assert json.loads(path.read_text())["request_id"] == "b" * 32

@@ -2,6 +2,7 @@
 (loopback by default), judged on the real client address worked out with
 IDP_TRUSTED_PROXIES, switched off (404) by an empty setting, a bad CIDR refused at start,
 and never a name, secret or address from the requests it counts."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,14 @@ from tests.support.seed import PASSWORD, SHOP_SECRET
 OUTSIDE = ("203.0.113.9", 40000)
 PROXY = ("127.0.0.1", 40001)
 IDP_FAMILIES = {
-    "idp_http_requests", "idp_http_request_duration_seconds", "idp_logins", "idp_sign_ins_completed",
-    "idp_lockouts", "idp_rate_limit_hits", "idp_tokens_issued", "idp_backchannel_logout_deliveries",
+    "idp_http_requests",
+    "idp_http_request_duration_seconds",
+    "idp_logins",
+    "idp_sign_ins_completed",
+    "idp_lockouts",
+    "idp_rate_limit_hits",
+    "idp_tokens_issued",
+    "idp_backchannel_logout_deliveries",
     "idp_audit_events",
 }
 
@@ -135,7 +142,21 @@ def test_the_output_holds_no_names_secrets_tokens_or_addresses_from_earlier_requ
 
     assert response.status_code == 200
     text = response.text
-    for leaked in ("alice", "mallory", "example.com", "hunter2", PASSWORD, SHOP_SECRET, tokens["access_token"],
-                   tokens["refresh_token"], issued.json()["access_token"], "198.51.100.77", "127.0.0.1",
-                   "LeakyAgent", "no-such-page", "424242", "shop"):
+    for leaked in (
+        "alice",
+        "mallory",
+        "example.com",
+        "hunter2",
+        PASSWORD,
+        SHOP_SECRET,
+        tokens["access_token"],
+        tokens["refresh_token"],
+        issued.json()["access_token"],
+        "198.51.100.77",
+        "127.0.0.1",
+        "LeakyAgent",
+        "no-such-page",
+        "424242",
+        "shop",
+    ):
         assert leaked not in text, f"{leaked!r} in /metrics"

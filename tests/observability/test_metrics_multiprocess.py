@@ -9,6 +9,7 @@ keeps its values in files under PROMETHEUS_MULTIPROC_DIR and /metrics sums them
 - Without it: idp makes a private directory (0700, under TMPDIR), the count is exact again,
   the directory is removed when idp stops, and each response's X-Request-Id is the
   request_id of its JSON line in the process's log."""
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ class Run:
 def deployment(workdir: Path, port: int, **extra: str) -> Iterator[dict[str, str]]:
     """A fresh schema with alice, and the environment of an idp on it (no inherited
     PROMETHEUS_MULTIPROC_DIR unless `extra` names one)."""
-    with prepared_environment(workdir, issuer_port=port, redis_url=shared_redis(REDIS_URL),
-                              schema_prefix="idp_metrics") as env:
+    with prepared_environment(
+        workdir, issuer_port=port, redis_url=shared_redis(REDIS_URL), schema_prefix="idp_metrics"
+    ) as env:
         env.pop(MULTIPROC_ENV, None)
         env.update(extra)
         yield env
@@ -131,8 +133,12 @@ def jwks_count_per_pid(directory: Path) -> dict[int, float]:
             shutil.copy(path, alone)
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=alone)
-            total = sum(s.value for metric in registry.collect() for s in metric.samples
-                        if s.name == "idp_http_requests_total" and s.labels.get("endpoint") == "/jwks")
+            total = sum(
+                s.value
+                for metric in registry.collect()
+                for s in metric.samples
+                if s.name == "idp_http_requests_total" and s.labels.get("endpoint") == "/jwks"
+            )
         counts[int(path.stem.split("_")[-1])] = total
     return counts
 
@@ -145,14 +151,21 @@ def admin_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Run, P
     workdir = tmp_path_factory.mktemp("metrics-admin-dir")
     metrics_dir = workdir / "prometheus"
     metrics_dir.mkdir()
-    subprocess.run([sys.executable, "-c", STALE_WRITER], env={**os.environ, MULTIPROC_ENV: str(metrics_dir)},
-                   check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    subprocess.run(
+        [sys.executable, "-c", STALE_WRITER],
+        env={**os.environ, MULTIPROC_ENV: str(metrics_dir)},
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     stale = sorted(p.name for p in metrics_dir.glob("*.db"))
     assert len(stale) == 2, stale  # counter_<pid>.db, histogram_<pid>.db
 
     port = free_port()
-    with deployment(workdir, port, **{MULTIPROC_ENV: str(metrics_dir)}) as env, \
-            run_idp(env, port, workdir, workers=2) as server:
+    with (
+        deployment(workdir, port, **{MULTIPROC_ENV: str(metrics_dir)}) as env,
+        run_idp(env, port, workdir, workers=2) as server,
+    ):
         run = Run(server, worker_pids(server, 2))
         run.request_ids = send_jwks_requests(server)
         run.scrape = scrape(server)

@@ -5,6 +5,7 @@ rate-limit refusals (every one), tokens by grant type, sign-ins by acr and back-
 logout deliveries by outcome.
 
 Metrics are process-global, so every assertion is on the difference between two scrapes."""
+
 from __future__ import annotations
 
 import secrets
@@ -62,8 +63,11 @@ def test_a_request_counts_under_its_route_template_not_its_concrete_path(client:
     template = "/account/sessions/{session_id:int}/end"
     assert sum(requests_delta(before, after, template, "POST", s) for s in set(statuses)) == 3
     assert delta(before, after, LATENCY_COUNT, endpoint=template, method="POST") == 3
-    assert not [s for s in after.series(REQUESTS) if s["endpoint"].startswith("/account/sessions/") and
-                any(d in s["endpoint"] for d in ("17", "23", "99999"))]
+    assert not [
+        s
+        for s in after.series(REQUESTS)
+        if s["endpoint"].startswith("/account/sessions/") and any(d in s["endpoint"] for d in ("17", "23", "99999"))
+    ]
 
 
 def test_unknown_paths_all_count_as_unmatched_without_a_new_series_each(client: TestClient) -> None:
@@ -112,8 +116,10 @@ def test_the_latency_histogram_observes_each_request_once(client: TestClient) ->
 
     after = scrape(app)
     assert delta(before, after, LATENCY_COUNT, endpoint="/healthz", method="GET") == 5
-    assert delta(before, after, "idp_http_request_duration_seconds_bucket", endpoint="/healthz", method="GET",
-                 le="+Inf") == 5
+    assert (
+        delta(before, after, "idp_http_request_duration_seconds_bucket", endpoint="/healthz", method="GET", le="+Inf")
+        == 5
+    )
     assert delta(before, after, "idp_http_request_duration_seconds_sum", endpoint="/healthz", method="GET") > 0
 
 
@@ -231,8 +237,12 @@ def test_every_refusal_by_a_rate_limit_is_counted_not_only_the_audited_first(mak
     app = client.app
     csrf = form_value(client.get("/login").text, "csrf_token")
     before = scrape(app)
-    statuses = [client.post("/login", data={"csrf_token": csrf, "username": "alice", "password": WRONG},
-                            follow_redirects=False).status_code for _ in range(6)]
+    statuses = [
+        client.post(
+            "/login", data={"csrf_token": csrf, "username": "alice", "password": WRONG}, follow_redirects=False
+        ).status_code
+        for _ in range(6)
+    ]
 
     after = scrape(app)
     assert statuses == [401, 401, 429, 429, 429, 429]

@@ -3,6 +3,7 @@ idp/web/observation.py): every response carries X-Request-Id — a fresh random 
 trusted proxy's when well formed — the audit rows the request writes carry the same id, and
 the `idp.access` logger gets exactly one JSON line per request, with the path but never its
 query string, and no way for a client to break the line."""
+
 from __future__ import annotations
 
 import logging
@@ -66,9 +67,20 @@ def test_every_response_has_a_fresh_request_id_of_32_hex_characters(make_client:
     responses["429"] = refused
 
     assert {k: r.status_code for k, r in responses.items()} == {
-        "page": 200, "redirect": 303, "json": 200, "discovery": 200, "jwks": 200, "head-jwks": 200,
-        "static-405": 405, "404": 404, "405": 405, "oauth-error": 400, "static-file-404": 404, "500": 500,
-        "429": 429}
+        "page": 200,
+        "redirect": 303,
+        "json": 200,
+        "discovery": 200,
+        "jwks": 200,
+        "head-jwks": 200,
+        "static-405": 405,
+        "404": 404,
+        "405": 405,
+        "oauth-error": 400,
+        "static-file-404": 404,
+        "500": 500,
+        "429": 429,
+    }
     ids = {name: request_id_of(response) for name, response in responses.items()}
     for name, value in ids.items():
         assert OUR_ID.fullmatch(value), (name, value)
@@ -76,7 +88,8 @@ def test_every_response_has_a_fresh_request_id_of_32_hex_characters(make_client:
 
 
 def test_the_500_for_an_unhandled_exception_is_plain_and_logged_with_its_request_id(
-        make_client: MakeClient, monkeypatch) -> None:
+    make_client: MakeClient, monkeypatch
+) -> None:
     client = make_client()
     monkeypatch.setattr(health, "_checks", raise_in_checks)
     with captured("idp", logging.ERROR) as errors, captured("idp.access") as access:
@@ -96,8 +109,11 @@ def test_the_500_for_an_unhandled_exception_is_plain_and_logged_with_its_request
 # ---- whose id is kept --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("peer, trusted", [(OUTSIDE, ()), (OUTSIDE, TRUSTED), (PROXY, ())],
-                         ids=["no-proxies", "not-the-proxy", "loopback-but-no-proxies-configured"])
+@pytest.mark.parametrize(
+    "peer, trusted",
+    [(OUTSIDE, ()), (OUTSIDE, TRUSTED), (PROXY, ())],
+    ids=["no-proxies", "not-the-proxy", "loopback-but-no-proxies-configured"],
+)
 def test_an_id_sent_by_anyone_but_a_trusted_proxy_is_replaced(make_client: MakeClient, peer, trusted) -> None:
     """An attacker-chosen id could make unrelated requests look related in the logs."""
     client = make_client(client=peer, trusted_proxies=trusted)
@@ -119,20 +135,37 @@ def test_a_well_formed_id_from_a_trusted_proxy_is_kept(make_client: MakeClient, 
     assert line["request_id"] == sent
 
 
-@pytest.mark.parametrize("sent", [
-    "a" * 65,  # too long
-    "abcdefg",  # too short
-    "abc def ghi jkl",  # a space
-    "abcdefgh\nforged-line",  # a newline
-    "abcdefgh1234\n",  # a trailing newline (what `$` in a regex lets through)
-    "abcdefgh\r\nX-Injected: 1",
-    "abcdefgh\x00nul",
-    'abcdefgh"},{"x',
-    "abcdefgh/../..",
-    b"caf\xc3\xa9-12345678",  # non-ASCII (UTF-8)
-    b"caf\xe9-123456789",  # non-ASCII (Latin-1)
-    "",
-], ids=["too-long", "too-short", "space", "newline", "trailing-newline", "crlf", "nul", "quote", "slash", "utf8", "latin1", "empty"])
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "a" * 65,  # too long
+        "abcdefg",  # too short
+        "abc def ghi jkl",  # a space
+        "abcdefgh\nforged-line",  # a newline
+        "abcdefgh1234\n",  # a trailing newline (what `$` in a regex lets through)
+        "abcdefgh\r\nX-Injected: 1",
+        "abcdefgh\x00nul",
+        'abcdefgh"},{"x',
+        "abcdefgh/../..",
+        b"caf\xc3\xa9-12345678",  # non-ASCII (UTF-8)
+        b"caf\xe9-123456789",  # non-ASCII (Latin-1)
+        "",
+    ],
+    ids=[
+        "too-long",
+        "too-short",
+        "space",
+        "newline",
+        "trailing-newline",
+        "crlf",
+        "nul",
+        "quote",
+        "slash",
+        "utf8",
+        "latin1",
+        "empty",
+    ],
+)
 def test_a_malformed_id_even_from_a_trusted_proxy_is_replaced(make_client: MakeClient, sent) -> None:
     client = make_client(client=PROXY, trusted_proxies=TRUSTED)
     with captured("idp.access") as access:
@@ -183,8 +216,11 @@ def test_a_trusted_proxys_id_reaches_the_audit_rows(make_client: MakeClient) -> 
     page = client.get(url)
     csrf = re.search(r'name="csrf_token" value="([^"]*)"', page.text).group(1)  # type: ignore[union-attr]
     tx = re.search(r'name="tx" value="([^"]*)"', page.text).group(1)  # type: ignore[union-attr]
-    response = client.post("/login", data={"csrf_token": csrf, "tx": tx, "username": "alice", "password": "nope"},
-                           headers={"X-Request-Id": NGINX_ID, "X-Forwarded-For": "198.51.100.4"})
+    response = client.post(
+        "/login",
+        data={"csrf_token": csrf, "tx": tx, "username": "alice", "password": "nope"},
+        headers={"X-Request-Id": NGINX_ID, "X-Forwarded-For": "198.51.100.4"},
+    )
 
     assert request_id_of(response) == NGINX_ID
     [row] = audit_rows_after(client, mark)
@@ -219,8 +255,12 @@ def test_one_json_line_per_request_with_the_path_but_not_the_query_string(make_c
     lines = json_lines(access)
     assert len(lines) == 4
     responses = [authorize, jwks, missing, session_end]
-    expected = [("GET", "/authorize", "/authorize"), ("GET", "/jwks", "/jwks"), ("GET", "/nowhere", "unmatched"),
-                ("POST", "/account/sessions/42/end", "/account/sessions/{session_id:int}/end")]
+    expected = [
+        ("GET", "/authorize", "/authorize"),
+        ("GET", "/jwks", "/jwks"),
+        ("GET", "/nowhere", "unmatched"),
+        ("POST", "/account/sessions/42/end", "/account/sessions/{session_id:int}/end"),
+    ]
     for line, response, (method, path, endpoint) in zip(lines, responses, expected, strict=True):
         assert line["event"] == "request"
         assert line["request_id"] == request_id_of(response)
@@ -256,11 +296,11 @@ def test_a_client_cannot_break_the_one_line_json(make_client: MakeClient) -> Non
 
     lines = json_lines(access)  # asserts no CR/LF inside a record and that each parses
     assert len(lines) == 3
-    assert lines[0]["path"] == '/x\r\n' + forged + '"\\'
+    assert lines[0]["path"] == "/x\r\n" + forged + '"\\'
     assert lines[0]["endpoint"] == "unmatched"
     assert lines[1]["user_agent"].startswith('Agent "quoted" \\')
     for record in access:
-        assert set(record.getMessage()) <= set(map(chr, range(0x20, 0x7f)))  # plain printable ASCII only
+        assert set(record.getMessage()) <= set(map(chr, range(0x20, 0x7F)))  # plain printable ASCII only
 
 
 def test_long_paths_and_user_agents_are_cut(make_client: MakeClient) -> None:

@@ -2,6 +2,7 @@
 sent to every endpoint never produce a 500, and the JSON endpoints always answer an error
 with a JSON body carrying `error` (RFC 6749 §5.2, RFC 6750 §3). SQLite only, to stay quick;
 the table-driven cases in test_bad_input.py run on both databases."""
+
 from __future__ import annotations
 
 import base64
@@ -21,18 +22,76 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 PARAMETER_NAMES = [
-    "response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge", "code_challenge_method",
-    "prompt", "max_age", "response_mode", "login_hint", "id_token_hint", "request", "request_uri", "claims", "display",
-    "ui_locales", "acr_values", "registration", "grant_type", "code", "code_verifier", "refresh_token", "client_secret",
-    "client_assertion", "client_assertion_type", "token", "token_type_hint", "access_token", "username", "password",
-    "csrf_token", "tx", "decision",
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "prompt",
+    "max_age",
+    "response_mode",
+    "login_hint",
+    "id_token_hint",
+    "request",
+    "request_uri",
+    "claims",
+    "display",
+    "ui_locales",
+    "acr_values",
+    "registration",
+    "grant_type",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "token",
+    "token_type_hint",
+    "access_token",
+    "username",
+    "password",
+    "csrf_token",
+    "tx",
+    "decision",
 ]
 MEANINGFUL_VALUES = [
-    "code", "token", "id_token", "code id_token", "shop", "spa", "portal", "backend", "https://shop.example/callback",
-    "http://localhost:5173/callback", "openid", "openid profile email offline_access", "S256", "plain", "none", "login",
-    "consent", "-1", "0", "99999999999", "query", "fragment", "form_post", "authorization_code", "refresh_token",
-    "client_credentials", "password", "access_token", "allow", "deny", "alice",
-    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "eyJhbGciOiJub25lIn0.e30.",
+    "code",
+    "token",
+    "id_token",
+    "code id_token",
+    "shop",
+    "spa",
+    "portal",
+    "backend",
+    "https://shop.example/callback",
+    "http://localhost:5173/callback",
+    "openid",
+    "openid profile email offline_access",
+    "S256",
+    "plain",
+    "none",
+    "login",
+    "consent",
+    "-1",
+    "0",
+    "99999999999",
+    "query",
+    "fragment",
+    "form_post",
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "password",
+    "access_token",
+    "allow",
+    "deny",
+    "alice",
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    "eyJhbGciOiJub25lIn0.e30.",
 ]
 
 # Any text that can be sent as UTF-8: unicode, control characters, NUL; no lone surrogates.
@@ -42,8 +101,32 @@ values = st.one_of(st.sampled_from(MEANINGFUL_VALUES), any_text, long_text)
 keys = st.one_of(st.sampled_from(PARAMETER_NAMES), any_text.filter(bool), st.text(min_size=90, max_size=200))
 parameter_sets = st.dictionaries(keys, values, max_size=45)
 # Query strings and bodies built from the pieces that matter to a form decoder.
-PIECES = ["a", "x", "0", "9", "=", "&", ";", "%", "+", "f", "G", "%00", "%ff", "%c3%a9", "%e2%80%a8", "%2", "%zz",
-          "tx", "client_id", "shop", "scope", "openid", "token", "state"]
+PIECES = [
+    "a",
+    "x",
+    "0",
+    "9",
+    "=",
+    "&",
+    ";",
+    "%",
+    "+",
+    "f",
+    "G",
+    "%00",
+    "%ff",
+    "%c3%a9",
+    "%e2%80%a8",
+    "%2",
+    "%zz",
+    "tx",
+    "client_id",
+    "shop",
+    "scope",
+    "openid",
+    "token",
+    "state",
+]
 encoded = st.lists(st.sampled_from(PIECES), max_size=120).map("".join)
 
 ENDPOINTS = ["/authorize", "/token", "/revoke", "/introspect", "/userinfo", "/login", "/consent"]
@@ -110,8 +193,10 @@ def test_random_changes_to_a_valid_authorization_request_never_cause_a_server_er
 @pytest.mark.parametrize("auth", [pytest.param(SHOP, id="confidential client"), pytest.param(None, id="public client")])
 def test_random_parameters_from_a_registered_client_never_cause_a_server_error(client, path, auth):
     @FUZZ
-    @given(grant_type=st.sampled_from(["authorization_code", "refresh_token", "client_credentials", "password"]),
-           params=parameter_sets)
+    @given(
+        grant_type=st.sampled_from(["authorization_code", "refresh_token", "client_credentials", "password"]),
+        params=parameter_sets,
+    )
     def check(grant_type: str, params: dict[str, str]) -> None:
         base = {"grant_type": grant_type} if auth else {"grant_type": grant_type, "client_id": "spa"}
         response = client.post(path, data={**base, **params}, auth=auth, follow_redirects=False)
@@ -158,12 +243,15 @@ def test_random_query_strings_never_cause_a_server_error(client, path):
     check()
 
 
-@pytest.mark.parametrize("content_type", [
-    pytest.param("application/json", id="json"),
-    pytest.param("multipart/form-data; boundary=x", id="multipart"),
-    pytest.param("text/plain", id="text"),
-    pytest.param("application/x-www-form-urlencoded; charset=utf-16", id="form with a foreign charset"),
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("application/json", id="json"),
+        pytest.param("multipart/form-data; boundary=x", id="multipart"),
+        pytest.param("text/plain", id="text"),
+        pytest.param("application/x-www-form-urlencoded; charset=utf-16", id="form with a foreign charset"),
+    ],
+)
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_random_bodies_of_other_content_types_never_cause_a_server_error(client, path, content_type):
     @FUZZ
@@ -185,19 +273,28 @@ def _basic(raw: bytes) -> str:
 @pytest.mark.parametrize("path", ["/token", "/revoke", "/introspect"])
 def test_random_authorization_headers_never_cause_a_server_error(client, path):
     @FUZZ
-    @given(header=st.one_of(
-        st.binary(max_size=80).map(_basic),
-        st.builds(lambda scheme, raw: scheme + base64.b64encode(raw).decode() + " x",
-                  st.sampled_from(["Basic ", "basic ", "Basic\t", "Basic  "]), st.binary(max_size=60)),
-        st.text(HEADER_CHARS, max_size=80).map(lambda s: "Basic " + s),
-        st.text(HEADER_CHARS, max_size=80),
-    ))
+    @given(
+        header=st.one_of(
+            st.binary(max_size=80).map(_basic),
+            st.builds(
+                lambda scheme, raw: scheme + base64.b64encode(raw).decode() + " x",
+                st.sampled_from(["Basic ", "basic ", "Basic\t", "Basic  "]),
+                st.binary(max_size=60),
+            ),
+            st.text(HEADER_CHARS, max_size=80).map(lambda s: "Basic " + s),
+            st.text(HEADER_CHARS, max_size=80),
+        )
+    )
     @example(header=_basic(b"\xff\xfe:\xff"))
     @example(header="Basic\t/w== x")
     @example(header=" ")
     def check(header: str) -> None:
-        response = client.post(path, data={"grant_type": "client_credentials", "token": "x" * 32},
-                               headers={"authorization": header}, follow_redirects=False)
+        response = client.post(
+            path,
+            data={"grant_type": "client_credentials", "token": "x" * 32},
+            headers={"authorization": header},
+            follow_redirects=False,
+        )
         assert_well_formed_refusal(path, response)
 
     check()
@@ -209,22 +306,42 @@ def _b64url(data: bytes) -> str:
 
 def test_random_client_assertion_headers_never_cause_a_server_error(client):
     now = int(time.time())
-    claims = _b64url(json.dumps({"iss": "backend", "sub": "backend", "aud": "http://localhost:8000/token",
-                                 "exp": now + 600, "jti": "fuzz-jti-0001"}).encode())
+    claims = _b64url(
+        json.dumps(
+            {
+                "iss": "backend",
+                "sub": "backend",
+                "aud": "http://localhost:8000/token",
+                "exp": now + 600,
+                "jti": "fuzz-jti-0001",
+            }
+        ).encode()
+    )
     scalars = st.one_of(any_text, st.integers(), st.booleans(), st.none())
-    header_values = st.one_of(scalars, st.lists(st.one_of(scalars, st.lists(any_text, max_size=1)), max_size=3),
-                              st.dictionaries(any_text, scalars, max_size=2))
+    header_values = st.one_of(
+        scalars,
+        st.lists(st.one_of(scalars, st.lists(any_text, max_size=1)), max_size=3),
+        st.dictionaries(any_text, scalars, max_size=2),
+    )
 
     @FUZZ
-    @given(header=st.dictionaries(st.sampled_from(["alg", "kid", "crit", "typ", "cty", "jku", "x5u", "zip", "b64"]),
-                                  header_values, max_size=5))
+    @given(
+        header=st.dictionaries(
+            st.sampled_from(["alg", "kid", "crit", "typ", "cty", "jku", "x5u", "zip", "b64"]), header_values, max_size=5
+        )
+    )
     @example(header={"alg": "RS256", "kid": 'k"1'})
     @example(header={"alg": "RS256", "crit": 0})
     def check(header: dict[str, object]) -> None:
         assertion = f"{_b64url(json.dumps(header).encode())}.{claims}.c2ln"
-        response = client.post("/token", data={
-            "grant_type": "client_credentials", "client_assertion": assertion,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+        response = client.post(
+            "/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion": assertion,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            },
+        )
         assert_well_formed_refusal("/token", response)
 
     check()

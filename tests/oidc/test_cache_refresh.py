@@ -1,6 +1,7 @@
 """Clients and signing keys live in memory and are reloaded off the request path: a
 `clients sync` or `keys rotate` on any host reaches a running process within the refresh
 interval, without a restart."""
+
 from __future__ import annotations
 
 import time

@@ -2,6 +2,7 @@
 method the client is registered for, and the audit trail shows the first failure per
 client and address in a window (then every power of ten, with the count), with the method
 tried and the one registered, never the secret."""
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,24 @@ GRANT = {"grant_type": "client_credentials"}
 
 def failures(client) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
     with client.app.state.services.sessions() as db:
-        return list(db.scalars(select(AuditEvent).where(AuditEvent.kind == "client.authentication_failed")
-                               .order_by(AuditEvent.id)))
+        return list(
+            db.scalars(
+                select(AuditEvent).where(AuditEvent.kind == "client.authentication_failed").order_by(AuditEvent.id)
+            )
+        )
 
 
 def test_the_wrong_method_is_named_with_the_registered_one_and_audited_without_the_secret(client):
     posted = client.post("/token", data={**GRANT, "client_id": "shop", "client_secret": SHOP_SECRET})
     assert posted.status_code == 401 and posted.json()["error"] == "invalid_client"
     assert posted.json()["error_description"] == (
-        "Client authentication failed. This client is registered for client_secret_basic, not client_secret_post.")
+        "Client authentication failed. This client is registered for client_secret_basic, not client_secret_post."
+    )
     [row] = failures(client)
     assert (row.client_id, row.outcome) == ("shop", "failure")
-    assert row.detail["method_tried"] == "client_secret_post" and row.detail["method_registered"] == "client_secret_basic"
+    assert (
+        row.detail["method_tried"] == "client_secret_post" and row.detail["method_registered"] == "client_secret_basic"
+    )
     assert row.detail["count"] == 1 and SHOP_SECRET not in json.dumps(row.detail)
 
 

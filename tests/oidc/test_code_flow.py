@@ -1,4 +1,5 @@
 """Authorization code flow (RFC 6749 §4.1, OIDC Core §3.1) through the hosted pages."""
+
 from __future__ import annotations
 
 import time
@@ -82,14 +83,19 @@ def test_prompt_none_without_session_returns_login_required(client):
 
 def test_prompt_none_without_consent_returns_consent_required(client):
     sign_in_and_get_code(client)
-    response = start(client, AuthRequest(scope="openid", client_id="spa", redirect_uri="http://localhost:5173/callback",
-                                         extra={"prompt": "none"}))
+    response = start(
+        client,
+        AuthRequest(
+            scope="openid", client_id="spa", redirect_uri="http://localhost:5173/callback", extra={"prompt": "none"}
+        ),
+    )
     assert query_of(response.headers["location"])["error"] == "consent_required"
 
 
 def test_first_party_client_skips_consent(client):
-    request, code = sign_in_and_get_code(client, AuthRequest(client_id="portal", redirect_uri="https://portal.example/cb",
-                                                             scope="openid email"))
+    request, code = sign_in_and_get_code(
+        client, AuthRequest(client_id="portal", redirect_uri="https://portal.example/cb", scope="openid email")
+    )
     response = redeem(client, request, code, auth=None, client_secret=SHOP[1] + "-portal")
     assert response.status_code == 200, response.text
 

@@ -1,6 +1,7 @@
 """The `email_verified` claim (OIDC Core §5.1) is the flag an admin set with `idp user add
 --email-verified` / `idp user set --email-verified`, in the ID token, at userinfo and in the ID
 token of a refresh; changing the address clears it."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,10 +39,13 @@ def test_an_address_the_admin_verified_is_emitted_as_verified(app: Starlette, cl
     assert emitted(client) == [("alice@example.com", True)] * 3
 
 
-@pytest.mark.parametrize("changes", [
-    pytest.param({"email": "alice@new.example"}, id="a new address"),
-    pytest.param({"email_verified": False}, id="verification withdrawn"),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"email": "alice@new.example"}, id="a new address"),
+        pytest.param({"email_verified": False}, id="verification withdrawn"),
+    ],
+)
 def test_a_verification_cleared_by_the_admin_is_no_longer_claimed(
     app: Starlette, client: TestClient, changes: dict[str, Any]
 ) -> None:

@@ -1,6 +1,7 @@
 """OAuth 2.0 Form Post Response Mode (issue 14): the response as an auto-submitted POST to
 the redirect URI, errors delivered the same way, no-store, `iss` among the fields, a
 <noscript> button, and a CSP whose form-action is exactly the RP's origin, no inline script."""
+
 from __future__ import annotations
 
 import re
@@ -16,14 +17,22 @@ def form_post_page(client, request: AuthRequest):  # type: ignore[no-untyped-def
         from tests.support.rp import form_value
 
         page = client.get(response.headers["location"])
-        response = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                 "tx": form_value(page.text, "tx"), "decision": "allow"},
-                               follow_redirects=False)
+        response = client.post(
+            "/consent",
+            data={
+                "csrf_token": form_value(page.text, "csrf_token"),
+                "tx": form_value(page.text, "tx"),
+                "decision": "allow",
+            },
+            follow_redirects=False,
+        )
     return response
 
 
 def fields_of(html: str) -> dict[str, str]:
-    return {unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', html)}
+    return {
+        unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', html)
+    }
 
 
 def test_the_code_is_posted_to_the_redirect_uri_with_state_and_iss(client):

@@ -2,6 +2,7 @@
 §3.3-3.4, RFC 8037, RFC 9864): RS256, ES256, Ed25519 and its older name EdDSA, each ID token
 verified against /jwks with exactly the alg and kid of its header, by joserfc and (for the
 names it knows) PyJWT; one key per algorithm family in JWKS, each rotated publish-then-sign."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -105,8 +106,9 @@ def test_jwks_holds_one_key_per_algorithm_with_its_name_kid_and_use(client):
     assert (keys["ES256"]["kty"], keys["ES256"]["crv"]) == ("EC", "P-256")
     assert (keys["Ed25519"]["kty"], keys["Ed25519"]["crv"]) == ("OKP", "Ed25519")
     # the EdDSA entry is the Ed25519 key under its older name, with a kid of its own
-    assert {k: v for k, v in keys["EdDSA"].items() if k not in ("alg", "kid")} == \
-        {k: v for k, v in keys["Ed25519"].items() if k not in ("alg", "kid")}
+    assert {k: v for k, v in keys["EdDSA"].items() if k not in ("alg", "kid")} == {
+        k: v for k, v in keys["Ed25519"].items() if k not in ("alg", "kid")
+    }
     assert len({key["kid"] for key in keys.values()}) == 4
 
 
@@ -158,8 +160,9 @@ def test_rotating_one_algorithm_leaves_the_others_keys_alone(client):
     reload_keys(client)
     after = kids_by_alg(client)
     assert after["ES256"] == before["ES256"] | {new_kid}
-    assert {alg: after[alg] for alg in ("RS256", "Ed25519", "EdDSA")} == \
-        {alg: before[alg] for alg in ("RS256", "Ed25519", "EdDSA")}
+    assert {alg: after[alg] for alg in ("RS256", "Ed25519", "EdDSA")} == {
+        alg: before[alg] for alg in ("RS256", "Ed25519", "EdDSA")
+    }
     use_alg(client, "RS256")
     assert {header_of(sign_in(client)[1]["id_token"])["kid"]} == before["RS256"]
     use_alg(client, "ES256")

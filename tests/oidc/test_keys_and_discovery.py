@@ -1,6 +1,7 @@
 """Discovery (OIDC Discovery §3, RFC 9207 §3), JWKS and signing-key rotation. The rotation
 tests follow the RS256 key that signs the default client's ID tokens; the other algorithms'
 keys rotate the same way (tests/oidc/test_id_token_algs.py)."""
+
 from __future__ import annotations
 
 import time
@@ -68,7 +69,9 @@ def test_retired_key_leaves_jwks_once_its_tokens_have_expired(client):
     old_kid = _kid_of(tokens_for(client)["id_token"])
     with services.sessions.begin() as db:
         rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600)
-        db.execute(update(SigningKey).where(SigningKey.kid == old_kid).values(unpublish_at=utcnow() - timedelta(seconds=1)))
+        db.execute(
+            update(SigningKey).where(SigningKey.kid == old_kid).values(unpublish_at=utcnow() - timedelta(seconds=1))
+        )
     services.oidc.keys.reload()
     assert old_kid not in rs256_kids(client)
 

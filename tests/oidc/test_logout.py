@@ -1,5 +1,6 @@
 """Logout: OpenID Connect RP-Initiated Logout 1.0 (the end_session_endpoint, /logout) and
 Back-Channel Logout 1.0 (logout tokens POSTed to the RPs a session signed into)."""
+
 from __future__ import annotations
 
 import base64
@@ -111,8 +112,11 @@ def signed_by_idp(client: TestClient, claims: dict[str, Any], **header: Any) -> 
 
 
 def is_confirmation_page(response) -> bool:  # type: ignore[no-untyped-def]
-    return (response.status_code == 200 and 'action="/logout?confirm=1"' in response.text
-            and 'name="csrf_token"' in response.text)
+    return (
+        response.status_code == 200
+        and 'action="/logout?confirm=1"' in response.text
+        and 'name="csrf_token"' in response.text
+    )
 
 
 def is_signed_out_page(response) -> bool:  # type: ignore[no-untyped-def]
@@ -134,8 +138,9 @@ def test_an_expired_id_token_of_ours_is_still_a_valid_hint(client):
     """RP-Initiated Logout §2: the OP need not care whether the hint has expired."""
     claims = sign_in(client)["claims"]
     now = int(time.time())
-    expired = signed_by_idp(client, {**claims, "iat": now - 7200, "exp": now - 3600, "auth_time": now - 7200},
-                            typ="JWT")
+    expired = signed_by_idp(
+        client, {**claims, "iat": now - 7200, "exp": now - 3600, "auth_time": now - 7200}, typ="JWT"
+    )
     hint = check_hint(client.app.state.services.oidc, expired)
     assert (hint.client_id, hint.sub, hint.sid) == ("shop", claims["sub"], claims["sid"])
 
@@ -157,9 +162,11 @@ def test_what_is_not_an_id_token_of_ours_is_an_invalid_hint(client):
         "alg none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.",
         "alg none with our kid": f"{b64({'alg': 'none', 'kid': ours.kid})}.{b64(claims)}.",
         "HS256 keyed with our public key": jwt.encode(
-            {"alg": "HS256", "kid": ours.kid}, claims, OctKey.import_key(public_n.encode()), ["HS256"]),
-        "tampered payload": ".".join([tokens["id_token"].split(".")[0], b64({**claims, "sub": "someone-else"}),
-                                      tokens["id_token"].split(".")[2]]),
+            {"alg": "HS256", "kid": ours.kid}, claims, OctKey.import_key(public_n.encode()), ["HS256"]
+        ),
+        "tampered payload": ".".join(
+            [tokens["id_token"].split(".")[0], b64({**claims, "sub": "someone-else"}), tokens["id_token"].split(".")[2]]
+        ),
         "garbage": "this is not a token at all, not even close",
         "three dots of garbage": "aaaaaaaaaaaa.bbbbbbbbbbbbb.cccccccccccc",
         "empty": "",
@@ -180,8 +187,11 @@ def test_what_is_not_an_id_token_of_ours_is_an_invalid_hint(client):
 
 
 def _shop_with(uris: list[str]) -> RegisteredClient:
-    config = {"client_id": "shop", "token_endpoint_auth_method": "client_secret_basic",
-              "post_logout_redirect_uris": uris}
+    config = {
+        "client_id": "shop",
+        "token_endpoint_auth_method": "client_secret_basic",
+        "post_logout_redirect_uris": uris,
+    }
     return RegisteredClient(config, None, None)  # type: ignore[arg-type]
 
 
@@ -242,8 +252,7 @@ def test_a_hint_tied_to_the_session_signs_out_at_once_and_redirects_with_state(c
     cookie = client.cookies["idp_session"]
     assert session_row(client, cookie).sid == tokens["claims"]["sid"]
 
-    response = logout(client, id_token_hint=tokens["id_token"], post_logout_redirect_uri=SIGNED_OUT,
-                      state="st/ate 1&x")
+    response = logout(client, id_token_hint=tokens["id_token"], post_logout_redirect_uri=SIGNED_OUT, state="st/ate 1&x")
     assert response.status_code == 303
     assert response.headers["location"] == SIGNED_OUT + "?state=st%2Fate%201%26x"
     assert "no-store" in response.headers["cache-control"]
@@ -278,21 +287,25 @@ def test_without_a_hint_the_user_confirms_and_the_form_needs_its_csrf_token(clie
     assert session_row(client, cookie).ended_at is None
     assert not asks_for_login(client)
 
-    form = {"client_id": form_value(page.text, "client_id"),
-            "post_logout_redirect_uri": form_value(page.text, "post_logout_redirect_uri"),
-            "state": form_value(page.text, "state")}
+    form = {
+        "client_id": form_value(page.text, "client_id"),
+        "post_logout_redirect_uri": form_value(page.text, "post_logout_redirect_uri"),
+        "state": form_value(page.text, "state"),
+    }
     assert form == {"client_id": "shop", "post_logout_redirect_uri": SIGNED_OUT, "state": "abc"}
 
     refused = client.post("/logout?confirm=1", data=form, follow_redirects=False)
     assert refused.status_code == 403
-    refused = client.post("/logout?confirm=1", data={**form, "csrf_token": "forged-" + "x" * 40},
-                          follow_redirects=False)
+    refused = client.post(
+        "/logout?confirm=1", data={**form, "csrf_token": "forged-" + "x" * 40}, follow_redirects=False
+    )
     assert refused.status_code == 403
     assert session_row(client, cookie).ended_at is None
     assert not asks_for_login(client)
 
-    done = client.post("/logout?confirm=1", data={**form, "csrf_token": form_value(page.text, "csrf_token")},
-                       follow_redirects=False)
+    done = client.post(
+        "/logout?confirm=1", data={**form, "csrf_token": form_value(page.text, "csrf_token")}, follow_redirects=False
+    )
     assert done.status_code == 303 and done.headers["location"] == SIGNED_OUT + "?state=abc"
     assert session_row(client, cookie).ended_at is not None
     assert asks_for_login(client)
@@ -304,12 +317,17 @@ def test_without_a_hint_or_client_the_confirmation_leads_to_the_signed_out_page(
     page = logout(client)
     assert is_confirmation_page(page)
     for method in ("get", "post"):  # the endpoint itself accepts POST too; still a confirmation
-        again = client.request(method.upper(), "/logout", follow_redirects=False,
-                               **({"data": {"client_id": "shop"}} if method == "post" else {}))
+        again = client.request(
+            method.upper(),
+            "/logout",
+            follow_redirects=False,
+            **({"data": {"client_id": "shop"}} if method == "post" else {}),
+        )
         assert is_confirmation_page(again), method
     assert session_row(client, cookie).ended_at is None
-    done = client.post("/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token")},
-                       follow_redirects=False)
+    done = client.post(
+        "/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token")}, follow_redirects=False
+    )
     assert is_signed_out_page(done)
     assert session_row(client, cookie).ended_at is not None
     assert asks_for_login(client)
@@ -335,8 +353,11 @@ def test_a_hint_for_another_session_asks_for_confirmation(client):
             assert not asks_for_login(other) and not asks_for_login(third)
 
             # confirming signs out this browser's session only
-            done = client.post("/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                          "client_id": "shop"}, follow_redirects=False)
+            done = client.post(
+                "/logout?confirm=1",
+                data={"csrf_token": form_value(page.text, "csrf_token"), "client_id": "shop"},
+                follow_redirects=False,
+            )
             assert is_signed_out_page(done)
             assert session_row(client, alice_cookie).ended_at is not None
             assert session_by_sid(client, bob["claims"]["sid"]).ended_at is None
@@ -347,9 +368,16 @@ def test_a_hint_for_another_session_asks_for_confirmation(client):
 
 def test_an_unregistered_or_near_miss_redirect_shows_the_signed_out_page(client):
     configure(client, "shop", post_logout_redirect_uris=[SIGNED_OUT])
-    for uri in ("https://evil.example/", SIGNED_OUT + "/", "https://SHOP.example/signed-out", SIGNED_OUT + "?x=1",
-                "https://shop.example@evil.example/", "http://shop.example/signed-out", SIGNED_OUT + "-evil",
-                "https://shop.example/callback"):
+    for uri in (
+        "https://evil.example/",
+        SIGNED_OUT + "/",
+        "https://SHOP.example/signed-out",
+        SIGNED_OUT + "?x=1",
+        "https://shop.example@evil.example/",
+        "http://shop.example/signed-out",
+        SIGNED_OUT + "-evil",
+        "https://shop.example/callback",
+    ):
         tokens = sign_in(client)
         cookie = client.cookies["idp_session"]
         response = logout(client, id_token_hint=tokens["id_token"], post_logout_redirect_uri=uri, state="s")
@@ -363,15 +391,23 @@ def test_the_confirmation_page_never_carries_an_unregistered_redirect(client):
     configure(client, "shop", post_logout_redirect_uris=[SIGNED_OUT])
     sign_in(client)
     cookie = client.cookies["idp_session"]
-    for params in ({"client_id": "shop", "post_logout_redirect_uri": "https://evil.example/"},
-                   {"client_id": "shop", "post_logout_redirect_uri": SIGNED_OUT + "/"},
-                   {"post_logout_redirect_uri": SIGNED_OUT}):  # no client to check it against
+    for params in (
+        {"client_id": "shop", "post_logout_redirect_uri": "https://evil.example/"},
+        {"client_id": "shop", "post_logout_redirect_uri": SIGNED_OUT + "/"},
+        {"post_logout_redirect_uri": SIGNED_OUT},
+    ):  # no client to check it against
         page = logout(client, **params, state="s")
         assert is_confirmation_page(page), params
         assert 'name="post_logout_redirect_uri"' not in page.text and "evil.example" not in page.text
-    done = client.post("/logout?confirm=1", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                  "post_logout_redirect_uri": "https://evil.example/",
-                                                  "client_id": "shop"}, follow_redirects=False)
+    done = client.post(
+        "/logout?confirm=1",
+        data={
+            "csrf_token": form_value(page.text, "csrf_token"),
+            "post_logout_redirect_uri": "https://evil.example/",
+            "client_id": "shop",
+        },
+        follow_redirects=False,
+    )
     assert is_signed_out_page(done) and "location" not in done.headers
     assert session_row(client, cookie).ended_at is not None
 
@@ -410,8 +446,9 @@ def test_contradicting_unknown_or_invalid_parameters_are_400_pages(client):
         "short hint": {"id_token_hint": "x"},
         "alg none hint": {"id_token_hint": f"{b64({'alg': 'none'})}.{b64(claims)}."},
         "hint from another issuer": {"id_token_hint": signed_by_idp(client, {**claims, "iss": "https://evil.example"})},
-        "hint naming an unknown client": {"id_token_hint": signed_by_idp(
-            client, {**claims, "aud": "ghost", "exp": now + 60})},
+        "hint naming an unknown client": {
+            "id_token_hint": signed_by_idp(client, {**claims, "aud": "ghost", "exp": now + 60})
+        },
         "hint with a list aud": {"id_token_hint": signed_by_idp(client, {**claims, "aud": ["shop", "spa"]})},
         "access token as hint": {"id_token_hint": tokens["access_token"]},
         "non-JSON payload": {"id_token_hint": f"{b64({'alg': 'RS256'})}.bm90IGpzb24.c2ln"},
@@ -423,8 +460,9 @@ def test_contradicting_unknown_or_invalid_parameters_are_400_pages(client):
         assert "We could not continue" in response.text, name
         assert session_row(client, cookie).ended_at is None, name
     # the same through a POST to the endpoint
-    response = client.post("/logout", data={"id_token_hint": tokens["id_token"], "client_id": "spa"},
-                           follow_redirects=False)
+    response = client.post(
+        "/logout", data={"id_token_hint": tokens["id_token"], "client_id": "spa"}, follow_redirects=False
+    )
     assert response.status_code == 400
     assert session_row(client, cookie).ended_at is None
 
@@ -441,11 +479,16 @@ def test_oversized_parameters_are_400(client):
     for params in cases:
         response = client.get("/logout?" + urlencode(params), follow_redirects=False)
         assert response.status_code == 400, (list(params), response.status_code)
-    response = client.post("/logout", data={"id_token_hint": tokens["id_token"], "state": "s" * 70_000},
-                           follow_redirects=False)
+    response = client.post(
+        "/logout", data={"id_token_hint": tokens["id_token"], "state": "s" * 70_000}, follow_redirects=False
+    )
     assert response.status_code == 400
-    response = client.post("/logout", content=json.dumps({"id_token_hint": tokens["id_token"]}),
-                           headers={"content-type": "application/json"}, follow_redirects=False)
+    response = client.post(
+        "/logout",
+        content=json.dumps({"id_token_hint": tokens["id_token"]}),
+        headers={"content-type": "application/json"},
+        follow_redirects=False,
+    )
     assert response.status_code == 400
     assert session_row(client, cookie).ended_at is None
 
@@ -573,8 +616,14 @@ def test_backchannel_logout_posts_a_valid_logout_token(client):
         assert header["typ"] == "logout+jwt" and header["alg"] == "RS256"
         jwks = pyjwt.PyJWKSet.from_dict(client.get("/jwks").json())
         key = next(k for k in jwks.keys if k.key_id == header["kid"])
-        claims = pyjwt.decode(token, key=key.key, algorithms=["RS256"], audience="shop", issuer=ISSUER,
-                              options={"require": ["iss", "aud", "iat", "exp", "jti"]})
+        claims = pyjwt.decode(
+            token,
+            key=key.key,
+            algorithms=["RS256"],
+            audience="shop",
+            issuer=ISSUER,
+            options={"require": ["iss", "aud", "iat", "exp", "jti"]},
+        )
         assert claims["events"] == {BACKCHANNEL_EVENT: {}}
         assert claims["sid"] == tokens["claims"]["sid"]
         assert claims["sub"] == tokens["claims"]["sub"]
@@ -595,8 +644,10 @@ def test_backchannel_logout_is_retried_on_a_server_error_and_audited_as_failure(
         assert wait_until(lambda: len(rp.posts) >= 3)
         drain_deliveries(client)
         assert len(rp.posts) == 3
-        jtis = {pyjwt.decode(parse_qs(p["body"])["logout_token"][0], options={"verify_signature": False})["jti"]
-                for p in rp.posts}
+        jtis = {
+            pyjwt.decode(parse_qs(p["body"])["logout_token"][0], options={"verify_signature": False})["jti"]
+            for p in rp.posts
+        }
         assert len(jtis) == 3  # every attempt is a fresh token
         [event] = audit_events(client, "logout.backchannel")
         assert event.outcome == "failure" and event.client_id == "shop"
@@ -616,17 +667,29 @@ def test_backchannel_logout_is_not_sent_to_rps_the_session_never_signed_into(cli
 
 # ---- sessions ended by the admin's commands ----------------------------------------------------
 
+
 def run_admin_command(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """`idp …` as the admin runs it, on the same database and master key as the test app."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
-    env.update(IDP_ISSUER=ISSUER, IDP_DATABASE_URL=settings.database_url, IDP_SECRET_KEY=settings.secret_key,
-               IDP_DATA_DIR=settings.data_dir)
-    return subprocess.run([str(Path(sys.executable).with_name("idp")), *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    env.update(
+        IDP_ISSUER=ISSUER,
+        IDP_DATABASE_URL=settings.database_url,
+        IDP_SECRET_KEY=settings.secret_key,
+        IDP_DATA_DIR=settings.data_dir,
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("idp")), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("command", [["user", "disable", "alice"], ["user", "reset-mfa", "alice"]],
-                         ids=["disable", "reset-mfa"])
+@pytest.mark.parametrize(
+    "command", [["user", "disable", "alice"], ["user", "reset-mfa", "alice"]], ids=["disable", "reset-mfa"]
+)
 def test_admin_commands_that_end_sessions_deliver_backchannel_logouts_before_returning(client, settings, command):
     with receiver(200) as rp:
         configure(client, "shop", backchannel_logout_uri=rp.url)

@@ -3,6 +3,7 @@ chain or the consent page keeps only the parameters idp honours, at most MAX_PAR
 them (beyond: invalid_request to a verified redirect_uri, a 400 page otherwise, nothing
 parked), counts against IDP_RATE_LIMIT_AUTHORIZE_IP, and lives
 IDP_LOGIN_UNTOUCHED_TTL_SECONDS until a step saves it again."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,10 @@ class FakeClock:
 def make_client(settings: Settings) -> Iterator[MakeClient]:
     """A seeded app on a MemoryStore (on `clock` if given) with some settings replaced."""
     with ExitStack() as stack:
-        def make(*, clock: FakeClock | None = None, client: tuple[str, int] | None = None,
-                 **overrides: object) -> TestClient:
+
+        def make(
+            *, clock: FakeClock | None = None, client: tuple[str, int] | None = None, **overrides: object
+        ) -> TestClient:
             store = MemoryStore() if clock is None else MemoryStore(clock=clock)
             app = create_app(dataclasses.replace(settings, **overrides), store=store)
             seed(app.state.services)
@@ -77,7 +80,9 @@ def parked(client: TestClient, location: str) -> dict[str, str] | None:
 
 
 def fields_of(html: str) -> dict[str, str]:
-    return {unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', html)}
+    return {
+        unescape(n): unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', html)
+    }
 
 
 # ---- only the parameters idp honours are parked -------------------------------------------
@@ -85,8 +90,13 @@ def fields_of(html: str) -> dict[str, str]:
 
 def test_unknown_parameters_are_not_parked_and_every_honoured_one_is(make_client):
     client = make_client()
-    honoured = {"prompt": "login", "max_age": "3600", "acr_values": "pwd", "login_hint": "alice",
-                "response_mode": "query"}
+    honoured = {
+        "prompt": "login",
+        "max_age": "3600",
+        "acr_values": "pwd",
+        "login_hint": "alice",
+        "response_mode": "query",
+    }
     unknown = {"display": "page", "ui_locales": "fr", "claims": "{}", **{f"x-pad-{n}": "t" * 4000 for n in range(12)}}
     request = AuthRequest(extra={**honoured, **unknown})
     response = start(client, request)
@@ -117,10 +127,14 @@ def test_the_longest_request_idp_accepts_is_parked(make_client):
 # over MAX_PARKED_BYTES.
 OVERSIZED = [
     pytest.param({"login_hint": "h" * 4096, "scope": "openid " + "x" * 4089}, id="login_hint and scope of 4 KB"),
-    pytest.param({"login_hint": "h" * 4096, "acr_values": "pwd " * 1000, "nonce": "n" * 512},
-                 id="login_hint, acr_values and nonce"),
-    pytest.param({"state": "s" * 2048, "login_hint": "h" * 4096, "prompt": "login " * 500},
-                 id="a long state beside them is still returned"),
+    pytest.param(
+        {"login_hint": "h" * 4096, "acr_values": "pwd " * 1000, "nonce": "n" * 512},
+        id="login_hint, acr_values and nonce",
+    ),
+    pytest.param(
+        {"state": "s" * 2048, "login_hint": "h" * 4096, "prompt": "login " * 500},
+        id="a long state beside them is still returned",
+    ),
 ]
 
 
@@ -155,10 +169,13 @@ def test_an_oversized_request_is_posted_back_with_response_mode_form_post(make_c
     assert len(store_of(client)) == before
 
 
-@pytest.mark.parametrize("who", [
-    pytest.param({"client_id": "no-such-client"}, id="an unknown client"),
-    pytest.param({"redirect_uri": "https://evil.example/cb"}, id="an unregistered redirect_uri"),
-])
+@pytest.mark.parametrize(
+    "who",
+    [
+        pytest.param({"client_id": "no-such-client"}, id="an unknown client"),
+        pytest.param({"redirect_uri": "https://evil.example/cb"}, id="an unregistered redirect_uri"),
+    ],
+)
 def test_an_oversized_request_of_an_unverified_client_gets_a_400_page(make_client, who):
     client = make_client()
     request = AuthRequest(extra={**who, "login_hint": "h" * 4096, "acr_values": "pwd " * 1000})
@@ -185,8 +202,9 @@ def test_a_60_kb_value_is_a_400_page_and_nothing_is_parked(make_client, name):
 
 def authorize_from(client: TestClient, address: str, request: AuthRequest | None = None):  # type: ignore[no-untyped-def]
     request = request or AuthRequest()
-    return client.get("/authorize", params=request.params(), headers={"X-Forwarded-For": address},
-                      follow_redirects=False)
+    return client.get(
+        "/authorize", params=request.params(), headers={"X-Forwarded-For": address}, follow_redirects=False
+    )
 
 
 def test_the_parking_limit_refuses_one_address_and_not_another(make_client):

@@ -2,6 +2,7 @@
 whose RP software cannot send it (issue 14, RFC 9700 §2.1.1): such a request must carry a
 nonce, each authorization without PKCE is audited, a code issued with a challenge still
 needs its verifier, `plain` stays refused, and `idp clients sync` warns."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,11 @@ def code_for(client, request: AuthRequest) -> str:  # type: ignore[no-untyped-de
 
 
 def redeem_without_verifier(client, request: AuthRequest, code: str):  # type: ignore[no-untyped-def]
-    return client.post("/token", data={"grant_type": "authorization_code", "code": code,
-                                       "redirect_uri": request.redirect_uri}, auth=SHOP)
+    return client.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri},
+        auth=SHOP,
+    )
 
 
 def test_by_default_a_confidential_client_without_pkce_is_refused(client):
@@ -69,8 +73,16 @@ def test_a_code_issued_with_a_challenge_still_needs_its_verifier(client):
     code = code_for(client, request)
     downgraded = redeem_without_verifier(client, request, code)
     assert downgraded.status_code == 400 and downgraded.json()["error"] == "invalid_request"
-    wrong = client.post("/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri,
-                                        "code_verifier": "w" * 50}, auth=SHOP)
+    wrong = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": request.redirect_uri,
+            "code_verifier": "w" * 50,
+        },
+        auth=SHOP,
+    )
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
 
 
@@ -79,14 +91,28 @@ def test_a_verifier_for_a_code_issued_without_a_challenge_is_refused(client):
     exempt_shop(client)
     request = without_pkce()
     code = code_for(client, request)
-    sent = client.post("/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri,
-                                       "code_verifier": "v" * 50}, auth=SHOP)
+    sent = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": request.redirect_uri,
+            "code_verifier": "v" * 50,
+        },
+        auth=SHOP,
+    )
     assert sent.status_code == 400 and sent.json()["error"] == "invalid_request"
 
 
-@pytest.mark.parametrize("extra", [{"code_challenge_method": "plain"}, {"code_challenge_method": None},
-                                   {"code_challenge": None, "code_challenge_method": "S256"}],
-                         ids=["plain", "challenge without method (plain)", "method without challenge"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"code_challenge_method": "plain"},
+        {"code_challenge_method": None},
+        {"code_challenge": None, "code_challenge_method": "S256"},
+    ],
+    ids=["plain", "challenge without method (plain)", "method without challenge"],
+)
 def test_plain_and_half_pkce_stay_refused_even_for_an_exempt_client(client, extra):
     exempt_shop(client)
     params = query_of(start(client, AuthRequest(extra=extra)).headers["location"])  # type: ignore[arg-type]
@@ -99,17 +125,24 @@ def test_a_public_client_is_never_exempt_even_if_its_stored_config_says_so(clien
         row = db.scalar(select(Client).where(Client.client_id == "spa"))
         db.execute(update(Client).where(Client.id == row.id).values(config={**row.config, "require_pkce": False}))
     services.oidc.clients.reload()
-    request = AuthRequest(client_id="spa", redirect_uri="http://localhost:5173/callback", scope="openid",
-                          extra={"code_challenge": None, "code_challenge_method": None})  # type: ignore[dict-item]
+    request = AuthRequest(
+        client_id="spa",
+        redirect_uri="http://localhost:5173/callback",
+        scope="openid",
+        extra={"code_challenge": None, "code_challenge_method": None},
+    )  # type: ignore[dict-item]
     assert query_of(start(client, request).headers["location"])["error"] == "invalid_request"
 
 
 # ---- idp clients sync: the warning, and the empty file ------------------------------------------
 
+
 def test_sync_warns_for_each_client_without_pkce(client, tmp_path: Path):
     services = client.app.state.services
     path = tmp_path / "clients.toml"
-    path.write_text(_toml_with_inline_jwks().replace('client_name = "Shop"\n', 'client_name = "Shop"\nrequire_pkce = false\n'))
+    path.write_text(
+        _toml_with_inline_jwks().replace('client_name = "Shop"\n', 'client_name = "Shop"\nrequire_pkce = false\n')
+    )
     report = sync_clients_file(services.sessions, services.keyring, str(path))
     assert len(report.warnings) == 1 and report.warnings[0].startswith('client "shop": require_pkce = false')
 

@@ -1,6 +1,7 @@
 """Registration metadata idp honours (issue 14): default_max_age stands in for a request's
 max_age; the consent page shows the RP's https logo (CSP img-src for exactly that origin,
 no referrer), its client_uri, policy_uri and tos_uri."""
+
 from __future__ import annotations
 
 import re
@@ -41,13 +42,20 @@ def consent_page(client):  # type: ignore[no-untyped-def]
 
 
 def test_the_consent_page_shows_the_logo_from_exactly_its_origin_without_a_referrer(client):
-    configure_shop(client, logo_uri="https://cdn.shop.example:8443/logo.png", client_uri="https://shop.example/",
-                   policy_uri="https://shop.example/privacy", tos_uri="https://shop.example/terms")
+    configure_shop(
+        client,
+        logo_uri="https://cdn.shop.example:8443/logo.png",
+        client_uri="https://shop.example/",
+        policy_uri="https://shop.example/privacy",
+        tos_uri="https://shop.example/terms",
+    )
     page = consent_page(client)
     img_src = re.search(r"img-src ([^;]+)", page.headers["content-security-policy"]).group(1)  # type: ignore[union-attr]
     assert img_src.split() == ["'self'", "data:", "https://cdn.shop.example:8443"]
-    assert re.search(r'<img class="client-logo" src="https://cdn.shop.example:8443/logo.png"[^>]*referrerpolicy="no-referrer"',
-                     page.text)
+    assert re.search(
+        r'<img class="client-logo" src="https://cdn.shop.example:8443/logo.png"[^>]*referrerpolicy="no-referrer"',
+        page.text,
+    )
     for link in ("https://shop.example/", "https://shop.example/privacy", "https://shop.example/terms"):
         assert re.search(rf'<a href="{re.escape(link)}" rel="noopener noreferrer"', page.text), link
 

@@ -1,6 +1,7 @@
 """Security decisions at the token endpoint: single-use codes, refresh rotation with reuse
 detection, PKCE, redirect_uri binding, client authentication (RFC 6749, RFC 7636,
 RFC 7523, RFC 9700 §4.14)."""
+
 from __future__ import annotations
 
 import time
@@ -78,15 +79,25 @@ def test_refresh_token_has_an_absolute_lifetime(client):
 
 def test_refresh_token_of_another_client_is_refused(client):
     tokens = tokens_for(client)
-    response = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                                           "client_id": "portal", "client_secret": SHOP[1] + "-portal"})
+    response = client.post(
+        "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": "portal",
+            "client_secret": SHOP[1] + "-portal",
+        },
+    )
     assert response.json()["error"] in ("invalid_grant", "unauthorized_client")
 
 
-@pytest.mark.parametrize("verifier", [
-    pytest.param(None, id="refuses a missing code_verifier"),
-    pytest.param("x" * 64, id="refuses a wrong code_verifier"),
-])
+@pytest.mark.parametrize(
+    "verifier",
+    [
+        pytest.param(None, id="refuses a missing code_verifier"),
+        pytest.param("x" * 64, id="refuses a wrong code_verifier"),
+    ],
+)
 def test_pkce_verifier_must_match(client, verifier):
     request, code = sign_in_and_get_code(client)
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri}
@@ -96,11 +107,22 @@ def test_pkce_verifier_must_match(client, verifier):
     assert response.status_code == 400 and response.json()["error"] in ("invalid_grant", "invalid_request")
 
 
-@pytest.mark.parametrize("extra, error", [
-    pytest.param({"code_challenge_method": "plain"}, "invalid_request", id="refuses code_challenge_method=plain"),
-    pytest.param({"code_challenge": None, "code_challenge_method": None}, "invalid_request", id="refuses a request without PKCE"),
-    pytest.param({"code_challenge_method": None}, "invalid_request", id="refuses a challenge without a method (plain by default)"),
-])
+@pytest.mark.parametrize(
+    "extra, error",
+    [
+        pytest.param({"code_challenge_method": "plain"}, "invalid_request", id="refuses code_challenge_method=plain"),
+        pytest.param(
+            {"code_challenge": None, "code_challenge_method": None},
+            "invalid_request",
+            id="refuses a request without PKCE",
+        ),
+        pytest.param(
+            {"code_challenge_method": None},
+            "invalid_request",
+            id="refuses a challenge without a method (plain by default)",
+        ),
+    ],
+)
 def test_pkce_downgrade_is_refused_at_the_authorization_endpoint(client, extra, error):
     from tests.support.rp import query_of
 
@@ -123,9 +145,17 @@ def test_redirect_uri_at_token_endpoint_must_match_the_authorization_request(cli
 
 def test_code_issued_to_one_client_cannot_be_redeemed_by_another(client):
     request, code = sign_in_and_get_code(client)
-    response = client.post("/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri,
-                                           "code_verifier": request.verifier, "client_id": "portal",
-                                           "client_secret": SHOP[1] + "-portal"})
+    response = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": request.redirect_uri,
+            "code_verifier": request.verifier,
+            "client_id": "portal",
+            "client_secret": SHOP[1] + "-portal",
+        },
+    )
     assert response.json()["error"] in ("invalid_grant", "unauthorized_client")
 
 
@@ -155,14 +185,27 @@ def test_client_credentials_grant_issues_an_access_token_without_refresh(client)
 
 def _assertion(audience="http://localhost:8000/token", jti=None, key=RP_KEY):
     now = int(time.time())
-    claims = {"iss": "backend", "sub": "backend", "aud": audience, "iat": now, "exp": now + 60, "jti": jti or uuid.uuid4().hex}
+    claims = {
+        "iss": "backend",
+        "sub": "backend",
+        "aud": audience,
+        "iat": now,
+        "exp": now + 60,
+        "jti": jti or uuid.uuid4().hex,
+    }
     return jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
 
 
 def _private_key_jwt(client, assertion):
-    return client.post("/token", data={
-        "grant_type": "client_credentials", "scope": "profile",
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion": assertion})
+    return client.post(
+        "/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": "profile",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+    )
 
 
 def test_private_key_jwt_authenticates_and_refuses_a_replayed_assertion(client):
@@ -177,12 +220,19 @@ def test_private_key_jwt_refuses_a_foreign_key_or_audience(client):
 
     other = RSAKey.generate_key(2048, parameters={"kid": RP_KEY.kid})
     assert _private_key_jwt(client, _assertion(key=other)).json()["error"] == "invalid_client"
-    assert _private_key_jwt(client, _assertion(audience="https://elsewhere.example")).json()["error"] == "invalid_client"
+    assert (
+        _private_key_jwt(client, _assertion(audience="https://elsewhere.example")).json()["error"] == "invalid_client"
+    )
 
 
 def test_revoking_a_refresh_token_revokes_its_access_tokens(client):
     tokens = tokens_for(client)
-    assert client.post("/revoke", data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"}, auth=SHOP).status_code == 200
+    assert (
+        client.post(
+            "/revoke", data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"}, auth=SHOP
+        ).status_code
+        == 200
+    )
     assert introspect(client, tokens["access_token"])["active"] is False
     assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
 
@@ -191,8 +241,10 @@ def test_introspection_shows_only_the_callers_own_tokens(client):
     tokens = tokens_for(client)
     mine = introspect(client, tokens["access_token"])
     assert mine["active"] is True and mine["client_id"] == "shop" and mine["sub"]
-    other = client.post("/introspect", data={"token": tokens["access_token"], "client_id": "portal",
-                                             "client_secret": SHOP[1] + "-portal"})
+    other = client.post(
+        "/introspect",
+        data={"token": tokens["access_token"], "client_id": "portal", "client_secret": SHOP[1] + "-portal"},
+    )
     assert other.json() == {"active": False}
 
 
@@ -218,8 +270,9 @@ def test_scope_values_the_client_may_not_have_are_dropped_and_the_token_says_wha
     groups is unknown); the token response names the granted scope."""
     from tests.support.rp import follow_to_client, query_of
 
-    request = AuthRequest(client_id="spa", redirect_uri="http://localhost:5173/callback",
-                          scope="openid profile groups offline_access")
+    request = AuthRequest(
+        client_id="spa", redirect_uri="http://localhost:5173/callback", scope="openid profile groups offline_access"
+    )
     code = query_of(follow_to_client(client, start(client, request)))["code"]
     tokens = redeem(client, request, code, auth=None)
     assert tokens.status_code == 200 and tokens.json()["scope"] == "openid profile"
@@ -228,6 +281,13 @@ def test_scope_values_the_client_may_not_have_are_dropped_and_the_token_says_wha
 def test_refresh_asking_for_more_than_the_grant_is_invalid_scope_never_intersected(client):
     """RFC 6749 §6: at refresh the scope may only narrow."""
     tokens = tokens_for(client, AuthRequest(scope="openid offline_access"))
-    wider = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                                        "scope": "openid profile offline_access"}, auth=SHOP)
+    wider = client.post(
+        "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "scope": "openid profile offline_access",
+        },
+        auth=SHOP,
+    )
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"

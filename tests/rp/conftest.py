@@ -4,6 +4,7 @@ and per test a fresh browser profile whose every page is watched for CSP violati
 Each module starts its own `idp serve` (tests/support/idp_server.py) with the clients its
 RP software needs, and serves that RP on another origin: http://127.0.0.1:PORT, while the
 issuer is http://localhost:PORT, so the RP is another site as well as another origin."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

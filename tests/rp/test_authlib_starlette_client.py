@@ -4,6 +4,7 @@ SessionMiddleware, served by uvicorn on its own origin, registered from idp's di
 document with PKCE turned on (`code_challenge_method: S256` in client_kwargs; Authlib sends
 none by default). Authlib itself checks the ID token (signature against the JWKS, iss, aud,
 exp, and the nonce it keeps in the session); its page shows the claims it accepted."""
+
 from __future__ import annotations
 
 import html
@@ -37,8 +38,10 @@ from tests.support.rp_journeys import (
     sign_in_through_idp,
 )
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.filterwarnings("ignore:The httpx module is deprecated")]  # Authlib's own import
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore:The httpx module is deprecated"),
+]  # Authlib's own import
 
 CLIENT_ID = "authlib"
 SCOPE = "openid profile email"
@@ -67,21 +70,30 @@ def rp_app(issuer: str, secret: str, origin: str) -> Starlette:
             userinfo = await oauth.idp.userinfo(token=token)
         except OAuthError as exc:
             return HTMLResponse(f"<h1>Sign-in failed</h1><p id=error>{html.escape(str(exc))}</p>", status_code=400)
-        shown = {"id_token_claims": dict(token["userinfo"]), "userinfo": dict(userinfo),
-                 "token_type": token.get("token_type"), "scope": token.get("scope")}
-        return HTMLResponse("<!doctype html><title>Authlib RP</title><h1>Signed in</h1>"
-                            f"<pre id=claims>{html.escape(json.dumps(shown))}</pre>")
+        shown = {
+            "id_token_claims": dict(token["userinfo"]),
+            "userinfo": dict(userinfo),
+            "token_type": token.get("token_type"),
+            "scope": token.get("scope"),
+        }
+        return HTMLResponse(
+            "<!doctype html><title>Authlib RP</title><h1>Signed in</h1>"
+            f"<pre id=claims>{html.escape(json.dumps(shown))}</pre>"
+        )
 
-    return Starlette(routes=[Route("/login", login), Route("/callback", callback)],
-                     middleware=[Middleware(SessionMiddleware, secret_key=secrets.token_hex(32))])
+    return Starlette(
+        routes=[Route("/login", login), Route("/callback", callback)],
+        middleware=[Middleware(SessionMiddleware, secret_key=secrets.token_hex(32))],
+    )
 
 
 class ThreadedUvicorn:
     """uvicorn serving an app on 127.0.0.1:port in a thread of the test process."""
 
     def __init__(self, app: Starlette, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> Self:
@@ -122,13 +134,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         unavailable("itsdangerous is missing (Starlette's SessionMiddleware needs it): install the test extras")
     port, secret = free_port(), secrets.token_urlsafe(36)
     origin = f"http://127.0.0.1:{port}"
-    with serving_idp(tmp_path_factory.mktemp("idp-authlib"), clients_toml(origin, secret)) as idp, \
-            ThreadedUvicorn(rp_app(idp.issuer, secret, origin), port):
+    with (
+        serving_idp(tmp_path_factory.mktemp("idp-authlib"), clients_toml(origin, secret)) as idp,
+        ThreadedUvicorn(rp_app(idp.issuer, secret, origin), port),
+    ):
         yield Deployment(idp, origin)
 
 
 def test_authlib_starlette_client_signs_in_with_pkce_and_verifies_the_id_token(
-        deployment: Deployment, page: Page, csp: CspViolations) -> None:
+    deployment: Deployment, page: Page, csp: CspViolations
+) -> None:
     asked = authorization_requests(page, deployment.idp.issuer)
     started = time.time()
 
@@ -137,7 +152,8 @@ def test_authlib_starlette_client_signs_in_with_pkce_and_verifies_the_id_token(
 
     expect(page.locator("h1")).to_have_text(re.compile("Signed in|Sign-in failed"))
     assert page.locator("h1").inner_text() == "Signed in", (
-        f"{page.locator('#error').inner_text()}\n--- idp log ---\n{deployment.idp.log(10)}")
+        f"{page.locator('#error').inner_text()}\n--- idp log ---\n{deployment.idp.log(10)}"
+    )
     shown = json.loads(page.locator("#claims").inner_text())
     [request] = asked
     assert request["code_challenge_method"] == "S256" and len(request["code_challenge"]) == 43, request

@@ -6,6 +6,7 @@ apache.py), never the system service. Its protected location runs a CGI script t
 the OIDC_CLAIM_* variables mod_auth_openidc sets from the ID token and userinfo, so what the
 module verified and passed on is what the test reads. The redirect URI doubles as the
 back-channel logout URI (`?logout=backchannel`), as mod_auth_openidc documents."""
+
 from __future__ import annotations
 
 import secrets
@@ -49,41 +50,47 @@ FILES = {"cgi-bin/claims": (CLAIMS_CGI, 0o755), f"htdocs{LOGGED_OUT_PATH}": (LOG
 def client_toml(client_id: str, secret: str, rp: str, *extra: str) -> str:
     """A confidential client for an Apache RP at `rp`: its redirect URI, the logged-out page
     as post-logout redirect, back-channel logout into the redirect URI."""
-    return "\n".join([
-        "[[clients]]",
-        f'client_id = "{client_id}"',
-        'client_name = "Apache RP"',
-        f'client_secret = "{secret}"',
-        f'redirect_uris = ["{rp}{REDIRECT_PATH}"]',
-        f'post_logout_redirect_uris = ["{rp}{LOGGED_OUT_PATH}"]',
-        f'backchannel_logout_uri = "{rp}{REDIRECT_PATH}?logout=backchannel"',
-        'grant_types = ["authorization_code", "refresh_token"]',
-        'token_endpoint_auth_method = "client_secret_basic"',
-        'scope = "openid profile email"',
-        *extra,
-        "",
-    ])
+    return "\n".join(
+        [
+            "[[clients]]",
+            f'client_id = "{client_id}"',
+            'client_name = "Apache RP"',
+            f'client_secret = "{secret}"',
+            f'redirect_uris = ["{rp}{REDIRECT_PATH}"]',
+            f'post_logout_redirect_uris = ["{rp}{LOGGED_OUT_PATH}"]',
+            f'backchannel_logout_uri = "{rp}{REDIRECT_PATH}?logout=backchannel"',
+            'grant_types = ["authorization_code", "refresh_token"]',
+            'token_endpoint_auth_method = "client_secret_basic"',
+            'scope = "openid profile email"',
+            *extra,
+            "",
+        ]
+    )
 
 
 def site(issuer: str, client_id: str, secret: str, rp: str, *directives: str) -> Callable[[Path], str]:
     """The mod_auth_openidc part of httpd.conf, for a ServerRoot: the provider by its
     discovery document, this client, and /protected behind `AuthType openid-connect`;
     `directives` are everything beyond mod_auth_openidc's defaults."""
+
     def for_root(root: Path) -> str:
-        return "\n".join([
-            f"OIDCProviderMetadataURL {issuer}/.well-known/openid-configuration",
-            f"OIDCClientID {client_id}",
-            f"OIDCClientSecret {secret}",
-            f"OIDCRedirectURI {rp}{REDIRECT_PATH}",
-            f"OIDCCryptoPassphrase {secrets.token_hex(32)}",
-            *directives,
-            f'ScriptAlias {CLAIMS_PATH} "{root}/cgi-bin/claims"',
-            "<Location /protected>",
-            "  AuthType openid-connect",
-            "  Require valid-user",
-            "</Location>",
-            "",
-        ])
+        return "\n".join(
+            [
+                f"OIDCProviderMetadataURL {issuer}/.well-known/openid-configuration",
+                f"OIDCClientID {client_id}",
+                f"OIDCClientSecret {secret}",
+                f"OIDCRedirectURI {rp}{REDIRECT_PATH}",
+                f"OIDCCryptoPassphrase {secrets.token_hex(32)}",
+                *directives,
+                f'ScriptAlias {CLAIMS_PATH} "{root}/cgi-bin/claims"',
+                "<Location /protected>",
+                "  AuthType openid-connect",
+                "  Require valid-user",
+                "</Location>",
+                "",
+            ]
+        )
+
     return for_root
 
 
@@ -111,7 +118,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     apache_binary()  # skip (laptop) or fail (CI) before starting anything
     port, secret = free_port(), secrets.token_hex(32)
     rp = f"http://127.0.0.1:{port}"
-    with serving_idp(tmp_path_factory.mktemp("idp-apache"), client_toml("apache", secret, rp), users=(ALICE, BOB)) as idp:
+    with serving_idp(
+        tmp_path_factory.mktemp("idp-apache"), client_toml("apache", secret, rp), users=(ALICE, BOB)
+    ) as idp:
         configured = site(idp.issuer, "apache", secret, rp, "OIDCPKCEMethod S256", 'OIDCScope "openid profile email"')
         with running_apache(port, configured, FILES) as apache:
             yield Deployment(idp, apache)
@@ -148,19 +157,25 @@ def wait_until_apache_session_ends(context: BrowserContext, deployment: Deployme
     while apache_session_alive(context, deployment):
         assert time.monotonic() < deadline, (
             f"the Apache session outlived idp's session by {BACKCHANNEL_SECONDS:.0f} s: no back-channel logout "
-            f"reached mod_auth_openidc\n{deployment.diagnostics()}")
+            f"reached mod_auth_openidc\n{deployment.diagnostics()}"
+        )
         time.sleep(0.2)
 
 
 def claims_as_json(passed: dict[str, str]) -> dict[str, Any]:
     """mod_auth_openidc's strings as the ID token's JSON types (arrays come comma-separated)."""
-    return {"acr": passed.get("OIDC_CLAIM_acr"), "amr": passed.get("OIDC_CLAIM_amr", "").split(","),
-            "auth_time": passed.get("OIDC_CLAIM_auth_time", "0"), "nonce": passed.get("OIDC_CLAIM_nonce"),
-            "sid": passed.get("OIDC_CLAIM_sid")}
+    return {
+        "acr": passed.get("OIDC_CLAIM_acr"),
+        "amr": passed.get("OIDC_CLAIM_amr", "").split(","),
+        "auth_time": passed.get("OIDC_CLAIM_auth_time", "0"),
+        "nonce": passed.get("OIDC_CLAIM_nonce"),
+        "sid": passed.get("OIDC_CLAIM_sid"),
+    }
 
 
 def test_mod_auth_openidc_signs_in_with_pkce_and_passes_the_verified_claims(
-        deployment: Deployment, page: Page, csp: CspViolations) -> None:
+    deployment: Deployment, page: Page, csp: CspViolations
+) -> None:
     asked = authorization_requests(page, deployment.idp.issuer)
     started = time.time()
 
@@ -179,7 +194,8 @@ def test_mod_auth_openidc_signs_in_with_pkce_and_passes_the_verified_claims(
 
 
 def test_rp_initiated_logout_from_mod_auth_openidc_ends_both_sessions(
-        deployment: Deployment, context: BrowserContext, page: Page, csp: CspViolations) -> None:
+    deployment: Deployment, context: BrowserContext, page: Page, csp: CspViolations
+) -> None:
     sign_in_at_apache(deployment, page, csp, ALICE)
 
     page.goto(f"{deployment.apache.origin}{REDIRECT_PATH}?logout={quote(deployment.logged_out_url, safe='')}")
@@ -194,7 +210,8 @@ def test_rp_initiated_logout_from_mod_auth_openidc_ends_both_sessions(
 
 
 def test_signing_out_at_idp_ends_the_apache_session_by_back_channel_logout(
-        deployment: Deployment, context: BrowserContext, page: Page, csp: CspViolations) -> None:
+    deployment: Deployment, context: BrowserContext, page: Page, csp: CspViolations
+) -> None:
     sign_in_at_apache(deployment, page, csp, ALICE)
     assert apache_session_alive(context, deployment)
 
@@ -207,7 +224,8 @@ def test_signing_out_at_idp_ends_the_apache_session_by_back_channel_logout(
 
 
 def test_disabling_the_user_ends_the_apache_session_by_back_channel_logout(
-        deployment: Deployment, context: BrowserContext, page: Page, csp: CspViolations) -> None:
+    deployment: Deployment, context: BrowserContext, page: Page, csp: CspViolations
+) -> None:
     sign_in_at_apache(deployment, page, csp, BOB)
     assert apache_session_alive(context, deployment)
 
@@ -219,7 +237,8 @@ def test_disabling_the_user_ends_the_apache_session_by_back_channel_logout(
 
 
 def test_mod_auth_openidc_with_its_defaults_signs_in_against_a_require_pkce_false_client(
-        tmp_path: Path, page: Page, csp: CspViolations) -> None:
+    tmp_path: Path, page: Page, csp: CspViolations
+) -> None:
     """mod_auth_openidc as most admins leave it: no OIDCPKCEMethod (2.4 sends no PKCE by
     default), no OIDCScope (only `openid`). The client opts out of PKCE, so idp requires the
     nonce mod_auth_openidc sends, and signs the user in."""
@@ -227,8 +246,10 @@ def test_mod_auth_openidc_with_its_defaults_signs_in_against_a_require_pkce_fals
     port, secret = free_port(), secrets.token_hex(32)
     rp = f"http://127.0.0.1:{port}"
     clients = client_toml("apache-defaults", secret, rp, "require_pkce = false")
-    with serving_idp(tmp_path / "idp", clients) as idp, \
-            running_apache(port, site(idp.issuer, "apache-defaults", secret, rp), FILES) as apache:
+    with (
+        serving_idp(tmp_path / "idp", clients) as idp,
+        running_apache(port, site(idp.issuer, "apache-defaults", secret, rp), FILES) as apache,
+    ):
         deployment = Deployment(idp, apache)
         asked = authorization_requests(page, idp.issuer)
         started = time.time()

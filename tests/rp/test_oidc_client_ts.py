@@ -6,6 +6,7 @@ from the browser: code + PKCE at the token endpoint, userinfo, the refresh_token
 
 The app (tests/rp/spa/index.html and app.js) is served by a small HTTP server here, with the
 library's browser bundle from tests/rp/spa/node_modules (`npm ci` in tests/rp/spa)."""
+
 from __future__ import annotations
 
 import json
@@ -125,11 +126,13 @@ def wait_for_state(page: Page, deployment: Deployment, state: str) -> None:
     library's message (e.g. "TypeError: Failed to fetch" when idp sends no CORS headers)."""
     status = page.locator("#status")
     expect(status).not_to_have_attribute("data-state", "busy")
-    page.wait_for_function("s => ['error', s].includes(document.getElementById('status')?.dataset.state)",
-                           arg=state)
+    page.wait_for_function("s => ['error', s].includes(document.getElementById('status')?.dataset.state)", arg=state)
     if status.get_attribute("data-state") == "error":
-        pytest.fail(f"the SPA failed on its way to {state!r}: {page.locator('#error').inner_text()}\n"
-                    f"--- idp log ---\n{deployment.idp.log(10)}", pytrace=False)
+        pytest.fail(
+            f"the SPA failed on its way to {state!r}: {page.locator('#error').inner_text()}\n"
+            f"--- idp log ---\n{deployment.idp.log(10)}",
+            pytrace=False,
+        )
 
 
 def shown_user(page: Page) -> dict[str, Any]:
@@ -143,15 +146,22 @@ def calls_to(page: Page, issuer: str) -> list[tuple[str, str, int, str | None]]:
     def record(response: Response) -> None:
         request = response.request
         if response.url.startswith(issuer) and request.resource_type == "fetch":
-            seen.append((request.method, urlsplit(response.url).path, response.status,
-                         response.headers.get("access-control-allow-origin")))
+            seen.append(
+                (
+                    request.method,
+                    urlsplit(response.url).path,
+                    response.status,
+                    response.headers.get("access-control-allow-origin"),
+                )
+            )
 
     page.on("response", record)
     return seen
 
 
 def test_oidc_client_ts_signs_in_with_pkce_calls_userinfo_refreshes_and_signs_out(
-        deployment: Deployment, page: Page, csp: CspViolations) -> None:
+    deployment: Deployment, page: Page, csp: CspViolations
+) -> None:
     issuer, origin = deployment.idp.issuer, deployment.spa.origin
     asked = authorization_requests(page, issuer)
     calls = calls_to(page, issuer)
@@ -183,7 +193,9 @@ def test_oidc_client_ts_signs_in_with_pkce_calls_userinfo_refreshes_and_signs_ou
     page.get_by_role("button", name="Refresh tokens").click()
     wait_for_state(page, deployment, "refreshed")
     refreshed = shown_user(page)
-    assert refreshed["refresh_token"] and refreshed["refresh_token"] != user["refresh_token"], "refresh token not rotated"
+    assert refreshed["refresh_token"] and refreshed["refresh_token"] != user["refresh_token"], (
+        "refresh token not rotated"
+    )
     assert refreshed["access_token"] != user["access_token"], refreshed
     assert refreshed["profile"]["sub"] == claims["sub"], refreshed
     assert [c for c in calls if c[:2] == ("POST", "/token")][-1] == ("POST", "/token", 200, origin), calls

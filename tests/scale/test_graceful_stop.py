@@ -19,6 +19,7 @@ Once with one process and once with `--workers 2`. With two workers the last poi
 idp/serving.py: uvicorn's own supervisor keeps its copy of the listening socket open until
 it exits, so after SIGTERM the kernel still completes new connections into a backlog nobody
 accepts from; they hang and are then reset. idp's supervisor closes its copy first."""
+
 from __future__ import annotations
 
 import contextlib
@@ -74,6 +75,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 @dataclass
 class Login:
     """One browser's login POST, run in a thread."""
+
     rp: ScriptedRP
     request: Authorization
     hidden: dict[str, str]
@@ -136,8 +138,11 @@ def _wait_for_shutdown_to_begin(server: IdpProcess, workers: int, log_offset: in
                 time.sleep(0.2)
                 return
         time.sleep(0.05)
-    pytest.fail(f"no {SHUTTING_DOWN!r} from {workers} process(es) in the log 15 s after SIGTERM "
-                f"(has uvicorn's logging changed?):\n{server.log(60)}", pytrace=False)
+    pytest.fail(
+        f"no {SHUTTING_DOWN!r} from {workers} process(es) in the log 15 s after SIGTERM "
+        f"(has uvicorn's logging changed?):\n{server.log(60)}",
+        pytrace=False,
+    )
 
 
 class NewConnectionNotRefused(AssertionError):
@@ -167,8 +172,9 @@ def test_sigterm_lets_logins_in_flight_finish(deployment: Deployment, workers: i
             logins.append(Login(rp, request, hidden))
 
         start, any_done = threading.Barrier(LOGINS + 1), threading.Event()
-        threads = [threading.Thread(target=_post, args=(login, server.url, start, any_done), daemon=True)
-                   for login in logins]
+        threads = [
+            threading.Thread(target=_post, args=(login, server.url, start, any_done), daemon=True) for login in logins
+        ]
         for thread in threads:
             thread.start()
         start.wait(timeout=30)
@@ -178,8 +184,10 @@ def test_sigterm_lets_logins_in_flight_finish(deployment: Deployment, workers: i
         assert any_done.wait(timeout=WAIT_SECONDS), "no login answered at all"
         first_after = time.monotonic() - sent_at
         in_flight = sum(not login.done.is_set() for login in logins)
-        assert in_flight >= 2, (f"only {in_flight} of {LOGINS} logins still in flight {first_after:.2f} s after they "
-                                f"were sent: hashing too fast for this test to mean anything; raise SLOW_HASHING")
+        assert in_flight >= 2, (
+            f"only {in_flight} of {LOGINS} logins still in flight {first_after:.2f} s after they "
+            f"were sent: hashing too fast for this test to mean anything; raise SLOW_HASHING"
+        )
 
         log_offset = _log_size(server)
         server.process.send_signal(signal.SIGTERM)  # the main process only, as systemd and `docker stop` do
@@ -202,19 +210,25 @@ def test_sigterm_lets_logins_in_flight_finish(deployment: Deployment, workers: i
         prober.join(timeout=WAIT_SECONDS)
         log = server.log(60)
 
-        report = "\n".join(f"  login {i}: {login.outcome()} "
-                           f"({(login.finished_at or 0) - term_at:+.2f} s after SIGTERM)" for i, login in enumerate(logins))
-        print(f"\n[{workers} worker(s)] first answer {first_after:.2f} s after sending; {in_flight} in flight at SIGTERM, "
-              f"{in_flight_at_probe} when probed; exit status {returncode} {exit_after:.2f} s after SIGTERM; "
-              f"new connection: {probe}\n{report}")
+        report = "\n".join(
+            f"  login {i}: {login.outcome()} ({(login.finished_at or 0) - term_at:+.2f} s after SIGTERM)"
+            for i, login in enumerate(logins)
+        )
+        print(
+            f"\n[{workers} worker(s)] first answer {first_after:.2f} s after sending; {in_flight} in flight at SIGTERM, "
+            f"{in_flight_at_probe} when probed; exit status {returncode} {exit_after:.2f} s after SIGTERM; "
+            f"new connection: {probe}\n{report}"
+        )
 
         # every login in flight got its normal answer
         for i, login in enumerate(logins):
-            assert login.error is None and login.response is not None, \
+            assert login.error is None and login.response is not None, (
                 f"login {i} failed after SIGTERM: {login.outcome()}\n{report}\n{log}"
+            )
             assert login.response.status_code == 303, f"login {i}: {login.outcome()}\n{report}\n{log}"
-            assert urlsplit(login.response.headers["location"]).path == "/authorize/resume", \
+            assert urlsplit(login.response.headers["location"]).path == "/authorize/resume", (
                 f"login {i}: {login.outcome()}\n{report}"
+            )
 
         # a clean exit within the documented bound
         assert clean_exit(returncode, workers), f"idp exited with status {returncode}:\n{log}"
@@ -232,5 +246,7 @@ def test_sigterm_lets_logins_in_flight_finish(deployment: Deployment, workers: i
         assert in_flight_at_probe > 0, f"every login had finished before the new connection was made:\n{report}"
         outcome = probe.get("outcome")
         if not (outcome == "refused" or (isinstance(outcome, int) and outcome < 500)):
-            raise NewConnectionNotRefused(f"a new connection made after SIGTERM, while {in_flight_at_probe} logins "
-                                          f"were in flight, was neither refused nor answered: {probe}\n{log}")
+            raise NewConnectionNotRefused(
+                f"a new connection made after SIGTERM, while {in_flight_at_probe} logins "
+                f"were in flight, was neither refused nor answered: {probe}\n{log}"
+            )

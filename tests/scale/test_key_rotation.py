@@ -28,6 +28,7 @@ joserfc (ScriptedRP.verify_id_token), two independent JOSE implementations.
 
 The times from the rotation to each process serving, then signing with, the new key are
 printed with -s."""
+
 from __future__ import annotations
 
 import re
@@ -122,8 +123,9 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
         # -- before: one key per algorithm, the same on both, and the RS256 one signs the ID tokens
         before = {name: fetch_jwks(http, p.url, path) for name, p in processes.items()}
         for alg in ALGS:
-            assert len(kids_of(before["A"], alg)) == 1 and kids_of(before["A"], alg) == kids_of(before["B"], alg), \
+            assert len(kids_of(before["A"], alg)) == 1 and kids_of(before["A"], alg) == kids_of(before["B"], alg), (
                 f"{alg} keys in JWKS before the rotation: {before}"
+            )
         old_kid = kids_of(before["A"])[0]
         old_kids = set(all_kids_of(before["A"]))
         old = rp.full_login(authorize_on=a.url, login_on=b.url, resume_on=a.url, token_on=b.url)
@@ -152,12 +154,17 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
                 if new_kids <= served:
                     picked_up[name] = time.monotonic() - rotated_at
             time.sleep(POLL_SECONDS)
-        print(f"\nnew kid served {', '.join(f'by {n} after {s:.2f} s' for n, s in sorted(picked_up.items()))} "
-              f"(bound {PICKUP_BOUND_SECONDS:.1f} s)")
+        print(
+            f"\nnew kid served {', '.join(f'by {n} after {s:.2f} s' for n, s in sorted(picked_up.items()))} "
+            f"(bound {PICKUP_BOUND_SECONDS:.1f} s)"
+        )
         for name in processes:
-            assert name in picked_up, f"{name} did not serve the new kids {new_kids} within {PICKUP_BOUND_SECONDS + 10:.0f} s"
-            assert picked_up[name] <= PICKUP_BOUND_SECONDS, \
+            assert name in picked_up, (
+                f"{name} did not serve the new kids {new_kids} within {PICKUP_BOUND_SECONDS + 10:.0f} s"
+            )
+            assert picked_up[name] <= PICKUP_BOUND_SECONDS, (
                 f"{name} served the new kid {picked_up[name]:.2f} s after the rotation (bound {PICKUP_BOUND_SECONDS:.1f} s)"
+            )
 
         # -- published, not yet signing: both still sign with the old key, and the CLI says what comes
         refresh_token = old["refresh_token"]
@@ -168,7 +175,9 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
             if time.monotonic() - started_at < SIGNS_IN:  # the new key cannot sign yet
                 assert header_kid(refreshed.json()["id_token"]) == old_kid, f"{name} signed with the new key early"
         if time.monotonic() - started_at < SIGNS_IN - 1:
-            window = {row.split("\t")[0]: row.split("\t")[3] for row in run_cli(env, "keys", "list").splitlines() if row}
+            window = {
+                row.split("\t")[0]: row.split("\t")[3] for row in run_cli(env, "keys", "list").splitlines() if row
+            }
             for kid in found.values():
                 assert window[kid].startswith("next, published, signs from "), window
             for kid in old_kids & window.keys():  # (the EdDSA entry is no row of its own)
@@ -187,15 +196,20 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
                     switched[name] = time.monotonic() - rotated_at
                     assert time.monotonic() - started_at >= SIGNS_IN - 1, f"{name} signed with the new key early"
             time.sleep(0.2)
-        print(f"new kid signing {', '.join(f'on {n} after {s:.2f} s' for n, s in sorted(switched.items()))} "
-              f"(signs in {SIGNS_IN} s, bound {SWITCH_BOUND_SECONDS:.1f} s)")
+        print(
+            f"new kid signing {', '.join(f'on {n} after {s:.2f} s' for n, s in sorted(switched.items()))} "
+            f"(signs in {SIGNS_IN} s, bound {SWITCH_BOUND_SECONDS:.1f} s)"
+        )
         for name in processes:
-            assert switched.get(name, 1e9) <= SWITCH_BOUND_SECONDS, \
+            assert switched.get(name, 1e9) <= SWITCH_BOUND_SECONDS, (
                 f"{name} did not sign with the new key within {SWITCH_BOUND_SECONDS:.1f} s: {switched}"
+            )
 
         after = {name: fetch_jwks(http, p.url, path) for name, p in processes.items()}
         for name, jwks in after.items():
-            assert sorted(kids_of(jwks)) == sorted([old_kid, new_kid]), f"{name} JWKS after the rotation: {kids_of(jwks)}"
+            assert sorted(kids_of(jwks)) == sorted([old_kid, new_kid]), (
+                f"{name} JWKS after the rotation: {kids_of(jwks)}"
+            )
             for alg in ALGS:
                 assert len(kids_of(jwks, alg)) == 2, f"{name}: {alg} keys after the rotation: {kids_of(jwks, alg)}"
             assert set(all_kids_of(jwks)) == old_kids | new_kids, f"{name} JWKS after the rotation: {all_kids_of(jwks)}"
@@ -213,8 +227,12 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
             body = refreshed.json()
             issued[f"refresh on {name}"] = body["id_token"]
             refresh_token = body["refresh_token"]
-        issued["code on A"] = rp.full_login(authorize_on=b.url, login_on=a.url, resume_on=b.url, token_on=a.url)["id_token"]
-        issued["code on B"] = rp.full_login(authorize_on=a.url, login_on=a.url, resume_on=a.url, token_on=b.url)["id_token"]
+        issued["code on A"] = rp.full_login(authorize_on=b.url, login_on=a.url, resume_on=b.url, token_on=a.url)[
+            "id_token"
+        ]
+        issued["code on B"] = rp.full_login(authorize_on=a.url, login_on=a.url, resume_on=a.url, token_on=b.url)[
+            "id_token"
+        ]
         for how, token in issued.items():
             assert header_kid(token) == new_kid, f"ID token from {how}: kid {header_kid(token)}, expected {new_kid}"
             for name, jwks in after.items():
@@ -223,7 +241,9 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
 
         # -- the CLI's view: the new key active, the old one retired but published past its tokens' expiry
         listed = [line.split("\t") for line in run_cli(env, "keys", "list").splitlines() if line.strip()]
-        assert sorted(row[1] for row in listed) == sorted(["RS256", "ES256", "Ed25519"] * 2), f"`idp keys list`: {listed}"
+        assert sorted(row[1] for row in listed) == sorted(["RS256", "ES256", "Ed25519"] * 2), (
+            f"`idp keys list`: {listed}"
+        )
         states = {row[0]: row[3] for row in listed}
         assert set(found.values()) <= states.keys() <= old_kids | new_kids, f"`idp keys list`: {listed}"
         for kid in found.values():
@@ -232,5 +252,6 @@ def test_a_rotation_reaches_every_process_and_old_tokens_still_verify(deployment
             retired = re.fullmatch(r"retired, published until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)Z", states[kid])
             assert retired, f"`idp keys list`: {listed}"
             published_until = datetime.strptime(retired.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-            assert published_until.timestamp() >= old_claims["exp"], \
+            assert published_until.timestamp() >= old_claims["exp"], (
                 f"the old key {kid} is unpublished at {published_until}, before an ID token of its time expires"
+            )

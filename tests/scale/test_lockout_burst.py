@@ -2,6 +2,7 @@
 sent at once to two `idp serve` processes (one PostgreSQL, one Redis), and the right
 password sent while they are still in flight. The counter stops at the limit, the lock is
 taken once, and the right password is refused once the limit has been reached."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,9 @@ WRONG = 50
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[IdpProcess, IdpProcess, str]]:
-    with two_processes(tmp_path_factory.mktemp("lockout-burst"), schema_prefix="idp_burst",
-                       IDP_LOCKOUT_ATTEMPTS=str(LIMIT)) as (env, a, b):
+    with two_processes(
+        tmp_path_factory.mktemp("lockout-burst"), schema_prefix="idp_burst", IDP_LOCKOUT_ATTEMPTS=str(LIMIT)
+    ) as (env, a, b):
         yield a, b, env["IDP_DATABASE_URL"]
 
 
@@ -44,8 +46,10 @@ async def _form(client: httpx.AsyncClient, base: str) -> dict[str, str]:
 async def _burst(a: IdpProcess, b: IdpProcess) -> tuple[list[httpx.Response], httpx.Response]:
     async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
         form = await _form(client, a.url)  # the CSRF cookie and token are valid on every process
-        wrong = [asyncio.create_task(client.post(f"{(a, b)[i % 2].url}/login", data={**form, "password": f"wrong {i}"}))
-                 for i in range(WRONG)]
+        wrong = [
+            asyncio.create_task(client.post(f"{(a, b)[i % 2].url}/login", data={**form, "password": f"wrong {i}"}))
+            for i in range(WRONG)
+        ]
         # once the limit's worth of failures has been answered (each is recorded before its
         # answer), the right password goes in while the rest of the burst is still running
         while sum(task.done() for task in wrong) < LIMIT:
@@ -70,9 +74,13 @@ def test_fifty_parallel_failures_over_two_processes_lock_once_and_refuse_the_rig
     try:
         with engine.connect() as db:
             failed_logins, locked_until = db.execute(
-                select(User.failed_logins, User.locked_until).where(User.username == "alice")).one()
-            counted = db.scalar(select(func.count()).select_from(AuditEvent).where(
-                AuditEvent.kind == "login.password.failed", AuditEvent.outcome == "failure"))
+                select(User.failed_logins, User.locked_until).where(User.username == "alice")
+            ).one()
+            counted = db.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.kind == "login.password.failed", AuditEvent.outcome == "failure")
+            )
             locks = db.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.kind == "account.locked"))
     finally:
         engine.dispose()

@@ -2,6 +2,7 @@
 login) answers 503 with an HTML page and Retry-After, never a 500; what does not need it
 (discovery, JWKS, client_credentials, userinfo) keeps serving. Redis back on the same
 port: logins work again, without restarting idp."""
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,10 @@ RECOVERY_SECONDS = 10.0
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[IdpProcess, PrivateRedis]]:
     port = free_port()
-    with private_redis(free_port(), tmp_path) as redis_server, \
-            prepared_environment(tmp_path, issuer_port=port, redis_url=redis_server.url) as env:
+    with (
+        private_redis(free_port(), tmp_path) as redis_server,
+        prepared_environment(tmp_path, issuer_port=port, redis_url=redis_server.url) as env,
+    ):
         with run_idp(env, port, tmp_path) as idp:
             yield idp, redis_server
 
@@ -61,7 +64,8 @@ def _ok_problem(step: str, response: httpx.Response) -> str | None:
 
 
 def test_a_redis_outage_refuses_logins_cleanly_and_spares_everything_else(
-        deployment: tuple[IdpProcess, PrivateRedis]) -> None:
+    deployment: tuple[IdpProcess, PrivateRedis],
+) -> None:
     idp, redis_server = deployment
     base = idp.url
     problems: list[str | None] = []
@@ -83,8 +87,9 @@ def test_a_redis_outage_refuses_logins_cleanly_and_spares_everything_else(
             problems.append(_ok_problem("GET discovery", rp.backend.get(f"{base}{DISCOVERY_PATH}")))
             problems.append(_ok_problem("GET /jwks", rp.backend.get(f"{base}/jwks")))
             problems.append(_ok_problem("POST /token client_credentials", rp.client_credentials(base, "profile")))
-            problems.append(_ok_problem("GET /userinfo (token from before the outage)",
-                                        rp.userinfo(base, tokens["access_token"])))
+            problems.append(
+                _ok_problem("GET /userinfo (token from before the outage)", rp.userinfo(base, tokens["access_token"]))
+            )
         finally:
             redis_server.start()
 
@@ -104,8 +109,10 @@ def _recovered_problem(rp: ScriptedRP, base: str, earlier_id_token: str) -> str 
         if probe.status_code == 303:
             break
         if time.monotonic() > deadline:
-            return (f"after Redis came back, GET /authorize still answers {probe.status_code} after "
-                    f"{RECOVERY_SECONDS:.0f} s\n    body: {' '.join(probe.text.split())[:400]}")
+            return (
+                f"after Redis came back, GET /authorize still answers {probe.status_code} after "
+                f"{RECOVERY_SECONDS:.0f} s\n    body: {' '.join(probe.text.split())[:400]}"
+            )
         time.sleep(0.5)
     try:
         again = rp.full_login(authorize_on=base, login_on=base, resume_on=base, token_on=base)

@@ -16,6 +16,7 @@ flow is redeemed through nginx.
 
 Measured flows/s through nginx with 1, 2 and 3 upstream processes are printed (-s) and
 written to tests/scale/artifacts/scale-out-figures.txt; only "> 0" is asserted."""
+
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +62,9 @@ from tests.support.processes import (
 from tests.support.seed import PASSWORD
 
 pytestmark = [
-    pytest.mark.postgres, pytest.mark.multiprocess, pytest.mark.nginx,
+    pytest.mark.postgres,
+    pytest.mark.multiprocess,
+    pytest.mark.nginx,
     # pyoidc fetches a JWKS on "localhost" with certificate checks off, whatever its settings
     # say (oic/utils/keyio.py, KeyJar.add_url); everything else here verifies the test cert.
     pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
@@ -85,25 +88,32 @@ USERS = [f"user{n:02d}" for n in range(WORKERS)]  # what a flow may fail with wh
 
 # ---- nginx -----------------------------------------------------------------------------------
 
+
 def nginx_config(work: Path, http_port: int, https_port: int, upstream_ports: list[int]) -> str:
     """deploy/nginx.conf with these substitutions only (each must match as often as stated)."""
     servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in upstream_ports)
-    return adapted_config([
-        *local_rules(work),
-        # the upstream block: the processes of this test instead of the two example servers
-        (r"^ *server 10\.0\.0\.11:8000 max_fails=3 fail_timeout=10s;\n *server 10\.0\.0\.12:8000 "
-         r"max_fails=3 fail_timeout=10s;$", servers, 1),
-        (r"listen 80\b", f"listen 127.0.0.1:{http_port}", 2),
-        (r"listen \[::\]:80\b", "# listen [::]:80 (test: IPv4 only)", 2),
-        (r"listen 443\b", f"listen 127.0.0.1:{https_port}", 2),
-        (r"listen \[::\]:443\b", "# listen [::]:443 (test: IPv4 only)", 2),
-        # The per-address request rates (10 r/s on /login, 50 on /token, 100 elsewhere) would
-        # throttle this load, which all comes from 127.0.0.1: raised here, because this test
-        # is about idp behind nginx; the zones themselves are exercised by tests/deploy.
-        (r"rate=\d+r/s", "rate=100000r/s", 3),
-        # Which upstream served each request, to show that one login spans processes.
-        (r"ua=\"\$http_user_agent\"';", "ua=\"$http_user_agent\" upstream=$upstream_addr';", 1),
-    ])
+    return adapted_config(
+        [
+            *local_rules(work),
+            # the upstream block: the processes of this test instead of the two example servers
+            (
+                r"^ *server 10\.0\.0\.11:8000 max_fails=3 fail_timeout=10s;\n *server 10\.0\.0\.12:8000 "
+                r"max_fails=3 fail_timeout=10s;$",
+                servers,
+                1,
+            ),
+            (r"listen 80\b", f"listen 127.0.0.1:{http_port}", 2),
+            (r"listen \[::\]:80\b", "# listen [::]:80 (test: IPv4 only)", 2),
+            (r"listen 443\b", f"listen 127.0.0.1:{https_port}", 2),
+            (r"listen \[::\]:443\b", "# listen [::]:443 (test: IPv4 only)", 2),
+            # The per-address request rates (10 r/s on /login, 50 on /token, 100 elsewhere) would
+            # throttle this load, which all comes from 127.0.0.1: raised here, because this test
+            # is about idp behind nginx; the zones themselves are exercised by tests/deploy.
+            (r"rate=\d+r/s", "rate=100000r/s", 3),
+            # Which upstream served each request, to show that one login spans processes.
+            (r"ua=\"\$http_user_agent\"';", 'ua="$http_user_agent" upstream=$upstream_addr\';', 1),
+        ]
+    )
 
 
 @dataclass
@@ -132,13 +142,20 @@ class Nginx:
 
     def start(self, ready: Callable[[], bool]) -> None:
         with open(self.work / "nginx.log", "wb") as log:
-            self.process = subprocess.Popen(self.command("-g", "daemon off;"), stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command("-g", "daemon off;"),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while not ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"nginx did not start:\n{log_tail(self.work / 'nginx.log')}\n"
-                            f"{log_tail(self.work / 'logs' / 'error.log')}")
+                pytest.fail(
+                    f"nginx did not start:\n{log_tail(self.work / 'nginx.log')}\n"
+                    f"{log_tail(self.work / 'logs' / 'error.log')}"
+                )
             time.sleep(0.1)
 
     def reload(self, upstream_ports: list[int]) -> None:
@@ -176,6 +193,7 @@ def worker_pids(master: int) -> list[int]:
 
 # ---- the deployment ------------------------------------------------------------------------------
 
+
 @dataclass
 class Deployment:
     issuer: str
@@ -210,12 +228,33 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         except httpx.HTTPError:
             return False
 
-    with private_redis(free_port(), work) as redis_server, \
-            prepared_environment(work / "idp", issuer_port=0, redis_url=redis_server.url, schema_prefix="idp_scale_out",
-                                 IDP_ISSUER=issuer, IDP_TRUSTED_PROXIES="127.0.0.1/32") as env:
+    with (
+        private_redis(free_port(), work) as redis_server,
+        prepared_environment(
+            work / "idp",
+            issuer_port=0,
+            redis_url=redis_server.url,
+            schema_prefix="idp_scale_out",
+            IDP_ISSUER=issuer,
+            IDP_TRUSTED_PROXIES="127.0.0.1/32",
+        ) as env,
+    ):
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda name: run_cli(env, "user", "add", name, "--email", f"{name}@example.com",
-                                               "--password-stdin", stdin=PASSWORD + "\n"), USERS))
+            list(
+                pool.map(
+                    lambda name: run_cli(
+                        env,
+                        "user",
+                        "add",
+                        name,
+                        "--email",
+                        f"{name}@example.com",
+                        "--password-stdin",
+                        stdin=PASSWORD + "\n",
+                    ),
+                    USERS,
+                )
+            )
         idps = []
         try:
             for _ in range(PROCESSES):  # one after the other: the first creates the signing key
@@ -233,6 +272,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 # ---- one flow: pyoidc as the RP, httpx as the browser ----------------------------------------------
+
 
 class FlowFailed(Exception):
     def __init__(self, step: str, status: int | None, detail: str) -> None:
@@ -267,23 +307,43 @@ def one_flow(deployment: Deployment, tag: str, username: str) -> dict[str, str]:
     failure is a FlowFailed naming the step and the HTTP status (None: no response)."""
     issuer = deployment.issuer
     try:
-        rp = Client(client_id=SHOP[0], client_authn_method=CLIENT_AUTHN_METHOD,
-                    settings=OicClientSettings(verify_ssl=str(deployment.cafile), timeout=STEP_TIMEOUT))
+        rp = Client(
+            client_id=SHOP[0],
+            client_authn_method=CLIENT_AUTHN_METHOD,
+            settings=OicClientSettings(verify_ssl=str(deployment.cafile), timeout=STEP_TIMEOUT),
+        )
         rp.provider_config(issuer)  # discovery through nginx
     except Exception as exc:  # noqa: BLE001 - pyoidc wraps HTTP errors in several exception types
         raise FlowFailed("discovery", None, repr(exc)[:300]) from exc
-    rp.store_registration_info(RegistrationResponse(
-        client_id=SHOP[0], client_secret=SHOP[1], redirect_uris=[SHOP_REDIRECT],
-        token_endpoint_auth_method="client_secret_basic"))
+    rp.store_registration_info(
+        RegistrationResponse(
+            client_id=SHOP[0],
+            client_secret=SHOP[1],
+            redirect_uris=[SHOP_REDIRECT],
+            token_endpoint_auth_method="client_secret_basic",
+        )
+    )
     state, nonce = os.urandom(16).hex(), os.urandom(16).hex()
     pkce, code_verifier = rp.add_code_challenge()  # S256
-    request = rp.construct_AuthorizationRequest(request_args={
-        "client_id": SHOP[0], "response_type": "code", "scope": SCOPE, "redirect_uri": SHOP_REDIRECT,
-        "state": state, "nonce": nonce, **pkce})
+    request = rp.construct_AuthorizationRequest(
+        request_args={
+            "client_id": SHOP[0],
+            "response_type": "code",
+            "scope": SCOPE,
+            "redirect_uri": SHOP_REDIRECT,
+            "state": state,
+            "nonce": nonce,
+            **pkce,
+        }
+    )
     url = request.request(rp.authorization_endpoint)
 
-    with httpx.Client(verify=ssl.create_default_context(cafile=str(deployment.cafile)), timeout=STEP_TIMEOUT,
-                      follow_redirects=False, headers={"user-agent": tag}) as browser:
+    with httpx.Client(
+        verify=ssl.create_default_context(cafile=str(deployment.cafile)),
+        timeout=STEP_TIMEOUT,
+        follow_redirects=False,
+        headers={"user-agent": tag},
+    ) as browser:
         try:
             login = _redirect(browser.get(url), "GET /authorize", "/login")
             page = _ok(browser.get(urljoin(issuer, login)), "GET /login")
@@ -296,8 +356,9 @@ def one_flow(deployment: Deployment, tag: str, username: str) -> dict[str, str]:
                     raise FlowFailed("GET /authorize/resume", 303, f"redirect to {next_hop!r}")
                 page = _ok(browser.get(urljoin(issuer, next_hop)), "GET /consent")
                 form = post_form(page.text, "/consent")
-                next_hop = _redirect(browser.post(f"{issuer}/consent", data={**form["hidden"], "decision": "allow"}),
-                                     "POST /consent")
+                next_hop = _redirect(
+                    browser.post(f"{issuer}/consent", data={**form["hidden"], "decision": "allow"}), "POST /consent"
+                )
                 if not next_hop.startswith(SHOP_REDIRECT + "?"):
                     raise FlowFailed("POST /consent", 303, f"redirect to {next_hop!r}")
         except httpx.HTTPError as exc:
@@ -308,7 +369,8 @@ def one_flow(deployment: Deployment, tag: str, username: str) -> dict[str, str]:
     assert response["state"] == state and response["iss"] == issuer, response.to_dict()
     try:
         tokens = rp.do_access_token_request(
-            state=state, authn_method="client_secret_basic",
+            state=state,
+            authn_method="client_secret_basic",
             request_args={"code": response["code"], "redirect_uri": SHOP_REDIRECT, "code_verifier": code_verifier},
         )  # verifies the ID token: signature (JWKS via nginx), iss, aud, nonce
     except Exception as exc:  # noqa: BLE001
@@ -325,8 +387,16 @@ def _status_in(exc: Exception) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def run_flows(deployment: Deployment, prefix: str, count: int, *, attempts: int = 1, retry_pause: float = 0.0,
-              users: list[str] = USERS, during: Callable[[Callable[[], int]], None] | None = None) -> tuple[list[Outcome], float]:
+def run_flows(
+    deployment: Deployment,
+    prefix: str,
+    count: int,
+    *,
+    attempts: int = 1,
+    retry_pause: float = 0.0,
+    users: list[str] = USERS,
+    during: Callable[[Callable[[], int]], None] | None = None,
+) -> tuple[list[Outcome], float]:
     """`count` flows on WORKERS threads, each tried up to `attempts` times; `during` runs
     beside them, given the number of flows completed so far. Returns outcomes and seconds."""
     completed = 0
@@ -368,8 +438,10 @@ def wait_for(progress: Callable[[], int], at_least: int, timeout: float = 120) -
 
 # ---- nginx's access log ---------------------------------------------------------------------------
 
-LOG_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) .* ua="(?P<ua>[^"]*)" '
-                      r'upstream=(?P<upstream>.*)$')
+LOG_LINE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) .* ua="(?P<ua>[^"]*)" '
+    r"upstream=(?P<upstream>.*)$"
+)
 
 
 @dataclass(frozen=True)
@@ -385,8 +457,9 @@ def access_log(deployment: Deployment) -> list[Logged]:
     entries = []
     for line in deployment.nginx.access_log.read_text(errors="replace").splitlines():
         if found := LOG_LINE.search(line):
-            entries.append(Logged(found["method"], found["uri"], int(found["status"]), found["ua"],
-                                  found["upstream"].strip()))
+            entries.append(
+                Logged(found["method"], found["uri"], int(found["status"]), found["ua"], found["upstream"].strip())
+            )
     return entries
 
 
@@ -401,8 +474,9 @@ def refresh_all(deployment: Deployment, refresh_tokens: list[str]) -> list[str]:
 
     def refresh(token: str) -> str | None:
         with httpx.Client(verify=tls, timeout=STEP_TIMEOUT) as backend:
-            response = backend.post(f"{deployment.issuer}/token", auth=SHOP,
-                                    data={"grant_type": "refresh_token", "refresh_token": token})
+            response = backend.post(
+                f"{deployment.issuer}/token", auth=SHOP, data={"grant_type": "refresh_token", "refresh_token": token}
+            )
         if response.status_code == 200 and response.json().get("refresh_token"):
             return None
         return f"refresh: {response.status_code} {response.text[:200]}"
@@ -417,8 +491,8 @@ def failure_summary(outcomes: list[Outcome]) -> Counter[str]:
 
 # ---- the test ---------------------------------------------------------------------------------------
 
-def test_three_processes_behind_nginx_survive_load_a_killed_process_and_a_redis_restart(
-        deployment: Deployment) -> None:
+
+def test_three_processes_behind_nginx_survive_load_a_killed_process_and_a_redis_restart(deployment: Deployment) -> None:
     figures: dict[int, float] = {}
     issued: list[str] = []  # every refresh token a completed flow received
 
@@ -503,18 +577,19 @@ def test_three_processes_behind_nginx_survive_load_a_killed_process_and_a_redis_
     errors = server_errors(deployment)
     assert not errors, f"{len(errors)} server errors through nginx: {errors[:10]}\n{deployment.logs()}"
 
-    report = "\n".join([
-        f"idp scale-out through nginx (deploy/nginx.conf), {WORKERS} concurrent flows, "
-        f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        *(f"  {n} upstream process(es): {figures[n]:.1f} flows/s ({MEASURE_FLOWS} flows)" for n in (1, 2, 3)),
-        f"  clean load, 3 processes: {load_rate:.1f} flows/s ({LOAD_FLOWS} flows, "
-        f"{len(spanning)} started and finished on different processes)",
-        f"  failures during the SIGKILL run (then retried successfully): {dict(kill_failures) or 'none'}",
-        f"  failures around the Redis restart (then retried successfully): {dict(redis_failures) or 'none'}",
-        f"  refresh tokens redeemed afterwards: {len(issued)}, all working",
-    ])
+    report = "\n".join(
+        [
+            f"idp scale-out through nginx (deploy/nginx.conf), {WORKERS} concurrent flows, "
+            f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            *(f"  {n} upstream process(es): {figures[n]:.1f} flows/s ({MEASURE_FLOWS} flows)" for n in (1, 2, 3)),
+            f"  clean load, 3 processes: {load_rate:.1f} flows/s ({LOAD_FLOWS} flows, "
+            f"{len(spanning)} started and finished on different processes)",
+            f"  failures during the SIGKILL run (then retried successfully): {dict(kill_failures) or 'none'}",
+            f"  failures around the Redis restart (then retried successfully): {dict(redis_failures) or 'none'}",
+            f"  refresh tokens redeemed afterwards: {len(issued)}, all working",
+        ]
+    )
     print("\n" + report)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")
     (ARTIFACTS / "scale-out-figures.txt").write_text(report + "\n")
-

@@ -1,6 +1,7 @@
 """Two `idp serve` processes sharing one PostgreSQL schema and one Redis behave as one
 identity provider: a login started on A is finished on B, the code is redeemed on B and
 the refresh token works on A."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -45,5 +46,6 @@ def test_a_login_started_on_one_process_finishes_on_the_other(two_processes: tup
         again = rp.refresh(b.url, body["refresh_token"])
         assert again.status_code == 200, f"refresh on B: {again.status_code} {again.text}"
         reused = rp.refresh(b.url, tokens["refresh_token"])
-        assert reused.status_code == 400 and reused.json().get("error") == "invalid_grant", \
+        assert reused.status_code == 400 and reused.json().get("error") == "invalid_grant", (
             f"reused refresh token on B: {reused.status_code} {reused.text}"
+        )

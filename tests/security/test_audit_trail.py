@@ -2,6 +2,7 @@
 write rows with who, from where and with what outcome; every event is also one JSON line
 on the `idp.audit` logger; and the admin reads and acts on it with `idp audit tail` and
 `idp user unlock` (run as the admin runs them: a subprocess on a SQLite file)."""
+
 from __future__ import annotations
 
 import json
@@ -101,8 +102,9 @@ def test_token_issuance_and_revocation_write_rows_with_client_and_user(browser):
     assert issued.detail["grant_type"] == "authorization_code"
     assert_from_the_browser(issued)
 
-    revoked = browser.post("/revoke", data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
-                           auth=SHOP)
+    revoked = browser.post(
+        "/revoke", data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"}, auth=SHOP
+    )
     assert revoked.status_code == 200, revoked.text
 
     [row] = events(browser, "token.revoked")
@@ -116,8 +118,9 @@ def test_token_issuance_and_revocation_write_rows_with_client_and_user(browser):
 
 def test_a_refresh_is_audited_with_its_grant_type(browser):
     tokens = tokens_for(browser)
-    refreshed = browser.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-                             auth=SHOP)
+    refreshed = browser.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}, auth=SHOP
+    )
     assert refreshed.status_code == 200, refreshed.text
 
     assert [r.detail["grant_type"] for r in events(browser, "token.issued")] == ["authorization_code", "refresh_token"]
@@ -129,8 +132,9 @@ def test_a_refresh_is_audited_with_its_grant_type(browser):
 def test_record_audit_logs_exactly_one_json_line_per_event(app, caplog):
     sessions = app.state.services.sessions
     with caplog.at_level(logging.INFO, logger="idp.audit"), sessions.begin() as db:
-        record_audit(db, "login.password.failed", ip="192.0.2.10", user_agent="agent/1", outcome="failure",
-                     known_user=False)
+        record_audit(
+            db, "login.password.failed", ip="192.0.2.10", user_agent="agent/1", outcome="failure", known_user=False
+        )
         record_audit(db, "rate_limit.exceeded", ip="192.0.2.11", outcome="refused", scope="login_ip")
 
     lines = [r for r in caplog.records if r.name == "idp.audit"]
@@ -175,10 +179,22 @@ class Idp:
 
     def __call__(self, *args: str) -> Result:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
-        env.update(IDP_DATABASE_URL=self.url, IDP_DATA_DIR=str(self.home / "var"), IDP_ARGON2_TIME_COST="1",
-                   IDP_ARGON2_MEMORY_KIB="8192")
-        done = subprocess.run([sys.executable, "-m", "idp", *args], input="", capture_output=True, text=True,
-                              cwd=self.home, env=env, timeout=60, check=False)
+        env.update(
+            IDP_DATABASE_URL=self.url,
+            IDP_DATA_DIR=str(self.home / "var"),
+            IDP_ARGON2_TIME_COST="1",
+            IDP_ARGON2_MEMORY_KIB="8192",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "idp", *args],
+            input="",
+            capture_output=True,
+            text=True,
+            cwd=self.home,
+            env=env,
+            timeout=60,
+            check=False,
+        )
         return Result(done.returncode, done.stdout, done.stderr)
 
     def ok(self, *args: str) -> str:
@@ -216,8 +232,15 @@ def admin(tmp_path: Path) -> Iterator[tuple[Idp, Any]]:
     with sessions.begin() as db:
         record_audit(db, "login.password.succeeded", user_id=bob, ip="192.0.2.2", outcome="success")
     with sessions.begin() as db:
-        record_audit(db, "token.issued", user_id=bob, client_id="shop", ip="192.0.2.2", outcome="success",
-                     grant_type="authorization_code")
+        record_audit(
+            db,
+            "token.issued",
+            user_id=bob,
+            client_id="shop",
+            ip="192.0.2.2",
+            outcome="success",
+            grant_type="authorization_code",
+        )
     yield idp, sessions
     engine.dispose()
 
@@ -241,7 +264,9 @@ def test_audit_tail_filters_by_kind_prefix_and_by_user(admin):
     idp, _ = admin
     assert [e["kind"] for e in json_lines(idp.ok("audit", "tail", "--kind", "account."))] == ["account.locked"]
     assert [e["kind"] for e in json_lines(idp.ok("audit", "tail", "--kind", "login."))] == [
-        "login.password.failed", "login.password.succeeded"]
+        "login.password.failed",
+        "login.password.succeeded",
+    ]
 
     for typed in ("alice", " ALICE "):
         by_alice = json_lines(idp.ok("audit", "tail", "--user", typed))
@@ -261,8 +286,11 @@ def test_audit_tail_refuses_a_line_count_out_of_range(admin, lines):
 
 def lock(sessions, username: str) -> None:  # type: ignore[no-untyped-def]
     with sessions.begin() as db:
-        db.execute(update(User).where(User.username == username).values(
-            failed_logins=5, failures_since=utcnow(), locked_until=utcnow() + timedelta(minutes=30)))
+        db.execute(
+            update(User)
+            .where(User.username == username)
+            .values(failed_logins=5, failures_since=utcnow(), locked_until=utcnow() + timedelta(minutes=30))
+        )
 
 
 def user_list(idp: Idp) -> dict[str, str]:

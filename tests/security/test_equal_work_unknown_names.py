@@ -97,8 +97,9 @@ def hashing() -> Iterator[PasswordHashing]:
 # (a) one name, one cost
 
 
-def test_a_name_costs_the_same_on_every_try(hashing: PasswordHashing,
-                                            argon2_calls: list[tuple[str, HashParameters]]) -> None:
+def test_a_name_costs_the_same_on_every_try(
+    hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]
+) -> None:
     hashing.set_census({parameters(**BIG): 5, parameters(**MID): 3, parameters(**SMALL): 2})
     names = [f"nobody-{i}" for i in range(30)]
     for name in names:
@@ -119,7 +120,8 @@ def test_a_name_costs_the_same_on_every_try(hashing: PasswordHashing,
 
 
 def test_without_a_census_unknown_names_cost_the_current_parameters(
-        hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]) -> None:
+    hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]
+) -> None:
     for census in ({}, {hashing.current: 7}):  # no users yet; every hash current
         hashing.set_census(census)
         argon2_calls.clear()
@@ -135,7 +137,8 @@ def test_without_a_census_unknown_names_cost_the_current_parameters(
 
 
 def test_a_parameter_set_argon2_refuses_falls_back_to_the_current_one(
-        hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]) -> None:
+    hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]
+) -> None:
     corrupt = HashParameters("argon2id", 19, 4, 1, 1)  # 4 KiB: below Argon2's floor
     hashing.set_census({corrupt: 1})
     assert hashing.verify_unknown("nobody", PASSWORD) is False
@@ -146,7 +149,8 @@ def test_a_parameter_set_argon2_refuses_falls_back_to_the_current_one(
 
 
 def test_unknown_names_follow_the_census_distribution(
-        hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]) -> None:
+    hashing: PasswordHashing, argon2_calls: list[tuple[str, HashParameters]]
+) -> None:
     census = {parameters(**BIG): 600, parameters(**MID): 300, parameters(**SMALL): 100}
     hashing.set_census(census)
     tries = 3000
@@ -201,7 +205,8 @@ def stored_hash(services: Services, username: str) -> str:
 
 
 def test_known_and_unknown_names_cost_one_verification_from_the_same_sets(
-        app: Starlette, argon2_calls: list[tuple[str, HashParameters]]) -> None:
+    app: Starlette, argon2_calls: list[tuple[str, HashParameters]]
+) -> None:
     services: Services = app.state.services  # the real wiring: keyring digest of the normalised name
     current = services.hashing.current  # alice and bob (seeded) have it
     add_users(services, BIG, "carol", "dave", "erin")
@@ -234,13 +239,19 @@ def test_known_and_unknown_names_cost_one_verification_from_the_same_sets(
 
 
 def test_census_refresh_picks_up_a_rehash_and_runs_no_argon2(
-        app: Starlette, argon2_calls: list[tuple[str, HashParameters]]) -> None:
+    app: Starlette, argon2_calls: list[tuple[str, HashParameters]]
+) -> None:
     services: Services = app.state.services
     with services.sessions.begin() as db:  # from here on, every stored hash is outdated
         db.execute(update(User).values(password_hash=hash_with(BIG)))
         add_user(db, username="nopassword", email=None, name=None, password_hash=None)  # not counted
-        add_user(db, username="imported", email=None, name=None,  # another scheme: not counted either
-                 password_hash="$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW")
+        add_user(
+            db,
+            username="imported",
+            email=None,
+            name=None,  # another scheme: not counted either
+            password_hash="$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",
+        )
     names = [f"nobody-{i}" for i in range(50)]
 
     argon2_calls.clear()
@@ -289,8 +300,9 @@ def _set_every_hash(services: Services, value: str) -> None:
 
 
 @pytest.fixture
-def idp(database_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+def idp(
+    database_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str]]:
     """`idp ARGS…` in this process, against the test database (SQLite and PostgreSQL)."""
     for name in [n for n in os.environ if n.startswith("IDP_")]:
         monkeypatch.delenv(name)
@@ -327,10 +339,21 @@ def test_user_list_outdated_hashes_counts_users_per_parameter_set(idp: Callable[
     assert (current, outdated) == (("$argon2id$v=19$m=8192,t=1,p=1$", 0), {})
     assert summary.startswith("0 of 0 password hashes use outdated parameters")
 
-    for username, time_cost, memory_kib in (("alice", 1, 8192), ("bob", 1, 8192), ("carol", 2, 8192),
-                                            ("dave", 1, 16384)):
-        code, _ = idp("user", "add", username, "--password-stdin", stdin=PASSWORD + "\n",
-                      time_cost=time_cost, memory_kib=memory_kib)
+    for username, time_cost, memory_kib in (
+        ("alice", 1, 8192),
+        ("bob", 1, 8192),
+        ("carol", 2, 8192),
+        ("dave", 1, 16384),
+    ):
+        code, _ = idp(
+            "user",
+            "add",
+            username,
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+            time_cost=time_cost,
+            memory_kib=memory_kib,
+        )
         assert code == 0
     assert idp("user", "add", "erin")[0] == 0  # no password: no hash to count
 
@@ -395,12 +418,15 @@ def run_everything_at_once(hashing: PasswordHashing, stored: str) -> None:
             errors.append(exc)
 
     async def pool() -> None:
-        await asyncio.wait_for(asyncio.gather(
-            *(hashing.hash_async(PASSWORD) for _ in range(3)),
-            *(hashing.verify_async(stored, PASSWORD) for _ in range(3)),
-            *(hashing.verify_async(None, PASSWORD) for _ in range(2)),
-            *(hashing.verify_unknown_async(f"pooled-{i}", PASSWORD) for i in range(3)),
-        ), timeout=15)
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(hashing.hash_async(PASSWORD) for _ in range(3)),
+                *(hashing.verify_async(stored, PASSWORD) for _ in range(3)),
+                *(hashing.verify_async(None, PASSWORD) for _ in range(2)),
+                *(hashing.verify_unknown_async(f"pooled-{i}", PASSWORD) for i in range(3)),
+            ),
+            timeout=15,
+        )
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(2)]
     for thread in threads:

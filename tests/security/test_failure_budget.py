@@ -4,6 +4,7 @@ any Argon2 and spent only by a failure; passkey options have their own generous 
 login transaction holds one live passkey challenge. Built with the real default limits (the
 shared `settings` fixture turns them off); the limits' clock is simulated, so "ten minutes"
 takes seconds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,6 +78,7 @@ def make_client(settings: Settings, clock: SimulatedClock) -> Iterator[MakeClien
     """An app with the real default rate limits (some replaced if asked), seeded, and a
     TestClient on it (`client` is the direct peer, as in tests/security/test_rate_limits.py)."""
     with ExitStack() as stack:
+
         def make(*, client: tuple[str, int] = ("198.51.100.7", 40000), **overrides: object) -> TestClient:
             real = dataclasses.replace(settings, **{**REAL_LIMITS, **overrides})
             app = create_app(real, store=MemoryStore())
@@ -107,6 +109,7 @@ def add_users(client: TestClient, count: int, *, totp: bool = False) -> dict[str
 
 
 # ---- a browser, as idp/static/passkeys.js and the hosted forms drive it ----------------------
+
 
 def login_page(client: TestClient, location: str = "/login") -> tuple[str, str | None]:
     """Loads the login page (csrf token, transaction) and, as the page's script does on
@@ -145,9 +148,15 @@ def to_client(client: TestClient, response: Response, statuses: Counter[int]) ->
         if location.startswith("/consent"):
             page = client.get(location)
             statuses[page.status_code] += 1
-            response = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                     "tx": form_value(page.text, "tx"), "decision": "allow"},
-                                   follow_redirects=False)
+            response = client.post(
+                "/consent",
+                data={
+                    "csrf_token": form_value(page.text, "csrf_token"),
+                    "tx": form_value(page.text, "tx"),
+                    "decision": "allow",
+                },
+                follow_redirects=False,
+            )
         else:
             response = client.get(location, follow_redirects=False)
         statuses[response.status_code] += 1
@@ -190,6 +199,7 @@ def retry_after_of(response: Response) -> int:
 
 # ---- an office behind one address ------------------------------------------------------------
 
+
 def test_two_hundred_people_behind_one_ipv4_address_sign_in_with_password_and_code_in_ten_minutes(make_client, clock):
     client = make_client(client=("198.51.100.7", 40000))  # the office's NAT, the direct peer
     secrets = add_users(client, OFFICE_SIZE, totp=True)
@@ -219,6 +229,7 @@ def test_two_hundred_people_in_one_ipv6_64_behind_a_trusted_proxy_sign_in_in_ten
 
 # ---- a sprayer -------------------------------------------------------------------------------
 
+
 def test_thirty_one_wrong_passwords_across_thirty_one_accounts_from_one_address_end_in_429(make_client):
     client = make_client()
     names = list(add_users(client, 31))
@@ -240,8 +251,12 @@ def test_the_budget_is_per_ipv6_64_not_per_address(make_client):
 
     def attempt(address: str, name: str) -> int:
         headers = {"X-Forwarded-For": address}
-        return client.post("/login", data={"csrf_token": csrf, "username": name, "password": WRONG},
-                           headers=headers, follow_redirects=False).status_code
+        return client.post(
+            "/login",
+            data={"csrf_token": csrf, "username": name, "password": WRONG},
+            headers=headers,
+            follow_redirects=False,
+        ).status_code
 
     rotated = [attempt(f"2001:db8:bad:1:{n:x}::1", f"victim{n}") for n in range(31)]
     assert rotated == [401] * 30 + [429]  # a new address in the same /64 is the same client
@@ -299,6 +314,7 @@ def test_the_budget_window_ends_and_the_address_may_try_again(make_client, clock
 
 # ---- what spends the budget, and what does not -----------------------------------------------
 
+
 def test_successful_steps_do_not_spend_the_budget(make_client, clock):
     client = make_client()
     secrets = add_users(client, 20, totp=True)
@@ -342,16 +358,23 @@ def test_each_kind_of_failed_credential_check_spends_the_budget(make_client, kin
         options = passkey_options(client, csrf, tx).json()
         stranger = SoftAuthenticator()
         assertion = stranger.get(options["publicKey"], credential=stranger.new_credential())  # never registered
-        failed = client.post("/login/passkey/verify", json={"csrf_token": csrf, "tx": tx,
-                                                             "challenge_id": options["challenge_id"],
-                                                             "credential": assertion})
+        failed = client.post(
+            "/login/passkey/verify",
+            json={"csrf_token": csrf, "tx": tx, "challenge_id": options["challenge_id"], "credential": assertion},
+        )
     else:
-        page = client.get(signed.headers["location"].replace("/login/totp?", "/login/backup_code?" if kind == "wrong backup code" else "/login/totp?"))
+        page = client.get(
+            signed.headers["location"].replace(
+                "/login/totp?", "/login/backup_code?" if kind == "wrong backup code" else "/login/totp?"
+            )
+        )
         field = "backup_code" if kind == "wrong backup code" else "code"
         wrong = "AAAA-AAAA" if field == "backup_code" else f"{(int(pyotp.TOTP(secret).at(CODE_TIME)) + 1) % 10**6:06}"
-        failed = client.post("/login/backup_code" if field == "backup_code" else "/login/totp",
-                             data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx, field: wrong},
-                             follow_redirects=False)
+        failed = client.post(
+            "/login/backup_code" if field == "backup_code" else "/login/totp",
+            data={"csrf_token": form_value(page.text, "csrf_token"), "tx": tx, field: wrong},
+            follow_redirects=False,
+        )
     assert failed.status_code == 401, failed.text
 
     # one success (the password) and one failure so far: one failure left
@@ -370,14 +393,21 @@ def test_a_right_password_on_a_locked_account_spends_the_budget_like_a_wrong_one
 
 # ---- one live passkey challenge per login transaction ----------------------------------------
 
+
 def register_passkey(client: TestClient, authenticator: SoftAuthenticator, username: str = "alice") -> None:
     csrf, _ = login_page(client)
     signed = post_password(client, csrf, None, username, PASSWORD)
     assert signed.status_code == 303 and signed.headers["location"] == "/account", signed.text
     token = form_value(client.get("/account").text, "csrf_token")
     options = client.post("/account/passkeys/options", json={"csrf_token": token}).json()
-    done = client.post("/account/passkeys", json={"csrf_token": token, "challenge_id": options["challenge_id"],
-                                                  "credential": authenticator.create(options["publicKey"])})
+    done = client.post(
+        "/account/passkeys",
+        json={
+            "csrf_token": token,
+            "challenge_id": options["challenge_id"],
+            "credential": authenticator.create(options["publicKey"]),
+        },
+    )
     assert done.status_code == 200, done.text
     client.cookies.clear()
 
@@ -396,9 +426,10 @@ def test_a_new_passkey_challenge_on_a_transaction_replaces_the_previous_one(make
 
     def verify(options: dict[str, object]) -> Response:
         assertion = authenticator.get(options["publicKey"])  # type: ignore[arg-type]
-        return client.post("/login/passkey/verify", json={"csrf_token": csrf, "tx": tx,
-                                                          "challenge_id": options["challenge_id"],
-                                                          "credential": assertion})
+        return client.post(
+            "/login/passkey/verify",
+            json={"csrf_token": csrf, "tx": tx, "challenge_id": options["challenge_id"], "credential": assertion},
+        )
 
     assert verify(first).status_code == 401
     answer = verify(second)
@@ -417,30 +448,37 @@ def test_a_replaced_challenge_left_in_the_store_by_a_race_is_still_refused(make_
     store.set(f"webauthn:{first['challenge_id']}", record, ttl_seconds=300)  # as if written after the swap
 
     assertion = authenticator.get(first["publicKey"])
-    refused = client.post("/login/passkey/verify", json={"csrf_token": csrf, "tx": tx,
-                                                         "challenge_id": first["challenge_id"],
-                                                         "credential": assertion})
+    refused = client.post(
+        "/login/passkey/verify",
+        json={"csrf_token": csrf, "tx": tx, "challenge_id": first["challenge_id"], "credential": assertion},
+    )
     assert refused.status_code == 401
 
 
 # ---- the per-IP key ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("address", "bucket"), [
-    pytest.param("203.0.113.7", "203.0.113.7", id="IPv4 is counted per address"),
-    pytest.param("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64", id="IPv6 is counted per /64"),
-    pytest.param("2001:db8:1:2::9", "2001:db8:1:2::/64", id="another address of the same /64"),
-    pytest.param("::ffff:198.51.100.1", "198.51.100.1", id="an IPv4-mapped address is its IPv4 address"),
-    pytest.param("-", "-", id="no address known"),
-])
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        pytest.param("203.0.113.7", "203.0.113.7", id="IPv4 is counted per address"),
+        pytest.param("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64", id="IPv6 is counted per /64"),
+        pytest.param("2001:db8:1:2::9", "2001:db8:1:2::/64", id="another address of the same /64"),
+        pytest.param("::ffff:198.51.100.1", "198.51.100.1", id="an IPv4-mapped address is its IPv4 address"),
+        pytest.param("-", "-", id="no address known"),
+    ],
+)
 def test_per_ip_limits_count_ipv4_addresses_and_ipv6_64s(address: str, bucket: str):
     assert ip_bucket(address) == bucket
 
 
 # ---- the budget itself, and across processes ---------------------------------------------------
 
+
 def rate_limits(**overrides: str) -> RateLimits:
-    return RateLimits(load_settings(environ={}, **overrides),
-                      digest=lambda value: hashlib.sha256(value.encode()).hexdigest())
+    return RateLimits(
+        load_settings(environ={}, **overrides), digest=lambda value: hashlib.sha256(value.encode()).hexdigest()
+    )
 
 
 def test_admitting_a_step_does_not_spend_the_budget_only_recording_a_failure_does():

@@ -24,50 +24,61 @@ CASES = [
     pytest.param("violet-harbor7", {}, "too_short", id="refuses 14 characters as the only factor"),
     pytest.param("violet-harbor7x", {}, ACCEPTED, id="accepts 15 characters as the only factor"),
     # length, with a second factor
-    pytest.param("vi0let-h", {"has_second_factor": True}, ACCEPTED,
-                 id="accepts 8 characters with a second factor"),
-    pytest.param("vi0let-", {"has_second_factor": True}, "too_short",
-                 id="refuses 7 characters with a second factor"),
+    pytest.param("vi0let-h", {"has_second_factor": True}, ACCEPTED, id="accepts 8 characters with a second factor"),
+    pytest.param("vi0let-", {"has_second_factor": True}, "too_short", id="refuses 7 characters with a second factor"),
     # upper bound
     pytest.param("Tr0ub4dor&3-" * 5 + "plum", {}, ACCEPTED, id="accepts 64 characters"),
     pytest.param("x7-Qm" * 25 + "abc", {}, ACCEPTED, id="accepts 128 characters"),
     pytest.param("x7-Qm" * 25 + "abcd", {}, "too_long", id="refuses 129 characters"),
     # blocklist (all three are really in idp/data/common-passwords.txt)
     pytest.param("passwordstandard", {}, "common", id="refuses a common 16-character password"),
-    pytest.param("QwertyUIOP12345", {}, "common",
-                 id="refuses a common password whatever its case"),
-    pytest.param("iloveyou", {"has_second_factor": True}, "common",
-                 id="refuses a common 8-character password with a second factor"),
+    pytest.param("QwertyUIOP12345", {}, "common", id="refuses a common password whatever its case"),
+    pytest.param(
+        "iloveyou",
+        {"has_second_factor": True},
+        "common",
+        id="refuses a common 8-character password with a second factor",
+    ),
     # identifiers
-    pytest.param("my-name-is-ALICE-ok", {"username": "Alice"}, "contains_identifier",
-                 id="refuses a password containing the username"),
-    pytest.param("wonderland", {"username": "wonderland", "has_second_factor": True},
-                 "contains_identifier", id="refuses a password equal to the username"),
-    pytest.param("J.Random-was-here-2024", {"email": "j.random@example.org"},
-                 "contains_identifier", id="refuses a password containing the email local part"),
-    pytest.param("example.org-is-my-home", {"email": "j.random@example.org"}, ACCEPTED,
-                 id="ignores the email domain"),
-    pytest.param("bobsleigh-champion", {"username": "bob"}, ACCEPTED,
-                 id="ignores a username shorter than 4 characters"),
+    pytest.param(
+        "my-name-is-ALICE-ok",
+        {"username": "Alice"},
+        "contains_identifier",
+        id="refuses a password containing the username",
+    ),
+    pytest.param(
+        "wonderland",
+        {"username": "wonderland", "has_second_factor": True},
+        "contains_identifier",
+        id="refuses a password equal to the username",
+    ),
+    pytest.param(
+        "J.Random-was-here-2024",
+        {"email": "j.random@example.org"},
+        "contains_identifier",
+        id="refuses a password containing the email local part",
+    ),
+    pytest.param("example.org-is-my-home", {"email": "j.random@example.org"}, ACCEPTED, id="ignores the email domain"),
+    pytest.param(
+        "bobsleigh-champion", {"username": "bob"}, ACCEPTED, id="ignores a username shorter than 4 characters"
+    ),
     # trivial patterns
     pytest.param("a" * 20, {}, "repeated_character", id="refuses one repeated character"),
-    pytest.param("aAaAaAaAaAaAaAaA", {}, "repeated_character",
-                 id="refuses one repeated character in mixed case"),
+    pytest.param("aAaAaAaAaAaAaAaA", {}, "repeated_character", id="refuses one repeated character in mixed case"),
     pytest.param("abcdefghijklmnop", {}, "sequence", id="refuses an ascending letter sequence"),
     pytest.param("ZYXWVUTSRQPONMLK", {}, "sequence", id="refuses a descending letter sequence"),
-    pytest.param("987654321098765", {}, "sequence",
-                 id="refuses a descending digit sequence that wraps past zero"),
-    pytest.param("1234567890123456", {}, "sequence",
-                 id="refuses an ascending digit sequence that wraps past nine"),
+    pytest.param("987654321098765", {}, "sequence", id="refuses a descending digit sequence that wraps past zero"),
+    pytest.param("1234567890123456", {}, "sequence", id="refuses an ascending digit sequence that wraps past nine"),
     # Unicode: NFKC first, then count code points
-    pytest.param("cafe\u0301-au-lait-1", {}, "too_short",
-                 id="counts e + combining accent as one character after NFKC"),
-    pytest.param("\ufb01refly-lantern", {}, ACCEPTED,
-                 id="counts the fi ligature as two characters after NFKC"),
-    pytest.param("correct horse battery staple \U0001f40e", {}, ACCEPTED,
-                 id="accepts spaces and emoji"),
-    pytest.param("family \U0001f468\u200d\U0001f469\u200d\U0001f467 of three", {}, ACCEPTED,
-                 id="accepts the zero-width joiner inside an emoji sequence"),
+    pytest.param("cafe\u0301-au-lait-1", {}, "too_short", id="counts e + combining accent as one character after NFKC"),
+    pytest.param("\ufb01refly-lantern", {}, ACCEPTED, id="counts the fi ligature as two characters after NFKC"),
+    pytest.param("correct horse battery staple \U0001f40e", {}, ACCEPTED, id="accepts spaces and emoji"),
+    pytest.param(
+        "family \U0001f468\u200d\U0001f469\u200d\U0001f467 of three",
+        {},
+        ACCEPTED,
+        id="accepts the zero-width joiner inside an emoji sequence",
+    ),
     # control characters
     pytest.param("violet-harbor\t7x", {}, "control_character", id="refuses a tab"),
     pytest.param("violet-harbor\n7x", {}, "control_character", id="refuses a line break"),
@@ -76,9 +87,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("password", "context", "expected_rule"), CASES)
-def test_password_policy(
-    password: str, context: dict[str, object], expected_rule: str | None
-) -> None:
+def test_password_policy(password: str, context: dict[str, object], expected_rule: str | None) -> None:
     if expected_rule is ACCEPTED:
         check_password(password, **context)  # type: ignore[arg-type]
         return

@@ -51,15 +51,11 @@ def test_nfkc_equivalent_password_verifies(hashing: PasswordHashing) -> None:
         pytest.param("", id="empty"),
         pytest.param("not-a-hash", id="garbage"),
         pytest.param(FAST_PREFIX + "c2FsdHNhbHQ", id="truncated"),
-        pytest.param(
-            "$argon2id$v=19$m=0,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaA", id="impossible parameters"
-        ),
+        pytest.param("$argon2id$v=19$m=0,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaA", id="impossible parameters"),
         pytest.param("$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", id="bcrypt"),
     ],
 )
-def test_corrupt_hash_verifies_false_without_raising(
-    hashing: PasswordHashing, corrupt: str
-) -> None:
+def test_corrupt_hash_verifies_false_without_raising(hashing: PasswordHashing, corrupt: str) -> None:
     assert hashing.verify(corrupt, PASSWORD) is False
     assert hashing.needs_rehash(corrupt) is True
 
@@ -163,9 +159,7 @@ def test_pool_never_runs_more_than_max_concurrent_hashes_at_once(
     assert all(name.startswith("argon2") for name in probe.thread_names)
 
 
-def test_event_loop_keeps_ticking_while_hashes_run(
-    hashing: PasswordHashing, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_event_loop_keeps_ticking_while_hashes_run(hashing: PasswordHashing, monkeypatch: pytest.MonkeyPatch) -> None:
     original = PasswordHasher.hash
     hash_started = threading.Event()
     loop_ticked_during_hash = threading.Event()

@@ -3,6 +3,7 @@ the token endpoint, site-wide per IP; checked before any Argon2 work, answered w
 Retry-After (a page for people, a JSON error for API clients), audited once per key and
 window, shared between processes through Redis, and still enforced per process while Redis
 is unreachable."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,14 @@ def make_client(settings: Settings) -> Iterator[MakeClient]:
     """An app built from the test's settings with some fields replaced (seeded unless
     seeded=False: a second app on the same database), and a TestClient on it."""
     with ExitStack() as stack:
-        def make(*, store_memory: bool = True, client: tuple[str, int] | None = None, seeded: bool = True,
-                 **overrides: object) -> TestClient:
+
+        def make(
+            *,
+            store_memory: bool = True,
+            client: tuple[str, int] | None = None,
+            seeded: bool = True,
+            **overrides: object,
+        ) -> TestClient:
             app = create_app(dataclasses.replace(settings, **overrides), store=MemoryStore() if store_memory else None)
             if seeded:
                 seed(app.state.services)
@@ -53,8 +60,14 @@ def csrf_of(client: TestClient) -> str:
     return form_value(client.get("/login").text, "csrf_token")
 
 
-def post_login(client: TestClient, username: str, password: str = WRONG, *, csrf: str | None = None,
-               headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def post_login(
+    client: TestClient,
+    username: str,
+    password: str = WRONG,
+    *,
+    csrf: str | None = None,
+    headers: dict[str, str] | None = None,
+):  # type: ignore[no-untyped-def]
     data = {"csrf_token": csrf or csrf_of(client), "username": username, "password": password}
     return client.post("/login", data=data, headers=headers, follow_redirects=False)
 
@@ -164,8 +177,10 @@ def test_login_per_ip_refuses_the_third_attempt_whatever_the_names(make_client):
 def test_x_forwarded_for_from_an_untrusted_peer_does_not_change_the_limited_address(make_client):
     client = make_client(rate_limit_login_ip="2/minute", rate_limit_login_account="off", trusted_proxies=())
     csrf = csrf_of(client)
-    statuses = [post_login(client, f"user{i}", csrf=csrf, headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
-                for i in range(1, 5)]
+    statuses = [
+        post_login(client, f"user{i}", csrf=csrf, headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+        for i in range(1, 5)
+    ]
 
     assert statuses == [401, 401, 429, 429]
     rows = audit_rows(client, "rate_limit.exceeded")
@@ -173,8 +188,12 @@ def test_x_forwarded_for_from_an_untrusted_peer_does_not_change_the_limited_addr
 
 
 def test_x_forwarded_for_from_a_trusted_proxy_gives_each_client_its_own_bucket(make_client):
-    client = make_client(rate_limit_login_ip="2/minute", rate_limit_login_account="off",
-                         trusted_proxies=("10.0.0.0/8",), client=("10.0.0.5", 1234))
+    client = make_client(
+        rate_limit_login_ip="2/minute",
+        rate_limit_login_account="off",
+        trusted_proxies=("10.0.0.0/8",),
+        client=("10.0.0.5", 1234),
+    )
     csrf = csrf_of(client)
 
     def attempt(forwarded: str) -> int:
@@ -321,8 +340,10 @@ def test_redis_holds_no_account_names(make_client, redis_db14):
 
 
 def test_with_redis_unreachable_limits_fall_back_to_per_process_counting_and_say_so_once(caplog):
-    limits = RateLimits(load_settings(environ={}, redis_url=CLOSED_REDIS_URL, rate_limit_login_account="2/minute"),
-                        digest=lambda value: hashlib.sha256(value.encode()).hexdigest())
+    limits = RateLimits(
+        load_settings(environ={}, redis_url=CLOSED_REDIS_URL, rate_limit_login_account="2/minute"),
+        digest=lambda value: hashlib.sha256(value.encode()).hexdigest(),
+    )
     assert limits.shared
 
     with caplog.at_level(logging.WARNING, logger="idp.rate_limits"):

@@ -161,9 +161,7 @@ def test_take_of_a_missing_key_is_none(store: StateStore) -> None:
 
 
 @pytest.mark.parametrize("round_number", range(10))
-def test_take_under_a_race_of_16_threads_gives_the_value_to_exactly_one(
-    store: StateStore, round_number: int
-) -> None:
+def test_take_under_a_race_of_16_threads_gives_the_value_to_exactly_one(store: StateStore, round_number: int) -> None:
     store.set("challenge", b"c", ttl_seconds=60)
     results = _run_together(16, lambda: store.take("challenge"))
     assert results.count(b"c") == 1

@@ -3,6 +3,7 @@ checks nothing without it (fail closed); the token, userinfo, discovery and JWKS
 keep serving; everything works again once the store answers. The same behaviour against a
 real Redis that is stopped and restarted is in tests/scale/test_redis_outage.py; this one
 switches an in-process store off, so every path can be covered quickly."""
+
 from __future__ import annotations
 
 import time
@@ -75,8 +76,14 @@ def outage(settings):  # type: ignore[no-untyped-def]
 
 def assertion() -> str:
     now = int(time.time())
-    claims = {"iss": "backend", "sub": "backend", "aud": f"{ISSUER}/token", "iat": now, "exp": now + 60,
-              "jti": uuid.uuid4().hex}
+    claims = {
+        "iss": "backend",
+        "sub": "backend",
+        "aud": f"{ISSUER}/token",
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+    }
     return jwt.encode({"alg": "RS256", "kid": RP_KEY.kid}, claims, RP_KEY)
 
 
@@ -98,17 +105,29 @@ def test_the_hosted_login_answers_503_and_resumes_when_the_store_is_back(outage)
 
     assert_unavailable_page(start(client, AuthRequest()))  # cannot park a new login
     assert_unavailable_page(client.get(login_page))  # cannot read the parked one
-    assert_unavailable_page(client.post("/login", data={"tx": login_page.split("tx=")[1], "username": "alice",
-                                                        "password": "whatever", "csrf_token": csrf_token}))
+    assert_unavailable_page(
+        client.post(
+            "/login",
+            data={
+                "tx": login_page.split("tx=")[1],
+                "username": "alice",
+                "password": "whatever",
+                "csrf_token": csrf_token,
+            },
+        )
+    )
 
     # the API keeps serving
     assert client.get("/.well-known/openid-configuration").status_code == 200
     assert client.get("/jwks").status_code == 200
-    assert client.post("/token", data={"grant_type": "client_credentials", "scope": "profile"},
-                       auth=SHOP).status_code == 200
+    assert (
+        client.post("/token", data={"grant_type": "client_credentials", "scope": "profile"}, auth=SHOP).status_code
+        == 200
+    )
     assert client.get("/userinfo", headers={"authorization": f"Bearer {tokens['access_token']}"}).status_code == 200
-    refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-                            auth=SHOP)
+    refreshed = client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}, auth=SHOP
+    )
     assert refreshed.status_code == 200
 
     store.down = False
@@ -119,7 +138,11 @@ def test_the_hosted_login_answers_503_and_resumes_when_the_store_is_back(outage)
 def test_private_key_jwt_is_refused_not_unchecked_while_the_store_is_down(outage):
     """The assertion's jti must be checked against replay: without the store, 503, never 200."""
     client, store = outage
-    data = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion()}
+    data = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion(),
+    }
     store.down = True
     response = client.post("/token", data=data)
     assert response.status_code == 503

@@ -7,6 +7,7 @@ touched. The caller writes the site part (the mod_auth_openidc directives and lo
 As root (CI), httpd's children run as www-data, as on a Debian server: the private
 directory is created world-readable under the system's temporary directory (pytest's own
 directories are 0700 and closed to them)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def apache_binary() -> str:
         unavailable("apache2 not found (apt-get install apache2 libapache2-mod-auth-openidc)")
     missing = [name for name in NEEDED_MODULES if not (MODULES / f"mod_{name}.so").exists()]
     if missing:
-        unavailable(f"Apache modules missing in {MODULES}: {', '.join(missing)} "
-                    "(apt-get install libapache2-mod-auth-openidc)")
+        unavailable(
+            f"Apache modules missing in {MODULES}: {', '.join(missing)} (apt-get install libapache2-mod-auth-openidc)"
+        )
     return str(found)
 
 
@@ -113,9 +115,14 @@ class Apache:
         conf = self.root / "httpd.conf"
         conf.write_text(config, encoding="utf-8")
         with open(self.root / "stdout.log", "ab") as out:
-            self.process = subprocess.Popen([binary, "-d", str(self.root), "-f", str(conf), "-DFOREGROUND"],
-                                            cwd=self.root, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [binary, "-d", str(self.root), "-f", str(conf), "-DFOREGROUND"],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._wait_ready()
 
     def stop(self) -> None:
@@ -140,16 +147,20 @@ class Apache:
         while time.monotonic() < deadline:
             if (status := self.process.poll()) is not None:
                 self.process = None
-                pytest.fail(f"apache2 exited with status {status}:\n"
-                            f"{log_tail(self.root / 'stdout.log')}\n{self.error_log()}", pytrace=False)
+                pytest.fail(
+                    f"apache2 exited with status {status}:\n{log_tail(self.root / 'stdout.log')}\n{self.error_log()}",
+                    pytrace=False,
+                )
             try:
                 httpx.get(self.origin + "/", timeout=1)
                 return
             except httpx.TransportError:
                 time.sleep(0.05)
         self.stop()
-        pytest.fail(f"apache2 did not answer on {self.origin} within {READY_TIMEOUT_SECONDS:.0f} s:\n{self.error_log()}",
-                    pytrace=False)
+        pytest.fail(
+            f"apache2 did not answer on {self.origin} within {READY_TIMEOUT_SECONDS:.0f} s:\n{self.error_log()}",
+            pytrace=False,
+        )
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Counting Argon2 verifications, whichever entry point a code path uses (the login flow
 verifies synchronously in its worker thread; /account through the async pool)."""
+
 from __future__ import annotations
 
 import functools
@@ -18,6 +19,7 @@ def count_verifications(monkeypatch: pytest.MonkeyPatch, hashing: Any, calls: li
 
     def wrap(name: str, original: Any) -> Any:
         if inspect.iscoroutinefunction(original):
+
             @functools.wraps(original)
             async def counted_async(*args: Any, **kwargs: Any) -> Any:
                 if depth["now"] == 0:
@@ -27,6 +29,7 @@ def count_verifications(monkeypatch: pytest.MonkeyPatch, hashing: Any, calls: li
                     return await original(*args, **kwargs)
                 finally:
                     depth["now"] -= 1
+
             return counted_async
 
         @functools.wraps(original)
@@ -38,6 +41,7 @@ def count_verifications(monkeypatch: pytest.MonkeyPatch, hashing: Any, calls: li
                 return original(*args, **kwargs)
             finally:
                 depth["now"] -= 1
+
         return counted
 
     for name in ENTRY_POINTS:

@@ -8,6 +8,7 @@ user-verification flag, the sign counter (a counting authenticator adds one per 
 `counting=False` always reports 0; `sign_count=` sets the value of one ceremony, e.g. to go
 backwards), the backup flags (BE/BS: a synced passkey) and the userHandle.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,9 +60,19 @@ class Credential:
 class SoftAuthenticator:
     """One authenticator (and the browser in front of it) with any number of credentials."""
 
-    def __init__(self, *, origin: str = "http://localhost:8000", rp_id: str = "localhost", user_verified: bool = True,
-                 counting: bool = True, backup_eligible: bool = False, backed_up: bool = False,
-                 resident: bool = True, aaguid: bytes = bytes(16), credential_id_length: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        origin: str = "http://localhost:8000",
+        rp_id: str = "localhost",
+        user_verified: bool = True,
+        counting: bool = True,
+        backup_eligible: bool = False,
+        backed_up: bool = False,
+        resident: bool = True,
+        aaguid: bytes = bytes(16),
+        credential_id_length: int = 32,
+    ) -> None:
         self.origin = origin
         self.rp_id = rp_id
         self.user_verified = user_verified
@@ -77,9 +88,12 @@ class SoftAuthenticator:
 
     def new_credential(self, *, rp_id: str | None = None, user_handle: bytes | None = None) -> Credential:
         """A key pair made on the authenticator (and not registered anywhere yet)."""
-        credential = Credential(id=secrets.token_bytes(self.credential_id_length),
-                                private_key=ec.generate_private_key(ec.SECP256R1()), rp_id=rp_id or self.rp_id,
-                                user_handle=user_handle if self.resident else None)
+        credential = Credential(
+            id=secrets.token_bytes(self.credential_id_length),
+            private_key=ec.generate_private_key(ec.SECP256R1()),
+            rp_id=rp_id or self.rp_id,
+            user_handle=user_handle if self.resident else None,
+        )
         self.credentials[credential.id] = credential
         return credential
 
@@ -93,9 +107,18 @@ class SoftAuthenticator:
 
     # ---- navigator.credentials.create ------------------------------------------------------------
 
-    def create(self, options: dict[str, Any], *, origin: str | None = None, rp_id: str | None = None,
-               user_verified: bool | None = None, sign_count: int | None = None, challenge: str | None = None,
-               reuse: Credential | None = None, cross_origin: bool = False) -> dict[str, Any]:
+    def create(
+        self,
+        options: dict[str, Any],
+        *,
+        origin: str | None = None,
+        rp_id: str | None = None,
+        user_verified: bool | None = None,
+        sign_count: int | None = None,
+        challenge: str | None = None,
+        reuse: Credential | None = None,
+        cross_origin: bool = False,
+    ) -> dict[str, Any]:
         """A registration response (RegistrationResponseJSON) to PublicKeyCredentialCreationOptions
         (the JSON `publicKey`). `reuse` attests an existing credential again (what a replaying
         client could send); otherwise a real authenticator refuses when it holds an excluded one."""
@@ -116,18 +139,34 @@ class SoftAuthenticator:
         auth_data = self._auth_data(rp_id, user_verified, credential.sign_count, FLAG_AT) + attested
         attestation_object = encode_cbor({"fmt": "none", "attStmt": {}, "authData": auth_data})
         return {
-            "id": credential.b64id, "rawId": credential.b64id, "type": "public-key",
-            "authenticatorAttachment": "platform", "clientExtensionResults": {},
-            "response": {"clientDataJSON": bytes_to_base64url(client_data),
-                         "attestationObject": bytes_to_base64url(attestation_object), "transports": ["internal"]},
+            "id": credential.b64id,
+            "rawId": credential.b64id,
+            "type": "public-key",
+            "authenticatorAttachment": "platform",
+            "clientExtensionResults": {},
+            "response": {
+                "clientDataJSON": bytes_to_base64url(client_data),
+                "attestationObject": bytes_to_base64url(attestation_object),
+                "transports": ["internal"],
+            },
         }
 
     # ---- navigator.credentials.get ---------------------------------------------------------------
 
-    def get(self, options: dict[str, Any], *, credential: Credential | bytes | str | None = None,
-            origin: str | None = None, rp_id: str | None = None, user_verified: bool | None = None,
-            sign_count: int | None = None, user_handle: bytes | None = _UNSET, challenge: str | None = None,
-            cross_origin: bool = False, signature: bytes | None = None) -> dict[str, Any]:
+    def get(
+        self,
+        options: dict[str, Any],
+        *,
+        credential: Credential | bytes | str | None = None,
+        origin: str | None = None,
+        rp_id: str | None = None,
+        user_verified: bool | None = None,
+        sign_count: int | None = None,
+        user_handle: bytes | None = _UNSET,
+        challenge: str | None = None,
+        cross_origin: bool = False,
+        signature: bytes | None = None,
+    ) -> dict[str, Any]:
         """An assertion (AuthenticationResponseJSON) to PublicKeyCredentialRequestOptions. The
         credential is the one named, else the one allowCredentials lists, else (usernameless) a
         discoverable one for the RP ID."""
@@ -142,16 +181,22 @@ class SoftAuthenticator:
         client_data = self._client_data("webauthn.get", challenge or options["challenge"], origin, cross_origin)
         auth_data = self._auth_data(rp_id, user_verified, count, 0)
         if signature is None:
-            signature = chosen.private_key.sign(auth_data + hashlib.sha256(client_data).digest(),
-                                                ec.ECDSA(hashes.SHA256()))
+            signature = chosen.private_key.sign(
+                auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256())
+            )
         handle = chosen.user_handle if user_handle is _UNSET else user_handle
         return {
-            "id": chosen.b64id, "rawId": chosen.b64id, "type": "public-key", "authenticatorAttachment": "platform",
+            "id": chosen.b64id,
+            "rawId": chosen.b64id,
+            "type": "public-key",
+            "authenticatorAttachment": "platform",
             "clientExtensionResults": {},
-            "response": {"clientDataJSON": bytes_to_base64url(client_data),
-                         "authenticatorData": bytes_to_base64url(auth_data),
-                         "signature": bytes_to_base64url(signature),
-                         "userHandle": bytes_to_base64url(handle) if handle is not None else None},
+            "response": {
+                "clientDataJSON": bytes_to_base64url(client_data),
+                "authenticatorData": bytes_to_base64url(auth_data),
+                "signature": bytes_to_base64url(signature),
+                "userHandle": bytes_to_base64url(handle) if handle is not None else None,
+            },
         }
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -174,8 +219,10 @@ class SoftAuthenticator:
         raise NoCredential("no discoverable credential for this RP")
 
     def _client_data(self, kind: str, challenge: str, origin: str | None, cross_origin: bool) -> bytes:
-        return json.dumps({"type": kind, "challenge": challenge, "origin": origin or self.origin,
-                           "crossOrigin": cross_origin}, separators=(",", ":")).encode()
+        return json.dumps(
+            {"type": kind, "challenge": challenge, "origin": origin or self.origin, "crossOrigin": cross_origin},
+            separators=(",", ":"),
+        ).encode()
 
     def _auth_data(self, rp_id: str, user_verified: bool | None, sign_count: int, extra_flags: int) -> bytes:
         flags = FLAG_UP | extra_flags

@@ -1,6 +1,7 @@
 """Debian's Chromium under Playwright's sync API, for browser suites outside tests/e2e:
 the same binary and arguments as tests/e2e/conftest.py, never a downloaded browser. A
 missing binary skips on a laptop and fails under CI (tests/conftest.py's `unavailable`)."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,14 @@ from tests.conftest import unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 

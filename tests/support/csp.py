@@ -8,6 +8,7 @@ Content Security Policy directive" when `form-action` blocks a redirect after a 
 A test asserts `assert_none()` at the end, and waits for a page with `wait_for_url`, which
 names the violations (not only a timeout) when the browser was stopped by the policy.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -55,7 +56,8 @@ class CspViolations:
 
     def assert_none(self, doing: str = "") -> None:
         assert not self.events and not self.console, (
-            "Content-Security-Policy violations" + (f" {doing}" if doing else "") + ":\n" + self.describe())
+            "Content-Security-Policy violations" + (f" {doing}" if doing else "") + ":\n" + self.describe()
+        )
 
     def wait_for_url(self, page: Page, predicate: Callable[[str], bool], what: str, **kwargs: Any) -> None:
         """`page.wait_for_url(predicate)`; if it never comes, fails naming the violations

@@ -1,6 +1,7 @@
 """Driving idp's hosted pages in a real browser (Playwright), the way a person does: only
 through the contract's selectors (DESIGN.md §3) and by following redirects, never by typing
 a login URL path. One copy for every browser suite."""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,12 @@ def at_path(path: str) -> Callable[[str], bool]:
 def visited_paths(page: Page) -> list[str]:
     """Every top-level URL path the browser requests from now on (redirects included)."""
     paths: list[str] = []
-    page.on("request", lambda r: paths.append(urlsplit(r.url).path)
-            if r.is_navigation_request() and r.frame == page.main_frame else None)
+    page.on(
+        "request",
+        lambda r: (
+            paths.append(urlsplit(r.url).path) if r.is_navigation_request() and r.frame == page.main_frame else None
+        ),
+    )
     return paths
 
 
@@ -38,6 +43,7 @@ def sign_in(page: Page, username: str, password: str) -> None:
 
 
 # --- the contract's fields and buttons (DESIGN.md §3) -------------------------------------------
+
 
 def password_field(page: Page) -> Locator:
     return page.locator("input[name=password][type=password][autocomplete=current-password]")
@@ -78,6 +84,7 @@ def describe(page: Page) -> str:
 
 # --- the steps of the login chain ----------------------------------------------------------------
 
+
 def enter_code(page: Page, code: str) -> None:
     """The TOTP step: the code from the authenticator app, then the form's submit button."""
     field = code_field(page)
@@ -107,6 +114,7 @@ def allow(page: Page) -> None:
 
 
 # --- /account: second factors ---------------------------------------------------------------------
+
 
 def set_up_totp(page: Page) -> str:
     """On /account: starts the authenticator-app set-up; returns the base32 key shown as text."""
@@ -141,6 +149,7 @@ def add_passkey(page: Page, name: str) -> None:
 
 
 # --- RP-Initiated Logout ----------------------------------------------------------------------------
+
 
 def confirm_sign_out(page: Page) -> None:
     """The logout confirmation idp shows for a request not tied to the session: "Sign out"."""

@@ -5,6 +5,7 @@ IDP_CLIENTS_FILE, synced at start as an admin's deployment does), users added wi
 
 The process handling (start, readiness on discovery, stop of the whole process group) is
 tests/support/processes.py's `IdpProcess`; this module only chooses the settings."""
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ BOB = User("bob", "bob@example.com", "Bob Bobson")
 @dataclass(frozen=True)
 class LocalIdp:
     """A running idp: its issuer, the environment its CLI runs with, its log."""
+
     issuer: str
     port: int
     env: dict[str, str]
@@ -69,16 +71,27 @@ def sqlite_environment(workdir: Path, port: int, clients_toml: str, **extra: str
 
 
 @contextmanager
-def serving_idp(workdir: Path, clients_toml: str, *, users: Iterable[User] = (ALICE,), port: int | None = None,
-                **extra: str) -> Iterator[LocalIdp]:
+def serving_idp(
+    workdir: Path, clients_toml: str, *, users: Iterable[User] = (ALICE,), port: int | None = None, **extra: str
+) -> Iterator[LocalIdp]:
     """A migrated database with `users`, then `idp serve` on `port` (a free one by default),
     ready when discovery answers; stopped (its whole process group) afterwards."""
     port = port or free_port()
     env = sqlite_environment(workdir, port, clients_toml, **extra)
     run_cli(env, "db", "upgrade")
     for user in users:
-        run_cli(env, "user", "add", user.username, "--email", user.email, "--name", user.name, "--password-stdin",
-                stdin=user.password + "\n")
+        run_cli(
+            env,
+            "user",
+            "add",
+            user.username,
+            "--email",
+            user.email,
+            "--name",
+            user.name,
+            "--password-stdin",
+            stdin=user.password + "\n",
+        )
     process = IdpProcess(env=env, port=port, log_path=workdir / "serve.log")
     process.start()
     try:

@@ -4,6 +4,7 @@ PKCE and nonce, code redemption and ID-token verification with PyJWT, RP-Initiat
 URLs), the person's devices (an authenticator app played by Debian's oathtool, Chromium's
 virtual WebAuthn authenticator), and waits that say where the browser got stuck and why.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,10 +37,12 @@ TOTP_MARGIN_SECONDS = 8  # a code of the previous step is used only if it stays 
 
 # --- the relying parties' site: a real HTTP server on its own origin ---------------------------
 
+
 @dataclass
 class RelyingPartySite:
     """The RPs' redirect_uri (/callback) and post-logout page (/logged-out) on one origin
     other than idp's; records each query either receives."""
+
     origin: str = ""
     callbacks: list[str] = field(default_factory=list)
     logged_out: list[str] = field(default_factory=list)
@@ -96,6 +99,7 @@ def serving_relying_party_site() -> Iterator[RelyingPartySite]:
 def clients_toml(site: RelyingPartySite, secrets_by_client: dict[str, str]) -> str:
     """Shop (asks for consent) and Portal (first_party = true), both on `site`, both with a
     post_logout_redirect_uri there."""
+
     def client(client_id: str, name: str, extra: str = "") -> str:
         return f"""\
 [[clients]]
@@ -109,10 +113,12 @@ token_endpoint_auth_method = "client_secret_basic"
 scope = "{SCOPE}"
 {extra}
 """
+
     return client("shop", "Shop") + client("portal", "Portal", "first_party = true\n")
 
 
 # --- the relying party's OpenID Connect side (httpx + PyJWT) -------------------------------------
+
 
 @dataclass(frozen=True)
 class Authorization:
@@ -154,11 +160,19 @@ class RelyingParty:
     def authorization(self, **extra: str) -> Authorization:
         state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        query = urlencode({
-            "client_id": self.client_id, "response_type": "code", "scope": SCOPE,
-            "redirect_uri": self.site.redirect_uri, "state": state, "nonce": nonce, "code_challenge": challenge,
-            "code_challenge_method": "S256", **extra,
-        })
+        query = urlencode(
+            {
+                "client_id": self.client_id,
+                "response_type": "code",
+                "scope": SCOPE,
+                "redirect_uri": self.site.redirect_uri,
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                **extra,
+            }
+        )
         return Authorization(f"{self.metadata['authorization_endpoint']}?{query}", state, nonce, verifier)
 
     def redeem(self, authorization: Authorization, query: str) -> IdToken:
@@ -169,17 +183,26 @@ class RelyingParty:
         assert params["state"] == [authorization.state], params
         assert params["iss"] == [self.issuer], params  # RFC 9207
         response = httpx.post(
-            self.metadata["token_endpoint"], timeout=10,
+            self.metadata["token_endpoint"],
+            timeout=10,
             auth=(quote(self.client_id, safe=""), quote(self.client_secret, safe="")),  # RFC 6749 §2.3.1
-            data={"grant_type": "authorization_code", "code": params["code"][0],
-                  "redirect_uri": self.site.redirect_uri, "code_verifier": authorization.code_verifier},
+            data={
+                "grant_type": "authorization_code",
+                "code": params["code"][0],
+                "redirect_uri": self.site.redirect_uri,
+                "code_verifier": authorization.code_verifier,
+            },
         )
         assert response.status_code == 200, response.text
         raw = response.json()["id_token"]
-        claims = jwt.decode(raw, self.jwks.get_signing_key_from_jwt(raw).key, algorithms=["RS256"],
-                            audience=self.client_id, issuer=self.issuer,
-                            options={"require": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
-                                                 "acr", "amr"]})
+        claims = jwt.decode(
+            raw,
+            self.jwks.get_signing_key_from_jwt(raw).key,
+            algorithms=["RS256"],
+            audience=self.client_id,
+            issuer=self.issuer,
+            options={"require": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid", "acr", "amr"]},
+        )
         assert claims["nonce"] == authorization.nonce, claims
         return IdToken(raw, claims)
 
@@ -194,6 +217,7 @@ class RelyingParty:
 @dataclass(frozen=True)
 class Expected:
     """What one sign-in must put in the ID token (RFC 8176 amr values)."""
+
     acr: str
     amr: frozenset[str]
 
@@ -211,6 +235,7 @@ def assert_id_token(token: IdToken, expected: Expected, *, since: float) -> None
 
 
 # --- waiting for the next page ----------------------------------------------------------------------
+
 
 def reach(page: Page, csp: CspViolations, locator: Locator, what: str) -> None:
     """Waits until `locator` is visible; else fails naming the CSP violations, or where the
@@ -243,12 +268,14 @@ def end_of_session(page: Page) -> None:
 
 # --- the person's authenticator app (Debian's oathtool, not pyotp, which idp uses) ---------------
 
+
 @dataclass
 class TotpApp:
     """An authenticator app holding one secret. idp accepts a code once per time step and
     user, within one step either side of now: each code comes from the earliest step still
     open that is later than the last one used (the previous step while it has
     TOTP_MARGIN_SECONDS left), so a user's first three codes never wait for the clock."""
+
     oathtool: str
     secret: str
     last_step: int | None = None
@@ -259,8 +286,13 @@ class TotpApp:
         earliest = current - 1 if (current + 1) * TOTP_PERIOD - now >= TOTP_MARGIN_SECONDS else current
         step = earliest if self.last_step is None else max(earliest, self.last_step + 1)
         assert step <= current + 1, "a fourth code within one time step would have to wait: give the journey a new user"
-        result = subprocess.run([self.oathtool, "--totp", "-b", self.secret, "-N", f"@{step * TOTP_PERIOD}"],
-                                capture_output=True, text=True, timeout=10, check=False)
+        result = subprocess.run(
+            [self.oathtool, "--totp", "-b", self.secret, "-N", f"@{step * TOTP_PERIOD}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         assert result.returncode == 0, f"oathtool failed: {result.stderr.strip()}"
         code = result.stdout.strip()
         assert re.fullmatch(r"[0-9]{6}", code), code
@@ -270,11 +302,13 @@ class TotpApp:
 
 # --- the person's device: Chromium's virtual WebAuthn authenticator ------------------------------
 
+
 @dataclass(frozen=True)
 class VirtualAuthenticator:
     """A platform authenticator (a laptop's fingerprint reader) that holds discoverable,
     device-bound credentials and verifies the user; `touched` says whether the person
     answers the next request (no UI either way)."""
+
     cdp: CDPSession
     authenticator_id: str
 
@@ -282,8 +316,9 @@ class VirtualAuthenticator:
         return self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator_id})["credentials"]
 
     def touched(self, touched: bool) -> None:
-        self.cdp.send("WebAuthn.setAutomaticPresenceSimulation",
-                      {"authenticatorId": self.authenticator_id, "enabled": touched})
+        self.cdp.send(
+            "WebAuthn.setAutomaticPresenceSimulation", {"authenticatorId": self.authenticator_id, "enabled": touched}
+        )
 
     def add(self, credential: dict[str, Any]) -> None:
         """A credential another authenticator made (as a synced or copied key would arrive)."""
@@ -293,9 +328,19 @@ class VirtualAuthenticator:
 def virtual_authenticator(page: Page) -> VirtualAuthenticator:
     cdp = page.context.new_cdp_session(page)
     cdp.send("WebAuthn.enable", {"enableUI": False})
-    added = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
-        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
-        "isUserVerified": True, "automaticPresenceSimulation": True,
-        "defaultBackupEligibility": False, "defaultBackupState": False,  # device-bound: amr hwk, not swk
-    }})
+    added = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+                "defaultBackupEligibility": False,
+                "defaultBackupState": False,  # device-bound: amr hwk, not swk
+            }
+        },
+    )
     return VirtualAuthenticator(cdp, added["authenticatorId"])

@@ -6,6 +6,7 @@ processes.
 
 Everything that a test needs but the machine lacks (PostgreSQL, Redis, redis-server) skips
 the test with the reason, or fails it under CI (tests/conftest.py's `unavailable`)."""
+
 from __future__ import annotations
 
 import base64
@@ -58,6 +59,7 @@ _schema_numbers = itertools.count(1)
 
 # ---- ports and logs ---------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -91,6 +93,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 # ---- PostgreSQL and the shared Redis ----------------------------------------------------------
+
 
 def _libpq_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -134,6 +137,7 @@ def shared_redis(url: str = SHARED_REDIS_URL) -> str:
 
 # ---- a private redis-server -----------------------------------------------------------------
 
+
 class PrivateRedis:
     """`redis-server` on a port of our own, no persistence; stop() and start() again on the
     same port, as an outage and its end."""
@@ -154,11 +158,28 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server is not installed (apt-get install redis-server)")
-        command = [binary, "--port", str(self.port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
-                   "--dir", str(self.workdir)]
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+        ]
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(command, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._wait_for_ping()
 
     def stop(self) -> None:
@@ -175,8 +196,9 @@ class PrivateRedis:
             while time.monotonic() < deadline:
                 assert self._process is not None
                 if self._process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with status {self._process.returncode}:\n"
-                                       f"{log_tail(self.log_path)}")
+                    raise RuntimeError(
+                        f"redis-server exited with status {self._process.returncode}:\n{log_tail(self.log_path)}"
+                    )
                 try:
                     if client.ping():
                         return
@@ -186,7 +208,9 @@ class PrivateRedis:
         finally:
             client.close()
         self.stop()
-        raise RuntimeError(f"redis-server on port {self.port} did not answer PING within 10 s:\n{log_tail(self.log_path)}")
+        raise RuntimeError(
+            f"redis-server on port {self.port} did not answer PING within 10 s:\n{log_tail(self.log_path)}"
+        )
 
 
 @contextmanager
@@ -202,8 +226,10 @@ def private_redis(port: int, workdir: Path | None = None) -> Iterator[PrivateRed
 
 # ---- idp ----------------------------------------------------------------------------------------
 
-def idp_environment(workdir: Path, *, issuer_port: int, database_url: str, redis_url: str,
-                    **extra: str) -> dict[str, str]:
+
+def idp_environment(
+    workdir: Path, *, issuer_port: int, database_url: str, redis_url: str, **extra: str
+) -> dict[str, str]:
     """The environment of every idp process of one deployment: nothing IDP_* inherited
     from the caller; the issuer is the first process's localhost URL; rate limits off."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -226,11 +252,13 @@ def idp_environment(workdir: Path, *, issuer_port: int, database_url: str, redis
 
 
 def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run([str(IDP_COMMAND), *args], env=env, input=stdin, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [str(IDP_COMMAND), *args], env=env, input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"`idp {' '.join(args)}` exited with {done.returncode}: "
-                           f"{done.stderr.strip() or done.stdout.strip()}")
+        raise RuntimeError(
+            f"`idp {' '.join(args)}` exited with {done.returncode}: {done.stderr.strip() or done.stdout.strip()}"
+        )
     return done.stdout
 
 
@@ -242,8 +270,9 @@ def prepare_database(env: dict[str, str]) -> None:
 
 
 @contextmanager
-def prepared_environment(workdir: Path, *, issuer_port: int, redis_url: str | None = None,
-                         schema_prefix: str = "idp_scale", **extra: str) -> Iterator[dict[str, str]]:
+def prepared_environment(
+    workdir: Path, *, issuer_port: int, redis_url: str | None = None, schema_prefix: str = "idp_scale", **extra: str
+) -> Iterator[dict[str, str]]:
     """One deployment's environment on a fresh PostgreSQL schema (dropped afterwards),
     migrated and with alice: Redis is `redis_url`, or the shared server's own DB, emptied."""
     redis_url = redis_url or shared_redis()
@@ -277,11 +306,27 @@ class IdpProcess:
         return f"http://localhost:{self.port}"
 
     def start(self) -> None:
-        command = [str(IDP_COMMAND), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        command = [
+            str(IDP_COMMAND),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         cwd = Path(self.env.get("IDP_DATA_DIR", str(self.log_path.parent))).parent
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, env=self.env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             self._wait_ready()
         except BaseException:
@@ -303,8 +348,10 @@ class IdpProcess:
         with httpx.Client(timeout=2) as probe:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    pytest.fail(f"idp on port {self.port} exited with status {self.process.returncode}:\n{self.log()}",
-                                pytrace=False)
+                    pytest.fail(
+                        f"idp on port {self.port} exited with status {self.process.returncode}:\n{self.log()}",
+                        pytrace=False,
+                    )
                 try:
                     response = probe.get(f"http://127.0.0.1:{self.port}{DISCOVERY_PATH}")
                     if response.status_code == 200:
@@ -313,8 +360,10 @@ class IdpProcess:
                 except httpx.HTTPError as exc:
                     last = type(exc).__name__
                 time.sleep(0.1)
-        pytest.fail(f"idp on port {self.port} not ready after {READY_TIMEOUT_SECONDS:.0f} s ({last}):\n{self.log()}",
-                    pytrace=False)
+        pytest.fail(
+            f"idp on port {self.port} not ready after {READY_TIMEOUT_SECONDS:.0f} s ({last}):\n{self.log()}",
+            pytrace=False,
+        )
 
 
 @contextmanager
@@ -333,6 +382,7 @@ def run_idp(env: dict[str, str], port: int, log_dir: Path | None = None, *, work
 
 # ---- a scripted relying party and browser --------------------------------------------------------
 
+
 class _Forms(HTMLParser):
     """The inputs and buttons of each <form> on a page (attribute values unescaped)."""
 
@@ -343,8 +393,9 @@ class _Forms(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "form":
-            self.forms.append({"action": a.get("action", ""), "method": a.get("method", "get").lower(),
-                               "hidden": {}, "buttons": []})
+            self.forms.append(
+                {"action": a.get("action", ""), "method": a.get("method", "get").lower(), "hidden": {}, "buttons": []}
+            )
         elif self.forms and tag == "input" and a.get("type") == "hidden" and a.get("name"):
             self.forms[-1]["hidden"][a["name"]] = a.get("value", "")
         elif self.forms and tag == "button" and a.get("name"):
@@ -373,7 +424,8 @@ def query_of(url: str) -> dict[str, str]:
 def _expect(response: httpx.Response, status: int, step: str) -> httpx.Response:
     assert response.status_code == status, (
         f"{step}: expected {status}, got {response.status_code} from {response.request.method} {response.request.url}\n"
-        f"headers: {dict(response.headers)}\nbody: {response.text[:1500]}")
+        f"headers: {dict(response.headers)}\nbody: {response.text[:1500]}"
+    )
     return response
 
 
@@ -387,6 +439,7 @@ def _expect_redirect(response: httpx.Response, path: str, step: str) -> str:
 @dataclass
 class Authorization:
     """One authorization request of the RP `shop` (code flow, PKCE S256)."""
+
     scope: str = "openid profile"
     state: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     nonce: str = field(default_factory=lambda: secrets.token_urlsafe(12))
@@ -394,8 +447,16 @@ class Authorization:
 
     def params(self) -> dict[str, str]:
         challenge = base64.urlsafe_b64encode(hashlib.sha256(self.verifier.encode()).digest()).rstrip(b"=").decode()
-        return {"response_type": "code", "client_id": "shop", "redirect_uri": SHOP_REDIRECT, "scope": self.scope,
-                "state": self.state, "nonce": self.nonce, "code_challenge": challenge, "code_challenge_method": "S256"}
+        return {
+            "response_type": "code",
+            "client_id": "shop",
+            "redirect_uri": SHOP_REDIRECT,
+            "scope": self.scope,
+            "state": self.state,
+            "nonce": self.nonce,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
 
 
 class ScriptedRP:
@@ -468,9 +529,16 @@ class ScriptedRP:
         return params["code"]
 
     def redeem(self, base: str, request: Authorization, code: str) -> dict[str, Any]:
-        response = self.backend.post(f"{base}/token", auth=SHOP, data={
-            "grant_type": "authorization_code", "code": code, "redirect_uri": SHOP_REDIRECT,
-            "code_verifier": request.verifier})
+        response = self.backend.post(
+            f"{base}/token",
+            auth=SHOP,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": SHOP_REDIRECT,
+                "code_verifier": request.verifier,
+            },
+        )
         tokens: dict[str, Any] = _expect(response, 200, "POST /token (authorization_code)").json()
         assert {"access_token", "id_token", "refresh_token"} <= tokens.keys(), f"token response: {tokens}"
         claims = self.verify_id_token(base, tokens["id_token"])
@@ -478,8 +546,9 @@ class ScriptedRP:
         return tokens
 
     def refresh(self, base: str, refresh_token: str) -> httpx.Response:
-        return self.backend.post(f"{base}/token", auth=SHOP,
-                                 data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+        return self.backend.post(
+            f"{base}/token", auth=SHOP, data={"grant_type": "refresh_token", "refresh_token": refresh_token}
+        )
 
     def client_credentials(self, base: str, scope: str = "profile") -> httpx.Response:
         return self.backend.post(f"{base}/token", auth=SHOP, data={"grant_type": "client_credentials", "scope": scope})
@@ -496,8 +565,9 @@ class ScriptedRP:
 
     # -- all of it --
 
-    def full_login(self, *, authorize_on: str, login_on: str, resume_on: str, token_on: str,
-                   request: Authorization | None = None) -> dict[str, Any]:
+    def full_login(
+        self, *, authorize_on: str, login_on: str, resume_on: str, token_on: str, request: Authorization | None = None
+    ) -> dict[str, Any]:
         """The whole code flow with the steps on the processes named; returns the tokens."""
         request = request or Authorization()
         self.browser.cookies.clear()  # a browser without an idp session: the login form is shown

@@ -1,5 +1,6 @@
 """A scripted relying party and browser for app-level tests: builds authorization
 requests with PKCE, fills the hosted forms, redeems codes."""
+
 from __future__ import annotations
 
 import base64
@@ -50,8 +51,14 @@ class AuthRequest:
     def params(self) -> dict[str, str]:
         self.verifier, challenge = pkce_pair()
         params = {
-            "response_type": "code", "client_id": self.client_id, "redirect_uri": self.redirect_uri, "scope": self.scope,
-            "state": self.state, "nonce": self.nonce, "code_challenge": challenge, "code_challenge_method": "S256",
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "scope": self.scope,
+            "state": self.state,
+            "nonce": self.nonce,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
         }
         params.update(self.extra)
         return {k: v for k, v in params.items() if v is not None}
@@ -61,7 +68,9 @@ def start(client: TestClient, request: AuthRequest) -> Response:
     return client.get("/authorize", params=request.params(), follow_redirects=False)
 
 
-def submit_login(client: TestClient, login_page_url: str, username: str = "alice", password: str = PASSWORD) -> Response:
+def submit_login(
+    client: TestClient, login_page_url: str, username: str = "alice", password: str = PASSWORD
+) -> Response:
     page = client.get(login_page_url)
     data = {"csrf_token": form_value(page.text, "csrf_token"), "username": username, "password": password}
     if 'name="tx"' in page.text:
@@ -79,16 +88,29 @@ def follow_to_client(client: TestClient, response: Response, *, consent: str = "
             response = submit_login(client, location, username=username)
         elif location.startswith("/consent"):
             page = client.get(location)
-            response = client.post("/consent", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                     "tx": form_value(page.text, "tx"), "decision": consent},
-                                   follow_redirects=False)
+            response = client.post(
+                "/consent",
+                data={
+                    "csrf_token": form_value(page.text, "csrf_token"),
+                    "tx": form_value(page.text, "tx"),
+                    "decision": consent,
+                },
+                follow_redirects=False,
+            )
         else:
             response = client.get(location, follow_redirects=False)
     raise AssertionError("too many redirects")
 
 
-def redeem(client: TestClient, request: AuthRequest, code: str, *, auth: tuple[str, str] | None = SHOP, **extra: str) -> Response:
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri, "code_verifier": request.verifier}
+def redeem(
+    client: TestClient, request: AuthRequest, code: str, *, auth: tuple[str, str] | None = SHOP, **extra: str
+) -> Response:
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": request.redirect_uri,
+        "code_verifier": request.verifier,
+    }
     if auth is None:
         data["client_id"] = request.client_id
     data.update(extra)

@@ -5,6 +5,7 @@ the authorization endpoint, and the checks every journey's ID token gets.
 The hosted pages are driven by tests/support/hosted_pages.py (the contract's selectors
 only); this module adds the consent decision and the wait for the RP's origin, with the
 CSP recorder naming any violation that stopped the browser on the way."""
+
 from __future__ import annotations
 
 import time
@@ -50,8 +51,11 @@ def sign_in_through_idp(page: Page, csp: CspViolations, issuer: str, rp: str, us
     back on the RP's origin `rp`."""
     csp.wait_for_url(page, lambda url: url.startswith(issuer), "idp's login page")
     sign_in(page, user.username, user.password)
-    csp.wait_for_url(page, lambda url: origin(url) == origin(rp) or url.startswith(issuer + "/consent"),
-                     "the consent page or the RP's callback")
+    csp.wait_for_url(
+        page,
+        lambda url: origin(url) == origin(rp) or url.startswith(issuer + "/consent"),
+        "the consent page or the RP's callback",
+    )
     if page.url.startswith(issuer + "/consent"):
         page.get_by_role("button", name="Allow", exact=True).click()
         csp.wait_for_url(page, on_origin(rp), "the RP after consent")

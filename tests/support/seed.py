@@ -1,4 +1,5 @@
 """The users and relying parties every app-level test starts with."""
+
 from __future__ import annotations
 
 from joserfc.jwk import RSAKey
@@ -55,7 +56,9 @@ def seed(services: Services) -> None:
     with services.sessions.begin() as db:
         sync_clients(db, services.keyring, configs)
         for username, email in (("alice", "alice@example.com"), ("bob", "bob@example.com")):
-            add_user(db, username=username, email=email, name=username.title(), password_hash=services.hashing.hash(PASSWORD))
+            add_user(
+                db, username=username, email=email, name=username.title(), password_hash=services.hashing.hash(PASSWORD)
+            )
     services.oidc.clients.reload()  # what the app's background refresher would do within seconds
 
 

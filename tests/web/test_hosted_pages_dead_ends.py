@@ -3,6 +3,7 @@ error pages that say what to do next and give the request id to quote (and, for 
 redirect URI, one button back to the RP), focus on the field to retype after a failure, a
 favicon, and WCAG 2.2 SC 1.4.11 non-text contrast (3:1) for input borders and the focus
 ring, computed from the stylesheet itself."""
+
 from __future__ import annotations
 
 import re
@@ -37,11 +38,13 @@ def sign_out_via_form(client: TestClient, page_html: str):  # type: ignore[no-un
     form = SIGN_OUT_FORM.search(page_html)
     assert form, "no sign-out form on the page"
     assert re.search(r'<button type="submit"[^>]*>Sign out</button>', form.group(1))
-    return client.post("/logout?confirm=1", data={"csrf_token": form_value(form.group(1), "csrf_token")},
-                       follow_redirects=False)
+    return client.post(
+        "/logout?confirm=1", data={"csrf_token": form_value(form.group(1), "csrf_token")}, follow_redirects=False
+    )
 
 
 # ---- signing out ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/", "/account"], ids=["from the home page", "from the account page"])
 def test_sign_out_ends_the_session_and_lands_on_the_signed_out_page(client, path):
@@ -68,6 +71,7 @@ def test_sign_out_without_the_csrf_token_is_refused_and_the_session_kept(client)
 
 # ---- error pages -----------------------------------------------------------------------------------
 
+
 def request_id_on(html: str) -> str:
     match = re.search(r'<code class="request-id-value">([^<]+)</code>', html)
     assert match, "no request id on the error page"
@@ -79,11 +83,20 @@ def buttons_on(html: str) -> list[str]:
     return re.findall(r"<button\b[^>]*>.*?</button>|<a class=\"button[^\"]*\"[^>]*>.*?</a>", html, re.DOTALL)
 
 
-@pytest.mark.parametrize("method, path, advice, href", [
-    pytest.param("GET", "/login/totp", "start signing in again", "/", id="a sign-in step sends the user back to the app"),
-    pytest.param("POST", "/account/totp/confirm", "account page", "/account", id="an account form leads back to the account"),
-    pytest.param("GET", "/logout?id_token_hint=not-a-token", "sign out from idp", "/", id="a failed logout leads home"),
-])
+@pytest.mark.parametrize(
+    "method, path, advice, href",
+    [
+        pytest.param(
+            "GET", "/login/totp", "start signing in again", "/", id="a sign-in step sends the user back to the app"
+        ),
+        pytest.param(
+            "POST", "/account/totp/confirm", "account page", "/account", id="an account form leads back to the account"
+        ),
+        pytest.param(
+            "GET", "/logout?id_token_hint=not-a-token", "sign out from idp", "/", id="a failed logout leads home"
+        ),
+    ],
+)
 def test_an_error_page_says_what_to_do_and_gives_the_request_id_to_quote(client, method, path, advice, href):
     response = client.request(method, path, follow_redirects=False)
     assert 400 <= response.status_code < 500, response.text
@@ -94,8 +107,18 @@ def test_an_error_page_says_what_to_do_and_gives_the_request_id_to_quote(client,
 
 
 def page_request(client: TestClient, path: str = "/authorize") -> Request:
-    return Request({"type": "http", "app": client.app, "method": "GET", "path": path, "query_string": b"",
-                    "headers": [], "scheme": "http", "server": ("localhost", 8000)})
+    return Request(
+        {
+            "type": "http",
+            "app": client.app,
+            "method": "GET",
+            "path": path,
+            "query_string": b"",
+            "headers": [],
+            "scheme": "http",
+            "server": ("localhost", 8000),
+        }
+    )
 
 
 def test_an_error_page_for_a_verified_redirect_has_one_button_back_to_the_application(client):
@@ -115,15 +138,23 @@ def test_an_error_page_for_a_verified_redirect_has_one_button_back_to_the_applic
     assert "form-action 'self';" in response.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("return_to", [
-    "javascript:alert(1)", "data:text/html,hi", "//shop.example/cb", "not a url",
-], ids=["javascript scheme", "data scheme", "scheme-relative", "garbage"])
+@pytest.mark.parametrize(
+    "return_to",
+    [
+        "javascript:alert(1)",
+        "data:text/html,hi",
+        "//shop.example/cb",
+        "not a url",
+    ],
+    ids=["javascript scheme", "data scheme", "scheme-relative", "garbage"],
+)
 def test_error_page_refuses_a_return_to_that_is_no_redirect_uri(client, return_to):
     with pytest.raises(ValueError):
         error_page(page_request(client), 400, "x", return_to=return_to)
 
 
 # ---- focus after a failure ---------------------------------------------------------------------------
+
 
 def autofocused(html: str) -> list[str]:
     return re.findall(r'<input[^>]*\bname="([^"]+)"[^>]*\bautofocus\b', html)
@@ -158,14 +189,17 @@ def test_after_a_wrong_code_focus_is_on_the_code_field(client, field):
         assert services.factors.confirm_totp(db, uid, pyotp.TOTP(secret).at(T0)).ok
     step = submit_login(client, start(client, AuthRequest()).headers["location"]).headers["location"]
     page = client.get(step.replace("/login/totp?", "/login/backup_code?" if field == "backup_code" else "/login/totp?"))
-    response = client.post(f"/login/{'backup_code' if field == 'backup_code' else 'totp'}", data={"csrf_token": form_value(page.text, "csrf_token"),
-                                                "tx": form_value(page.text, "tx"), field: "000000"})
+    response = client.post(
+        f"/login/{'backup_code' if field == 'backup_code' else 'totp'}",
+        data={"csrf_token": form_value(page.text, "csrf_token"), "tx": form_value(page.text, "tx"), field: "000000"},
+    )
     assert response.status_code == 401
     assert autofocused(response.text) == [field]
     assert re.search(rf'<input[^>]*name="{field}"[^>]*aria-describedby="code-error"', response.text)
 
 
 # ---- favicon ---------------------------------------------------------------------------------------------
+
 
 def test_every_page_links_the_svg_favicon_and_its_csp_allows_it(client):
     page = client.get("/login")
@@ -186,8 +220,13 @@ def test_favicon_ico_is_answered_with_the_svg_icon(client):
 
 MINIMUM = 3.0
 # the surfaces inputs and focusable controls sit on: (selector, id)
-SURFACES = [(":root", "page"), (".card", "card"), (".passkey-item", "passkey list item"),
-            (".session-item", "session list item"), (".session-item.session-current", "this browser's session")]
+SURFACES = [
+    (":root", "page"),
+    (".card", "card"),
+    (".passkey-item", "passkey list item"),
+    (".session-item", "session list item"),
+    (".session-item.session-current", "this browser's session"),
+]
 NAMED = {"white": "#ffffff", "black": "#000000"}
 
 
@@ -196,8 +235,9 @@ def css_rules(text: str) -> dict[str, dict[str, str]]:
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
     rules: dict[str, dict[str, str]] = {}
     for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", text):
-        declarations = {name.strip(): value.strip() for name, _, value in
-                        (d.partition(":") for d in body.split(";") if ":" in d)}
+        declarations = {
+            name.strip(): value.strip() for name, _, value in (d.partition(":") for d in body.split(";") if ":" in d)
+        }
         for selector in selectors.split(","):
             rules.setdefault(" ".join(selector.split()), {}).update(declarations)
     return rules
@@ -215,7 +255,7 @@ def colour_of(value: str, variables: dict[str, str]) -> str:
 
 def luminance(colour: str) -> float:
     """WCAG 2.2 relative luminance."""
-    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
     r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -239,8 +279,13 @@ def surfaces(stylesheet) -> list[tuple[str, str]]:  # type: ignore[no-untyped-de
 
 def colours_of(stylesheet, selector_matches, properties) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     rules, variables = stylesheet
-    found = [(selector, colour_of(value, variables)) for selector, declarations in rules.items()
-             if selector_matches(selector) for name, value in declarations.items() if name in properties]
+    found = [
+        (selector, colour_of(value, variables))
+        for selector, declarations in rules.items()
+        if selector_matches(selector)
+        for name, value in declarations.items()
+        if name in properties
+    ]
     assert found, "no such rule in idp.css"
     return found
 
@@ -251,16 +296,25 @@ def test_the_contrast_formula_matches_wcag():
 
 
 def test_input_borders_have_3_to_1_against_every_surface(stylesheet):
-    borders = colours_of(stylesheet, lambda s: re.search(r"\binput\b(?!:focus)", s) is not None,
-                         ("border", "border-color"))
-    low = [(selector, colour, name, round(contrast(colour, surface), 2)) for selector, colour in borders
-           for name, surface in surfaces(stylesheet) if contrast(colour, surface) < MINIMUM]
+    borders = colours_of(
+        stylesheet, lambda s: re.search(r"\binput\b(?!:focus)", s) is not None, ("border", "border-color")
+    )
+    low = [
+        (selector, colour, name, round(contrast(colour, surface), 2))
+        for selector, colour in borders
+        for name, surface in surfaces(stylesheet)
+        if contrast(colour, surface) < MINIMUM
+    ]
     assert low == []
 
 
 def test_the_focus_ring_has_3_to_1_against_every_surface_and_covers_every_control(stylesheet):
     rings = colours_of(stylesheet, lambda s: ":focus" in s, ("outline", "outline-color"))
-    low = [(selector, colour, name, round(contrast(colour, surface), 2)) for selector, colour in rings
-           for name, surface in surfaces(stylesheet) if contrast(colour, surface) < MINIMUM]
+    low = [
+        (selector, colour, name, round(contrast(colour, surface), 2))
+        for selector, colour in rings
+        for name, surface in surfaces(stylesheet)
+        if contrast(colour, surface) < MINIMUM
+    ]
     assert low == []
     assert {"button:focus-visible", "input:focus-visible", "a:focus-visible"} <= {s for s, _ in rings}

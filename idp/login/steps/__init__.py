@@ -1,5 +1,6 @@
 """The login chain's steps, one module each (idp/login/step.py says what a step is). The
 composition root (idp/app.py) registers them with the flow: `STANDARD_STEPS`."""
+
 from __future__ import annotations
 
 from idp.login.steps import backup_code, enrol_totp, passkey, password, totp

@@ -1,6 +1,7 @@
 """The backup-code step: one of the user's single-use backup codes instead of a TOTP code
 (amr otp). One Argon2 verification per try, and one even when no code matched; a notice
 afterwards says how many codes are left."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -2,6 +2,7 @@
 demand of a user without a second factor: set up an authenticator app within the chain
 (amr otp), then see ten new backup codes once. The ten Argon2 hashes run only once the code
 is right (a wrong code must not cost ten hashes); nothing is stored unless it is."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -63,12 +64,20 @@ class EnrolTotpStep(Step):
             if not factors.claim_totp_step(db, user_id, matched.credential_id, matched.step, confirm=True):
                 return False
             factors.replace_backup_codes(db, user_id, matched.hashed)
-            record_audit(db, "mfa.totp.enabled", user_id=user_id, ip=attempt.ip, user_agent=attempt.user_agent,
-                         outcome="success", during="login")
+            record_audit(
+                db,
+                "mfa.totp.enabled",
+                user_id=user_id,
+                ip=attempt.ip,
+                user_agent=attempt.user_agent,
+                outcome="success",
+                during="login",
+            )
             return True
 
-        return Passed(("otp",), user_id, claim=enable,
-                      notice=lambda db: Notice("backup_codes.html", {"codes": matched.codes}))
+        return Passed(
+            ("otp",), user_id, claim=enable, notice=lambda db: Notice("backup_codes.html", {"codes": matched.codes})
+        )
 
 
 STEP = EnrolTotpStep()

@@ -5,6 +5,7 @@ password or for a step-up to phr. Its challenge is the options for navigator.cre
 Not lockable (DESIGN.md §4): a user-verified passkey assertion is phishing-resistant and
 unguessable, so it is still checked on a locked account, and when valid it signs the user
 in and clears the lock; a failed assertion counts against its owner."""
+
 from __future__ import annotations
 
 import json
@@ -46,16 +47,18 @@ class PasskeyStep(Step):
             if ctx.tx.user_id is not None:
                 challenge = passkeys.sign_in_options(db, tx_id=ctx.tx.id, user_id=ctx.tx.user_id)
             else:
-                challenge = passkeys.sign_in_options(db, tx_id=ctx.tx.id,
-                                                     username=username if isinstance(username, str) else None)
+                challenge = passkeys.sign_in_options(
+                    db, tx_id=ctx.tx.id, username=username if isinstance(username, str) else None
+                )
         return {"challenge_id": challenge.id, "publicKey": json.loads(challenge.options_json)}
 
     def check(self, ctx: StepContext, db: Session, form: Mapping[str, object], prepared: Any) -> Passed | Rejected:
         assert ctx.tx is not None
         passkeys = ctx.services.passkeys
         try:
-            signed = passkeys.sign_in(db, tx_id=ctx.tx.id, challenge_id=form.get("challenge_id"),
-                                      credential=form.get("credential"))
+            signed = passkeys.sign_in(
+                db, tx_id=ctx.tx.id, challenge_id=form.get("challenge_id"), credential=form.get("credential")
+            )
         except PasskeyError as exc:
             blamed = ctx.tx.user_id or passkeys.owner_of(db, form.get("credential"))
             regression = ("passkey.counter_regression",) if exc.reason == "sign counter went backwards" else ()

@@ -1,6 +1,7 @@
 """The password step: a username and password, the first factor (amr pwd). Unknown users
 run a dummy Argon2 verification and disabled users a real one, so every failure costs the
 same work and looks the same (no user enumeration by timing, status or message)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -59,7 +60,9 @@ class PasswordStep(Step):
             # drawn for this name from the stored hashes' (idp/security/passwords.py)
             hashing.verify_unknown(name, password)
             return Verified(name, None, False, None)
-        ok = hashing.verify(row.password_hash, password) if row.password_hash else hashing.verify_unknown(name, password)
+        ok = (
+            hashing.verify(row.password_hash, password) if row.password_hash else hashing.verify_unknown(name, password)
+        )
         usable = ok and not row.disabled
         new_hash = hashing.hash(password) if usable and hashing.needs_rehash(row.password_hash or "") else None
         return Verified(name, row.id, usable, new_hash)

@@ -1,5 +1,6 @@
 """The TOTP step: a code from the user's authenticator app (amr otp), accepted once per
 time step. Its page offers a backup code or a passkey instead."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

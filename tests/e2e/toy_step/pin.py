@@ -2,6 +2,7 @@
 (steps/pin.html beside it) and one line in the list of steps the app is built with. It
 stands in for an authenticator code (amr otp) for anyone who has set up an authenticator,
 and knows one PIN. For tests only."""
+
 from __future__ import annotations
 
 import hmac
