@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from idp.login import transaction as tx_store
-from idp.login.sessions import find_session, is_live
+from idp.login.sessions import find_session
 from idp.oidc.authorize import (
     CurrentSession,
     ErrorPage,
@@ -27,7 +27,6 @@ from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
 from idp.web.pages import error_page, redirect_source, render
 from idp.web.params import BadParameters, read_params
-from idp.web.services import Services
 from idp.web.throttle import check_limits, too_many_page
 
 EXPIRED_MESSAGE = "This sign-in request has expired or was already used. Go back to the application and start again."
@@ -40,24 +39,6 @@ async def load_transaction(request: Request, tx_id: str | None) -> tx_store.Logi
     if tx is None or not tx.is_bound_to(login_binding.presented(request)):
         return error_page(request, 400, EXPIRED_MESSAGE)
     return tx
-
-
-async def load_step_transaction(request: Request, tx_id: str | None) -> tx_store.LoginTransaction | Response:
-    """As load_transaction, for a login step: a finished chain takes no further step, and a
-    step-up lives no longer than the session it steps up (its password credit came from it)."""
-    tx = await load_transaction(request, tx_id)
-    if isinstance(tx, Response):
-        return tx
-    if tx.finished or not await run_blocking(request, step_up_alive, services_of(request), tx):
-        return error_page(request, 400, EXPIRED_MESSAGE)
-    return tx
-
-
-def step_up_alive(services: Services, tx: tx_store.LoginTransaction) -> bool:
-    if tx.step_up_sid is None:
-        return True
-    with services.sessions() as db:
-        return is_live(db, tx.step_up_sid, tx.user_id)
 
 
 async def take_transaction(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from html import unescape
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pyotp
 import pytest
@@ -318,3 +319,43 @@ def test_the_focus_ring_has_3_to_1_against_every_surface_and_covers_every_contro
     ]
     assert low == []
     assert {"button:focus-visible", "input:focus-visible", "a:focus-visible"} <= {s for s, _ in rings}
+
+
+# ---- a sign-in that can go no further, whose redirect URI was verified: one button back ----------
+
+RETURN_LINK = re.compile(r'<a class="button" href="([^"]+)">Return to the application</a>')
+
+
+def return_link(response) -> str | None:  # type: ignore[no-untyped-def]
+    match = RETURN_LINK.search(response.text)
+    return unescape(match.group(1)) if match else None
+
+
+def test_a_finished_sign_in_revisited_offers_the_way_back_to_the_rp_with_the_error_state_and_iss(client):
+    """The login page of a sign-in that already finished (the back button after signing in):
+    the page says it expired, and its only button returns to the RP's verified redirect_uri
+    with error=access_denied, the request's state and our iss."""
+    request = AuthRequest()
+    login_page = start(client, request).headers["location"]
+    assert submit_login(client, login_page).status_code == 303  # finished; its resume not yet taken
+    again = client.get(login_page)
+    assert again.status_code == 400
+    link = return_link(again)
+    assert link is not None, again.text
+    base, _, query = link.partition("?")
+    assert base == request.redirect_uri
+    params = {key: values[0] for key, values in parse_qs(query).items()}
+    assert params["error"] == "access_denied" and params["state"] == request.state
+    assert params["iss"] == client.app.state.services.oidc.issuer
+
+
+def test_another_browser_presenting_the_transaction_gets_no_way_back_and_learns_nothing(client):
+    """The same page for a transaction of another browser as for an unknown one: no link to
+    the RP (its state is the first browser's), nothing else to learn."""
+    login_page = start(client, AuthRequest()).headers["location"]
+    assert submit_login(client, login_page).status_code == 303
+    with TestClient(client.app, base_url=str(client.base_url)) as other:
+        theirs = other.get(login_page)
+        unknown = other.get("/login?tx=" + "x" * 32)
+    assert theirs.status_code == unknown.status_code == 400
+    assert return_link(theirs) is None and return_link(unknown) is None
