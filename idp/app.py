@@ -1,6 +1,6 @@
-"""The composition root: builds the engine, store, keyring, password hashing, signing keys
-and the Authlib server, and hands them to the routes through app.state. Nothing registers
-itself on import; tests build an app with their own settings and store."""
+"""The composition root: builds the clock, engine, store, keyring, password hashing, signing
+keys and the Authlib server, and hands them to the routes through app.state. Nothing registers
+itself on import; tests build an app with their own settings, store and clock."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from idp.clock import Clock, SystemClock
 from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import is_current
 from idp.lockout import Lockout
@@ -57,12 +58,17 @@ def master_key_of(settings: Settings) -> str:
 
 
 def build_services(
-    settings: Settings, *, store: StateStore | None = None, hashing: PasswordHashing | None = None
+    settings: Settings,
+    *,
+    store: StateStore | None = None,
+    hashing: PasswordHashing | None = None,
+    clock: Clock | None = None,
 ) -> Services:
+    clock = clock or SystemClock()
     engine = make_engine(settings.database_url)
     if not is_current(engine):
         raise SettingsError("IDP_DATABASE_URL: the database schema is not current; run `idp db upgrade`")
-    sessions = make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine, clock)  # every unit of work carries the clock (idp/clock.py)
     keyring = Keyring(master_key_of(settings))
     with sessions.begin() as db:
         ensure_signing_key(db, keyring)
@@ -102,6 +108,7 @@ def build_services(
     refresh_census(sessions, hashing)  # unknown names cost what stored hashes cost (idp/password_census.py)
     return Services(
         settings=settings,
+        clock=clock,
         engine=engine,
         sessions=sessions,
         keyring=keyring,
@@ -129,8 +136,9 @@ def create_app(
     store: StateStore | None = None,
     hashing: PasswordHashing | None = None,
     steps: Sequence[Step] = STANDARD_STEPS,
+    clock: Clock | None = None,
 ) -> Starlette:
-    services = build_services(settings, store=store, hashing=hashing)
+    services = build_services(settings, store=store, hashing=hashing, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -185,6 +193,7 @@ def build_login_flow(services: Services, steps: Sequence[Step] = STANDARD_STEPS)
             rate_limits=services.rate_limits,
             session_policy=services.session_policy,
             ttl_seconds=services.settings.login_ttl_seconds,
+            untouched_ttl_seconds=services.settings.login_untouched_ttl_seconds,
             client_minimum=client_minimum,
         ),
         steps,

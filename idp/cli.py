@@ -178,6 +178,7 @@ def _database(settings: Settings, *, migrated: bool = True):  # type: ignore[no-
 
     from sqlalchemy.engine import make_url
 
+    from idp.clock import SystemClock
     from idp.db.engine import make_engine, make_sessionmaker
     from idp.db.migrate import is_current
 
@@ -187,7 +188,7 @@ def _database(settings: Settings, *, migrated: bool = True):  # type: ignore[no-
     engine = make_engine(settings.database_url)
     if migrated and not is_current(engine):
         raise CommandError("the database schema is not current; run `idp db upgrade`")
-    return make_sessionmaker(engine)
+    return make_sessionmaker(engine, SystemClock())  # the CLI's time is the wall clock's
 
 
 def _keyring(settings: Settings):  # type: ignore[no-untyped-def]
@@ -456,6 +457,7 @@ def _tell_relying_parties(settings: Settings, ended: object) -> None:
     reported and audited, not fatal: the sessions are ended in any case."""
     import asyncio
 
+    from idp.clock import SystemClock
     from idp.oidc.clients import ClientRegistry
     from idp.oidc.signing_keys import KeyCache
     from idp.web.backchannel import Sender, deliver_all
@@ -464,7 +466,9 @@ def _tell_relying_parties(settings: Settings, ended: object) -> None:
     if not ended:
         return
     sessions, keyring = _database(settings), _keyring(settings)
-    sender = Sender(settings.issuer, KeyCache(sessions, keyring), ClientRegistry(sessions, keyring), sessions)
+    sender = Sender(
+        settings.issuer, KeyCache(sessions, keyring), ClientRegistry(sessions, keyring), sessions, SystemClock()
+    )
     sender.clients.reload()
     delivered = asyncio.run(deliver_all(sender, ended))
     failed = [d for d in delivered if d.outcome != "success"]
@@ -514,11 +518,11 @@ def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
-    from idp.clock import utcnow
+    from idp.clock import clock_of
     from idp.oidc.signing_keys import published_keys
 
-    now = utcnow()
     with _database(settings)() as db:
+        now = clock_of(db).now()
         for key in published_keys(db):
             if key.signs_from is not None and key.signs_from > now:
                 state = f"next, published, signs from {key.signs_from:%Y-%m-%d %H:%M:%S}Z"

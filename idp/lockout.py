@@ -23,7 +23,7 @@ from typing import cast
 from sqlalchemy import Row, Table, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import User
 from idp.state.store import StateStore
 
@@ -78,7 +78,7 @@ class Lockout:
     def record_failure(self, db: Session, user_id: int) -> FailureRecord:
         """Counts one failure in the caller's transaction (commit it promptly: the UPDATE
         holds the user's row lock on PostgreSQL until then)."""
-        now = utcnow()
+        now = clock_of(db).now()
         row: Row | None = (
             db.connection()
             .execute(
@@ -102,7 +102,7 @@ class Lockout:
 
     def record_success(self, db: Session, user_id: int) -> bool:
         """Resets the counter; False when the account is locked (the success must be refused)."""
-        result = db.connection().execute(_CLEAR_ON_SUCCESS, {"user_id": user_id, "now": utcnow()})
+        result = db.connection().execute(_CLEAR_ON_SUCCESS, {"user_id": user_id, "now": clock_of(db).now()})
         return result.rowcount == 1
 
     @staticmethod
@@ -110,15 +110,14 @@ class Lockout:
         """For steps that continue a chain (the code step): the password's success did not
         reset the counter, so code guesses keep counting toward the same lock."""
         until = db.scalar(select(User.locked_until).where(User.id == user_id))
-        return until is not None and until > utcnow()
+        return until is not None and until > clock_of(db).now()
 
     @staticmethod
     def unlock(db: Session, user_id: int) -> None:
         db.connection().execute(_UNLOCK, {"user_id": user_id})
 
     @staticmethod
-    def locked_until(user: User, now: datetime | None = None) -> datetime | None:
-        now = now or utcnow()
+    def locked_until(user: User, now: datetime) -> datetime | None:
         return user.locked_until if user.locked_until is not None and user.locked_until > now else None
 
     # ---- unknown names (state store) --------------------------------------------------

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import User
 from idp.login.steps.password import normalize_username
 from idp.oidc.logout import EndedSession, end_all_sessions, revoke_all_refresh_tokens
@@ -177,7 +177,7 @@ def _flush(db: Session, email: str | None) -> None:
 
 def list_users(db: Session) -> list[UserSummary]:
     rows = db.scalars(select(User).order_by(User.username))
-    now = utcnow()
+    now = clock_of(db).now()
     return [
         UserSummary(
             u.username,
@@ -214,7 +214,7 @@ def unlock_user(db: Session, username: str) -> User:
     from idp.lockout import Lockout
 
     user = get_user(db, username)
-    was_locked = Lockout.locked_until(user) is not None
+    was_locked = Lockout.locked_until(user, clock_of(db).now()) is not None
     Lockout.unlock(db, user.id)
     record_audit(
         db,

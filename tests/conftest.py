@@ -17,6 +17,7 @@ from idp.db.engine import make_engine
 from idp.db.migrate import upgrade
 from idp.settings import Settings, load_settings
 from idp.state.memory import MemoryStore
+from tests.support.clock import ManualClock
 from tests.support.seed import seed
 
 POSTGRES_SERVER_URL = os.environ.get("IDP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -99,8 +100,14 @@ def settings(database_url: str, tmp_path) -> Settings:  # type: ignore[no-untype
 
 
 @pytest.fixture
-def app(settings: Settings) -> Starlette:
-    app = create_app(settings, store=MemoryStore())
+def clock() -> ManualClock:
+    """The app's time: a test advances it instead of sleeping (tests/support/clock.py)."""
+    return ManualClock()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: ManualClock) -> Starlette:
+    app = create_app(settings, store=MemoryStore(), clock=clock)
     seed(app.state.services)
     return app
 

@@ -20,7 +20,7 @@ def test_wheel_contains_templates_migrations_static_and_data(tmp_path):
     wheel = next(tmp_path.glob("idp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in (
-        "idp/templates/login.html",
+        "idp/templates/steps/password.html",
         "idp/templates/consent.html",
         "idp/migrations/env.py",
         "idp/migrations/versions/0001_initial_schema.py",

@@ -9,12 +9,13 @@ from sqlalchemy import select
 from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.models import User
 from idp.users import UserChanges, UserError, add_user, update_user
+from tests.support.clock import ManualClock
 
 
 @pytest.fixture
-def sessions(database_url: str):  # type: ignore[no-untyped-def]
+def sessions(database_url: str, clock: ManualClock):  # type: ignore[no-untyped-def]
     engine = make_engine(database_url)
-    yield make_sessionmaker(engine)
+    yield make_sessionmaker(engine, clock)
     engine.dispose()
 
 

@@ -25,7 +25,7 @@ from idp.account import events
 from idp.account.current import Caller, SignedIn, get_signed_in, get_user
 from idp.account.errors import NeedsReauth, ReauthReason
 from idp.account.services import AccountServices
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.login import policy
 from idp.settings import Settings
 
@@ -46,9 +46,9 @@ PASSKEY_REGISTER = Sensitive("passkey.register", adds_credential=True)
 PASSKEY_REMOVE = Sensitive("passkey.remove")
 
 
-def needs_reauth(settings: Settings, auth_time: datetime, *, now: datetime | None = None) -> bool:
+def needs_reauth(settings: Settings, auth_time: datetime, *, now: datetime) -> bool:
     """True when the session's last interactive sign-in is older than settings.reauth_seconds."""
-    return ((now or utcnow()) - auth_time).total_seconds() > settings.reauth_seconds
+    return (now - auth_time).total_seconds() > settings.reauth_seconds
 
 
 def admit(services: AccountServices, caller: Caller, action: Sensitive | None = None) -> SignedIn:
@@ -68,12 +68,10 @@ def admit(services: AccountServices, caller: Caller, action: Sensitive | None = 
     return who
 
 
-def reason_to_refuse(
-    db: Session, services: AccountServices, who: SignedIn, action: Sensitive, *, now: datetime | None = None
-) -> ReauthReason | None:
+def reason_to_refuse(db: Session, services: AccountServices, who: SignedIn, action: Sensitive) -> ReauthReason | None:
     if action.adds_credential and _invitation_grace(who):
         return None
-    if needs_reauth(services.settings, who.auth_time, now=now):
+    if needs_reauth(services.settings, who.auth_time, now=clock_of(db).now()):
         return "stale"
     if action.adds_credential and not policy.satisfies(who.acr, required_level(db, services, who.user_id)):
         return "level"

@@ -15,7 +15,7 @@ from idp.account import events, reauth
 from idp.account.current import Caller
 from idp.account.errors import AccountRefused
 from idp.account.services import AccountServices
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import IdpSession
 from idp.login.sessions import (
     EndedSession,
@@ -54,7 +54,7 @@ def row_id(value: object) -> int | None:
 def live_sessions(db: Session, policy: SessionPolicy, user_id: int, current_id: int | None) -> tuple[LiveSession, ...]:
     """The user's sessions that still work (not ended, not past their absolute or idle
     lifetime): the current one first, then the most recently seen."""
-    now = utcnow()
+    now = clock_of(db).now()
     rows = db.scalars(
         select(IdpSession)
         .where(
@@ -89,8 +89,8 @@ def end_one(services: AccountServices, caller: Caller, session_id: object) -> En
     if wanted == who.session_id:
         raise AccountRefused(THIS_SESSION, 400)
     with services.sessions.begin() as db:
-        row = db.get(IdpSession, wanted)
-        if row is None or row.user_id != who.user_id or row.ended_at is not None or row.expires_at <= utcnow():
+        row, now = db.get(IdpSession, wanted), clock_of(db).now()
+        if row is None or row.user_id != who.user_id or row.ended_at is not None or row.expires_at <= now:
             raise AccountRefused(NO_SUCH_SESSION, 404)
         ended = end_session(db, wanted)
         if ended is None:

@@ -15,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import AuditEvent, User
 from idp.observability.metrics import count_audit_event
 from idp.observability.request_ids import current_request_id
@@ -39,7 +39,7 @@ def record_audit(
     outcome: str | None = None,
     **detail: Any,
 ) -> None:
-    at = utcnow()
+    at = clock_of(db).now()
     agent = user_agent[:USER_AGENT_MAX] if user_agent else None
     request_id = current_request_id.get()
     if request_id is not None:  # ties the row to the request's log line (and nginx's)

@@ -10,6 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from idp.clock import SESSION_INFO_KEY, Clock
+
 
 def normalize_database_url(url: str) -> str:
     """postgresql:// means psycopg 3 here (the driver we ship), not psycopg2."""
@@ -55,5 +57,11 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, clock: Clock) -> sessionmaker[Session]:
+    """Units of work that carry `clock` (idp/clock.py): `clock_of(db)` for the code that runs
+    in them, and the execution options for the columns' default timestamps."""
+    return sessionmaker(
+        engine.execution_options(**{SESSION_INFO_KEY: clock}),
+        expire_on_commit=False,
+        info={SESSION_INFO_KEY: clock},
+    )

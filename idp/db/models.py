@@ -24,10 +24,21 @@ from sqlalchemy import (
     false,
     func,
 )
+from sqlalchemy.engine import ExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from idp.clock import utcnow
+from idp.clock import SESSION_INFO_KEY, Clock, SystemClock
+
+_WALL_CLOCK = SystemClock()
+
+
+def _clock_now(context: ExecutionContext) -> datetime:
+    """Default timestamps: the clock of the unit of work (idp/clock.py), which
+    make_sessionmaker puts in the engine's execution options, ORM flushes and Core
+    statements alike. A bare engine's statements (migrations, tooling) have none: the wall's."""
+    clock: Clock = context.execution_options.get(SESSION_INFO_KEY, _WALL_CLOCK)
+    return clock.now()
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -71,8 +82,8 @@ class User(Base):
     locked_until: Mapped[datetime | None] = mapped_column()
     # WebAuthn user handle: random, opaque, made at the first passkey registration
     webauthn_handle: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_clock_now, onupdate=_clock_now)
 
 
 # Relying parties link accounts by a verified address, so two users must never both have
@@ -95,7 +106,7 @@ class Client(Base):
     client_id: Mapped[str] = mapped_column(String(128), unique=True)
     secret_digest: Mapped[str | None] = mapped_column(String(128))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated RFC 7591 metadata, minus the secret
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=_clock_now, onupdate=_clock_now)
 
 
 class SigningKey(Base):
@@ -105,7 +116,7 @@ class SigningKey(Base):
     alg: Mapped[str] = mapped_column(String(16))
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
     signs_from: Mapped[datetime | None] = mapped_column()  # published before it signs; None = since created
     retired_at: Mapped[datetime | None] = mapped_column()  # stops (stopped) signing
     unpublish_at: Mapped[datetime | None] = mapped_column()  # leaves JWKS once what it signed has expired
@@ -120,8 +131,8 @@ class IdpSession(Base):
     auth_time: Mapped[datetime] = mapped_column()
     acr: Mapped[str] = mapped_column(String(16))
     amr: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
+    last_seen_at: Mapped[datetime] = mapped_column(default=_clock_now)
     expires_at: Mapped[datetime] = mapped_column()  # absolute end
     ended_at: Mapped[datetime | None] = mapped_column()
     user_agent: Mapped[str | None] = mapped_column(String(300))
@@ -136,7 +147,7 @@ class SessionClient(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("idp_sessions.id", ondelete="CASCADE"))
     client_id: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
 
 
 class Consent(Base):
@@ -146,7 +157,7 @@ class Consent(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     client_id: Mapped[str] = mapped_column(String(128))
     scope: Mapped[str] = mapped_column(Text)  # space-separated, sorted
-    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    granted_at: Mapped[datetime] = mapped_column(default=_clock_now)
 
 
 class AuthorizationCode(Base):
@@ -165,7 +176,7 @@ class AuthorizationCode(Base):
     acr: Mapped[str] = mapped_column(String(16))
     amr: Mapped[list[str]] = mapped_column(JSON)
     family_id: Mapped[str] = mapped_column(String(64), index=True)  # every token issued from this code
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
     expires_at: Mapped[datetime] = mapped_column()
     used_at: Mapped[datetime | None] = mapped_column()
 
@@ -178,7 +189,7 @@ class AccessToken(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     scope: Mapped[str] = mapped_column(Text)
     family_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    issued_at: Mapped[datetime] = mapped_column(default=_clock_now)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None] = mapped_column()
 
@@ -195,7 +206,7 @@ class RefreshToken(Base):
     auth_time: Mapped[datetime] = mapped_column()
     acr: Mapped[str] = mapped_column(String(16))
     amr: Mapped[list[str]] = mapped_column(JSON)
-    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    issued_at: Mapped[datetime] = mapped_column(default=_clock_now)
     expires_at: Mapped[datetime] = mapped_column()  # sliding: issued_at + idle lifetime, capped below
     family_expires_at: Mapped[datetime] = mapped_column()  # absolute end of the family
     rotated_at: Mapped[datetime | None] = mapped_column()
@@ -212,7 +223,7 @@ class TotpCredential(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
     secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
     confirmed_at: Mapped[datetime | None] = mapped_column()
     last_used_step: Mapped[int | None] = mapped_column(Integer)  # replay guard: only later steps are accepted
 
@@ -228,7 +239,7 @@ class BackupCode(Base):
     # owner is part of what is digested, and the lookup is by (user_id, lookup)
     lookup: Mapped[str] = mapped_column(String(128), index=True)
     code_hash: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
     used_at: Mapped[datetime | None] = mapped_column()
 
 
@@ -245,7 +256,7 @@ class Passkey(Base):
     transports: Mapped[list[str]] = mapped_column(JSON, default=list)
     name: Mapped[str] = mapped_column(String(64))
     backed_up: Mapped[bool] = mapped_column(Boolean, default=False)  # synced (multi-device) passkey
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
     last_used_at: Mapped[datetime | None] = mapped_column()
 
 
@@ -253,7 +264,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_at", "at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[datetime] = mapped_column(default=_clock_now)
     kind: Mapped[str] = mapped_column(String(64), index=True)
     user_id: Mapped[int | None] = mapped_column(Integer)
     client_id: Mapped[str | None] = mapped_column(String(128))

@@ -50,13 +50,13 @@ from idp.login.sessions import (
     describe_ended,
     end_session,
     find_session,
-    is_live,
     start_session,
     upgrade_session,
 )
 from idp.login.step import Passed, Rejected, Step, StepContext
 from idp.login.transaction import LoginTransaction
 from idp.mfa.held import UserFactors
+from idp.mfa.passkeys import CHALLENGE_TTL_SECONDS
 from idp.security.keyring import Keyring
 from idp.security.passwords import PasswordHashing
 from idp.security.rate_limits import RateLimits
@@ -66,7 +66,17 @@ if TYPE_CHECKING:
     from idp.mfa.factors import SecondFactors
     from idp.mfa.passkeys import Passkeys
 
-FIRST_STEP = policy.PASSWORD  # the step a chain without a named user starts on (/login)
+FIRST_STEP = policy.PASSWORD
+
+
+class _FinishRefused(Exception):
+    """The chain's end refused a request whose step passed: raised so that its write
+    transaction rolls back whole (nothing written unless every check passed)."""
+
+    def __init__(self, user_id: int | None, *, locked: bool = False) -> None:
+        super().__init__("the chain's end refused this request")
+        self.user_id = user_id
+        self.locked = locked  # the step a chain without a named user starts on (/login)
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class FlowServices:
     rate_limits: RateLimits
     session_policy: SessionPolicy
     ttl_seconds: int  # a transaction's life after each step
+    untouched_ttl_seconds: int  # the life of one no step has touched yet
     client_minimum: Callable[[str], Sequence[str]]  # a client's default_acr_values, as configured now
 
 
@@ -156,8 +167,27 @@ class LoginFlow:
                 return Failed(self._view(step, ctx, db, form, page_tx=None if new else tx), step.empty_words, 400)
         self._admit(credential_checks(attempt.ip, step.account_key(ctx, form)), attempt)
         prepared = step.prepare(ctx, form)
-        with self.services.sessions.begin() as db:
-            outcome = self._decide(step, ctx, db, form, prepared, new)
+        try:
+            with self.services.sessions.begin() as db:
+                outcome = self._decide(step, ctx, db, form, prepared, new)
+        except _FinishRefused as refusal:
+            # everything the request wrote is rolled back (a claimed code stays unused, no
+            # success is audited); what is kept is the refusal itself
+            with self.services.sessions.begin() as db:
+                if refusal.locked:
+                    record_audit(
+                        db,
+                        "login.refused",
+                        user_id=refusal.user_id,
+                        ip=attempt.ip,
+                        user_agent=attempt.user_agent,
+                        outcome="refused",
+                        reason="locked",
+                    )
+                outcome = Failed(
+                    self._view(step, ctx, db, {}, page_tx=None if new else tx),
+                    failure_message(self.services.lockout, LOCKED, step.failed_words),
+                )
         return self._after(outcome, attempt)
 
     def challenge(
@@ -175,23 +205,32 @@ class LoginFlow:
         ctx = StepContext(self.services, tx, attempt, None)
         data = step.challenge(ctx, form)
         if tx_id is None:
-            tx_store.save_transaction(self.services.store, tx, ttl_seconds=self.services.ttl_seconds)
+            # anyone may make one without signing in: it lives as long as an untouched parked
+            # request, or its challenge, whichever is longer, until a step touches it
+            ttl = max(self.services.untouched_ttl_seconds, CHALLENGE_TTL_SECONDS)
+            tx_store.save_transaction(self.services.store, tx, ttl_seconds=ttl)
         return Challenge(tx, data, new_transaction=tx_id is None)
 
-    def where_next(self, tx_id: str | None, attempt: Attempt) -> Continue | None:
+    def where_next(self, tx_id: str | None, attempt: Attempt) -> Continue | Unmet | None:
         """For /login with a transaction whose chain already named its user (a step-up):
-        the step the chain is on; None when it is on the first step."""
+        the step the chain is on, or Unmet when no step can reach the level; None when it is
+        on the first step."""
         tx = self._transaction(self.step(FIRST_STEP), tx_id, attempt, create=False)
         return None if tx is None else self.step_for(tx)
 
-    def step_for(self, tx: LoginTransaction) -> Continue | None:
-        """The step a transaction just parked (by this request) goes to; None: the first."""
+    def step_for(self, tx: LoginTransaction) -> Continue | Unmet | None:
+        """The step a transaction just parked (by this request) goes to; None: the first.
+        Unmet (the transaction consumed): this user cannot reach the level asked for (a
+        step-up to phr without a passkey), which the RP must hear at once."""
         if tx.user_id is None:
             return None
         with self.services.sessions() as db:
             state = self._state_of(db, tx)
-        if state.next_step == FIRST_STEP or state.next_step not in self.steps:
+        if state.next_step == FIRST_STEP:
             return None
+        if state.next_step == policy.UNMET or state.next_step not in self.steps:
+            tx_store.consume_transaction(self.services.store, tx.id)
+            return Unmet(tx)
         return Continue(tx, state.next_step)
 
     # ---- the transaction ---------------------------------------------------------------
@@ -208,17 +247,24 @@ class LoginFlow:
         tx = tx_store.find_transaction(self.services.store, tx_id)
         if tx is None or not tx.is_bound_to(attempt.browser):
             raise TransactionGone()  # the same page when another browser started it: nothing to learn
-        if tx.finished or not self._step_up_alive(tx):
+        if tx.finished or not self._step_up_alive(tx, attempt):
             # a finished chain takes no further step; a step-up lives no longer than the session
-            # it steps up (its earlier credit came from it)
+            # it steps up, held by this browser (its earlier credit came from it)
             raise TransactionGone(tx.params if tx.client_id else None)
         return tx
 
-    def _step_up_alive(self, tx: LoginTransaction) -> bool:
+    def _step_up_alive(self, tx: LoginTransaction, attempt: Attempt) -> bool:
         if tx.step_up_sid is None:
             return True
         with self.services.sessions() as db:
-            return is_live(db, tx.step_up_sid, tx.user_id)
+            return self._holds_step_up_session(db, tx, attempt)
+
+    def _holds_step_up_session(self, db: Session, tx: LoginTransaction, attempt: Attempt) -> bool:
+        """The browser still presents the very session the step-up began from: not only is the
+        sid alive, the cookie value is its current one. A copy of the cookie that the session's
+        owner has since renewed (a re-authentication issues a new value) steps nothing up."""
+        held = find_session(db, self.services.keyring, self.services.session_policy, attempt.session_cookie)
+        return held is not None and held[0].sid == tx.step_up_sid and held[1].id == tx.user_id
 
     def _state_of(self, db: Session, tx: LoginTransaction) -> ChainState:
         assert tx.user_id is not None
@@ -234,7 +280,12 @@ class LoginFlow:
                 key=policy.LEVELS.__getitem__,
             )
         required = policy.required_level(requested, factors)
-        return ChainState(required, policy.next_step(required, tx.steps_done, factors), factors)
+        step = policy.next_step(required, tx.steps_done, factors)
+        if step == policy.ENROL_TOTP and tx.step_up_sid is not None and "pwd" not in tx.proven:
+            # adding a credential needs a recent sign-in: a step-up's password credit is the
+            # session's, maybe hours old (or a stolen cookie's), so the password comes first
+            step = policy.PASSWORD
+        return ChainState(required, step, factors)
 
     def _accepts(self, step: Step, state: ChainState) -> bool:
         """The step the policy names next, or one that may replace it and the user has."""
@@ -339,35 +390,20 @@ class LoginFlow:
         services, attempt = self.services, ctx.attempt
         assert tx.user_id is not None
 
-        def refused() -> Failed:  # answered as for a bad credential
-            return Failed(
-                self._view(step, ctx, db, {}, page_tx=None if new else ctx.tx),
-                failure_message(services.lockout, LOCKED, step.failed_words),
-            )
-
         if not tx_store.claim_finish(services.store, tx.id, ttl_seconds=services.ttl_seconds):
-            return refused()
-        if tx.step_up_sid is not None and not is_live(db, tx.step_up_sid, tx.user_id):
-            return refused()  # the chain's earlier credit came from that session: with it gone, nothing is left
+            raise _FinishRefused(tx.user_id)
+        if tx.step_up_sid is not None and not self._holds_step_up_session(db, tx, attempt):
+            raise _FinishRefused(tx.user_id)  # the chain's earlier credit came from that session
         if step.lockable:
             if not services.lockout.record_success(db, tx.user_id):  # the lock, checked again at the end
-                record_audit(
-                    db,
-                    "login.refused",
-                    user_id=tx.user_id,
-                    ip=attempt.ip,
-                    user_agent=attempt.user_agent,
-                    outcome="refused",
-                    reason="locked",
-                )
-                return refused()
+                raise _FinishRefused(tx.user_id, locked=True)
             cleared_lock = False
         else:  # a user-verified passkey signs in through a lock, and clears it (DESIGN.md §4)
             cleared_lock = services.lockout.is_locked(db, tx.user_id)
             services.lockout.unlock(db, tx.user_id)
         user = db.get(User, tx.user_id)
         if user is None or user.disabled:
-            return refused()
+            raise _FinishRefused(tx.user_id)
         acr, amr = policy.acr_of(tx.steps_done), policy.amr_of(tx.steps_done)
         record_audit(
             db,
@@ -394,7 +430,7 @@ class LoginFlow:
         services, ip = self.services, attempt.ip
         if tx.step_up_sid is not None:
             upgraded = upgrade_session(db, services.keyring, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
-            assert upgraded is not None  # is_live was checked in this transaction
+            assert upgraded is not None  # the browser held that live session, checked in this transaction
             return upgraded[0], upgraded[1].sid, []
         held = find_session(db, services.keyring, services.session_policy, attempt.session_cookie)
         if held is not None and held[1].id == user.id:

@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import IdpSession, RefreshToken, SessionClient, User
 from idp.security.keyring import Keyring, new_secret
 
@@ -39,7 +39,7 @@ def start_session(
     ip: str | None,
 ) -> tuple[str, IdpSession]:
     cookie = new_secret(32)
-    now = utcnow()
+    now = clock_of(db).now()
     row = IdpSession(
         cookie_digest=keyring.digest(cookie),
         sid=new_secret(16),
@@ -63,7 +63,7 @@ def start_session(
 def _evict_beyond_cap(db: Session, user_id: int, cap: int, ip: str | None) -> None:
     """A user has at most `cap` live sessions: the oldest beyond it end (and their refresh
     tokens, except offline_access ones, are revoked), audited."""
-    now = utcnow()
+    now = clock_of(db).now()
     live = list(
         db.scalars(
             select(IdpSession)
@@ -88,7 +88,7 @@ def find_session(
     if not cookie or len(cookie) > 100:
         return None
     row = db.scalar(_SESSION_BY_DIGEST, {"digest": keyring.digest(cookie)})
-    now = utcnow()
+    now = clock_of(db).now()
     if row is None or row.ended_at is not None or row.expires_at <= now:
         return None
     if now - row.last_seen_at > timedelta(seconds=policy.idle_seconds):
@@ -107,7 +107,7 @@ def is_live(db: Session, sid: str, user_id: int | None) -> bool:
     row = db.scalar(
         select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id, IdpSession.ended_at.is_(None))
     )
-    return row is not None and row.expires_at > utcnow()
+    return row is not None and row.expires_at > clock_of(db).now()
 
 
 def upgrade_session(
@@ -119,11 +119,12 @@ def upgrade_session(
     row = db.scalar(
         select(IdpSession).where(IdpSession.sid == sid, IdpSession.user_id == user_id, IdpSession.ended_at.is_(None))
     )
-    if row is None or row.expires_at <= utcnow():
+    now = clock_of(db).now()
+    if row is None or row.expires_at <= now:
         return None
     cookie = new_secret(32)
     row.cookie_digest = keyring.digest(cookie)
-    row.acr, row.amr, row.auth_time = acr, amr, utcnow()
+    row.acr, row.amr, row.auth_time = acr, amr, now
     record_audit(db, "session.stepped_up", user_id=user_id, ip=ip, sid=sid, acr=acr, amr=amr)
     return cookie, row
 
@@ -140,7 +141,7 @@ def end_session(db: Session, session_id: int) -> EndedSession | None:
     row = db.get(IdpSession, session_id)
     if row is None or row.ended_at is not None:
         return None
-    now = utcnow()
+    now = clock_of(db).now()
     row.ended_at = now
     user = db.get(User, row.user_id)
     clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
@@ -170,5 +171,5 @@ def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
     db.execute(
         update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=clock_of(db).now())
     )

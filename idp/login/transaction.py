@@ -41,6 +41,7 @@ class LoginTransaction:
     return_to: str | None = None  # where a chain without an authorization request ends (/account)
     browser: str = ""  # keyed digest of the creating browser's binding secret; "" binds to no browser
     consent_sid: str | None = None  # the session a consent page was shown to (no chain ran)
+    proven: tuple[str, ...] = field(default_factory=tuple)  # methods proven in this chain (not carried over)
 
     @property
     def finished(self) -> bool:
@@ -63,6 +64,7 @@ class LoginTransaction:
         return replace(
             self,
             steps_done=tuple(dict.fromkeys((*self.steps_done, method))),
+            proven=tuple(dict.fromkeys((*self.proven, method))),
             user_id=user_id if user_id is not None else self.user_id,
             username=username if username is not None else self.username,
         )
@@ -113,5 +115,6 @@ def _decoded(raw: bytes | None) -> LoginTransaction | None:
         return None
     data = json.loads(raw)
     data["steps_done"] = tuple(data.get("steps_done", ()))
+    data["proven"] = tuple(data.get("proven", ()))
     # a field another release added is dropped, not a crash; a missing `browser` binds to none
     return LoginTransaction(**{k: v for k, v in data.items() if k in _FIELDS})

@@ -11,13 +11,12 @@ it), so the event loop never waits on a hash.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import BackupCode, Passkey, TotpCredential, User
 from idp.lockout import FailureRecord, Lockout
 from idp.mfa import backup_codes, totp
@@ -59,11 +58,10 @@ def _context(user_id: int) -> str:
 
 
 class SecondFactors:
-    def __init__(self, keyring: Keyring, lockout: Lockout, *, issuer: str, clock=time.time) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, keyring: Keyring, lockout: Lockout, *, issuer: str) -> None:
         self.keyring = keyring
         self.lockout = lockout
         self.issuer = issuer
-        self.clock = clock
 
     # ---- what a user has ---------------------------------------------------------------
 
@@ -103,7 +101,7 @@ class SecondFactors:
         if existing is None:
             db.add(TotpCredential(user_id=user_id, secret_encrypted=sealed))
         else:
-            existing.secret_encrypted, existing.created_at, existing.last_used_step = sealed, utcnow(), None
+            existing.secret_encrypted, existing.created_at, existing.last_used_step = sealed, clock_of(db).now(), None
         db.flush()
         return secret
 
@@ -132,7 +130,7 @@ class SecondFactors:
         check = self._check_totp_row(db, user_id, row, raw_code)
         if check.ok:
             assert row is not None
-            row.confirmed_at = utcnow()
+            row.confirmed_at = clock_of(db).now()
         return check
 
     def disable_totp(self, db: Session, user_id: int) -> None:
@@ -164,7 +162,7 @@ class SecondFactors:
         if row is not None and code is not None:
             secret = self._secret_or_none(row)
             if secret is not None:
-                step = totp.matching_step(secret, code, now=self.clock(), last_used_step=row.last_used_step)
+                step = totp.matching_step(secret, code, now=clock_of(db).time(), last_used_step=row.last_used_step)
         # the step is claimed by a conditional UPDATE: two requests with one code, one wins
         if (
             row is not None
@@ -194,11 +192,7 @@ class SecondFactors:
         """After the caller's Argon2 verification: claim the code (single use) or count a failure."""
         if self.lockout.is_locked(db, user_id):
             return CodeCheck(False, FailureRecord(remaining=0, locked_now=False, was_locked=True))
-        if (
-            verified
-            and code_id is not None
-            and db.connection().execute(_CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1
-        ):
+        if verified and code_id is not None and self.claim_backup_code(db, code_id):
             return CodeCheck.passed()
         return CodeCheck(False, self.lockout.record_failure(db, user_id))
 
@@ -217,7 +211,7 @@ class SecondFactors:
         secret = self._secret_or_none(row)
         if secret is None:
             return None
-        step = totp.matching_step(secret, code, now=self.clock(), last_used_step=row.last_used_step)
+        step = totp.matching_step(secret, code, now=clock_of(db).time(), last_used_step=row.last_used_step)
         return None if step is None else (row.id, step)
 
     @staticmethod
@@ -232,13 +226,15 @@ class SecondFactors:
         ):
             return False
         if confirm:
-            db.execute(update(TotpCredential).where(TotpCredential.id == credential_id).values(confirmed_at=utcnow()))
+            db.execute(
+                update(TotpCredential).where(TotpCredential.id == credential_id).values(confirmed_at=clock_of(db).now())
+            )
         db.expire_all()  # the ORM's copies of the row are stale after Core UPDATEs
         return True
 
     @staticmethod
     def claim_backup_code(db: Session, code_id: int) -> bool:
-        return db.connection().execute(_CLAIM_BACKUP, {"code_id": code_id, "now": utcnow()}).rowcount == 1
+        return db.connection().execute(_CLAIM_BACKUP, {"code_id": code_id, "now": clock_of(db).now()}).rowcount == 1
 
     # ---- backup codes ------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import Passkey, User
 from idp.security.keyring import Keyring
 from idp.state.store import StateStore
@@ -229,7 +229,7 @@ class Passkeys:
             )
         except WebAuthnException as exc:
             raise PasskeyError(f"assertion did not verify: {type(exc).__name__}") from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise PasskeyError(f"malformed assertion: {type(exc).__name__}") from None
         if owner.disabled:
             raise PasskeyError("account disabled")  # after the signature: the same work as any account
@@ -237,9 +237,18 @@ class Passkeys:
             raise PasskeyError("sign counter went backwards")  # a signed assertion: maybe a cloned key
         row.sign_count = verified.new_sign_count
         row.backed_up = bool(verified.credential_backed_up)
-        row.last_used_at = utcnow()
+        row.last_used_at = clock_of(db).now()
         methods = ("swk" if row.backed_up else "hwk", "user")
         return SignedIn(user_id=row.user_id, passkey_id=row.id, methods=methods)
+
+    @staticmethod
+    def credential_key(credential: object) -> str | None:
+        """The credential id an assertion names (base64url), whether or not any account has
+        it; None for a malformed one."""
+        try:
+            return bytes_to_base64url(_raw_id(credential))
+        except PasskeyError:
+            return None
 
     @staticmethod
     def owner_of(db: Session, credential: object) -> int | None:
@@ -300,7 +309,7 @@ def _as_dict(credential: object) -> dict[str, Any]:
         return credential
     try:
         value = json.loads(_credential_json(credential))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a string nesting JSON thousands deep
         raise PasskeyError("malformed credential") from None
     if not isinstance(value, dict):
         raise PasskeyError("malformed credential")

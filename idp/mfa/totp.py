@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import time
 
 import pyotp
 import segno
@@ -35,11 +34,11 @@ def step_of(now: float) -> int:
     return int(now // PERIOD_SECONDS)
 
 
-def matching_step(secret: str, code: str, *, now: float | None = None, last_used_step: int | None = None) -> int | None:
+def matching_step(secret: str, code: str, *, now: float, last_used_step: int | None = None) -> int | None:
     """The time step within the window whose code this is, if it is later than the last
     step this authenticator was used at (a code is accepted once); else None."""
     totp = pyotp.TOTP(secret, digits=DIGITS, interval=PERIOD_SECONDS)
-    current = step_of(time.time() if now is None else now)
+    current = step_of(now)
     matched = None
     for step in range(current - WINDOW_STEPS, current + WINDOW_STEPS + 1):
         if hmac.compare_digest(totp.at(step * PERIOD_SECONDS), code):  # every step compared: no early exit

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from json.encoder import encode_basestring_ascii as _quoted  # type: ignore[attr-defined]
 
-from idp.clock import utcnow
 from idp.observability.log_batching import BatchingStderrHandler
 
 log = logging.getLogger("idp.access")
@@ -35,6 +35,7 @@ def stderr_handler(fd: int = 2) -> logging.Handler:
 
 def write_request_line(
     *,
+    at: datetime,
     request_id: str,
     method: str,
     path: str,
@@ -45,6 +46,7 @@ def write_request_line(
     user_agent: str | None,
 ) -> None:
     line = request_line(
+        at=at,
         request_id=request_id,
         method=method,
         path=path,
@@ -62,6 +64,7 @@ def write_request_line(
 
 def request_line(
     *,
+    at: datetime,
     request_id: str,
     method: str,
     path: str,
@@ -74,7 +77,7 @@ def request_line(
     return "".join(
         (
             '{"event":"request","at":',
-            _quoted(utcnow().isoformat()),
+            _quoted(at.isoformat()),
             ',"request_id":',
             _quoted(request_id),
             ',"method":',

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from idp.audit.trail import record_audit
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import Consent, SessionClient, User
 from idp.login.policy import (
     SUPPORTED_ACR,
@@ -238,7 +238,7 @@ def _login_needed(
     max_age = request.payload.data.get("max_age")
     if max_age is None:  # OIDC Registration §2: the client's default_max_age stands in
         max_age = request.client.config.get("default_max_age")
-    return max_age is not None and (utcnow() - session.auth_time).total_seconds() > int(max_age)
+    return max_age is not None and (clock_of(request.db).now() - session.auth_time).total_seconds() > int(max_age)
 
 
 def _has_consent(request: IdpRequest, user: User, prompts: set[str], decision: bool | None) -> bool:
@@ -293,7 +293,7 @@ def record_consent(request: IdpRequest, user: User) -> None:
             row = db.scalar(_CONSENT, {"user_id": user.id, "client_id": client_id})
     if row is not None:
         row.scope = " ".join(sorted(scopes | set(row.scope.split())))
-        row.granted_at = utcnow()
+        row.granted_at = clock_of(db).now()
     record_audit(db, "consent.granted", user_id=user.id, client_id=client_id, scope=" ".join(sorted(scopes)))
 
 

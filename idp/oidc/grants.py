@@ -19,7 +19,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
-from idp.clock import epoch, utcnow
+from idp.clock import clock_of, epoch
 from idp.db.models import AuthorizationCode, User
 from idp.oidc import id_tokens
 from idp.oidc.request import IdpRequest
@@ -96,7 +96,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code: str, request: IdpRequest) -> None:
         login: ApprovedLogin = request.login
         data = request.payload.data
-        now = utcnow()
+        now = clock_of(request.db).now()
         request.db.add(
             AuthorizationCode(
                 code_digest=request.ctx.keyring.digest(code),
@@ -126,7 +126,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if row.used_at is not None:
             self._revoke_after_reuse(db, row)
             return None
-        if row.expires_at <= utcnow():
+        if row.expires_at <= clock_of(db).now():
             return None
         return _CodeView(row)  # type: ignore[return-value]
 
@@ -190,7 +190,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def authenticate_refresh_token(self, refresh_token: str) -> _RefreshView | None:
         db, ctx = self.request.db, self.request.ctx
         row = find_refresh_grant(db, ctx.keyring, refresh_token)
-        now = utcnow()
+        now = clock_of(db).now()
         if row is None or not is_refresh_usable(row, now):
             return None
         if row.rotated_at is not None and not within_grace(row, ctx.lifetimes, now):
@@ -220,7 +220,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         if not claimed:
             # Raced with a concurrent refresh: inside the grace period it gets the same successor.
             current = reload_refresh_grant(db, row.id)
-            if current is None or not within_grace(current, ctx.lifetimes, utcnow()):
+            if current is None or not within_grace(current, ctx.lifetimes, clock_of(db).now()):
                 self._revoke_after_reuse(db, row)
                 raise InvalidGrantError("The refresh token is no longer valid.")
             self.request.reissued_refresh_token = ctx.keyring.decrypt(

@@ -4,14 +4,13 @@ of that family, carrying the login's auth_time/acr/amr/sid, the nonce and at_has
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode
 from authlib.oidc.core.util import create_half_hash
 
-from idp.clock import epoch
+from idp.clock import clock_of, epoch
 from idp.db.models import RefreshToken, User
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.request import IdpRequest
@@ -54,7 +53,7 @@ def sign(request: IdpRequest, claims: dict[str, Any]) -> str:
 
 
 def _base_claims(request: IdpRequest, user: User, token: dict[str, Any]) -> dict[str, Any]:
-    now = int(time.time())
+    now = epoch(clock_of(request.db).now())
     client_id = request.client.get_client_id()
     claims: dict[str, Any] = dict(build_user_info(user, token.get("scope", "")))
     claims.update(

@@ -14,14 +14,16 @@ logout tokens the RPs it signed into are sent.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+
+from idp.clock import epoch
 
 # ending sessions is the login package's (idp/login/sessions.py); re-exported for the OIDC side
 from idp.login.sessions import (  # noqa: F401
@@ -78,14 +80,16 @@ def allowed_redirect(client: RegisteredClient | None, uri: str | None) -> str | 
     return uri if uri in registered else None
 
 
-def logout_token(issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: str, alg: str = ALG) -> str:
+def logout_token(
+    issuer: str, keys: KeyCache, *, client_id: str, sub: str, sid: str, now: datetime, alg: str = ALG
+) -> str:
     """Back-Channel Logout 1.0 §2.4: iss, aud, iat, exp, jti, events, sub and sid; no nonce."""
-    now = int(time.time())
+    iat = epoch(now)
     claims: dict[str, Any] = {
         "iss": issuer,
         "aud": client_id,
-        "iat": now,
-        "exp": now + LOGOUT_TOKEN_TTL_SECONDS,
+        "iat": iat,
+        "exp": iat + LOGOUT_TOKEN_TTL_SECONDS,
         "jti": uuid.uuid4().hex,
         "events": {BACKCHANNEL_EVENT: {}},
         "sub": sub,

@@ -3,11 +3,12 @@ SQL, responses as framework-neutral values (the web layer turns them into HTTP).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer
@@ -28,7 +29,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
-from idp.clock import epoch, utcnow
+from idp.clock import clock_of, epoch
 from idp.db.models import AccessToken, RefreshToken, User
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext
@@ -232,7 +233,7 @@ class IdpAuthorizationServer(AuthorizationServer):
         return token
 
     def save_token(self, token: dict[str, Any], request: IdpRequest) -> None:
-        now = utcnow()
+        now = clock_of(request.db).now()
         life = self.ctx.lifetimes
         keyring = self.ctx.keyring
         user: User | None = request.user
@@ -323,7 +324,9 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
     def validate_jti(self, claims: Any, jti: Any) -> bool:
         if not isinstance(jti, str) or not 8 <= len(jti) <= 200:
             return False
-        lifetime = max(60, min(int(claims.get("exp", 0)) - epoch(utcnow()) + 60, 3600))
+        # the wall clock, not idp's Clock: the marker must outlive the window in which joserfc,
+        # checking `exp` against the wall clock, still accepts this assertion
+        lifetime = max(60, min(int(claims.get("exp", 0)) - int(time.time()) + 60, 3600))
         return self.ctx.store.add(f"jti:{claims['sub']}:{jti}", b"1", ttl_seconds=lifetime)
 
     def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
@@ -355,13 +358,14 @@ class _TokenLookup:
     def query_token(self, token_string: str, token_type_hint: str | None) -> _TokenView | None:
         if not isinstance(token_string, str) or not 16 <= len(token_string) <= 256:
             return None
-        conn = _endpoint_db.get().connection()
+        db = _endpoint_db.get()
+        conn = db.connection()
         digest = {"digest": self.server.ctx.keyring.digest(token_string)}
         kinds = ("refresh", "access") if token_type_hint == "refresh_token" else ("access", "refresh")
         for kind in kinds:
             row = conn.execute(_TOKEN_LOOKUPS[kind], digest).first()
             if row is not None:
-                return _TokenView(kind, row)
+                return _TokenView(kind, row, clock_of(db).now())
         return None
 
     def check_params(self, request: IdpRequest, client: Any) -> None:
@@ -414,9 +418,10 @@ _TOKEN_LOOKUPS = {
 
 
 class _TokenView:
-    def __init__(self, kind: str, row: Any) -> None:
+    def __init__(self, kind: str, row: Any, now: datetime) -> None:
         self.kind = kind
         self.row = row
+        self.now = now  # of the request that looked it up
 
     def check_client(self, client: Any) -> bool:
         return bool(self.row.client_id == client.get_client_id())
@@ -425,8 +430,7 @@ class _TokenView:
         return self.row.scope
 
     def is_expired(self) -> bool:
-        now = utcnow()
-        row = self.row
+        row, now = self.row, self.now
         return not (is_refresh_usable(row, now) if self.kind == "refresh" else row.expires_at > now)
 
     def is_revoked(self) -> bool:
@@ -451,7 +455,9 @@ class Revocation(_TokenLookup, RevocationEndpoint):
         if token.kind == "refresh":
             revoke_family(request.db, row.family_id)  # RFC 7009 §2.1: and the access tokens of that grant
         elif row.revoked_at is None:
-            request.db.execute(update(AccessToken).where(AccessToken.id == row.id).values(revoked_at=utcnow()))
+            request.db.execute(
+                update(AccessToken).where(AccessToken.id == row.id).values(revoked_at=clock_of(request.db).now())
+            )
 
 
 class Introspection(_TokenLookup, IntrospectionEndpoint):

@@ -25,7 +25,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import SigningKey
 from idp.security.keyring import Keyring, new_secret
 
@@ -132,7 +132,7 @@ def rotate_signing_key(
     family's keys signing until then stop at that moment, and stay published until their last
     tokens expire."""
     family = family_of(alg)
-    now = utcnow()
+    now = clock_of(db).now()
     if signing_key_of(published_keys(db), now, family) is None:
         signs_in_seconds = 0  # nothing of this family signs today: waiting would leave it without a key
     switch_at = now + timedelta(seconds=signs_in_seconds)
@@ -181,7 +181,7 @@ def signing_keys_of(keys: list[SigningKey], now: datetime) -> dict[str, SigningK
 
 
 def published_keys(db: Session) -> list[SigningKey]:
-    now = utcnow()
+    now = clock_of(db).now()
     query = select(SigningKey).where(or_(SigningKey.unpublish_at.is_(None), SigningKey.unpublish_at > now))
     return list(db.scalars(query.order_by(SigningKey.created_at.desc(), SigningKey.id.desc())))
 
@@ -225,7 +225,7 @@ class KeyCache:
     def reload(self) -> None:
         with self._lock, self._sessions() as db:
             keys = published_keys(db)
-            now = utcnow()
+            now = clock_of(db).now()
             signing = sorted((alg, key.kid) for alg, key in signing_keys_of(keys, now).items())
             # the signing keys change with time alone (signs_from, retired_at), not only with rows
             published = (tuple((k.kid, k.retired_at, k.unpublish_at) for k in keys), tuple(signing))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from idp.clock import utcnow
+from idp.clock import clock_of
 from idp.db.models import AccessToken, AuthorizationCode, RefreshToken, User
 from idp.security.keyring import Keyring, new_secret
 
@@ -104,7 +104,7 @@ def find_authorization_code(db: Session, keyring: Keyring, raw: object) -> Autho
 
 def consume_authorization_code(db: Session, code: AuthorizationCode) -> bool:
     """Single use in storage: only one concurrent redemption can flip used_at."""
-    now = utcnow()
+    now = clock_of(db).now()
     result = db.connection().execute(_CLAIM_CODE, {"code_id": code.id, "now": now})
     code.used_at = now
     return result.rowcount == 1
@@ -119,7 +119,7 @@ def consume_refresh_token(
         _CLAIM_REFRESH,
         {
             "token_id": token_id,
-            "now": utcnow(),
+            "now": clock_of(db).now(),
             "successor_digest": successor_digest,
             "successor_encrypted": successor_encrypted,
         },
@@ -128,7 +128,7 @@ def consume_refresh_token(
 
 
 def revoke_family(db: Session, family_id: str) -> None:
-    now = utcnow()
+    now = clock_of(db).now()
     db.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))

@@ -4,11 +4,11 @@ released by the token's scope. Bearer tokens per RFC 6750 §2.1 and §2.2."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
-from idp.clock import utcnow
 from idp.db.models import AccessToken, User
 from idp.oidc.id_tokens import build_user_info
 from idp.security.keyring import Keyring
@@ -49,13 +49,15 @@ _TOKEN_AND_USER = (
 _INVALID = UserInfoError(401, "invalid_token", "The access token is invalid, expired or revoked.")
 
 
-def userinfo_for(conn: Connection, keyring: Keyring, access_token: str | None) -> UserInfo | UserInfoError:
+def userinfo_for(
+    conn: Connection, keyring: Keyring, access_token: str | None, *, now: datetime
+) -> UserInfo | UserInfoError:
     if not access_token:
         return UserInfoError(401, "invalid_request", "No bearer token.")
     if not 16 <= len(access_token) <= 256:
         return _INVALID
     row = conn.execute(_TOKEN_AND_USER, {"digest": keyring.digest(access_token)}).first()
-    if row is None or row.revoked_at is not None or row.expires_at <= utcnow() or row.disabled:
+    if row is None or row.revoked_at is not None or row.expires_at <= now or row.disabled:
         return _INVALID
     if "openid" not in row.scope.split():
         return UserInfoError(403, "insufficient_scope", "The token was not issued for openid.")

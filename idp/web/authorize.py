@@ -179,9 +179,12 @@ async def respond(
     await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=ttl)
     location = f"{target}?tx={tx.id}"
     if isinstance(outcome, NeedLogin) and outcome.step_up:  # straight to the step the chain needs
-        from idp.web.login import flow_of, step_url
+        from idp.login.outcomes import Unmet
+        from idp.web.login import flow_of, step_url, unmet_response
 
         onward = await run_blocking(request, flow_of(request).step_for, tx)
+        if isinstance(onward, Unmet):  # e.g. phr asked of a user without a passkey: the RP hears it now
+            return login_binding.attach(request, unmet_response(request, onward))
         location = step_url(onward.step, tx.id) if onward is not None else location
     return login_binding.attach(request, RedirectResponse(location, status_code=303, headers=NO_STORE))
 

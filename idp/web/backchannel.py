@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from idp.audit.trail import record_audit
+from idp.clock import Clock
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.id_tokens import id_token_alg
 from idp.oidc.logout import EndedSession, logout_token
@@ -33,16 +34,17 @@ _in_flight: set[asyncio.Task[Delivered]] = set()
 
 @dataclass(frozen=True)
 class Sender:
-    """What a delivery needs: who we are, the key that signs, the RPs' URIs, the audit."""
+    """What a delivery needs: who we are, the key that signs, the RPs' URIs, the audit, the time."""
 
     issuer: str
     keys: KeyCache
     clients: ClientRegistry
     sessions: sessionmaker[Session]
+    clock: Clock
 
     @classmethod
     def of(cls, services: Services) -> Sender:
-        return cls(services.oidc.issuer, services.oidc.keys, services.oidc.clients, services.sessions)
+        return cls(services.oidc.issuer, services.oidc.keys, services.oidc.clients, services.sessions, services.clock)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,13 @@ async def _post_with_retries(sender: Sender, client_id: str, uri: str, ended: En
         alg = id_token_alg(sender.clients.get(client_id))  # Back-Channel Logout §2.6: the alg of its ID tokens
         for attempt in range(ATTEMPTS):
             token = logout_token(
-                sender.issuer, sender.keys, client_id=client_id, sub=ended.subject, sid=ended.sid, alg=alg
+                sender.issuer,
+                sender.keys,
+                client_id=client_id,
+                sub=ended.subject,
+                sid=ended.sid,
+                now=sender.clock.now(),
+                alg=alg,
             )
             try:
                 response = await http.post(uri, data={"logout_token": token}, headers={"cache-control": "no-store"})

@@ -75,6 +75,8 @@ async def show_login(request: Request) -> Response:
             if tx_id is None
             else await run_blocking(request, flow_of(request).where_next, tx_id, attempt_of(request))
         )
+        if isinstance(onward, Unmet):
+            return unmet_response(request, onward)
         if onward is not None:
             return RedirectResponse(step_url(onward.step, onward.tx.id), status_code=303, headers=NO_STORE)
         return await _show(request, FIRST_STEP, tx_id)
@@ -137,7 +139,7 @@ def _onward(request: Request, outcome: Outcome) -> Response:
     """Where the chain goes after a passed step: the next step, the parked request (with the
     session cookie), or the RP with unmet_authentication_requirements."""
     if isinstance(outcome, Unmet):
-        return _unmet(request, outcome)
+        return unmet_response(request, outcome)
     assert isinstance(outcome, (Continue, Completed))
     location = step_url(outcome.step, outcome.tx.id) if isinstance(outcome, Continue) else outcome.resume_url
     response: Response = RedirectResponse(location, status_code=303, headers=NO_STORE)
@@ -159,7 +161,7 @@ def _notice(request: Request, notice: Notice, location: str, redirect: Response)
     return copy_cookies(redirect, page)
 
 
-def _unmet(request: Request, outcome: Unmet) -> Response:
+def unmet_response(request: Request, outcome: Unmet) -> Response:
     """The level asked for cannot be reached by this user (e.g. phr without a passkey): the
     OIDC error goes back to the RP (OpenID's registered unmet_authentication_requirements),
     to the redirect_uri validated when the request was parked."""
@@ -227,6 +229,8 @@ async def passkey_options(request: Request) -> Response:
     attempt = attempt_of(request)
     typed = data.get("username")
     username = typed.strip().casefold()[:128] if isinstance(typed, str) and typed.strip() else None
+    if username is not None and not _storable(username):
+        return json_error(400, "That username is not valid.")  # no account can have it: say so, for any name
     # options check no credential: a count of their own (the login page asks on every load)
     limits = [("passkey_options_ip", attempt.ip or "-")] + ([("login_account", username)] if username else [])
     tx_id = data.get("tx") if isinstance(data.get("tx"), str) else None
@@ -245,6 +249,14 @@ async def passkey_options(request: Request) -> Response:
         return json_error(refusal.status, refusal.message)
     response = JSONResponse({**challenge.data, "tx": challenge.tx.id}, headers=NO_STORE)
     return login_binding.attach(request, response) if challenge.new_transaction else response
+
+
+def _storable(text: str) -> bool:
+    """Text a database can hold and compare: no control characters (PostgreSQL refuses NUL),
+    no lone surrogates (not UTF-8)."""
+    if any(ord(char) < 32 or 0xD800 <= ord(char) <= 0xDFFF for char in text):
+        return False
+    return True
 
 
 async def passkey_verify(request: Request) -> Response:

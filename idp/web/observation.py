@@ -34,6 +34,7 @@ class RequestObservationMiddleware:
     def __init__(self, app: ASGIApp, *, services: Services, routes: list[BaseRoute]) -> None:
         self.app = app
         self.trusted = services.trusted_proxies
+        self.clock = services.clock
         # Requests answered before routing (static documents, the site-wide rate limit) have
         # no route in their scope: name them by their path when it is one of ours.
         self.known_paths = frozenset({DISCOVERY_PATH, JWKS_PATH} | {getattr(r, "path", "") for r in routes} - {""})
@@ -85,6 +86,7 @@ class RequestObservationMiddleware:
             if access_log.enabled():
                 ip = client_ip(peer, joined_forwarded_for(forwarded) if from_proxy else None, self.trusted)
                 access_log.write_request_line(
+                    at=self.clock.now(),
                     request_id=request_id,
                     method=scope["method"],
                     path=scope["path"],

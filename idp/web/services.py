@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from idp.clock import Clock
 from idp.lockout import Lockout
 from idp.login.sessions import SessionPolicy
 from idp.mfa.factors import SecondFactors
@@ -24,6 +25,7 @@ from idp.state.store import StateStore
 @dataclass(frozen=True)
 class Services:
     settings: Settings
+    clock: Clock  # also carried by every unit of work from `sessions` (idp/clock.py)
     engine: Engine
     sessions: sessionmaker[Session]
     keyring: Keyring

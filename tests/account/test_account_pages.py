@@ -3,7 +3,7 @@ encrypted; confirming enables TOTP and shows 10 backup codes once; turning it of
 backup codes need the password and a fresh code; a code is accepted once; admin-enforced
 MFA cannot be turned off; CSRF, rate limits (before Argon2) and no-store on every answer.
 
-Time comes from the injected clock of SecondFactors: no test waits for a TOTP window."""
+Time comes from the app's injected clock (the `clock` fixture): no test waits for a TOTP window."""
 
 from __future__ import annotations
 
@@ -17,35 +17,16 @@ from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from idp.app import create_app
-from idp.clock import utcnow
 from idp.db.models import AuditEvent, BackupCode, TotpCredential, User
 from idp.settings import Settings
 from idp.state.memory import MemoryStore
 from tests.account.support import sign_in_with_code
 from tests.conftest import ISSUER
+from tests.support.clock import ManualClock
 from tests.support.rp import form_value
 from tests.support.seed import PASSWORD, seed
 
-T0 = 1_800_000_000.0  # a fixed instant: the start of a TOTP step (divisible by 30)
 CODE_FORMAT = re.compile(r"^[A-Z0-9]{4}-[A-Z0-9]{4}$")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def next_step(self) -> None:
-        self.now += 30
-
-
-@pytest.fixture
-def clock(client: TestClient) -> Clock:
-    clock = Clock()
-    client.app.state.services.factors.clock = clock  # type: ignore[attr-defined]
-    return clock
 
 
 # ---- a scripted browser -------------------------------------------------------------------------
@@ -82,25 +63,25 @@ def secret_on(html: str) -> str:
     return match.group(1)
 
 
-def code(secret: str, clock: Clock) -> str:
-    return pyotp.TOTP(secret).at(clock.now)
+def code(secret: str, clock: ManualClock) -> str:
+    return pyotp.TOTP(secret).at(clock.time())
 
 
 def codes_on(html: str) -> list[str]:
     return re.findall(r'class="backup-code">([^<]*)<', html)
 
 
-def enable_totp(client: TestClient, clock: Clock) -> tuple[str, list[str]]:
-    """Signed in as alice, TOTP set up and confirmed at clock.now: (secret, backup codes).
+def enable_totp(client: TestClient, clock: ManualClock) -> tuple[str, list[str]]:
+    """Signed in as alice, TOTP set up and confirmed at the clock's time: (secret, backup codes).
     Then alice signs in again with her password and a code, as she must before adding a
     credential now that she has a second factor (new backup codes need an mfa session)."""
     sign_in(client)
     secret = begin_setup(client)
     response = post(client, "/account/totp/confirm", code=code(secret, clock))
     assert response.status_code == 200, response.text
-    clock.next_step()  # the confirming code is used up
-    sign_in_with_code(client, secret, clock.now)
-    clock.next_step()
+    clock.advance(30)  # the confirming code is used up
+    sign_in_with_code(client, secret, clock.time())
+    clock.advance(30)
     return secret, codes_on(response.text)
 
 
@@ -270,7 +251,7 @@ def test_the_page_urges_new_codes_when_few_are_left(client, clock, used, warning
     enable_totp(client, clock)
     ids = [i for i, _, _ in backup_rows(client)][:used]
     with client.app.state.services.sessions.begin() as db:  # type: ignore[attr-defined]
-        db.execute(update(BackupCode).where(BackupCode.id.in_(ids)).values(used_at=utcnow()))
+        db.execute(update(BackupCode).where(BackupCode.id.in_(ids)).values(used_at=clock.now()))
 
     page = " ".join(client.get("/account").text.split())
 
@@ -420,19 +401,19 @@ def test_an_oversized_form_is_bad_input(client, path):
 
 
 @pytest.fixture
-def limited_client(settings: Settings) -> Iterator[TestClient]:
+def limited_client(settings: Settings, clock: ManualClock) -> Iterator[TestClient]:
     """One sign-in and two account attempts a minute for an account."""
-    app = create_app(dataclasses.replace(settings, rate_limit_login_account="3/minute"), store=MemoryStore())
+    app = create_app(
+        dataclasses.replace(settings, rate_limit_login_account="3/minute"), store=MemoryStore(), clock=clock
+    )
     seed(app.state.services)
     with TestClient(app, base_url=ISSUER) as client:
         yield client
 
 
-def test_the_account_rate_limit_refuses_before_argon2(limited_client, monkeypatch):
+def test_the_account_rate_limit_refuses_before_argon2(limited_client, clock, monkeypatch):
     client = limited_client
-    clock = Clock()
     services = client.app.state.services  # type: ignore[attr-defined]
-    services.factors.clock = clock
     sign_in(client)  # attempt 1 of 3 for alice
     user_id = alice_id(client)
     with services.sessions.begin() as db:  # enabled directly: the set-up's own POSTs would count

@@ -6,7 +6,7 @@ the passkey is added and "Recent security activity" lists it with this browser."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +14,6 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import update
 
-from idp.clock import utcnow
 from idp.db.engine import make_engine
 from idp.db.models import IdpSession
 from tests.support.chromium import chromium
@@ -64,7 +63,9 @@ def age_sign_ins(idp: LocalIdp) -> None:
     engine = make_engine(idp.env["IDP_DATABASE_URL"])
     try:
         with engine.begin() as db:
-            db.execute(update(IdpSession).values(auth_time=utcnow() - timedelta(seconds=REAUTH_SECONDS + 60)))
+            # the server is a real process on the wall clock
+            now = datetime.now(UTC)
+            db.execute(update(IdpSession).values(auth_time=now - timedelta(seconds=REAUTH_SECONDS + 60)))
     finally:
         engine.dispose()
 

@@ -7,8 +7,8 @@ again; an allowed one is audited, and /account lists the user's recent credentia
 with when and from which device.
 
 Sessions are made the way a user makes them (the login chain), then aged or given a new
-factor "from elsewhere" directly in the database. Time for TOTP comes from the injected
-clock of SecondFactors."""
+factor "from elsewhere" directly in the database. Time comes from the app's injected clock
+(the `clock` fixture)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from idp.audit.trail import record_audit
-from idp.clock import utcnow
 from idp.db.models import (
     AuditEvent,
     BackupCode,
@@ -36,6 +35,7 @@ from idp.db.models import (
 from tests.account.support import sign_in_with_code
 from tests.conftest import ISSUER
 from tests.support.authenticator import SoftAuthenticator
+from tests.support.clock import ManualClock
 from tests.support.rp import form_value
 from tests.support.seed import PASSWORD
 
@@ -49,21 +49,6 @@ SAFARI_IPHONE = (
 )
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
 UTC_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(client: TestClient) -> Clock:
-    clock = Clock()
-    services_of(client).factors.clock = clock
-    return clock
 
 
 # ---- the browser --------------------------------------------------------------------------------
@@ -117,8 +102,8 @@ def add_passkey(client: TestClient, name: str = "Laptop") -> None:
     assert done.status_code == 200 and done.json() == {"redirect": "/account"}, done.text
 
 
-def totp_code(secret: str, clock: Clock) -> str:
-    return pyotp.TOTP(secret).at(clock.now)
+def totp_code(secret: str, clock: ManualClock) -> str:
+    return pyotp.TOTP(secret).at(clock.time())
 
 
 def begin_setup(client: TestClient) -> str:
@@ -185,7 +170,7 @@ def age_sign_ins(client: TestClient) -> None:
         db.execute(
             update(IdpSession)
             .where(IdpSession.user_id == user_id(client))
-            .values(auth_time=utcnow() - timedelta(seconds=services.settings.reauth_seconds + 60))
+            .values(auth_time=services.clock.now() - timedelta(seconds=services.settings.reauth_seconds + 60))
         )
 
 
@@ -210,14 +195,14 @@ def session_level(client: TestClient) -> str:
         )
 
 
-def give_totp(client: TestClient, clock: Clock) -> str:
+def give_totp(client: TestClient, clock: ManualClock) -> str:
     """alice's authenticator app, enabled from elsewhere (her sessions are not touched)."""
     services, uid = services_of(client), user_id(client)
     with services.sessions.begin() as db:
         secret = services.factors.begin_totp(db, uid)
         assert services.factors.confirm_totp(db, uid, totp_code(secret, clock)).ok
         services.factors.replace_backup_codes(db, uid, [("AAAA-AAAA", services.hashing.hash("AAAA-AAAA"))])
-    clock.now += 30
+    clock.advance(30)
     return secret
 
 
@@ -255,8 +240,8 @@ def test_adding_a_credential_needs_a_recent_sign_in_at_the_users_level(client, c
     if action == "new backup codes":
         pending["secret"] = give_totp(client, clock)
         if why == "stale":
-            sign_in_with_code(client, pending["secret"], clock.now)  # an mfa session, that then grows old
-            clock.now += 30
+            sign_in_with_code(client, pending["secret"], clock.time())  # an mfa session, that then grows old
+            clock.advance(30)
     if why == "stale":
         age_sign_ins(client)
     elif action.startswith("totp"):
@@ -360,8 +345,8 @@ def test_without_a_second_factor_a_fresh_password_session_may_add_a_passkey(clie
 def test_with_a_second_factor_an_mfa_session_may_add_more(client, clock):
     sign_in(client)
     secret = give_totp(client, clock)
-    sign_in_with_code(client, secret, clock.now)  # the chain renews this browser's session at mfa
-    clock.now += 30
+    sign_in_with_code(client, secret, clock.time())  # the chain renews this browser's session at mfa
+    clock.advance(30)
     assert session_level(client) == "mfa"
     old_codes = credentials(client)["backup_codes"]
 
@@ -420,15 +405,15 @@ def test_recent_security_activity_lists_each_change_with_time_and_device(app, cl
     sign_in(client)
     secret = begin_setup(client)
     post(client, "/account/totp/confirm", code=totp_code(secret, clock))
-    clock.now += 30
-    sign_in_with_code(client, secret, clock.now)
-    clock.now += 30
+    clock.advance(30)
+    sign_in_with_code(client, secret, clock.time())
+    clock.advance(30)
     add_passkey(client, "Work laptop")
     phone = browser(app, SAFARI_IPHONE)
-    sign_in_with_code(phone, secret, clock.now)
-    clock.now += 30
+    sign_in_with_code(phone, secret, clock.time())
+    clock.advance(30)
     assert post(phone, "/account/backup-codes", password=PASSWORD, code=totp_code(secret, clock)).status_code == 200
-    clock.now += 30
+    clock.advance(30)
     assert post(client, "/account/totp/disable", password="not it", code="000000").status_code == 401  # no change
     sign_in(browser(app, FIREFOX_LINUX), "bob")
     assert (

@@ -23,7 +23,6 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from idp.app import create_app
-from idp.clock import utcnow
 from idp.db.models import (
     AuditEvent,
     BackupCode,
@@ -40,6 +39,7 @@ from idp.web.account_sessions import needs_reauth
 from idp.web.user_agents import describe
 from tests.conftest import ISSUER
 from tests.support.authenticator import SoftAuthenticator
+from tests.support.clock import START, ManualClock
 from tests.support.rp import AuthRequest, form_value, refresh, tokens_for
 from tests.support.seed import PASSWORD, seed
 
@@ -173,7 +173,7 @@ def test_describe_a_user_agent(agent, expected):
 
 def test_needs_reauth_uses_the_setting():
     settings = Settings(reauth_seconds=300)
-    now = utcnow()
+    now = START
     assert not needs_reauth(settings, now, now=now)
     assert not needs_reauth(settings, now - timedelta(seconds=299), now=now)
     assert needs_reauth(settings, now - timedelta(seconds=301), now=now)
@@ -310,7 +310,7 @@ def age_sign_ins(client: TestClient, username: str = "alice") -> None:
         db.execute(
             update(IdpSession)
             .where(IdpSession.user_id == uid)
-            .values(auth_time=utcnow() - timedelta(seconds=services.settings.reauth_seconds + 60))
+            .values(auth_time=services.clock.now() - timedelta(seconds=services.settings.reauth_seconds + 60))
         )
 
 
@@ -363,11 +363,11 @@ def test_ended_and_expired_sessions_are_not_listed(app, client):
     sign_in(ended)
     sign_in(expired)
     ended_id, expired_id = session_id_of(ended), session_id_of(expired)
-    with services_of(client).sessions.begin() as db:
-        db.execute(update(IdpSession).where(IdpSession.id == ended_id).values(ended_at=utcnow()))
-        db.execute(
-            update(IdpSession).where(IdpSession.id == expired_id).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+    services = services_of(client)
+    now = services.clock.now()
+    with services.sessions.begin() as db:
+        db.execute(update(IdpSession).where(IdpSession.id == ended_id).values(ended_at=now))
+        db.execute(update(IdpSession).where(IdpSession.id == expired_id).values(expires_at=now - timedelta(seconds=1)))
     assert [i for i, _, _ in sessions_on(client.get("/account").text)] == [session_id_of(client)]
 
 
@@ -640,25 +640,16 @@ def test_an_oversized_form_is_bad_input(client, path):
 # ---- recent authentication ---------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def enable_totp(client: TestClient) -> tuple[str, Clock]:
+def enable_totp(client: TestClient) -> tuple[str, ManualClock]:
     """TOTP confirmed for alice directly (the set-up's own POSTs are tested elsewhere)."""
     services = services_of(client)
-    clock = Clock()
-    services.factors.clock = clock
+    clock = services.clock
     uid = user_id(client)
     with services.sessions.begin() as db:
         secret = services.factors.begin_totp(db, uid)
-        assert services.factors.confirm_totp(db, uid, pyotp.TOTP(secret).at(clock.now)).ok
+        assert services.factors.confirm_totp(db, uid, pyotp.TOTP(secret).at(clock.time())).ok
         services.factors.replace_backup_codes(db, uid, [("AAAA-AAAA", services.hashing.hash("AAAA-AAAA"))])
-    clock.now += 30
+    clock.advance(30)
     return secret, clock
 
 
@@ -718,7 +709,7 @@ def test_sensitive_actions_need_a_recent_sign_in(app, client, monkeypatch, actio
         return await original(stored_hash, password)
 
     monkeypatch.setattr(services.hashing, "verify_async", counting_verify)
-    code = pyotp.TOTP(secret).at(clock.now)
+    code = pyotp.TOTP(secret).at(clock.time())
     path, fields = {
         "disable TOTP": ("/account/totp/disable", {"password": PASSWORD, "code": code}),
         "new backup codes": ("/account/backup-codes", {"password": PASSWORD, "code": code}),
@@ -738,7 +729,7 @@ def test_sensitive_actions_need_a_recent_sign_in(app, client, monkeypatch, actio
     assert failed_logins(client) == 0
 
 
-def sign_in_with_code(client: TestClient, secret: str, clock: Clock) -> None:
+def sign_in_with_code(client: TestClient, secret: str, clock: ManualClock) -> None:
     """alice's password, then her TOTP code (she has a second factor now)."""
     csrf = form_value(client.get("/login").text, "csrf_token")
     response = client.post(
@@ -746,10 +737,10 @@ def sign_in_with_code(client: TestClient, secret: str, clock: Clock) -> None:
     )
     assert response.status_code == 303 and response.headers["location"].startswith("/login/totp"), response.text
     page = client.get(response.headers["location"])
-    data = {"csrf_token": form_value(page.text, "csrf_token"), "code": pyotp.TOTP(secret).at(clock.now)}
+    data = {"csrf_token": form_value(page.text, "csrf_token"), "code": pyotp.TOTP(secret).at(clock.time())}
     if 'name="tx"' in page.text:
         data["tx"] = form_value(page.text, "tx")
-    clock.now += 30
+    clock.advance(30)
     response = client.post("/login/totp", data=data, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/account", response.text
 

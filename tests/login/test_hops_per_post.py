@@ -23,10 +23,11 @@ import pytest
 from sqlalchemy import event, select
 
 from idp.db.models import User
+from tests.support.clock import START
 from tests.support.rp import AuthRequest, form_value, start
 from tests.support.seed import PASSWORD
 
-T0 = 1_900_000_020.0
+T0 = START.timestamp()  # the app's clock starts there (tests/support/clock.py)
 
 
 @dataclass
@@ -95,9 +96,8 @@ def test_a_failed_password_post_is_one_hop_and_two_transactions(client, monkeypa
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_a_code_post_that_finishes_the_chain_is_one_hop_and_two_transactions(client, monkeypatch):
+def test_a_code_post_that_finishes_the_chain_is_one_hop_and_two_transactions(client, clock, monkeypatch):
     services = client.app.state.services
-    services.factors.clock = lambda: T0
     with services.sessions() as db:
         alice = db.scalar(select(User.id).where(User.username == "alice"))
     with services.sessions.begin() as db:
@@ -106,7 +106,7 @@ def test_a_code_post_that_finishes_the_chain_is_one_hop_and_two_transactions(cli
     form = login_form(client)
     code_step = client.post("/login", data={**form, "username": "alice", "password": PASSWORD}, follow_redirects=False)
     page = client.get(code_step.headers["location"])
-    services.factors.clock = lambda: T0 + 30
+    clock.advance(30)  # the next step's code: enrolment used this one
     data = {
         "csrf_token": form_value(page.text, "csrf_token"),
         "tx": form_value(page.text, "tx"),

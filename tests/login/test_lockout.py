@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from idp.clock import utcnow
 from idp.db.models import AuditEvent, User
 from idp.lockout import Lockout
 from tests.support.rp import AuthRequest, form_value, start, submit_login
@@ -118,17 +116,11 @@ def test_a_success_resets_the_counter(client):
     assert record.remaining == ATTEMPTS - 1 and not record.locked_now
 
 
-def test_the_lock_ends_after_its_time_and_the_count_starts_again(client):
+def test_the_lock_ends_after_its_time_and_the_count_starts_again(client, clock):
     url = login_url(client)
     for _ in range(ATTEMPTS):
         submit_login(client, url, password="wrong password")
-    with client.app.state.services.sessions.begin() as db:  # 30 minutes pass
-        past = utcnow() - timedelta(seconds=1)
-        db.execute(
-            update(User)
-            .where(User.username == "alice")
-            .values(locked_until=past, failures_since=past - timedelta(minutes=30))
-        )
+    clock.advance(client.app.state.services.settings.lockout_seconds)  # 30 minutes pass
     response = submit_login(client, url, password="wrong password")
     assert error_of(response.text) == "The username or password is incorrect."  # 4 left: no warning
     assert user_row(client, "alice").failed_logins == 1

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from idp.clock import utcnow
-from idp.db.models import AuditEvent, IdpSession, Passkey, User
+from idp.db.models import AuditEvent, Passkey, User
 from idp.mfa.passkeys import NAME_MAX
 from tests.conftest import ISSUER
 from tests.support.authenticator import SoftAuthenticator
@@ -413,7 +411,9 @@ def test_a_credential_that_is_not_registered_is_refused_and_counts_against_nobod
     token = csrf_token(client)
     for username in (None, "alice"):
         verify = passkey_ceremony(client, stranger, token, username=username, credential=stranger.credential())
-        assert verify.status_code == 401 and verify.json() == {"error": SIGN_IN_FAILED}
+        # the words a real credential gets, with a phantom counter's arithmetic (tests/login/
+        # test_flow_attacks.py: warnings must not tell real credential ids from fake ones)
+        assert verify.status_code == 401 and verify.json()["error"].startswith(SIGN_IN_FAILED)
         assert verify.headers["content-type"].startswith("application/json")
     assert failed_logins(client) == 0
     failures = audits(client, "login.passkey.failed")
@@ -546,15 +546,11 @@ def test_removal_after_a_recent_sign_in(client):
     assert len(audits(client, "passkey.removed")) == 1
 
 
-def test_removal_after_an_old_sign_in_asks_to_sign_in_again(client):
+def test_removal_after_an_old_sign_in_asks_to_sign_in_again(client, clock):
     password_sign_in_to_account(client)
     register_on_account(client, SoftAuthenticator())
     (row,) = passkeys_of(client)
-    alice = _user(client, "alice").id
-    with client.app.state.services.sessions.begin() as db:
-        db.execute(
-            update(IdpSession).where(IdpSession.user_id == alice).values(auth_time=utcnow() - timedelta(minutes=11))
-        )
+    clock.advance(11 * 60)  # the sign-in is older than IDP_REAUTH_SECONDS (10 minutes)
     response = _post_form(client, f"/account/passkeys/{row.id}/remove")
     assert response.status_code == 303 and response.headers["location"] == "/login?reauth=1"
     assert [p.id for p in passkeys_of(client)] == [row.id]

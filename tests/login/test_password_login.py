@@ -178,7 +178,7 @@ def test_unknown_user_timing_is_within_15_percent_of_wrong_password(settings):
         assert abs(u - w) / w <= 0.15, f"unknown user {u * 1000:.1f} ms vs wrong password {w * 1000:.1f} ms"
 
 
-def test_a_locked_account_with_the_right_password_times_like_a_wrong_password(settings):
+def test_a_locked_account_with_the_right_password_times_like_a_wrong_password(settings, clock):
     """F-02: a lock must not show in the timing either. Alice is locked (the right password
     is refused after a real Argon2 verification); bob gets wrong passwords (the limit is set
     high enough that he never locks). Samples alternate; medians within 15%."""
@@ -188,20 +188,21 @@ def test_a_locked_account_with_the_right_password_times_like_a_wrong_password(se
     from sqlalchemy import update
 
     from idp.app import create_app
-    from idp.clock import utcnow
     from idp.db.models import User
     from idp.state.memory import MemoryStore
     from tests.support.seed import seed
 
     app = create_app(
-        replace(settings, argon2_time_cost=2, argon2_memory_kib=32768, lockout_attempts=100), store=MemoryStore()
+        replace(settings, argon2_time_cost=2, argon2_memory_kib=32768, lockout_attempts=100),
+        store=MemoryStore(),
+        clock=clock,
     )
     seed(app.state.services)
     with app.state.services.sessions.begin() as db:
         db.execute(
             update(User)
             .where(User.username == "alice")
-            .values(failed_logins=5, failures_since=utcnow(), locked_until=utcnow() + timedelta(minutes=30))
+            .values(failed_logins=5, failures_since=clock.now(), locked_until=clock.now() + timedelta(minutes=30))
         )
     with TestClient(app, base_url="http://localhost:8000") as client:
         for _ in range(3):

@@ -497,10 +497,10 @@ def test_a_step_up_from_a_stolen_cookie_dies_when_the_victims_sessions_are_ended
     tx = tx_of(step_up.headers["location"])
     form_page = attacker.get(f"/login/enrol_totp?tx={tx}")
     assert form_page.status_code == 200
-    from idp.clock import utcnow
-
-    with victim.app.state.services.sessions.begin() as db:  # she signs out everywhere (or an admin does)
-        db.execute(update(IdpSession).where(IdpSession.user_id == user_id(victim, "alice")).values(ended_at=utcnow()))
+    services = victim.app.state.services
+    with services.sessions.begin() as db:  # she signs out everywhere (or an admin does)
+        alice = user_id(victim, "alice")
+        db.execute(update(IdpSession).where(IdpSession.user_id == alice).values(ended_at=services.clock.now()))
     attempt = enrolment_attempt(attacker, tx, form_page)
     assert attempt.status_code == 400 and not sets_session(attempt)
     assert not has_totp(victim, "alice") and live_sessions(victim, "alice") == []

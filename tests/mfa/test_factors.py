@@ -15,8 +15,9 @@ from idp.db.models import BackupCode, TotpCredential, User
 from idp.mfa import backup_codes
 from idp.security.keyring import DecryptionFailed
 from idp.web.services import Services
+from tests.support.clock import START
 
-T0 = 1_767_225_600 + 15  # 2026-01-01T00:00:15Z
+T0 = START.timestamp() + 25  # 15 s into the step after the app clock's start
 ATTEMPTS = 5  # the default lockout_attempts
 
 
@@ -61,14 +62,14 @@ def begin(services: Services, uid: int) -> str:
 
 def enable_totp(services: Services, uid: int, now: float = T0) -> str:
     secret = begin(services, uid)
-    services.factors.clock = lambda: now
+    services.clock.set(now)
     with services.sessions.begin() as db:
         assert services.factors.confirm_totp(db, uid, code_at(secret, now)).ok
     return secret
 
 
 def check(services: Services, uid: int, code: object, now: float):  # type: ignore[no-untyped-def]
-    services.factors.clock = lambda: now
+    services.clock.set(now)
     with services.sessions.begin() as db:
         return services.factors.check_totp(db, uid, code)
 
@@ -145,7 +146,7 @@ def test_begin_twice_replaces_the_pending_secret(services):  # type: ignore[no-u
         assert services.factors.pending_secret(db, alice) == second
         assert len(db.scalars(select(TotpCredential).where(TotpCredential.user_id == alice)).all()) == 1
         assert services.factors.factors_of(db, db.get(User, alice)).totp is False
-    services.factors.clock = lambda: T0
+    services.clock.set(T0)
     assert code_at(first, T0) != code_at(second, T0)
     with services.sessions.begin() as db:
         assert not services.factors.confirm_totp(db, alice, code_at(first, T0)).ok
@@ -179,7 +180,7 @@ def test_begin_refused_once_enabled(services):  # type: ignore[no-untyped-def]
 def test_confirm_with_a_wrong_code_fails_and_counts(services):  # type: ignore[no-untyped-def]
     alice = user_id(services, "alice")
     secret = begin(services, alice)
-    services.factors.clock = lambda: T0
+    services.clock.set(T0)
     with services.sessions.begin() as db:
         result = services.factors.confirm_totp(db, alice, wrong_code(secret, T0))
     assert not result.ok and result.failure is not None and result.failure.remaining == ATTEMPTS - 1

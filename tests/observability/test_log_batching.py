@@ -9,12 +9,15 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from idp.observability.access_log import request_line
 from idp.observability.log_batching import BatchingStderrHandler
+
+AT = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -38,6 +41,7 @@ def _logger(handler: logging.Handler, name: str) -> logging.Logger:
 
 def _line(n: int) -> str:
     return request_line(
+        at=AT,
         request_id=f"{n:032x}",
         method="GET",
         path=f"/p/{n}",
@@ -98,6 +102,7 @@ def test_under_idp_serve_request_lines_take_the_direct_path(target: tuple[int, P
     handler = access_log.stderr_handler(fd=fd)
     assert access_log.enabled()
     access_log.write_request_line(
+        at=AT,
         request_id="b" * 32,
         method="GET",
         path="/jwks",

@@ -27,6 +27,7 @@ from tests.oidc.test_logout import (
     sign_in,
     wait_until,
 )
+from tests.support.clock import START
 from tests.support.rp import (
     SHOP,
     AuthRequest,
@@ -158,7 +159,7 @@ def test_password_logins_count_failures_and_successes_through_the_login_form(cli
 
 def _enrol_totp(client: TestClient, username: str, now: float) -> str:
     services = client.app.state.services
-    services.factors.clock = lambda: now
+    services.clock.set(now)
     with services.sessions() as db:
         user_id = db.scalar(select(User.id).where(User.username == username))
     with services.sessions.begin() as db:
@@ -174,14 +175,14 @@ def _post_code(client: TestClient, location: str, code: str):  # type: ignore[no
 
 
 def test_a_code_step_counts_as_a_totp_login_and_the_sign_in_under_acr_mfa(client: TestClient) -> None:
-    t0 = 1_900_000_020.0
+    t0 = START.timestamp()
     secret = _enrol_totp(client, "bob", t0)
     app = client.app
     before = scrape(app)
     response = submit_login(client, start(client, AuthRequest()).headers["location"], username="bob")
     assert response.status_code == 303 and response.headers["location"].startswith("/login/totp?tx=")
     later = t0 + 30
-    client.app.state.services.factors.clock = lambda: later
+    client.app.state.services.clock.set(later)
     right = pyotp.TOTP(secret).at(later)
     wrong = "000000" if right != "000000" else "111111"
     assert _post_code(client, response.headers["location"], wrong).status_code == 401

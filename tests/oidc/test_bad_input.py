@@ -263,7 +263,7 @@ def b64url(data: bytes) -> str:
 
 
 def assertion_claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
+    now = int(time.time())  # joserfc checks an assertion against the wall clock, not the app's
     claims = {
         "iss": "backend",
         "sub": "backend",

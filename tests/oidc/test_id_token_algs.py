@@ -5,7 +5,6 @@ names it knows) PyJWT; one key per algorithm family in JWKS, each rotated publis
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -14,11 +13,10 @@ import pytest
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 from starlette.testclient import TestClient
 
 from idp.app import create_app
-from idp.clock import utcnow
 from idp.db.models import SigningKey
 from idp.oidc.logout import check_hint, logout_token
 from idp.oidc.signing_keys import rotate_signing_key, rotate_signing_keys
@@ -62,8 +60,14 @@ def verify(client: TestClient, token: str, alg: str) -> dict[str, Any]:
     claims = dict(jwt.decode(token, KeySet.import_key_set(document), algorithms=[alg]).claims)
     if alg in PYJWT_ALGS:
         key = pyjwt.PyJWKSet.from_dict(document)[header["kid"]]
-        assert pyjwt.decode(token, key.key, algorithms=[alg], audience="shop", issuer=ISSUER) == claims
+        # PyJWT checks the times against the wall clock; the app's clock is checked below
+        wall_times_off = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
+        assert (
+            pyjwt.decode(token, key.key, algorithms=[alg], audience="shop", issuer=ISSUER, options=wall_times_off)
+            == claims
+        )
     assert claims["iss"] == ISSUER and claims["aud"] == "shop"
+    assert claims["iat"] <= client.app.state.services.clock.time() < claims["exp"]
     return claims
 
 
@@ -127,7 +131,7 @@ def test_ed25519_and_eddsa_sign_with_one_key_and_say_which_name_is_used(client):
 
 
 @pytest.mark.parametrize("alg", ALGS)
-def test_a_rotation_publishes_every_new_key_before_it_signs(client, alg):
+def test_a_rotation_publishes_every_new_key_before_it_signs(client, clock, alg):
     use_alg(client, alg)
     old_kid = header_of(sign_in(client)[1]["id_token"])["kid"]
     services = client.app.state.services
@@ -141,10 +145,7 @@ def test_a_rotation_publishes_every_new_key_before_it_signs(client, alg):
         assert len(published[name]) == 2 and any(kid.startswith(new[family]) for kid in published[name])
     assert header_of(sign_in(client)[1]["id_token"])["kid"] == old_kid  # published, not signing yet
 
-    with services.sessions.begin() as db:  # the hour has passed
-        earlier = utcnow() - timedelta(seconds=1)
-        db.execute(update(SigningKey).where(SigningKey.kid.in_(new.values())).values(signs_from=earlier))
-        db.execute(update(SigningKey).where(SigningKey.kid.not_in(new.values())).values(retired_at=earlier))
+    clock.advance(3600)  # the hour has passed
     reload_keys(client)
     token = sign_in(client)[1]["id_token"]
     assert header_of(token)["kid"].startswith(new[FAMILY[alg]]) and header_of(token)["kid"] != old_kid
@@ -185,9 +186,9 @@ def test_an_id_token_of_any_alg_is_a_valid_logout_hint(client, alg):
 
 
 @pytest.mark.parametrize("alg", ALGS)
-def test_a_logout_token_is_signed_with_the_alg_it_is_given(client, alg):
+def test_a_logout_token_is_signed_with_the_alg_it_is_given(client, clock, alg):
     ctx = client.app.state.services.oidc
-    token = logout_token(ctx.issuer, ctx.keys, client_id="shop", sub="s", sid="x", alg=alg)
+    token = logout_token(ctx.issuer, ctx.keys, client_id="shop", sub="s", sid="x", now=clock.now(), alg=alg)
     header = header_of(token)
     assert header["alg"] == alg and header["typ"] == "logout+jwt"
     [jwk] = [k for k in jwks(client) if k["kid"] == header["kid"]]
@@ -195,16 +196,16 @@ def test_a_logout_token_is_signed_with_the_alg_it_is_given(client, alg):
     assert jwt.decode(token, KeySet.import_key_set({"keys": [jwk]}), algorithms=[alg]).claims["sid"] == "x"
 
 
-def test_a_database_with_only_an_rsa_key_gains_the_other_keys_at_start_and_keeps_its_rsa_key(settings):
+def test_a_database_with_only_an_rsa_key_gains_the_other_keys_at_start_and_keeps_its_rsa_key(settings, clock):
     """An existing deployment (one RS256 key, as before per-client algorithms) after the upgrade:
     the first start adds an ES256 and an Ed25519 key; the RSA key keeps signing under its kid."""
-    first = create_app(settings, store=MemoryStore())
+    first = create_app(settings, store=MemoryStore(), clock=clock)
     seed(first.state.services)
     with first.state.services.sessions.begin() as db:
         db.execute(delete(SigningKey).where(SigningKey.alg != "RS256"))
     rsa_kid = first.state.services.oidc.keys.get().signing_key.kid
 
-    upgraded = create_app(settings, store=MemoryStore())  # the next start: ensure_signing_key
+    upgraded = create_app(settings, store=MemoryStore(), clock=clock)  # the next start: ensure_signing_key
     with TestClient(upgraded, base_url=ISSUER) as client:
         assert kids_by_alg(client)["RS256"] == {rsa_kid}
         assert kids_by_alg(client).keys() == {"RS256", "ES256", "Ed25519", "EdDSA"}

@@ -4,14 +4,12 @@ keys rotate the same way (tests/oidc/test_id_token_algs.py)."""
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 from joserfc import jws
 from sqlalchemy import select, update
 
 import idp.app
-from idp.clock import utcnow
 from idp.db.models import SigningKey
 from idp.oidc.signing_keys import (
     JWKS_MAX_AGE_SECONDS,
@@ -64,13 +62,13 @@ def test_rotation_signs_with_the_new_key_and_keeps_the_old_one_published(client)
     assert decode_id_token(client, old_tokens["id_token"])["aud"] == "shop"  # still verifiable
 
 
-def test_retired_key_leaves_jwks_once_its_tokens_have_expired(client):
+def test_retired_key_leaves_jwks_once_its_tokens_have_expired(client, clock):
     services = client.app.state.services
     old_kid = _kid_of(tokens_for(client)["id_token"])
     with services.sessions.begin() as db:
         rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600)
         db.execute(
-            update(SigningKey).where(SigningKey.kid == old_kid).values(unpublish_at=utcnow() - timedelta(seconds=1))
+            update(SigningKey).where(SigningKey.kid == old_kid).values(unpublish_at=clock.now() - timedelta(seconds=1))
         )
     services.oidc.keys.reload()
     assert old_kid not in rs256_kids(client)
@@ -82,7 +80,7 @@ def test_private_keys_are_encrypted_at_rest(client):
             assert b"PRIVATE KEY" not in row.private_key_encrypted
 
 
-def test_a_rotated_key_is_published_at_once_but_signs_only_from_its_time(client):
+def test_a_rotated_key_is_published_at_once_but_signs_only_from_its_time(client, clock):
     """Publish first, sign later: no process may sign under a kid that another process's JWKS
     (or a relying party's cached copy) does not have yet."""
     services = client.app.state.services
@@ -93,23 +91,20 @@ def test_a_rotated_key_is_published_at_once_but_signs_only_from_its_time(client)
     assert rs256_kids(client) == {old_kid, new_kid}
     assert _kid_of(tokens_for(client)["id_token"]) == old_kid  # published, not signing yet
 
-    with services.sessions.begin() as db:  # the hour has passed
-        earlier = utcnow() - timedelta(seconds=1)
-        db.execute(update(SigningKey).where(SigningKey.kid == new_kid).values(signs_from=earlier))
-        db.execute(update(SigningKey).where(SigningKey.kid == old_kid).values(retired_at=earlier))
+    clock.advance(3600)  # the hour has passed
     services.oidc.keys.reload()
     assert _kid_of(tokens_for(client)["id_token"]) == new_kid
     assert rs256_kids(client) == {old_kid, new_kid}
 
 
-def test_the_switch_happens_on_a_reload_even_when_no_row_changed(client):
+def test_the_switch_happens_on_a_reload_even_when_no_row_changed(client, clock):
     """The key cache rebuilds when the signing key changes with time alone."""
     services = client.app.state.services
     with services.sessions.begin() as db:
         new_kid = rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600, signs_in_seconds=1).kid
     services.oidc.keys.reload()
     assert _kid_of(tokens_for(client)["id_token"]) != new_kid
-    time.sleep(1.1)
+    clock.advance(1)
     services.oidc.keys.reload()
     assert _kid_of(tokens_for(client)["id_token"]) == new_kid
 
@@ -119,10 +114,10 @@ def test_the_publishing_lead_covers_every_process_and_every_cached_jwks(client):
     assert client.get("/jwks").headers["cache-control"] == f"public, max-age={JWKS_MAX_AGE_SECONDS}"
 
 
-def test_a_rotation_with_nothing_signing_signs_at_once(client):
+def test_a_rotation_with_nothing_signing_signs_at_once(client, clock):
     services = client.app.state.services
     with services.sessions.begin() as db:
-        db.execute(update(SigningKey).values(retired_at=utcnow() - timedelta(seconds=1)))
+        db.execute(update(SigningKey).values(retired_at=clock.now() - timedelta(seconds=1)))
         row = rotate_signing_key(db, services.keyring, id_token_ttl_seconds=3600, signs_in_seconds=3600)
         assert row.signs_from is None
         new_kid = row.kid

@@ -21,9 +21,10 @@ def configure_shop(client, **config: Any) -> None:  # type: ignore[no-untyped-de
     services.oidc.clients.reload()
 
 
-def test_a_clients_default_max_age_asks_for_a_fresh_sign_in_when_the_request_names_none(client):
+def test_a_clients_default_max_age_asks_for_a_fresh_sign_in_when_the_request_names_none(client, clock):
     submit_login(client, "/login")
     configure_shop(client, default_max_age=0)
+    clock.advance(1)  # older than max_age 0
     assert start(client, AuthRequest()).headers["location"].startswith("/login?tx=")
     # a request's own max_age wins over the client's default
     assert not start(client, AuthRequest(extra={"max_age": "3600"})).headers["location"].startswith("/login")

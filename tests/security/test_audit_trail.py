@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from idp.audit.trail import record_audit
-from idp.clock import utcnow
+from idp.clock import SystemClock, clock_of
 from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import upgrade
 from idp.db.models import AuditEvent, User
@@ -221,7 +221,7 @@ def admin(tmp_path: Path) -> Iterator[tuple[Idp, Any]]:
     idp = Idp(tmp_path)
     engine = make_engine(idp.url)
     upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine, SystemClock())  # as the `idp` commands run against it
     with sessions.begin() as db:
         alice = add_user(db, username="alice", email="alice@example.com", name="Alice", password_hash=None).id
         bob = add_user(db, username="bob", email=None, name=None, password_hash=None).id
@@ -286,10 +286,11 @@ def test_audit_tail_refuses_a_line_count_out_of_range(admin, lines):
 
 def lock(sessions, username: str) -> None:  # type: ignore[no-untyped-def]
     with sessions.begin() as db:
+        now = clock_of(db).now()
         db.execute(
             update(User)
             .where(User.username == username)
-            .values(failed_logins=5, failures_since=utcnow(), locked_until=utcnow() + timedelta(minutes=30))
+            .values(failed_logins=5, failures_since=now, locked_until=now + timedelta(minutes=30))
         )
 
 

@@ -33,10 +33,11 @@ from idp.users import add_user
 from tests.conftest import ISSUER, unavailable
 from tests.support.argon2_calls import count_verifications
 from tests.support.authenticator import SoftAuthenticator
+from tests.support.clock import START, ManualClock
 from tests.support.rp import AuthRequest, form_value, query_of, start
 from tests.support.seed import PASSWORD, seed
 
-T0 = 1_900_000_020.0  # the code checks' clock (a step boundary plus 20 s), as tests/login/test_chain.py
+T0 = START.timestamp()  # the app's clock (a step boundary plus 20 s), as tests/login/test_chain.py
 CODE_TIME = T0 + 30  # enrolment used T0's step: sign-ins use the next one (replay protection)
 WRONG = PASSWORD + " but wrong"
 REAL_LIMITS = {f.name: f.default for f in dataclasses.fields(Settings) if f.name.startswith("rate_limit_")}
@@ -65,7 +66,7 @@ class SimulatedClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> SimulatedClock:
+def limits_clock(monkeypatch: pytest.MonkeyPatch) -> SimulatedClock:
     simulated = SimulatedClock()
     fake_time = SimpleNamespace(time=simulated.time, monotonic=simulated.monotonic)
     monkeypatch.setattr(limits.storage.memory, "time", fake_time)
@@ -74,16 +75,16 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> SimulatedClock:
 
 
 @pytest.fixture
-def make_client(settings: Settings, clock: SimulatedClock) -> Iterator[MakeClient]:
+def make_client(settings: Settings, limits_clock: SimulatedClock, clock: ManualClock) -> Iterator[MakeClient]:
     """An app with the real default rate limits (some replaced if asked), seeded, and a
     TestClient on it (`client` is the direct peer, as in tests/security/test_rate_limits.py)."""
     with ExitStack() as stack:
 
         def make(*, client: tuple[str, int] = ("198.51.100.7", 40000), **overrides: object) -> TestClient:
             real = dataclasses.replace(settings, **{**REAL_LIMITS, **overrides})
-            app = create_app(real, store=MemoryStore())
+            app = create_app(real, store=MemoryStore(), clock=clock)
             seed(app.state.services)
-            app.state.services.factors.clock = lambda: CODE_TIME
+            clock.set(CODE_TIME)
             return stack.enter_context(TestClient(app, base_url=ISSUER, client=client))
 
         yield make
@@ -99,12 +100,12 @@ def add_users(client: TestClient, count: int, *, totp: bool = False) -> dict[str
         ids = [add_user(db, username=name, email=None, name=None, password_hash=password_hash).id for name in names]
     secrets = dict.fromkeys(names, "")
     if totp:
-        services.factors.clock = lambda: T0
+        services.clock.set(T0)
         with services.sessions.begin() as db:
             for name, uid in zip(names, ids, strict=True):
                 secrets[name] = services.factors.begin_totp(db, uid)
                 assert services.factors.confirm_totp(db, uid, pyotp.TOTP(secrets[name]).at(T0)).ok
-        services.factors.clock = lambda: CODE_TIME
+        services.clock.set(CODE_TIME)
     return secrets
 
 
@@ -200,26 +201,28 @@ def retry_after_of(response: Response) -> int:
 # ---- an office behind one address ------------------------------------------------------------
 
 
-def test_two_hundred_people_behind_one_ipv4_address_sign_in_with_password_and_code_in_ten_minutes(make_client, clock):
+def test_two_hundred_people_behind_one_ipv4_address_sign_in_with_password_and_code_in_ten_minutes(
+    make_client, limits_clock
+):
     client = make_client(client=("198.51.100.7", 40000))  # the office's NAT, the direct peer
     secrets = add_users(client, OFFICE_SIZE, totp=True)
     statuses: Counter[int] = Counter()
 
     for n, (username, secret) in enumerate(secrets.items()):
-        clock.advance(TEN_MINUTES / OFFICE_SIZE)  # one arrives every three seconds
+        limits_clock.advance(TEN_MINUTES / OFFICE_SIZE)  # one arrives every three seconds
         office_sign_in(client, username, secret, typo=n % 10 == 0, statuses=statuses)
 
     assert statuses[429] == 0, statuses
     assert statuses[401] == OFFICE_SIZE // 10  # the typos, answered as typos
 
 
-def test_two_hundred_people_in_one_ipv6_64_behind_a_trusted_proxy_sign_in_in_ten_minutes(make_client, clock):
+def test_two_hundred_people_in_one_ipv6_64_behind_a_trusted_proxy_sign_in_in_ten_minutes(make_client, limits_clock):
     client = make_client(client=("10.0.0.5", 40000), trusted_proxies=("10.0.0.0/8",))
     secrets = add_users(client, OFFICE_SIZE, totp=True)
     statuses: Counter[int] = Counter()
 
     for n, (username, secret) in enumerate(secrets.items()):
-        clock.advance(TEN_MINUTES / OFFICE_SIZE)
+        limits_clock.advance(TEN_MINUTES / OFFICE_SIZE)
         client.headers["X-Forwarded-For"] = f"2001:db8:85a3:42:{n:x}:8a2e:370:{n + 1:x}"  # each its own address
         office_sign_in(client, username, secret, typo=n % 10 == 0, statuses=statuses)
 
@@ -304,10 +307,10 @@ def test_a_refused_attempt_runs_no_argon2_and_counts_nowhere(make_client, monkey
         assert db.scalar(select(User.failed_logins).where(User.username == "alice")) == 0
 
 
-def test_the_budget_window_ends_and_the_address_may_try_again(make_client, clock):
+def test_the_budget_window_ends_and_the_address_may_try_again(make_client, limits_clock):
     client = make_client()
     assert spend_budget(client, 31) == [401] * 30 + [429]
-    clock.advance(TEN_MINUTES + 1)
+    limits_clock.advance(TEN_MINUTES + 1)
 
     assert spend_budget(client, 1, prefix="later") == [401]
 
@@ -315,27 +318,27 @@ def test_the_budget_window_ends_and_the_address_may_try_again(make_client, clock
 # ---- what spends the budget, and what does not -----------------------------------------------
 
 
-def test_successful_steps_do_not_spend_the_budget(make_client, clock):
+def test_successful_steps_do_not_spend_the_budget(make_client, limits_clock):
     client = make_client()
     secrets = add_users(client, 20, totp=True)
     assert spend_budget(client, 29) == [401] * 29
     statuses: Counter[int] = Counter()
 
     for username, secret in secrets.items():  # 40 successful steps from the same address
-        clock.advance(3)
+        limits_clock.advance(3)
         office_sign_in(client, username, secret, typo=False, statuses=statuses)
 
     assert statuses[429] == 0
     assert spend_budget(client, 2, prefix="again") == [401, 429]  # one failure was left, no more
 
 
-def test_passkey_options_loads_do_not_spend_the_budget_and_have_their_own_limit(make_client, clock):
+def test_passkey_options_loads_do_not_spend_the_budget_and_have_their_own_limit(make_client, limits_clock):
     client = make_client()
     assert spend_budget(client, 29) == [401] * 29
     csrf, _ = login_page(client)  # the 120 a minute: spend_budget's and this page load took two
 
     def load() -> int:
-        clock.advance(0.4)  # 118 loads in 47 s: under the site-wide 100 a second, within the minute
+        limits_clock.advance(0.4)  # 118 loads in 47 s: under the site-wide 100 a second, within the minute
         return passkey_options(client, csrf).status_code
 
     assert [load() for _ in range(118)] == [200] * 118

@@ -20,12 +20,13 @@ from starlette.testclient import TestClient
 from idp.db.models import User
 from idp.observability.request_ids import current_request_id
 from idp.web.pages import error_page
+from tests.support.clock import START
 from tests.support.rp import AuthRequest, form_value, start, submit_login
 from tests.support.seed import PASSWORD
 
 CSS = Path(__file__).resolve().parents[2] / "idp" / "static" / "idp.css"
 SIGN_OUT_FORM = re.compile(r'<form method="post" action="/logout\?confirm=1" class="sign-out">(.*?)</form>', re.DOTALL)
-T0 = 1_900_000_020.0  # a fixed clock for the code step (a step boundary plus 20 s)
+T0 = START.timestamp()  # the app's clock, a step boundary plus 20 s (tests/support/clock.py)
 
 
 def signed_in(client: TestClient) -> None:
@@ -182,7 +183,6 @@ def test_without_a_username_focus_stays_on_the_username(client):
 @pytest.mark.parametrize("field", ["code", "backup_code"])
 def test_after_a_wrong_code_focus_is_on_the_code_field(client, field):
     services = client.app.state.services
-    services.factors.clock = lambda: T0
     with services.sessions() as db:
         uid = db.scalar(select(User.id).where(User.username == "alice"))
     with services.sessions.begin() as db:

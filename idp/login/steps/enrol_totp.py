@@ -5,6 +5,7 @@ is right (a wrong code must not cost ten hashes); nothing is stored unless it is
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,21 @@ class Matched:
     hashed: list[tuple[str, str]]
 
 
+def _binding_key(ctx: StepContext) -> str:
+    assert ctx.tx is not None
+    return f"enrol-totp:{ctx.tx.id}"
+
+
+def _digest(ctx: StepContext, secret: str) -> str:
+    return str(ctx.services.keyring.digest("enrol-totp-secret:" + secret))
+
+
+def _bound_to(ctx: StepContext, secret: str) -> bool:
+    """The pending secret is the one this chain showed."""
+    shown = ctx.services.store.get(_binding_key(ctx))
+    return shown is not None and hmac.compare_digest(shown, _digest(ctx, secret).encode())
+
+
 class EnrolTotpStep(Step):
     name = "enrol_totp"
     failed_words = "That code is not valid."
@@ -36,18 +52,29 @@ class EnrolTotpStep(Step):
         return isinstance(code, str) and bool(code.strip())
 
     def view(self, ctx: StepContext, db: Session, form: Mapping[str, object]) -> dict[str, Any]:
-        """The pending secret (begun here on the first visit) as text and as a QR code."""
+        """The secret this chain set up, as text and as a QR code: begun on the chain's first
+        visit and kept on reloads, but never another chain's pending secret (whoever else
+        holds the password would learn the authenticator the user is about to confirm)."""
         assert ctx.tx is not None and ctx.tx.user_id is not None
-        factors = ctx.services.factors
+        factors, store = ctx.services.factors, ctx.services.store
         user = db.get(User, ctx.tx.user_id)
         assert user is not None
-        secret = factors.pending_secret(db, user.id) or factors.begin_totp(db, user.id)
+        secret = factors.pending_secret(db, user.id)
+        if secret is None or not _bound_to(ctx, secret):
+            try:
+                secret = factors.begin_totp(db, user.id)
+            except ValueError:  # enabled meanwhile (this chain's other request won the race)
+                return {"secret": None, "onward": f"/login?tx={ctx.tx.id}"}
+            store.set(_binding_key(ctx), _digest(ctx, secret).encode(), ttl_seconds=ctx.services.ttl_seconds)
         _, qr = factors.provisioning(secret, user.username)
         return {"secret": secret, "secret_grouped": totp.grouped(secret), "qr_data_uri": qr}
 
     def prepare(self, ctx: StepContext, form: Mapping[str, object]) -> Matched | None:
         assert ctx.tx is not None and ctx.tx.user_id is not None
         with ctx.read() as db:
+            pending = ctx.services.factors.pending_secret(db, ctx.tx.user_id)
+            if pending is None or not _bound_to(ctx, pending):
+                return None  # not the secret this chain showed: refused like a wrong code
             matched = ctx.services.factors.matching_totp(db, ctx.tx.user_id, form.get("code"), pending=True)
         if matched is None:
             return None

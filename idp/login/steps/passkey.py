@@ -62,7 +62,11 @@ class PasskeyStep(Step):
         except PasskeyError as exc:
             blamed = ctx.tx.user_id or passkeys.owner_of(db, form.get("credential"))
             regression = ("passkey.counter_regression",) if exc.reason == "sign counter went backwards" else ()
-            return Rejected(blamed, reason=exc.reason, audit_also=regression)
+            # a credential no account has gets a phantom counter of its own, with the same
+            # arithmetic and warnings as a real one: the warnings must not tell which
+            # credential ids (the ones username-first options list) are real
+            key = passkeys.credential_key(form.get("credential")) if blamed is None else None
+            return Rejected(blamed, name=f"passkey\x00{key}" if key else None, reason=exc.reason, audit_also=regression)
         return Passed(signed.methods, signed.user_id, audit={"methods": list(signed.methods)})
 
 
