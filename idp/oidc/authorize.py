@@ -238,7 +238,10 @@ def _login_needed(
     max_age = request.payload.data.get("max_age")
     if max_age is None:  # OIDC Registration §2: the client's default_max_age stands in
         max_age = request.client.config.get("default_max_age")
-    return max_age is not None and (clock_of(request.db).now() - session.auth_time).total_seconds() > int(max_age)
+    if max_age is None:
+        return False
+    # max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the second of the sign-in
+    return int(max_age) == 0 or (clock_of(request.db).now() - session.auth_time).total_seconds() > int(max_age)
 
 
 def _has_consent(request: IdpRequest, user: User, prompts: set[str], decision: bool | None) -> bool:

@@ -73,6 +73,16 @@ def test_max_age_zero_forces_reauthentication(client, clock):
     assert response.headers["location"].startswith("/login")
 
 
+def test_max_age_zero_forces_reauthentication_within_the_same_second(client):
+    """OIDC Core §3.1.2.1: max_age=0 is equivalent to prompt=login, however little time has
+    passed since the sign-in (no time at all, on the test clock)."""
+    sign_in_and_get_code(client)
+    response = start(client, AuthRequest(extra={"max_age": "0"}))
+    assert response.headers["location"].startswith("/login")
+    location = follow_to_client(client, response)  # and, once signed in again, no loop
+    assert "code" in query_of(location)
+
+
 def test_prompt_none_without_session_returns_login_required(client):
     response = start(client, AuthRequest(extra={"prompt": "none"}))
     params = query_of(response.headers["location"])
