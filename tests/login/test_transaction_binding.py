@@ -580,7 +580,7 @@ def test_a_user_disabled_mid_chain_gets_a_page_not_a_500(app):
         with app.state.services.sessions.begin() as db:
             db.execute(update(User).where(User.username == "alice").values(disabled=True))
         used = client.post(
-            "/login/totp",
+            "/login/backup_code",
             data={
                 "csrf_token": csrf_token(client),
                 "tx": tx_of(code_step.headers["location"]),
