@@ -125,14 +125,20 @@ def ensure_signing_key(db: Session, keyring: Keyring) -> None:
 
 
 def rotate_signing_key(
-    db: Session, keyring: Keyring, *, id_token_ttl_seconds: int, signs_in_seconds: int = 0, alg: str = ALG
+    db: Session,
+    keyring: Keyring,
+    *,
+    id_token_ttl_seconds: int,
+    signs_in_seconds: int = 0,
+    alg: str = ALG,
+    at: datetime | None = None,
 ) -> SigningKey:
     """A new key of `alg`'s family, published now and signing `signs_in_seconds` from now (0:
     at once, for a compromised key, accepting that relying parties may briefly miss it). The
     family's keys signing until then stop at that moment, and stay published until their last
     tokens expire."""
     family = family_of(alg)
-    now = clock_of(db).now()
+    now = at or clock_of(db).now()
     if signing_key_of(published_keys(db), now, family) is None:
         signs_in_seconds = 0  # nothing of this family signs today: waiting would leave it without a key
     switch_at = now + timedelta(seconds=signs_in_seconds)
@@ -155,9 +161,15 @@ def rotate_signing_keys(
 ) -> list[SigningKey]:
     """`rotate_signing_key` for each family named (default: all), in one transaction."""
     families = dict.fromkeys(family_of(alg) for alg in algs)  # EdDSA and Ed25519 rotate one key
+    now = clock_of(db).now()  # one moment for all: making an RSA key takes long enough to cross a second
     return [
         rotate_signing_key(
-            db, keyring, id_token_ttl_seconds=id_token_ttl_seconds, signs_in_seconds=signs_in_seconds, alg=family
+            db,
+            keyring,
+            id_token_ttl_seconds=id_token_ttl_seconds,
+            signs_in_seconds=signs_in_seconds,
+            alg=family,
+            at=now,
         )
         for family in families
     ]
