@@ -179,21 +179,22 @@ def error_to_client(request: Request, params: Mapping[str, str], error: str, des
     its state and our iss (RFC 9207), in the response mode it asked for."""
     from idp.web.authorize import to_client  # authorize imports this module's neighbours
 
-    redirect_uri = params["redirect_uri"]
+    fields, location = _error_redirect(request, params, error, description)
+    form_post = params.get("response_mode") == "form_post"
+    return to_client(request, RedirectToClient(location, params["redirect_uri"], tuple(fields.items()), form_post))
+
+
+def _error_redirect(
+    request: Request, params: Mapping[str, str], error: str, description: str
+) -> tuple[dict[str, str], str]:
+    """The error's fields (with the request's state and our iss) and the redirect_uri
+    carrying them in its query."""
     fields = {"error": error, "error_description": description}
     if params.get("state"):
         fields["state"] = params["state"]
     fields["iss"] = services_of(request).oidc.issuer
-    separator = "&" if urlsplit(redirect_uri).query else "?"
-    return to_client(
-        request,
-        RedirectToClient(
-            redirect_uri + separator + urlencode(fields),
-            redirect_uri,
-            tuple(fields.items()),
-            params.get("response_mode") == "form_post",
-        ),
-    )
+    uri = params["redirect_uri"]
+    return fields, uri + ("&" if urlsplit(uri).query else "?") + urlencode(fields)
 
 
 def _refused(request: Request, refusal: FlowRefused) -> Response:
@@ -208,12 +209,7 @@ def _refused(request: Request, refusal: FlowRefused) -> Response:
 
 
 def _return_link(request: Request, parked: Mapping[str, str]) -> str:
-    fields = {"error": "access_denied", "error_description": "The sign-in was not completed."}
-    if parked.get("state"):
-        fields["state"] = parked["state"]
-    fields["iss"] = services_of(request).oidc.issuer
-    uri = parked["redirect_uri"]
-    return uri + ("&" if urlsplit(uri).query else "?") + urlencode(fields)
+    return _error_redirect(request, parked, "access_denied", "The sign-in was not completed.")[1]
 
 
 # ---- the passkey step over JSON (idp/static/passkeys.js) -------------------------------------
