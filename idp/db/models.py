@@ -84,6 +84,10 @@ class User(Base):
     webauthn_handle: Mapped[bytes | None] = mapped_column(LargeBinary, unique=True)
     created_at: Mapped[datetime] = mapped_column(default=_clock_now)
     updated_at: Mapped[datetime] = mapped_column(default=_clock_now, onupdate=_clock_now)
+    # Claims an admin set (`idp user set --attr`): OIDC Core 5.1 profile claims and custom
+    # ones, validated by idp/attributes.py; read with the user's row, so releasing them
+    # costs the token endpoints and userinfo no query of their own.
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 # Relying parties link accounts by a verified address, so two users must never both have
@@ -98,6 +102,25 @@ Index(
     sqlite_where=User.email_verified,
     postgresql_where=User.email_verified,
 )
+
+
+class Group(Base):
+    """A named set of users: which apps they may use (a client's allowed_groups), the least
+    assurance every sign-in of theirs reaches (min_acr), the `groups` claim."""
+
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # an identifier, lower case
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    min_acr: Mapped[str | None] = mapped_column(String(8))  # mfa or phr; None = no minimum
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    added_at: Mapped[datetime] = mapped_column(default=_clock_now)
 
 
 class Client(Base):
