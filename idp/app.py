@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -25,17 +26,22 @@ from idp.login.sessions import SessionPolicy
 from idp.login.step import Step
 from idp.login.steps import STANDARD_STEPS
 from idp.login.steps.password import normalize_username
+from idp.mail.mailer import build_mailer
+from idp.mail.outbox import RETRY_DELAYS_SECONDS
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys, RelyingParty
+from idp.oidc.client_key_sets import ClientKeySets
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.context import OidcContext
-from idp.oidc.discovery import metadata_bytes
+from idp.oidc.discovery import DiscoveryDocument
+from idp.oidc.key_schedule import RotationSchedule
 from idp.oidc.server import IdpAuthorizationServer
 from idp.oidc.signing_keys import KeyCache, ensure_signing_key
 from idp.oidc.token_store import Lifetimes
 from idp.password_census import keep_census_fresh, refresh_census
 from idp.security.client_ip import parse_networks
 from idp.security.keyring import Keyring, load_or_create_dev_master_key
+from idp.security.outbound import Outbound, OutboundPolicy
 from idp.security.passwords import PasswordHashing
 from idp.security.rate_limits import RateLimits
 from idp.settings import Settings, SettingsError
@@ -57,12 +63,19 @@ def master_key_of(settings: Settings) -> str:
     return settings.secret_key or load_or_create_dev_master_key(settings.data_dir)
 
 
+def outbound_of(settings: Settings) -> Outbound:
+    """Calls out (jwks_uri, back-channel logout) only to IDP_OUTBOUND_ALLOWED_NETWORKS, plus
+    loopback for an issuer on localhost (its RPs run on the same machine)."""
+    return Outbound(OutboundPolicy.of(settings.outbound_allowed_networks, loopback=settings.issuer_is_local))
+
+
 def build_services(
     settings: Settings,
     *,
     store: StateStore | None = None,
     hashing: PasswordHashing | None = None,
     clock: Clock | None = None,
+    mail_retry_delays_seconds: Sequence[float] = RETRY_DELAYS_SECONDS,
 ) -> Services:
     clock = clock or SystemClock()
     engine = make_engine(settings.database_url)
@@ -86,15 +99,18 @@ def build_services(
         settings.refresh_token_absolute_ttl_seconds,
         settings.refresh_grace_seconds,
     )
+    outbound = outbound_of(settings)
     ctx = OidcContext(
         issuer=settings.issuer,
         keyring=keyring,
-        keys=KeyCache(sessions, keyring),
+        keys=KeyCache(sessions, keyring, schedule=_rotation_schedule(settings, sessions, keyring)),
         clients=ClientRegistry(sessions, keyring),
         store=store,
         lifetimes=lifetimes,
         code_ttl_seconds=settings.code_ttl_seconds,
         id_token_ttl_seconds=settings.id_token_ttl_seconds,
+        client_key_sets=ClientKeySets(outbound),
+        client_assertion_max_seconds=settings.client_assertion_max_seconds,
         rate_limits=rate_limits,
     )
     _reload_caches_of(ctx)  # fail at start, not on the first request
@@ -121,13 +137,23 @@ def build_services(
         ),
         trusted_proxies=parse_networks(settings.trusted_proxies),
         metrics_allowed=parse_networks(settings.metrics_allowed),
-        discovery_bytes=metadata_bytes(settings.issuer),
+        discovery=DiscoveryDocument(settings.issuer, ctx.clients),
         blocking_inline=engine.dialect.name == "sqlite" and isinstance(store, MemoryStore),
         rate_limits=rate_limits,
         lockout=lockout,
         factors=SecondFactors(keyring, lockout, issuer=settings.issuer),
-        passkeys=Passkeys(keyring, store, RelyingParty.from_issuer(settings.issuer)),
+        passkeys=Passkeys(store, RelyingParty.from_issuer(settings.issuer)),
+        outbound=outbound,
+        mail=build_mailer(settings, sessions, clock, retry_delays_seconds=mail_retry_delays_seconds),
     )
+
+
+def _rotation_schedule(
+    settings: Settings, sessions: sessionmaker[Session], keyring: Keyring
+) -> RotationSchedule | None:
+    if not settings.key_rotation_days:
+        return None
+    return RotationSchedule(sessions, keyring, settings.key_rotation_days, settings.id_token_ttl_seconds)
 
 
 def create_app(
@@ -137,8 +163,11 @@ def create_app(
     hashing: PasswordHashing | None = None,
     steps: Sequence[Step] = STANDARD_STEPS,
     clock: Clock | None = None,
+    mail_retry_delays_seconds: Sequence[float] = RETRY_DELAYS_SECONDS,
 ) -> Starlette:
-    services = build_services(settings, store=store, hashing=hashing, clock=clock)
+    services = build_services(
+        settings, store=store, hashing=hashing, clock=clock, mail_retry_delays_seconds=mail_retry_delays_seconds
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -147,7 +176,10 @@ def create_app(
         yield
         refresher.cancel()
         census.cancel()
-        await backchannel.wait_for_deliveries(timeout=10.0)  # graceful stop: let logout deliveries finish
+        # graceful stop: logout deliveries and queued mail finish side by side (idp/cli.py's budget)
+        await asyncio.gather(
+            backchannel.wait_for_deliveries(timeout=10.0), run_in_threadpool(services.mail.close, 10.0)
+        )
         services.hashing.close()
         services.store.close()
         services.engine.dispose()
@@ -181,6 +213,10 @@ def build_login_flow(services: Services, steps: Sequence[Step] = STANDARD_STEPS)
         client = clients.get(client_id)
         return tuple(client.config.get("default_acr_values") or ()) if client is not None else ()
 
+    def client_allowed_groups(client_id: str) -> frozenset[str] | None:
+        client = clients.get(client_id)
+        return client.allowed_groups if client is not None else frozenset()  # a client gone since: nobody
+
     return LoginFlow(
         FlowServices(
             sessions=services.sessions,
@@ -195,6 +231,7 @@ def build_login_flow(services: Services, steps: Sequence[Step] = STANDARD_STEPS)
             ttl_seconds=services.settings.login_ttl_seconds,
             untouched_ttl_seconds=services.settings.login_untouched_ttl_seconds,
             client_minimum=client_minimum,
+            client_allowed_groups=client_allowed_groups,
         ),
         steps,
     )

@@ -103,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
         choices=("yes", "no"),
         help="whether the address is known to be the user's; a verified address belongs to one user",
     )
+    user_set.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a profile claim (given_name, family_name, nickname, picture, locale, zoneinfo, phone_number, "
+        "phone_number_verified yes|no, …) or a custom claim for the clients file's [[scopes]]; "
+        "NAME= removes it; repeatable",
+    )
     user_set.set_defaults(handler=_user_set)
     user_list = user.add_parser("list", help="list users")
     user_list.add_argument(
@@ -127,6 +136,27 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument("username")
     reset.set_defaults(handler=_user_reset_mfa)
 
+    show = user.add_parser("show", help="a user's state, factors, groups and sessions")
+    show.add_argument("username")
+    show.set_defaults(handler=_user_show)
+
+    from idp import cli_lifecycle
+
+    cli_lifecycle.register_user_commands(user, _OneLineParser)
+
+    from idp import cli_groups
+
+    cli_groups.register(commands, _OneLineParser)
+
+    explain = commands.add_parser(
+        "explain", help="what would happen if USER signed in to CLIENT now: access, level, steps, claims"
+    )
+    explain.add_argument("client_id", metavar="CLIENT")
+    explain.add_argument("username", metavar="USER")
+    explain.add_argument("--acr-values", help="as the RP would send them (default: none; the client's default applies)")
+    explain.add_argument("--scope", help="as the RP would ask (default: every scope the client registered)")
+    explain.set_defaults(handler=_explain)
+
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
         dest="audit_command", required=True, parser_class=_OneLineParser
     )
@@ -144,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("file")
     sync.add_argument("--allow-empty", action="store_true", help="a file with no clients removes every client")
     sync.set_defaults(handler=_clients_sync)
+    cli_lifecycle.register_client_commands(clients, _OneLineParser)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(
         dest="keys_command", required=True, parser_class=_OneLineParser
@@ -170,6 +201,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.set_defaults(handler=_keys_rotate)
     keys.add_parser("list", help="list signing keys").set_defaults(handler=_keys_list)
+    revoke = keys.add_parser(
+        "revoke",
+        help="withdraw a leaked key: every process stops publishing it and signing with it within "
+        "seconds (its tokens stop verifying); refused for the only key of an algorithm in use: rotate first",
+    )
+    revoke.add_argument("kid")
+    revoke.set_defaults(handler=_keys_revoke)
     return parser
 
 
@@ -264,7 +302,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _announce_issuer(settings: Settings, port: int) -> None:
+    from idp.mail.mailer import describe
+
     print(f"idp: issuer {settings.issuer}", file=sys.stderr, flush=True)
+    print(f"idp: {describe(settings)}", file=sys.stderr, flush=True)  # "mail off (…)" or where it goes
     if warning := find_issuer_port_mismatch(settings.issuer, port):
         print(f"idp: warning: {warning}", file=sys.stderr, flush=True)
 
@@ -278,31 +319,25 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> None:
-    from idp.security.password_policy import PasswordRejected, check_password
-    from idp.security.passwords import PasswordHashing
     from idp.users import UserError, add_user, check_new_user
 
-    sessions = _database(settings)
+    sessions, keyring = _database(settings), _keyring(settings)
     password = _read_password(args.password_stdin)
     with sessions() as db:
         try:
-            username = check_new_user(db, args.username, args.email, name=args.name, email_verified=args.email_verified)
+            username = check_new_user(
+                db, args.username, args.email, name=args.name, email_verified=args.email_verified, keyring=keyring
+            )
         except UserError as exc:
             raise CommandError(str(exc)) from None
     password_hash = None
     if password is not None:
-        try:
-            check_password(password, username=username, email=args.email)
-        except PasswordRejected as exc:
-            raise CommandError(f"password: {exc.reason}") from None
-        hashing = PasswordHashing(
-            max_concurrent=1, time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_kib
-        )
-        password_hash = hashing.hash(password)
-        hashing.close()
+        password_hash = _hash_password(settings, password, username=username, email=args.email)
     with sessions.begin() as db:
         try:
-            check_new_user(db, args.username, args.email, name=args.name, email_verified=args.email_verified)
+            check_new_user(
+                db, args.username, args.email, name=args.name, email_verified=args.email_verified, keyring=keyring
+            )
             add_user(
                 db,
                 username=username,
@@ -316,16 +351,40 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
     print(f"added user {username}" + ("" if password_hash else " (no password: cannot sign in with one)"))
 
 
+def _hash_password(settings: Settings, password: str, *, username: str, email: str | None) -> str:
+    """The one password policy (a password the admin gives is the only factor until the user
+    adds another), then its Argon2id hash with the configured parameters."""
+    from idp.security.password_policy import PasswordRejected, check_password
+    from idp.security.passwords import PasswordHashing
+
+    try:
+        check_password(password, username=username, email=email)
+    except PasswordRejected as exc:
+        raise CommandError(f"password: {exc.reason}") from None
+    hashing = PasswordHashing(
+        max_concurrent=1, time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_kib
+    )
+    try:
+        return hashing.hash(password)
+    finally:
+        hashing.close()
+
+
 def _user_set(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.attributes import AttributeRejected, parse_assignment
     from idp.users import UserChanges, UserError, update_user
 
     verified = None if args.email_verified is None else args.email_verified == "yes"
-    changes = UserChanges(email=args.email, name=args.name, email_verified=verified)
+    try:
+        attributes = tuple(parse_assignment(text) for text in args.attr)
+    except AttributeRejected as exc:
+        raise CommandError(str(exc)) from None
+    changes = UserChanges(email=args.email, name=args.name, email_verified=verified, attributes=attributes)
     if changes.is_empty():
         raise CommandError("user set: nothing to change; give at least one option (see idp user set --help)")
     with _database(settings).begin() as db:
         try:
-            changed = update_user(db, args.username, changes)
+            changed = update_user(db, args.username, changes, keyring=_keyring(settings))
         except UserError as exc:
             raise CommandError(str(exc)) from None
     print(f"updated user {args.username}: {', '.join(changed)}" if changed else f"user {args.username} unchanged")
@@ -359,6 +418,8 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> None:
             )
             if u.require_mfa:
                 state += ",mfa-required"
+            if u.deleted:
+                state = "deleted"
             print(f"{u.username}\t{u.email or '-'}\t{state}\t{u.subject}")
 
 
@@ -380,6 +441,51 @@ def _outdated_hashes(settings: Settings) -> None:
         f"{stale} of {stale + census.get(current, 0)} password hashes use outdated parameters; "
         "each is rehashed at its user's next successful sign-in"
     )
+
+
+def _user_show(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.users import describe_user
+
+    with _database(settings)() as db:
+        for label, value in describe_user(db, args.username):
+            print(f"{label + ':':14s}{value}")
+
+
+def _explain(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.explain import describe, explain
+    from idp.lockout import Lockout
+    from idp.mfa.factors import SecondFactors
+    from idp.state.memory import MemoryStore
+
+    # only factors_of is used: it reads the database, never the lockout's store
+    lockout = Lockout(MemoryStore(), attempts=settings.lockout_attempts, seconds=settings.lockout_seconds)
+    factors = SecondFactors(_keyring(settings), lockout, issuer=settings.issuer)
+    with _database(settings)() as db:
+        found = explain(
+            db,
+            lambda db, user: factors.factors_of(db, user, count_backup_codes=True),
+            args.client_id,
+            args.username,
+            acr_values=args.acr_values,
+            scope=args.scope,
+            claims_of=_claims_of(settings),
+        )
+    print("\n".join(describe(found)))
+
+
+def _claims_of(settings: Settings):  # type: ignore[no-untyped-def]
+    """The claims an app would be given, as userinfo releases them (idp/oidc/claims.py)."""
+    from idp.login.memberships import memberships_of
+    from idp.oidc.claims import build_user_info
+    from idp.oidc.clients import RegisteredClient
+
+    keyring = _keyring(settings)
+
+    def claims_of(db, user, scope, config):  # type: ignore[no-untyped-def]
+        client = RegisteredClient(config, None, keyring)
+        return build_user_info(user, scope, client, lambda: [m.name for m in memberships_of(db, user.id)])
+
+    return claims_of
 
 
 def _user_disable(settings: Settings, args: argparse.Namespace) -> None:
@@ -457,6 +563,7 @@ def _tell_relying_parties(settings: Settings, ended: object) -> None:
     reported and audited, not fatal: the sessions are ended in any case."""
     import asyncio
 
+    from idp.app import outbound_of
     from idp.clock import SystemClock
     from idp.oidc.clients import ClientRegistry
     from idp.oidc.signing_keys import KeyCache
@@ -467,7 +574,12 @@ def _tell_relying_parties(settings: Settings, ended: object) -> None:
         return
     sessions, keyring = _database(settings), _keyring(settings)
     sender = Sender(
-        settings.issuer, KeyCache(sessions, keyring), ClientRegistry(sessions, keyring), sessions, SystemClock()
+        settings.issuer,
+        KeyCache(sessions, keyring),
+        ClientRegistry(sessions, keyring),
+        sessions,
+        SystemClock(),
+        outbound_of(settings),
     )
     sender.clients.reload()
     delivered = asyncio.run(deliver_all(sender, ended))
@@ -479,11 +591,18 @@ def _tell_relying_parties(settings: Settings, ended: object) -> None:
 
 
 def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.app import outbound_of
     from idp.clients_file import ClientsFileError
     from idp.clients_sync import sync_clients_file
 
     try:
-        report = sync_clients_file(_database(settings), _keyring(settings), args.file, allow_empty=args.allow_empty)
+        report = sync_clients_file(
+            _database(settings),
+            _keyring(settings),
+            args.file,
+            allow_empty=args.allow_empty,
+            outbound=outbound_of(settings),
+        )
     except ClientsFileError as exc:
         raise CommandError(str(exc)) from None
     print(f"clients: {len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed")
@@ -517,14 +636,42 @@ def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
             )
 
 
+def _keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.app import REFRESH_SECONDS
+    from idp.oidc.key_revocation import KeyRevocationError, revoke_signing_key
+    from idp.oidc.signing_keys import JWKS_MAX_AGE_SECONDS
+
+    with _database(settings).begin() as db:
+        try:
+            done = revoke_signing_key(
+                db, args.kid, id_token_ttl_seconds=settings.id_token_ttl_seconds, keyring=_keyring(settings)
+            )
+        except KeyRevocationError as exc:
+            raise CommandError(str(exc)) from None
+    print(
+        f"revoked {done.alg} signing key {done.kid}: every process stops publishing it and signing with it "
+        f"within {REFRESH_SECONDS:g} s; tokens it signed no longer verify"
+    )
+    if done.signer:
+        print(f"{done.alg} tokens are now signed by {done.signer}")
+    else:  # no client uses the algorithm (revoking its only key is refused otherwise)
+        print(f"no {done.alg} key signs now: `idp keys rotate --alg {done.alg}` or the next start of idp makes one")
+    print(
+        f"relying parties must refetch their key sets (JWKS): a cached copy (max-age {JWKS_MAX_AGE_SECONDS} s, "
+        f"longer where an RP keeps its own) still trusts {done.kid}"
+    )
+
+
 def _keys_list(settings: Settings, args: argparse.Namespace) -> None:
     from idp.clock import clock_of
-    from idp.oidc.signing_keys import published_keys
+    from idp.oidc.signing_keys import listed_keys
 
     with _database(settings)() as db:
         now = clock_of(db).now()
-        for key in published_keys(db):
-            if key.signs_from is not None and key.signs_from > now:
+        for key in listed_keys(db):
+            if key.revoked_at is not None:
+                state = f"revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S}Z"
+            elif key.signs_from is not None and key.signs_from > now:
                 state = f"next, published, signs from {key.signs_from:%Y-%m-%d %H:%M:%S}Z"
             elif key.retired_at is None:
                 state = "active"

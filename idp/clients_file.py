@@ -12,16 +12,18 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from joserfc.jwk import KeySet
 
+from idp.attributes import custom_claim_problem
 from idp.oidc.origins import origin_of
+from idp.scopes import SUPPORTED_SCOPES, ScopeDeclaration
 
-SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 SUPPORTED_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 ID_TOKEN_ALGS = ("RS256", "ES256", "Ed25519", "EdDSA")
@@ -42,14 +44,27 @@ NOT_HONOURED = {
     "request_uris": "request objects are not accepted",
     "sector_identifier_uri": "pairwise subjects are not offered",
     "initiate_login_uri": "third-party-initiated login is not offered",
-    "token_endpoint_auth_signing_alg": "client assertions are checked against the client's keys, whatever their algorithm",
+    "token_endpoint_auth_signing_alg": (
+        "client assertions may use RS256, PS256 or ES256, as the client's keys allow "
+        '(pin one with the key\'s own "alg" member in jwks)'
+    ),
     "software_statement": "software statements are not accepted",
 }
 ACR_LADDER = ("pwd", "mfa", "phr")
+TOP_LEVEL_KEYS = ("clients", "default_allowed_groups", "scopes")
+GROUPS_CLAIM_VALUES = ("allowed", "all")  # the groups claim lists the client's allowed_groups, or every group
+ID_TOKEN_CLAIMS_VALUES = ("full", "minimal")  # "minimal": scope claims only at userinfo
+SCOPE_NAME = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+SCOPE_KEYS = ("name", "claims", "description")
+_NOT_OFFERED_SCOPES = ("address",)  # OIDC Core §5.4 names it; idp does not release addresses
+_MAX_DESCRIPTION_CHARS = 200
+GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # idp/groups.py carries names in this form
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _CLIENTS_HEADER = re.compile(r"""\s*\[\[\s*(?:clients|"clients"|'clients')\s*\]\]""")
+_SCOPES_HEADER = re.compile(r"""\s*\[\[\s*(?:scopes|"scopes"|'scopes')\s*\]\]""")
+_SCOPES_ANY_HEADER = re.compile(r"""\s*\[\[?\s*(?:scopes|"scopes"|'scopes')\s*[\].]""")  # and [scopes.x]
 _ANY_HEADER = re.compile(r"\s*\[")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # urlsplit drops the brackets of [::1]
 _MAX_URI_CHARS = 2000
@@ -94,25 +109,42 @@ class ClientConfig:
     # PKCE (S256) on every authorization; false only for a confidential client whose RP cannot
     # send it (RFC 9700 §2.1.1: then a nonce is required instead, and each one is audited)
     require_pkce: bool = True
+    # private_key_jwt: also accept the token endpoint URL (a single string) as the assertion's
+    # aud, for RPs that follow OIDC Core §9's older advice; the issuer alone otherwise
+    token_endpoint_audience_compat: bool = False
     allowed_cors_origins: tuple[str, ...] = ()  # pages that may call token, userinfo and revoke
     policy_uri: str | None = None  # shown on the consent page (https)
     tos_uri: str | None = None  # shown on the consent page (https)
-    application_type: str = "web"  # "native": private-use scheme redirects (RFC 8252); default from them
+    # "native" (RFC 8252; inferred from private-use scheme redirects): its loopback IP redirects
+    # (http://127.0.0.1/…, http://[::1]/…, not localhost) accept any port at request time (§7.3)
+    application_type: str = "web"
     subject_type: str = "public"  # the same `sub` for every client; "pairwise" is not offered
     id_token_signed_response_alg: str = "RS256"  # RS256 | ES256 | Ed25519 (RFC 9864) | EdDSA (its older name)
     default_max_age: int | None = None  # seconds: max_age for requests that send none
     require_auth_time: bool = False  # idp always puts auth_time in ID tokens, so either value is honoured
     contacts: tuple[str, ...] = ()  # for the admin (`idp clients show`); never shown to users
+    # Who may use this app: members of any of these groups; None = everyone. The file's
+    # top-level default_allowed_groups stands in when a client names none.
+    allowed_groups: tuple[str, ...] | None = None
+    # the `groups` claim lists the user's groups among allowed_groups ("allowed"), or all of them
+    groups_claim: str = "allowed"
+    id_token_claims: str = "full"  # "minimal": the scopes' claims only at userinfo, not in the ID token
+    # derived, not a key: the [[scopes]] that this client's scope names, so that no later
+    # reader (token endpoint, userinfo, consent, discovery) needs the file
+    declared_scopes: tuple[ScopeDeclaration, ...] = ()
 
     @property
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
 
 
-_FIELDS = tuple(f.name for f in fields(ClientConfig))
+_DERIVED_FIELDS = ("declared_scopes",)
+_FIELDS = tuple(f.name for f in fields(ClientConfig) if f.name not in _DERIVED_FIELDS)
 
 
-def parse_clients_file(path: str | os.PathLike[str]) -> list[ClientConfig]:
+def parse_clients_file(
+    path: str | os.PathLike[str], *, known_groups: Collection[str] | None = None
+) -> list[ClientConfig]:
     source = os.fspath(path)
     try:
         data = Path(path).read_bytes()
@@ -125,19 +157,114 @@ def parse_clients_file(path: str | os.PathLike[str]) -> list[ClientConfig]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ClientsFileError(f"{source}:{line}: not UTF-8 (byte {exc.start})") from None
-    return parse_clients_toml(text, source=source)
+    return parse_clients_toml(text, source=source, known_groups=known_groups)
 
 
-def parse_clients_toml(text: str, *, source: str = "<clients>") -> list[ClientConfig]:
+def parse_clients_toml(
+    text: str, *, source: str = "<clients>", known_groups: Collection[str] | None = None
+) -> list[ClientConfig]:
+    """`known_groups`: the groups in the database, when the file is about to be synced into
+    it; a group name that is not one of them is then an error (None: names are only checked
+    for their form)."""
     document = _load_toml(text, source)
     layout = _Layout(text)
     tables = _client_tables(document, source, layout)
+    wide = _file_wide(document, source, layout, known_groups)
     taken: dict[str, int] = {}
     clients = []
     for index, table in enumerate(tables):
         header_line, span = layout.client_span(index, len(tables))
-        clients.append(_read_client(table, _Where(source, layout, index, header_line, span), taken))
+        clients.append(_read_client(table, _Where(source, layout, index, header_line, span), taken, wide))
     return clients
+
+
+@dataclass(frozen=True)
+class _FileWide:
+    """What the file says outside its [[clients]] tables, that every client reads."""
+
+    default_allowed_groups: tuple[str, ...] | None
+    known_groups: frozenset[str] | None
+    scopes: dict[str, ScopeDeclaration] = field(default_factory=dict)  # [[scopes]] by name
+
+
+def _file_wide(
+    document: dict[str, Any], source: str, layout: _Layout, known_groups: Collection[str] | None
+) -> _FileWide:
+    known = frozenset(known_groups) if known_groups is not None else None
+    default = document.get("default_allowed_groups")
+    if default is not None:
+        line = layout.top_level_line("default_allowed_groups")
+
+        def fail(problem: str, index: int | None = None) -> NoReturn:
+            label = "default_allowed_groups" + ("" if index is None else f"[{index}]")
+            raise ClientsFileError(f"{_at(source, line)}{label}: {problem}")
+
+        default = _group_names(default, known, fail)
+    return _FileWide(default, known, _declared_scopes(document, source, layout))
+
+
+def _declared_scopes(document: dict[str, Any], source: str, layout: _Layout) -> dict[str, ScopeDeclaration]:
+    tables = document.get("scopes", [])
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        line = layout.top_level_line("scopes")
+        raise ClientsFileError(f"{_at(source, line)}scopes: must be an array of tables, written [[scopes]]")
+    declared: dict[str, ScopeDeclaration] = {}
+    for index, table in enumerate(tables):
+        header_line, span = layout.scope_span(index, len(tables))
+        scope = _read_scope(table, _Where(source, layout, index, header_line, span, kind="scopes"), declared)
+        declared[scope.name] = scope
+    return declared
+
+
+def _read_scope(table: _Table, where: _Where, declared: dict[str, ScopeDeclaration]) -> ScopeDeclaration:
+    if isinstance(table.get("name"), str) and SCOPE_NAME.fullmatch(table["name"]):
+        where.client_id = table["name"]
+    for key in table:
+        if key not in SCOPE_KEYS:
+            where.fail(key, f"unknown key (a [[scopes]] table has {', '.join(SCOPE_KEYS)})")
+    name = _string(table, "name", where)
+    if name is None:
+        where.fail("name", "required")
+    if not SCOPE_NAME.fullmatch(name):
+        where.fail("name", "must be 1-64 characters of a-z 0-9 _ . : -, starting with a letter")
+    if name in SUPPORTED_SCOPES or name in _NOT_OFFERED_SCOPES:
+        where.fail("name", f"{_show(name)} is a standard scope (OpenID Connect Core 5.4), not one to declare")
+    if name in declared:
+        where.fail("name", "declared twice")
+    claims = _strings(table, "claims", where, default=())
+    if not claims:
+        where.fail("claims", "required: a non-empty array of attribute names (idp user set U --attr NAME=VALUE)")
+    for index, claim in enumerate(claims):
+        if problem := custom_claim_problem(claim):
+            where.fail("claims", f"{_show(claim)}: {problem}", index)
+    return ScopeDeclaration(name, tuple(dict.fromkeys(claims)), _description(table, where))
+
+
+def _description(table: _Table, where: _Where) -> str | None:
+    text = _string(table, "description", where)
+    if text is not None and (not text.strip() or len(text) > _MAX_DESCRIPTION_CHARS):
+        where.fail("description", f"must be 1-{_MAX_DESCRIPTION_CHARS} characters (it is shown on the consent page)")
+    if text is not None and any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        where.fail("description", "must be one line without control characters")
+    return text
+
+
+def _group_names(
+    value: Any, known: frozenset[str] | None, fail: Callable[[str, int | None], NoReturn]
+) -> tuple[str, ...]:
+    """Group names, as written (any case), carried in lower case; each must exist when the
+    database's groups are known."""
+    if not isinstance(value, list) or not value:
+        fail("must be a non-empty array of group names (leave it out to let everyone in)", None)
+    names = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not GROUP_NAME.fullmatch(item.lower()):
+            fail("not a group name (1-64 characters of a-z 0-9 . _ -, starting with a letter or digit)", index)
+        name = item.lower()
+        if known is not None and name not in known:
+            fail(f"no group named {_show(name)} (create it first: idp group add {name})", index)
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _load_toml(text: str, source: str) -> dict[str, Any]:
@@ -156,9 +283,9 @@ def _load_toml(text: str, source: str) -> dict[str, Any]:
 
 def _client_tables(document: dict[str, Any], source: str, layout: _Layout) -> list[_Table]:
     for key in document:
-        if key != "clients":
+        if key not in TOP_LEVEL_KEYS:
             line = layout.top_level_line(key)
-            problem = f"unknown top-level key {_show(key)}: only [[clients]] tables belong here"
+            problem = f"unknown top-level key {_show(key)}: only {', '.join(TOP_LEVEL_KEYS)} belong here"
             raise ClientsFileError(_at(source, line) + problem)
     tables = document.get("clients", [])  # no clients at all is a valid (empty) file
     if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
@@ -173,6 +300,10 @@ class _Layout:
     def __init__(self, text: str) -> None:
         self.lines = text.split("\n")  # TOML, and tomllib's error positions, count "\n" only
         self.headers = [n for n, line in enumerate(self.lines, 1) if _CLIENTS_HEADER.match(line)]
+        # [[scopes]] tables (and their keys) may follow the last client: they end its span
+        self.scope_headers = [n for n, line in enumerate(self.lines, 1) if _SCOPES_HEADER.match(line)]
+        scope_tables = (n for n, line in enumerate(self.lines, 1) if _SCOPES_ANY_HEADER.match(line))
+        self.ends = sorted({*self.headers, *scope_tables})  # where a table's span ends
 
     def top_level_line(self, key: str) -> int | None:
         assignment, table = _key_patterns(key, parent=None)
@@ -184,14 +315,22 @@ class _Layout:
         return None
 
     def client_span(self, index: int, count: int) -> tuple[int | None, range]:
-        if len(self.headers) != count:
-            # inline `clients = [{…}]`, or a header-like line inside a string: keep to what is sure
-            return self.top_level_line("clients"), range(0)
-        end = self.headers[index + 1] if index + 1 < count else len(self.lines) + 1
-        return self.headers[index], range(self.headers[index], end)
+        return self._span("clients", self.headers, index, count)
 
-    def key_line(self, key: str, span: range) -> int | None:
-        assignment, table = _key_patterns(key, parent="clients")
+    def scope_span(self, index: int, count: int) -> tuple[int | None, range]:
+        return self._span("scopes", self.scope_headers, index, count)
+
+    def _span(self, key: str, headers: list[int], index: int, count: int) -> tuple[int | None, range]:
+        if len(headers) != count:
+            # inline `clients = [{…}]`, or a header-like line inside a string: keep to what is sure
+            return self.top_level_line(key), range(0)
+        start = headers[index]
+        # up to the next [[clients]] or [[scopes]] table, whichever the file has first
+        end = min((n for n in self.ends if n > start), default=len(self.lines) + 1)
+        return start, range(start, end)
+
+    def key_line(self, key: str, span: range, parent: str = "clients") -> int | None:
+        assignment, table = _key_patterns(key, parent=parent)
         for number in span:
             line = self.lines[number - 1]
             if assignment.match(line) or table.match(line):
@@ -220,16 +359,17 @@ class _Where:
     index: int
     header_line: int | None
     span: range
-    client_id: str | None = None
+    client_id: str | None = None  # the client's id, or the name of a [[scopes]] table
+    kind: str = "clients"  # or "scopes"
 
     def fail(self, key: str, problem: str, index: int | None = None) -> NoReturn:
-        line = self.layout.key_line(key, self.span) or self.header_line
-        who = f'client "{self.client_id}"' if self.client_id else f"clients[{self.index}]"
+        line = self.layout.key_line(key, self.span, parent=self.kind) or self.header_line
+        who = f'{self.kind[:-1]} "{self.client_id}"' if self.client_id else f"{self.kind}[{self.index}]"
         label = (key if _BARE_KEY.fullmatch(key) else _show(key)) + ("" if index is None else f"[{index}]")
         raise ClientsFileError(f"{_at(self.source, line)}{who}: {label}: {problem}")
 
 
-def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientConfig:
+def _read_client(table: _Table, where: _Where, taken: dict[str, int], wide: _FileWide) -> ClientConfig:
     # A fixed order (identity, authentication, then the rest) keeps "the first problem" stable.
     if isinstance(table.get("client_id"), str) and _CLIENT_ID.fullmatch(table["client_id"]):
         where.client_id = table["client_id"]  # name the client even in the first message
@@ -240,7 +380,7 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
     method = _auth_method(table, where, secret)
     jwks, jwks_uri = _jwks(table, where), _web_uri(table, "jwks_uri", where)
     _check_credentials(where, method=method, secret=secret, grants=grants, jwks=jwks, jwks_uri=jwks_uri)
-    return ClientConfig(
+    config = ClientConfig(
         client_id=client_id,
         client_name=_client_name(table, where, client_id),
         client_secret=secret,
@@ -249,7 +389,7 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
         grant_types=grants,
         response_types=_response_types(table, where, grants),
         token_endpoint_auth_method=method,
-        scope=_scope(table, where, grants),
+        scope=_scope(table, where, grants, wide),
         default_acr_values=_acr_values(table, where),
         backchannel_logout_uri=_web_uri(table, "backchannel_logout_uri", where),
         backchannel_logout_session_required=_flag(table, "backchannel_logout_session_required", where, True),
@@ -259,6 +399,7 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
         client_uri=_https_uri(table, "client_uri", where),
         logo_uri=_https_uri(table, "logo_uri", where),
         require_pkce=_require_pkce(table, where, public=method == "none"),
+        token_endpoint_audience_compat=_audience_compat(table, where, method),
         allowed_cors_origins=_origins(table, "allowed_cors_origins", where),
         policy_uri=_https_uri(table, "policy_uri", where),
         tos_uri=_https_uri(table, "tos_uri", where),
@@ -282,7 +423,37 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int]) -> ClientC
         default_max_age=_seconds(table, "default_max_age", where),
         require_auth_time=_flag(table, "require_auth_time", where, False),
         contacts=_strings(table, "contacts", where, default=()),
+        allowed_groups=_allowed_groups(table, where, wide),
+        groups_claim=_choice(table, "groups_claim", where, GROUPS_CLAIM_VALUES, default="allowed", why=""),
+        id_token_claims=_choice(table, "id_token_claims", where, ID_TOKEN_CLAIMS_VALUES, default="full", why=""),
     )
+    _check_groups_claim(config, table, where)
+    scopes = config.scope.split()
+    return replace(config, declared_scopes=tuple(wide.scopes[s] for s in scopes if s in wide.scopes))
+
+
+def _check_groups_claim(config: ClientConfig, table: _Table, where: _Where) -> None:
+    """The groups claim names only groups the client may see: those in its allowed_groups,
+    or every group when the admin said so."""
+    if "groups" not in config.scope.split():
+        if "groups_claim" in table:
+            where.fail("groups_claim", 'used only with "groups" in scope')
+        return
+    if config.groups_claim == "allowed" and config.allowed_groups is None:
+        where.fail(
+            "scope",
+            '"groups" needs allowed_groups (the groups this client may see in the claim) or groups_claim = "all"',
+        )
+
+
+def _allowed_groups(table: _Table, where: _Where, wide: _FileWide) -> tuple[str, ...] | None:
+    if "allowed_groups" not in table:
+        return wide.default_allowed_groups
+
+    def fail(problem: str, index: int | None = None) -> NoReturn:
+        where.fail("allowed_groups", problem, index)
+
+    return _group_names(table["allowed_groups"], wide.known_groups, fail)
 
 
 def _check_known_keys(table: _Table, where: _Where) -> None:
@@ -435,6 +606,14 @@ def _redirect_uris(table: _Table, where: _Where, grants: tuple[str, ...], *, pub
     return uris
 
 
+def _audience_compat(table: _Table, where: _Where, method: str) -> bool:
+    compat = _flag(table, "token_endpoint_audience_compat", where, False)
+    if compat and method != "private_key_jwt":
+        # client_secret_jwt, the other JWT method it would matter for, is not offered
+        where.fail("token_endpoint_audience_compat", 'used only with token_endpoint_auth_method = "private_key_jwt"')
+    return compat
+
+
 def _require_pkce(table: _Table, where: _Where, *, public: bool) -> bool:
     required = _flag(table, "require_pkce", where, True)
     if not required and public:
@@ -558,12 +737,16 @@ def _is_private_use(uri: str) -> bool:
     return "." in urlsplit(uri).scheme
 
 
-def _scope(table: _Table, where: _Where, grants: tuple[str, ...]) -> str:
+def _scope(table: _Table, where: _Where, grants: tuple[str, ...], wide: _FileWide) -> str:
     scope = _string(table, "scope", where)
     tokens = (scope if scope is not None else "openid profile email").split()
     for token in tokens:
-        if token not in SUPPORTED_SCOPES:
-            where.fail("scope", f"unsupported scope {_show(token)} (supported: {' '.join(SUPPORTED_SCOPES)})")
+        if token not in SUPPORTED_SCOPES and token not in wide.scopes:
+            supported = " ".join((*SUPPORTED_SCOPES, *wide.scopes))
+            where.fail(
+                "scope",
+                f"unsupported scope {_show(token)} (supported: {supported}; declare others in a [[scopes]] table)",
+            )
     if "authorization_code" in grants and "openid" not in tokens:
         where.fail("scope", 'must include "openid": every code flow here is OpenID Connect')
     return " ".join(dict.fromkeys(tokens))

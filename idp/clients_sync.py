@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.audit.trail import record_audit
 from idp.clients_file import ClientConfig, ClientsFileError, parse_clients_file
-from idp.db.models import Client
+from idp.db.models import Client, Group
 from idp.security.keyring import Keyring
+from idp.security.outbound import Outbound
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,19 @@ class SyncReport:
 
 
 def sync_clients_file(
-    sessions: sessionmaker[Session], keyring: Keyring, path: str, *, allow_empty: bool = False
+    sessions: sessionmaker[Session],
+    keyring: Keyring,
+    path: str,
+    *,
+    allow_empty: bool = False,
+    outbound: Outbound | None = None,
 ) -> SyncReport:
-    configs = parse_clients_file(path)  # raises ClientsFileError before anything is touched
+    """`outbound`: also warn for URIs idp would not call (resolved now; the CLI passes it,
+    start-up does not, to not wait on DNS)."""
+    with sessions() as db:
+        known_groups = frozenset(db.scalars(select(Group.name)))
+    # raises ClientsFileError before anything is touched (a group it names must exist)
+    configs = parse_clients_file(path, known_groups=known_groups)
     if not configs and not allow_empty:
         # a truncated or wrong file must not quietly unregister every relying party
         raise ClientsFileError(
@@ -35,19 +46,58 @@ def sync_clients_file(
         )
     with sessions.begin() as db:
         report = sync_clients(db, keyring, configs)
-    return dataclasses.replace(report, warnings=warnings_for(configs))
+    unreachable = outbound_warnings(configs, outbound) if outbound is not None else ()
+    return dataclasses.replace(report, warnings=warnings_for(configs) + unreachable)
 
 
 def warnings_for(configs: list[ClientConfig]) -> tuple[str, ...]:
-    return tuple(
+    found = _open_to_everyone(configs) + tuple(
         f'client "{c.client_id}": require_pkce = false: authorization requests without PKCE are '
         "accepted (with a nonce, each one audited); turn PKCE on in the relying party and remove this line"
         for c in configs
         if not c.require_pkce
     )
+    return found + _token_endpoint_audience(configs)
+
+
+def _token_endpoint_audience(configs: list[ClientConfig]) -> tuple[str, ...]:
+    return tuple(
+        f'client "{c.client_id}": token_endpoint_audience_compat = true: private_key_jwt assertions naming '
+        "the token endpoint URL as aud are accepted, so another authorization server this relying party uses "
+        "can list that URL as its own endpoint, collect an assertion made for it and replay it here (audience "
+        "injection, CVE-2025-27370); make the relying party send the issuer as aud and remove this line"
+        for c in configs
+        if c.token_endpoint_audience_compat
+    )
+
+
+def _open_to_everyone(configs: list[ClientConfig]) -> tuple[str, ...]:
+    open_ones = [c.client_id for c in configs if c.allowed_groups is None]
+    if not open_ones:
+        return ()
+    return (
+        f"client(s) {', '.join(open_ones)}: open to every user (no allowed_groups): anyone with an "
+        "account can sign in to them; set allowed_groups, or default_allowed_groups at the top of the file",
+    )
+
+
+def outbound_warnings(configs: list[ClientConfig], outbound: Outbound) -> tuple[str, ...]:
+    """A jwks_uri or backchannel_logout_uri whose host resolves outside
+    IDP_OUTBOUND_ALLOWED_NETWORKS (or not at all) would be refused when idp calls it."""
+    found = []
+    for c in configs:
+        for name, uri in (("jwks_uri", c.jwks_uri), ("backchannel_logout_uri", c.backchannel_logout_uri)):
+            reason = outbound.find_refusal(uri) if uri else None
+            if reason:
+                found.append(
+                    f'client "{c.client_id}": {name} {uri}: {reason}; idp calls only addresses in '
+                    "IDP_OUTBOUND_ALLOWED_NETWORKS, so it will refuse this one"
+                )
+    return tuple(found)
 
 
 def sync_clients(db: Session, keyring: Keyring, configs: list[ClientConfig]) -> SyncReport:
+    _check_groups_exist(db, configs)
     existing = {row.client_id: row for row in db.scalars(select(Client))}
     added, updated = [], []
     for config in configs:
@@ -68,7 +118,27 @@ def sync_clients(db: Session, keyring: Keyring, configs: list[ClientConfig]) -> 
     return report
 
 
+def _check_groups_exist(db: Session, configs: list[ClientConfig]) -> None:
+    """In the sync's own transaction too: a group removed between parsing and syncing
+    (or a caller that parsed without the database's groups) never gets stored."""
+    known = frozenset(db.scalars(select(Group.name)))
+    for config in configs:
+        missing = sorted(set(config.allowed_groups or ()) - known)
+        if missing:
+            raise ClientsFileError(f'client "{config.client_id}": allowed_groups: no group named {missing[0]!r}')
+
+
 def _stored_config(config: ClientConfig) -> dict[str, object]:
     stored = dataclasses.asdict(config)
     stored.pop("client_secret")
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in stored.items()}
+    return {k: _as_json(v) for k, v in stored.items()}
+
+
+def _as_json(value: object) -> object:
+    """Tuples as lists, at any depth (declared_scopes holds tables of arrays): what the JSON
+    column gives back, so that an unchanged client compares equal to its stored row."""
+    if isinstance(value, (tuple, list)):
+        return [_as_json(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    return value

@@ -53,12 +53,43 @@ class Settings:
     metrics_allowed: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # ^ IDP_METRICS_ALLOWED: comma-separated CIDRs whose clients may read /metrics (the
     #   client address as worked out with IDP_TRUSTED_PROXIES); empty = /metrics is off (404).
+    outbound_allowed_networks: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+    # ^ IDP_OUTBOUND_ALLOWED_NETWORKS: comma-separated CIDRs idp may call out to (client key
+    #   sets at jwks_uri, back-channel logout), judged on the address connected to; empty =
+    #   no outbound calls. Loopback (127.0.0.0/8, ::1) is added when the issuer is localhost.
+    #   Loopback, link-local (169.254.0.0/16: the cloud metadata service), 0.0.0.0/8 and
+    #   multicast are allowed only by a listed network inside them, never by 0.0.0.0/0.
     access_log: int = _meta(1, "1 = one JSON line per request on stderr (logger idp.access)", lo=0, hi=1)
     data_dir: str = "var"
     # ^ IDP_DATA_DIR: where the generated development master key lives.
+    smtp_url: str = field(default="", repr=False)
+    # ^ IDP_SMTP_URL: where e-mail goes out; empty = idp sends none (everything works without).
+    #   smtps://[user[:password]@]host[:465] (TLS from the first byte) or smtp://…host[:587]
+    #   (STARTTLS required: nothing is sent to a server that does not offer it); user and
+    #   password percent-encoded. smtp://…?starttls=off only for a loopback host (a local relay).
+    smtp_password_file: str = ""
+    # ^ IDP_SMTP_PASSWORD_FILE: a file holding the SMTP password (its trailing newline dropped),
+    #   instead of one in IDP_SMTP_URL, which then names only the user.
+    smtp_ca_file: str = ""
+    # ^ IDP_SMTP_CA_FILE: PEM file of the CAs trusted for the SMTP server's certificate (a
+    #   private relay's); empty = the system's. The certificate is always verified.
+    mail_from: str = ""
+    # ^ IDP_MAIL_FROM: the From of every mail, `id@example.com` or `Example ID <id@example.com>`;
+    #   required with IDP_SMTP_URL.
     code_ttl_seconds: int = _meta(60, "authorization code lifetime", lo=1, hi=600)
     access_token_ttl_seconds: int = _meta(900, "access token lifetime", lo=30, hi=86400)
     id_token_ttl_seconds: int = _meta(3600, "ID token lifetime", lo=30, hi=86400)
+    key_rotation_days: int = _meta(
+        0, "age in days at which a signing key some client uses is rotated; 0 = off", lo=0, hi=3650
+    )
+    # ^ Checked by every process on its key reload tick; the successor is published at once and
+    #   signs from PUBLISH_LEAD_SECONDS later, as with `idp keys rotate` (idp/oidc/key_schedule.py).
+    client_assertion_max_seconds: int = _meta(
+        300, "longest private_key_jwt assertion: exp at most this after iat, and after receipt", lo=30, hi=3600
+    )
+    # ^ An assertion is single use: its jti is kept until its exp (plus 30 s of clock leeway),
+    #   so a longer life costs state-store space and widens the window for a stolen one. Most
+    #   RP libraries sign for 60 s; Authlib's client signs for 3600 s (README, private_key_jwt).
     refresh_token_ttl_seconds: int = _meta(14 * 86400, "refresh token idle (sliding) lifetime", lo=60, hi=31536000)
     refresh_token_absolute_ttl_seconds: int = _meta(
         30 * 86400, "refresh token family absolute lifetime", lo=60, hi=31536000
@@ -221,9 +252,14 @@ def _validated(s: Settings) -> Settings:
             )
     _check_issuer(s.issuer)
     _check_database_url(s.database_url)
+    _check_mail(s)
     if s.redis_url and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise SettingsError("IDP_REDIS_URL: must be a redis://, rediss:// or unix:// URL")
-    for label, cidrs in (("IDP_TRUSTED_PROXIES", s.trusted_proxies), ("IDP_METRICS_ALLOWED", s.metrics_allowed)):
+    for label, cidrs in (
+        ("IDP_TRUSTED_PROXIES", s.trusted_proxies),
+        ("IDP_METRICS_ALLOWED", s.metrics_allowed),
+        ("IDP_OUTBOUND_ALLOWED_NETWORKS", s.outbound_allowed_networks),
+    ):
         for cidr in cidrs:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -271,6 +307,29 @@ def _check_issuer(issuer: str) -> None:
         raise SettingsError("IDP_ISSUER: must have no query, fragment or trailing slash")
     if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
         raise SettingsError("IDP_ISSUER: must use https unless the host is localhost")
+
+
+def _check_mail(s: Settings) -> None:
+    from idp.mail.config import parse_mail_from, parse_smtp_url
+
+    if not s.smtp_url:
+        if s.smtp_password_file:
+            raise SettingsError("IDP_SMTP_PASSWORD_FILE: set without IDP_SMTP_URL")
+        return
+    try:
+        target = parse_smtp_url(s.smtp_url)
+    except ValueError as exc:  # the message never repeats the URL: it may hold a password
+        raise SettingsError(f"IDP_SMTP_URL: {exc}") from None
+    if s.smtp_password_file and (target.password is not None or not target.username):
+        raise SettingsError("IDP_SMTP_PASSWORD_FILE: needs IDP_SMTP_URL to name a user and no password")
+    if s.smtp_ca_file and not Path(s.smtp_ca_file).is_file():
+        raise SettingsError(f"IDP_SMTP_CA_FILE: {s.smtp_ca_file} is not a file")
+    if not s.mail_from:
+        raise SettingsError("IDP_MAIL_FROM: required when IDP_SMTP_URL is set")
+    try:
+        parse_mail_from(s.mail_from)
+    except ValueError as exc:
+        raise SettingsError(f"IDP_MAIL_FROM: {exc}") from None
 
 
 def _check_database_url(url: str) -> None:

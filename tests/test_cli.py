@@ -613,6 +613,39 @@ def test_an_invalid_clients_file_is_refused_whole_and_leaves_the_synced_clients_
     assert sync_counts(idp.ok("clients", "sync", good)) == (0, 0, 0)
 
 
+OUTSIDE_THE_ALLOWED_NETWORKS = """\
+[[clients]]
+client_id = "keys"
+client_name = "Keys"
+redirect_uris = ["https://keys.example/cb"]
+grant_types = ["client_credentials"]
+token_endpoint_auth_method = "private_key_jwt"
+jwks_uri = "https://169.254.169.254/jwks"
+backchannel_logout_uri = "https://203.0.113.7/logout"
+"""
+
+
+def test_clients_sync_warns_for_uris_that_resolve_outside_the_allowed_networks(idp: Idp) -> None:
+    """A jwks_uri at the cloud metadata address, or any URI idp would refuse to call, is
+    synced (the file is valid) but named on stderr, so the admin learns it before an RP fails."""
+    result = idp("clients", "sync", idp.write("clients.toml", OUTSIDE_THE_ALLOWED_NETWORKS))
+
+    assert result.returncode == 0, result.stderr
+    assert sync_counts(result.stdout) == (1, 0, 0)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ") and "resolves" in line]
+    assert len(warnings) == 2
+    assert 'client "keys": jwks_uri https://169.254.169.254/jwks: resolves to 169.254.169.254' in warnings[0]
+    assert "backchannel_logout_uri https://203.0.113.7/logout: resolves to 203.0.113.7" in warnings[1]
+    assert all("IDP_OUTBOUND_ALLOWED_NETWORKS" in line for line in warnings)
+    listed = idp(
+        "clients",
+        "sync",
+        idp.write("clients.toml", OUTSIDE_THE_ALLOWED_NETWORKS),
+        IDP_OUTBOUND_ALLOWED_NETWORKS="169.254.169.254/32,203.0.113.0/24",
+    )
+    assert listed.returncode == 0 and "resolves" not in listed.stderr
+
+
 def test_an_invalid_clients_file_on_an_empty_database_adds_nothing(idp: Idp) -> None:
     # the good client comes first in the file: it must not be added on its own
     text = VALID_CLIENTS + '\n[[clients]]\nclient_id = "bad"\nredirect_uris = ["ftp://x"]\n'
@@ -881,3 +914,50 @@ def test_an_unwritable_data_dir_for_the_development_key_fails_in_one_line(idp: I
     result = idp("keys", "rotate", IDP_DATA_DIR=str(idp.home / "a-file" / "var"))
     assert_fails_in_one_line(result)
     assert idp.query("SELECT count(*) FROM signing_keys") == [(0,)]
+
+
+# user set --attr (issue 17: profile and custom claims)
+
+
+def attributes_of(idp: Idp, username: str) -> dict[str, object] | None:
+    [(attributes,)] = idp.query(f"SELECT attributes FROM users WHERE username = '{username}'")
+    return json.loads(str(attributes)) if attributes is not None else None
+
+
+def test_user_set_attr_sets_and_removes_attributes_in_one_command(idp: Idp) -> None:
+    idp.ok("user", "add", "alice")
+
+    out = idp.ok("user", "set", "alice", "--attr", "given_name=Alice", "--attr", "department=R&D")
+
+    assert out.strip() == "updated user alice: attr:department, attr:given_name"
+    assert attributes_of(idp, "alice") == {"given_name": "Alice", "department": "R&D"}
+    kind, detail = last_audit_event(idp)
+    assert (kind, detail["attributes_changed"]) == ("user.updated", ["department", "given_name"])
+    assert "R&D" not in json.dumps(detail)
+
+    idp.ok("user", "set", "alice", "--attr", "department=")
+    assert attributes_of(idp, "alice") == {"given_name": "Alice"}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        pytest.param(["--attr", "department"], ["--attr 'department'", "NAME=VALUE"], id="no equals sign"),
+        pytest.param(["--attr", "sub=x"], ["--attr 'sub'", "reserved"], id="a reserved name"),
+        pytest.param(["--attr", "picture=http://cdn.example/a.png"], ["--attr picture", "https"], id="an http picture"),
+        pytest.param(
+            ["--attr", "nickname=Z", "--attr", "zoneinfo=Mars/Base"], ["--attr zoneinfo"], id="one bad of two"
+        ),
+    ],
+)
+def test_user_set_attr_refuses_bad_input_in_one_line_and_changes_nothing(
+    idp: Idp, args: list[str], fragments: list[str]
+) -> None:
+    idp.ok("user", "add", "alice")
+    before = user_rows(idp) + idp.query("SELECT attributes FROM users")
+
+    result = idp("user", "set", "alice", *args)
+
+    assert_fails_in_one_line(result, *fragments)
+    assert result.returncode == 2 and result.stdout == ""
+    assert user_rows(idp) + idp.query("SELECT attributes FROM users") == before

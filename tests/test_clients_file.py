@@ -133,7 +133,7 @@ def test_every_client_config_field_is_an_allowed_key() -> None:
         grant_types=["authorization_code"],
         response_types=["code"],
         token_endpoint_auth_method="client_secret_post",
-        scope="openid",
+        scope="openid groups",
         default_acr_values=[],
         backchannel_logout_uri="https://shop.example/bc",
         backchannel_logout_session_required=False,
@@ -141,6 +141,7 @@ def test_every_client_config_field_is_an_allowed_key() -> None:
         client_uri="https://shop.example/",
         logo_uri="https://shop.example/logo.png",
         require_pkce=False,
+        token_endpoint_audience_compat=False,  # true only with private_key_jwt
         allowed_cors_origins=["https://app.example"],
         policy_uri="https://shop.example/privacy",
         tos_uri="https://shop.example/terms",
@@ -150,8 +151,12 @@ def test_every_client_config_field_is_an_allowed_key() -> None:
         default_max_age=3600,
         require_auth_time=True,
         contacts=["admin@shop.example"],
+        allowed_groups=["staff"],
+        groups_claim="allowed",
+        id_token_claims="minimal",
     )
-    assert set(table) == set(FIELD_NAMES) - {"jwks", "jwks_uri"}  # those two belong to private_key_jwt
+    # jwks and jwks_uri belong to private_key_jwt; declared_scopes is derived from [[scopes]]
+    assert set(table) == set(FIELD_NAMES) - {"jwks", "jwks_uri", "declared_scopes"}
     assert only_client(table).first_party is True
 
 
@@ -500,7 +505,7 @@ REFUSED = [
         "jwks: must hold only strings",
     ),
     # scope and acr
-    case("refuses an unsupported scope", shop(scope="openid phone"), 'scope: unsupported scope "phone"'),
+    case("refuses an unsupported scope", shop(scope="openid address"), 'scope: unsupported scope "address"'),
     case("refuses the code flow without openid", shop(scope="profile email"), 'scope: must include "openid"'),
     case("refuses scope written as a list", shop(scope=["openid"]), "scope: must be a string, not array"),
     case(

@@ -88,6 +88,18 @@ ACCEPTED = [
         id="accepts comma-separated CIDRs and addresses",
     ),
     pytest.param({"IDP_TRUSTED_PROXIES": ""}, "trusted_proxies", (), id="reads an empty proxy list as none"),
+    pytest.param(
+        {"IDP_OUTBOUND_ALLOWED_NETWORKS": "10.0.0.0/8, 203.0.113.0/24"},
+        "outbound_allowed_networks",
+        ("10.0.0.0/8", "203.0.113.0/24"),
+        id="accepts comma-separated outbound networks",
+    ),
+    pytest.param(
+        {"IDP_OUTBOUND_ALLOWED_NETWORKS": ""},
+        "outbound_allowed_networks",
+        (),
+        id="reads an empty outbound list as no outbound calls",
+    ),
 ]
 
 
@@ -166,6 +178,11 @@ REFUSED = [
         id="refuses a host name among the proxies",
     ),
     pytest.param({"IDP_TRUSTED_PROXIES": "300.1.2.3"}, "IDP_TRUSTED_PROXIES", id="refuses an impossible address"),
+    pytest.param(
+        {"IDP_OUTBOUND_ALLOWED_NETWORKS": "10.0.0.0/8,rp.internal"},
+        "IDP_OUTBOUND_ALLOWED_NETWORKS",
+        id="refuses a host name among the outbound networks",
+    ),
     pytest.param({"IDP_DATABASE_URL": "mysql://idp:pw@db/idp"}, "IDP_DATABASE_URL", id="refuses MySQL"),
     pytest.param({"IDP_DATABASE_URL": "var/idp.db"}, "IDP_DATABASE_URL", id="refuses a bare path as database URL"),
     pytest.param({"IDP_REDIS_URL": "http://cache:6379"}, "IDP_REDIS_URL", id="refuses an http Redis URL"),
@@ -268,6 +285,26 @@ def test_the_secret_key_is_never_shown(show: object) -> None:
     shown = show(settings)
     assert SECRET not in shown
     assert "secret_key" not in shown
+
+
+@pytest.mark.parametrize(
+    ("environ", "address", "allowed"),
+    [
+        pytest.param({}, "10.1.2.3", True, id="private networks by default"),
+        pytest.param({}, "fd12::1", True, id="unique local IPv6 by default"),
+        pytest.param({}, "203.0.113.9", False, id="no public address by default"),
+        pytest.param({}, "169.254.169.254", False, id="never the metadata address by default"),
+        pytest.param({}, "127.0.0.1", True, id="loopback when the issuer is localhost"),
+        pytest.param(PUBLIC, "127.0.0.1", False, id="no loopback for a public issuer"),
+        pytest.param({**PUBLIC, "IDP_OUTBOUND_ALLOWED_NETWORKS": ""}, "10.1.2.3", False, id="empty: nothing"),
+    ],
+)
+def test_outbound_calls_go_to_private_networks_and_loopback_only_for_a_localhost_issuer(
+    environ: dict[str, str], address: str, allowed: bool
+) -> None:
+    from idp.app import outbound_of
+
+    assert outbound_of(load_settings(environ=environ)).policy.allows(address) is allowed
 
 
 def test_settings_are_frozen() -> None:

@@ -22,8 +22,8 @@ from idp.login.sessions import (
     SessionPolicy,
     end_all_sessions,
     end_session,
-    revoke_all_refresh_tokens,
 )
+from idp.revocation import revoke_all_grants
 
 # Larger ids cannot exist (the columns are 32-bit on PostgreSQL) and would make the
 # database raise instead of finding nothing.
@@ -108,10 +108,10 @@ def end_others(services: AccountServices, caller: Caller) -> list[EndedSession]:
 def end_others_and_revoke_tokens(
     db: Session, user_id: int, current_id: int, caller: Caller, *, reason: str
 ) -> list[EndedSession]:
-    """After a credential change: the other sessions end and every refresh token of the
-    user (offline_access ones too) is revoked; the current session stays."""
+    """After a credential change: the other sessions end and every grant of the user (refresh
+    and access tokens, offline_access ones too) is revoked; the current session stays."""
     ended = _end_others(db, user_id, current_id, caller, reason=reason)
-    revoke_all_refresh_tokens(db, user_id)
+    revoke_all_grants(db, user_id)
     return ended
 
 

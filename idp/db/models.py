@@ -88,6 +88,11 @@ class User(Base):
     # ones, validated by idp/attributes.py; read with the user's row, so releasing them
     # costs the token endpoints and userinfo no query of their own.
     attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # `idp user set-password --must-change`: the next sign-in sets a new password (login step new_password)
+    password_must_change: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # `idp user delete`: a tombstone. The row stays (its id in the audit trail, its `sub` never
+    # reused); every personal field is cleared and the username is a pseudonym.
+    deleted_at: Mapped[datetime | None] = mapped_column()
 
 
 # Relying parties link accounts by a verified address, so two users must never both have
@@ -102,6 +107,18 @@ Index(
     sqlite_where=User.email_verified,
     postgresql_where=User.email_verified,
 )
+
+
+class RetiredName(Base):
+    """A deleted user's username or verified address, as a keyed digest only (the name itself
+    is gone): `idp user add` and `idp user set --email-verified yes` refuse it, so nobody
+    takes over a deleted person's identity at the relying parties."""
+
+    __tablename__ = "retired_names"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # username | email
+    digest: Mapped[str] = mapped_column(String(128), unique=True)  # Keyring.digest("retired-<kind>:" + value)
+    retired_at: Mapped[datetime] = mapped_column(default=_clock_now)
 
 
 class Group(Base):
@@ -143,6 +160,14 @@ class SigningKey(Base):
     signs_from: Mapped[datetime | None] = mapped_column()  # published before it signs; None = since created
     retired_at: Mapped[datetime | None] = mapped_column()  # stops (stopped) signing
     unpublish_at: Mapped[datetime | None] = mapped_column()  # leaves JWKS once what it signed has expired
+    # `idp keys revoke`: withdrawn (leaked); kept for the record, never published nor signing again
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    # A scheduled rotation's successor names the key it replaces: unique (uq_signing_keys_replaces_kid),
+    # so two processes that find the same key due make one successor, not two.
+    replaces_kid: Mapped[str | None] = mapped_column(String(64))
+
+
+Index("uq_signing_keys_replaces_kid", SigningKey.replaces_kid, unique=True)
 
 
 class IdpSession(Base):
@@ -194,7 +219,7 @@ class AuthorizationCode(Base):
     nonce: Mapped[str | None] = mapped_column(String(512))
     code_challenge: Mapped[str | None] = mapped_column(String(128))
     code_challenge_method: Mapped[str | None] = mapped_column(String(16))
-    sid: Mapped[str | None] = mapped_column(String(64))
+    sid: Mapped[str | None] = mapped_column(String(64), index=True)  # ending the session ends its grants
     auth_time: Mapped[datetime] = mapped_column()
     acr: Mapped[str] = mapped_column(String(16))
     amr: Mapped[list[str]] = mapped_column(JSON)
@@ -209,7 +234,8 @@ class AccessToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_digest: Mapped[str] = mapped_column(String(128), unique=True)
     client_id: Mapped[str] = mapped_column(String(128))
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # NULL for client_credentials; indexed: revoking a user's grants revokes these too
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     scope: Mapped[str] = mapped_column(Text)
     family_id: Mapped[str | None] = mapped_column(String(64), index=True)
     issued_at: Mapped[datetime] = mapped_column(default=_clock_now)
@@ -235,6 +261,8 @@ class RefreshToken(Base):
     rotated_at: Mapped[datetime | None] = mapped_column()
     successor_digest: Mapped[str | None] = mapped_column(String(128))
     successor_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)  # only within the grace period
+    # the grace period hands the successor out once (token_store.consume_grace_successor)
+    successor_handed_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 

@@ -19,7 +19,7 @@ code guesses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +32,14 @@ from idp.lockout import Lockout
 from idp.login import policy
 from idp.login import transaction as tx_store
 from idp.login.failures import LOCKED, count_failure, failure_message, refuse_locked
+from idp.login.memberships import memberships_of
 from idp.login.outcomes import (
     Attempt,
     Challenge,
     Completed,
     Continue,
     Failed,
+    NotAllowed,
     Notice,
     Outcome,
     StepView,
@@ -93,6 +95,7 @@ class FlowServices:
     ttl_seconds: int  # a transaction's life after each step
     untouched_ttl_seconds: int  # the life of one no step has touched yet
     client_minimum: Callable[[str], Sequence[str]]  # a client's default_acr_values, as configured now
+    client_allowed_groups: Callable[[str], Collection[str] | None]  # None: the client is open to everyone
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class ChainState:
     required: str
     next_step: str
     factors: UserFactors
+    set_by_group: bool = False  # a group's minimum sets `required` (an administrator's rule)
 
 
 def credential_checks(ip: str | None, account: str | None = None) -> list[tuple[str, str]]:
@@ -107,6 +111,13 @@ def credential_checks(ip: str | None, account: str | None = None) -> list[tuple[
     tested: a refused attempt counts nowhere), then the flood guard and the account name."""
     checks = [("login_failures_ip", ip or "-"), ("login_ip", ip or "-")]
     return checks + ([("login_account", account)] if account is not None else [])
+
+
+def _ended_meanwhile(db: Session) -> list[EndedSession]:
+    """Sessions this unit of work ended on the way (the per-user cap, a new password's
+    sign-out elsewhere), noted in `db.info["ended_sids"]`: their RPs must hear of it."""
+    ended = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])]
+    return [e for e in ended if e is not None]
 
 
 class LoginFlow:
@@ -129,15 +140,22 @@ class LoginFlow:
 
     # ---- entry points: one call per request ------------------------------------------------
 
-    def page(self, name: str, tx_id: str | None, attempt: Attempt) -> StepView | Continue:
-        """The step's page; or, when the chain is elsewhere, where it is (a Continue)."""
+    def page(self, name: str, tx_id: str | None, attempt: Attempt) -> StepView | Continue | Unmet | NotAllowed:
+        """The step's page; or, when the chain is elsewhere, where it is (a Continue), or
+        Unmet (the transaction consumed) when no step can reach the level any more."""
         step = self.step(name)
         tx = self._transaction(step, tx_id, attempt, create=False)
         if not step.first and (tx is None or tx.user_id is None):
             raise NotThisStep()  # a later step proves the chain's user: none is named yet
         with self.services.sessions.begin() as db:
             state = self._state_of(db, tx) if tx is not None and tx.user_id is not None else None
+            if tx is not None and state is not None and state.next_step == policy.NOT_ALLOWED:
+                tx_store.consume_transaction(self.services.store, tx.id)
+                return NotAllowed(tx)
             if tx is not None and state is not None and not self._accepts(step, state):
+                if self._unreachable(state):
+                    tx_store.consume_transaction(self.services.store, tx.id)
+                    return Unmet(tx, ask_admin=state.set_by_group)
                 if state.next_step in self.steps:
                     return Continue(tx, state.next_step)
                 raise NotThisStep()
@@ -146,7 +164,12 @@ class LoginFlow:
             )
             return self._view(step, ctx, db, {}, page_tx=tx)
 
-    def submit(self, name: str, tx_id: str | None, form: Mapping[str, object], attempt: Attempt) -> Outcome:
+    def submit(
+        self, name: str, tx_id: str | None, form: Mapping[str, object], attempt: Attempt, *, keep_endings: bool = False
+    ) -> Outcome:
+        """`keep_endings`: the caller cannot show a page (the passkey step answers JSON), so a
+        chain that ends here (Unmet, NotAllowed) is kept instead of consumed, for the browser
+        to be sent to the first step's page, which finds the same ending and shows it once."""
         step = self.step(name)
         tx = self._transaction(step, tx_id, attempt, create=True)
         assert tx is not None
@@ -157,6 +180,10 @@ class LoginFlow:
         if tx.user_id is not None:
             with self.services.sessions() as db:
                 state = self._state_of(db, tx)
+            if state.next_step == policy.NOT_ALLOWED:
+                return self._after(NotAllowed(tx), attempt, keep_endings)
+            if self._unreachable(state):  # no form can help: nothing posted is checked
+                return self._after(Unmet(tx, ask_admin=state.set_by_group), attempt, keep_endings)
             if not step.first and not self._accepts(step, state):
                 raise NotThisStep()
         ctx = StepContext(
@@ -188,7 +215,7 @@ class LoginFlow:
                     self._view(step, ctx, db, {}, page_tx=None if new else tx),
                     failure_message(self.services.lockout, LOCKED, step.failed_words),
                 )
-        return self._after(outcome, attempt)
+        return self._after(outcome, attempt, keep_endings)
 
     def challenge(
         self,
@@ -211,26 +238,30 @@ class LoginFlow:
             tx_store.save_transaction(self.services.store, tx, ttl_seconds=ttl)
         return Challenge(tx, data, new_transaction=tx_id is None)
 
-    def where_next(self, tx_id: str | None, attempt: Attempt) -> Continue | Unmet | None:
+    def where_next(self, tx_id: str | None, attempt: Attempt) -> Continue | Unmet | NotAllowed | None:
         """For /login with a transaction whose chain already named its user (a step-up):
         the step the chain is on, or Unmet when no step can reach the level; None when it is
         on the first step."""
         tx = self._transaction(self.step(FIRST_STEP), tx_id, attempt, create=False)
         return None if tx is None else self.step_for(tx)
 
-    def step_for(self, tx: LoginTransaction) -> Continue | Unmet | None:
+    def step_for(self, tx: LoginTransaction) -> Continue | Unmet | NotAllowed | None:
         """The step a transaction just parked (by this request) goes to; None: the first.
         Unmet (the transaction consumed): this user cannot reach the level asked for (a
-        step-up to phr without a passkey), which the RP must hear at once."""
+        step-up to phr without a passkey), which the RP must hear at once; NotAllowed: the
+        session's user may not use the app (the authorization endpoint refuses that first)."""
         if tx.user_id is None:
             return None
         with self.services.sessions() as db:
             state = self._state_of(db, tx)
         if state.next_step == FIRST_STEP:
             return None
+        if state.next_step == policy.NOT_ALLOWED:
+            tx_store.consume_transaction(self.services.store, tx.id)
+            return NotAllowed(tx)
         if state.next_step == policy.UNMET or state.next_step not in self.steps:
             tx_store.consume_transaction(self.services.store, tx.id)
-            return Unmet(tx)
+            return Unmet(tx, ask_admin=state.set_by_group)
         return Continue(tx, state.next_step)
 
     # ---- the transaction ---------------------------------------------------------------
@@ -272,6 +303,7 @@ class LoginFlow:
         if user is None or user.disabled:
             return ChainState("pwd", policy.UNMET, UserFactors())
         factors = self.services.factors.factors_of(db, user, count_backup_codes=True)
+        groups = memberships_of(db, user.id)
         requested = tx.requested_acr
         if tx.client_id:  # the client's default may have changed since the request was parked
             requested = max(
@@ -279,13 +311,34 @@ class LoginFlow:
                 policy.requested_level(None, self.services.client_minimum(tx.client_id)),
                 key=policy.LEVELS.__getitem__,
             )
-        required = policy.required_level(requested, factors)
-        step = policy.next_step(required, tx.steps_done, factors)
+            if not policy.may_use(self.services.client_allowed_groups(tx.client_id), (g.name for g in groups)):
+                # checked once the user is known, before any further factor, enrolment or consent
+                return ChainState(requested, policy.NOT_ALLOWED, factors)
+        needed = policy.requirement(requested, factors, groups)
+        step = policy.next_step(needed.level, tx.steps_done, factors)
         if step == policy.ENROL_TOTP and tx.step_up_sid is not None and "pwd" not in tx.proven:
             # adding a credential needs a recent sign-in: a step-up's password credit is the
             # session's, maybe hours old (or a stolen cookie's), so the password comes first
             step = policy.PASSWORD
-        return ChainState(required, step, factors)
+        return ChainState(needed.level, step, factors, set_by_group=needed.by_group)
+
+    def _audit_not_allowed(self, db: Session, tx: LoginTransaction, attempt: Attempt) -> None:
+        record_audit(
+            db,
+            "access.refused",
+            user_id=tx.user_id,
+            client_id=tx.client_id,
+            ip=attempt.ip,
+            user_agent=attempt.user_agent,
+            outcome="refused",
+            reason="not_in_allowed_groups",
+        )
+
+    def _unreachable(self, state: ChainState) -> bool:
+        """No registered step can take this chain to its level any more (phr, and the user's
+        passkey was removed or the client's level raised since the chain began): the RP must
+        hear unmet_authentication_requirements, not the user see a dead end."""
+        return state.next_step == policy.UNMET or (state.next_step != policy.DONE and state.next_step not in self.steps)
 
     def _accepts(self, step: Step, state: ChainState) -> bool:
         """The step the policy names next, or one that may replace it and the user has."""
@@ -350,7 +403,10 @@ class LoginFlow:
                 ip=attempt.ip,
                 user_agent=attempt.user_agent,
                 reason=result.reason,
+                counts=result.refusal is None,
             )
+            if result.refusal is not None:  # 400: no failed credential, so no failure budget spent
+                return Failed(self._view(step, ctx, db, form, page_tx=page_tx), result.refusal, 400)
             message = (
                 failure_message(lockout, failure, step.failed_words)
                 if (result.user_id is not None or result.name)
@@ -374,8 +430,11 @@ class LoginFlow:
         state = self._state_of(db, chained)
         if state.next_step == policy.DONE:
             return self._finish(step, ctx, db, chained, notice, new)
+        if state.next_step == policy.NOT_ALLOWED:
+            self._audit_not_allowed(db, chained, attempt)
+            return NotAllowed(chained)
         if state.next_step == policy.UNMET or state.next_step not in self.steps:
-            return Unmet(chained)
+            return Unmet(chained, ask_admin=state.set_by_group)
         return Continue(chained, state.next_step, notice, new_transaction=new)
 
     def _finish(
@@ -431,12 +490,12 @@ class LoginFlow:
         if tx.step_up_sid is not None:
             upgraded = upgrade_session(db, services.keyring, user.id, tx.step_up_sid, acr=acr, amr=amr, ip=ip)
             assert upgraded is not None  # the browser held that live session, checked in this transaction
-            return upgraded[0], upgraded[1].sid, []
+            return upgraded[0], upgraded[1].sid, _ended_meanwhile(db)
         held = find_session(db, services.keyring, services.session_policy, attempt.session_cookie)
         if held is not None and held[1].id == user.id:
             renewed = upgrade_session(db, services.keyring, user.id, held[0].sid, acr=acr, amr=amr, ip=ip)
             if renewed is not None:
-                return renewed[0], renewed[1].sid, []
+                return renewed[0], renewed[1].sid, _ended_meanwhile(db)
         replaced = end_session(db, held[0].id) if held is not None and held[1].id != user.id else None
         if replaced is not None:
             record_audit(
@@ -452,12 +511,11 @@ class LoginFlow:
         cookie, row = start_session(
             db, services.keyring, services.session_policy, user, acr=acr, amr=amr, user_agent=attempt.user_agent, ip=ip
         )
-        ended = [describe_ended(db, sid) for sid in db.info.pop("ended_sids", [])] + [replaced]
-        return cookie, row.sid, [e for e in ended if e is not None]
+        return cookie, row.sid, _ended_meanwhile(db) + ([replaced] if replaced is not None else [])
 
     # ---- after the commit ------------------------------------------------------------------
 
-    def _after(self, outcome: Outcome, attempt: Attempt) -> Outcome:
+    def _after(self, outcome: Outcome, attempt: Attempt, keep_endings: bool = False) -> Outcome:
         """The state store follows the committed database: the transaction saved for its next
         step, kept finished for the one resume, or consumed; a refusal spends the budget."""
         store, ttl = self.services.store, self.services.ttl_seconds
@@ -468,7 +526,11 @@ class LoginFlow:
                 tx_store.save_transaction(store, outcome.tx, ttl_seconds=ttl)
             else:
                 tx_store.consume_transaction(store, outcome.tx.id)
-        elif isinstance(outcome, Unmet):
+        elif isinstance(outcome, (Unmet, NotAllowed)) and keep_endings:
+            # every entry point works the ending out again from the user it names, and
+            # consumes the transaction when it shows it
+            tx_store.save_transaction(store, outcome.tx, ttl_seconds=ttl)
+        elif isinstance(outcome, (Unmet, NotAllowed)):
             tx_store.consume_transaction(store, outcome.tx.id)
         elif outcome.status == 401:
             # every 401 a credential step answers spends the client's failure budget (a locked

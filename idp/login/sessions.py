@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
 from idp.clock import clock_of
-from idp.db.models import IdpSession, RefreshToken, SessionClient, User
+from idp.db.models import IdpSession, SessionClient, User
+from idp.revocation import revoke_session_grants
 from idp.security.keyring import Keyring, new_secret
 
 _TOUCH_EVERY = timedelta(seconds=60)  # last_seen is coarse: no write on every request
@@ -61,8 +62,8 @@ def start_session(
 
 
 def _evict_beyond_cap(db: Session, user_id: int, cap: int, ip: str | None) -> None:
-    """A user has at most `cap` live sessions: the oldest beyond it end (and their refresh
-    tokens, except offline_access ones, are revoked), audited."""
+    """A user has at most `cap` live sessions: the oldest beyond it end (and their grants,
+    except offline_access ones, are revoked), audited."""
     now = clock_of(db).now()
     live = list(
         db.scalars(
@@ -73,11 +74,7 @@ def _evict_beyond_cap(db: Session, user_id: int, cap: int, ip: str | None) -> No
     )
     for old in live[cap:]:
         old.ended_at = now
-        for token in db.scalars(
-            select(RefreshToken).where(RefreshToken.sid == old.sid, RefreshToken.revoked_at.is_(None))
-        ):
-            if "offline_access" not in token.scope.split():
-                token.revoked_at = now
+        revoke_session_grants(db, old.sid)
         record_audit(db, "session.evicted", user_id=user_id, ip=ip, outcome="success", sid=old.sid, cap=cap)
         db.info.setdefault("ended_sids", []).append(old.sid)  # the web layer sends their back-channel logouts
 
@@ -145,9 +142,7 @@ def end_session(db: Session, session_id: int) -> EndedSession | None:
     row.ended_at = now
     user = db.get(User, row.user_id)
     clients = tuple(db.scalars(select(SessionClient.client_id).where(SessionClient.session_id == row.id)))
-    for token in db.scalars(select(RefreshToken).where(RefreshToken.sid == row.sid, RefreshToken.revoked_at.is_(None))):
-        if "offline_access" not in token.scope.split():
-            token.revoked_at = now
+    revoke_session_grants(db, row.sid)  # refresh and access tokens, except offline_access grants
     return EndedSession(user_id=row.user_id, sid=row.sid, subject=user.subject if user else "", clients=clients)
 
 
@@ -165,11 +160,3 @@ def end_all_sessions(db: Session, user_id: int, *, except_session_id: int | None
     ids = db.scalars(select(IdpSession.id).where(IdpSession.user_id == user_id, IdpSession.ended_at.is_(None)))
     ended = [end_session(db, session_id) for session_id in list(ids) if session_id != except_session_id]
     return [e for e in ended if e is not None]
-
-
-def revoke_all_refresh_tokens(db: Session, user_id: int) -> None:
-    db.execute(
-        update(RefreshToken)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=clock_of(db).now())
-    )

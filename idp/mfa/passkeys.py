@@ -3,16 +3,23 @@ single-use challenges in the state store, and the stored credentials.
 
 - RP ID and origin come from IDP_ISSUER (the host, and scheme://host[:port]).
 - Challenges are random, single use (get-and-delete), 5 minutes, and bound to what they
-  were issued for: a registration to its user, a sign-in to its login transaction and, for
-  a username-first or step-up sign-in, to the user it named. A login transaction holds
-  one live sign-in challenge: a new one replaces (and deletes) the one issued before.
+  were issued for: a registration to its user, a sign-in to its login transaction and to
+  the name typed (username-first) or the user an earlier step proved (a second step or a
+  step-up). A login transaction holds one live sign-in challenge: a new one replaces (and
+  deletes) the one issued before.
+- Sign-in options list a user's passkeys (allowCredentials) only once an earlier step has
+  proved who the user is. Before that they are usernameless whatever name was typed: an
+  empty allowCredentials, the same answer for a name with no account and for one with any
+  number of passkeys of any length, no credential id for whoever types a name, and no
+  database work for the name (F-01 and DESIGN.md §4).
+- An assertion to usernameless options must carry the userHandle, and a userHandle must
+  name the credential's owner (WebAuthn §7.2 step 6).
+- A ceremony run in a frame of another origin (clientDataJSON.crossOrigin, which py_webauthn
+  parses but does not check) is refused, registration and sign-in alike (WebAuthn §7.1
+  step 10, §7.2 step 13): idp's pages are never framed.
 - User verification is required: a passkey sign-in is `phr` on its own.
 - The sign counter must grow; one that does not is refused (and audited by the caller),
   except the all-zero case of authenticators that do not count (synced passkeys).
-- Username-first options for a name with no account, or an account with no passkeys, carry
-  fake credential descriptors derived from the name with a keyed hash: the same answer on
-  every probe, the same shape as a real one, after the same database work (F-01 and the
-  predecessor's gap).
 """
 
 from __future__ import annotations
@@ -39,7 +46,6 @@ from webauthn.helpers.structs import (
 
 from idp.clock import clock_of
 from idp.db.models import Passkey, User
-from idp.security.keyring import Keyring
 from idp.state.store import StateStore
 
 CHALLENGE_TTL_SECONDS = 300
@@ -81,8 +87,7 @@ class SignedIn:
 
 
 class Passkeys:
-    def __init__(self, keyring: Keyring, store: StateStore, rp: RelyingParty) -> None:
-        self.keyring = keyring
+    def __init__(self, store: StateStore, rp: RelyingParty) -> None:
         self.store = store
         self.rp = rp
 
@@ -131,6 +136,7 @@ class Passkeys:
         record = self._take(challenge_id, "register")
         if record.get("user_id") != user.id:
             raise PasskeyError("challenge issued to another user")
+        _verify_same_origin(credential)
         try:
             verified = webauthn.verify_registration_response(
                 credential=_credential_json(credential),
@@ -162,29 +168,20 @@ class Passkeys:
     def sign_in_options(
         self, db: Session, *, tx_id: str, username: str | None = None, user_id: int | None = None
     ) -> Challenge:
-        """Usernameless (no name: any discoverable passkey), username-first (a typed name),
-        or for a known user (a step-up: user_id)."""
-        allow: list[PublicKeyCredentialDescriptor] | None = None
-        bound: int | None = None
-        if user_id is not None or username is not None:
-            if user_id is None:
-                user_id = db.scalar(select(User.id).where(User.username == username))
-            rows = db.execute(
-                select(Passkey.credential_id, Passkey.transports).where(
-                    Passkey.user_id == (user_id if user_id is not None else -1)
-                )
-            ).all()  # same query, known or not
-            # no transports in sign-in options: real ones vary by authenticator and would set
-            # real descriptors apart from the fakes (they are only a hint to the browser)
-            allow = [PublicKeyCredentialDescriptor(id=r.credential_id) for r in rows] or self._fakes(username or "")
-            bound = user_id if user_id is not None else -1  # an unknown name can be signed in by no passkey
+        """For a user an earlier step proved (user_id: a second step or a step-up), the options
+        list that user's passkeys. Otherwise they are usernameless, whatever name was typed
+        (the same answer for every name: no enumeration); a typed name only binds the
+        challenge, so that only that name's own passkey can answer it."""
+        proven = self.list(db, user_id) if user_id is not None else []
+        allow = [self._descriptor(p.credential_id, p.transports) for p in proven]
         options = webauthn.generate_authentication_options(
             rp_id=self.rp.rp_id,
             timeout=CHALLENGE_TTL_SECONDS * 1000,
-            allow_credentials=allow or [],
+            allow_credentials=allow,
             user_verification=UserVerificationRequirement.REQUIRED,
         )
-        challenge_id = self._issue("sign_in", options.challenge, tx_id=tx_id, user_id=bound)
+        bound = {"user_id": user_id} if user_id is not None else {"username": username}
+        challenge_id = self._issue("sign_in", options.challenge, tx_id=tx_id, listed=bool(allow), **bound)
         self._make_live(tx_id, challenge_id)
         return Challenge(challenge_id, webauthn.options_to_json(options))
 
@@ -204,17 +201,8 @@ class Passkeys:
             raise PasskeyError("challenge issued for another sign-in")
         if self.store.get(f"webauthn-live:{tx_id}") != str(challenge_id).encode():
             raise PasskeyError("challenge replaced by a newer one")
-        raw_id = _raw_id(credential)
-        row = db.scalar(select(Passkey).where(Passkey.credential_id == raw_id))
-        if row is None:
-            raise PasskeyError("unknown credential")
-        bound = record.get("user_id")
-        if bound is not None and bound != row.user_id:
-            raise PasskeyError("credential of another user")
-        owner = db.get(User, row.user_id)
-        handle = _user_handle(credential)
-        if owner is None or (handle is not None and handle != owner.webauthn_handle):
-            raise PasskeyError("user handle does not match the credential")
+        row, owner = _credential_and_owner(db, record, credential)
+        _verify_same_origin(credential)
         try:
             # the counter is checked below, after the signature: py_webauthn checks it first,
             # so an unsigned junk assertion could pass for a cloned authenticator
@@ -285,15 +273,45 @@ class Passkeys:
             id=credential_id, transports=[_TRANSPORTS[t] for t in transports if t in _TRANSPORTS] or None
         )
 
-    def _fakes(self, username: str) -> builtins.list[PublicKeyCredentialDescriptor]:
-        """One plausible descriptor (most accounts have one passkey), stable per name: a
-        32-byte keyed digest, the length of the credential ids browsers make."""
-        return [PublicKeyCredentialDescriptor(id=bytes.fromhex(self.keyring.digest(f"fake-passkey:{username}")))]
-
 
 def clean_name(name: object) -> str:
     text = " ".join(str(name).split())[:NAME_MAX] if isinstance(name, str) else ""
     return text or "Passkey"
+
+
+def _credential_and_owner(db: Session, record: dict[str, Any], credential: object) -> tuple[Passkey, User]:
+    """The stored credential an assertion names and its owner, who must be the user or the
+    name the challenge was bound to; when the options listed no credential, the assertion's
+    userHandle is what names the user, so it must be there (WebAuthn §7.2 step 6)."""
+    row = db.scalar(select(Passkey).where(Passkey.credential_id == _raw_id(credential)))
+    owner = db.get(User, row.user_id) if row is not None else None
+    if row is None or owner is None:
+        raise PasskeyError("unknown credential")
+    bound_id, bound_name = record.get("user_id"), record.get("username")
+    if (bound_id is not None and bound_id != owner.id) or (bound_name is not None and bound_name != owner.username):
+        raise PasskeyError("credential of another user")
+    handle = _user_handle(credential)
+    if handle is None and record.get("listed") is not True:
+        raise PasskeyError("usernameless assertion without a user handle")
+    if handle is not None and handle != owner.webauthn_handle:
+        raise PasskeyError("user handle does not match the credential")
+    return row, owner
+
+
+def _verify_same_origin(credential: object) -> None:
+    """Refuses a ceremony a browser reports as run in a frame of another origin (crossOrigin
+    true, or a topOrigin): idp's pages send frame-ancestors 'none', so that is a page
+    embedding idp's WebAuthn call. py_webauthn parses the flag but does not check it."""
+    response = _as_dict(credential).get("response")
+    encoded = response.get("clientDataJSON") if isinstance(response, dict) else None
+    try:
+        client_data = json.loads(base64url_to_bytes(encoded)) if isinstance(encoded, str) else None
+    except (ValueError, RecursionError):
+        client_data = None
+    if not isinstance(client_data, dict):
+        raise PasskeyError("malformed client data")
+    if client_data.get("crossOrigin") not in (None, False) or "topOrigin" in client_data:
+        raise PasskeyError("ceremony in a cross-origin frame")
 
 
 def _credential_json(credential: object) -> str:

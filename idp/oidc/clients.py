@@ -12,7 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.db.models import Client
+from idp.oidc import redirects
 from idp.oidc.origins import origin_of
+from idp.scopes import ScopeDeclaration
 from idp.security.keyring import Keyring
 
 
@@ -23,6 +25,18 @@ class RegisteredClient(ClientMixin):
         self._secret_digest = secret_digest
         self._keyring = keyring
         self.cors_origins = _cors_origins(row_config)
+        groups = row_config.get("allowed_groups")
+        # None: everyone may use the app; else members of any of these (read on every refresh)
+        self.allowed_groups: frozenset[str] | None = frozenset(groups) if groups is not None else None
+        # the clients file's [[scopes]] this client registered, by name (idp/oidc/claims.py)
+        self.declared_scopes = {
+            d["name"]: ScopeDeclaration(d["name"], tuple(d["claims"]), d.get("description"))
+            for d in row_config.get("declared_scopes") or ()
+        }
+        # "all": the groups claim lists every group of the user, not only the allowed_groups
+        self.groups_claim_all = row_config.get("groups_claim") == "all"
+        # the scopes' claims only at userinfo, none in the ID token
+        self.minimal_id_token = row_config.get("id_token_claims") == "minimal"
 
     def __repr__(self) -> str:
         return f"RegisteredClient({self.client_id!r})"
@@ -48,6 +62,12 @@ class RegisteredClient(ClientMixin):
         return bool(self.config.get("first_party"))
 
     @property
+    def accepts_token_endpoint_audience(self) -> bool:
+        """private_key_jwt: the token endpoint URL is also a good assertion `aud` (clients file:
+        token_endpoint_audience_compat)."""
+        return self.config.get("token_endpoint_audience_compat") is True
+
+    @property
     def scopes(self) -> set[str]:
         return set(str(self.config.get("scope", "")).split())
 
@@ -67,7 +87,9 @@ class RegisteredClient(ClientMixin):
         return " ".join(requested) if set(requested) <= self.scopes else None
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in (self.config.get("redirect_uris") or [])  # exact match only
+        # exact, but for a native app's loopback IP redirects any port (RFC 8252 §7.3)
+        native = self.config.get("application_type") == "native"
+        return redirects.check_redirect_uri(redirect_uri, self.config.get("redirect_uris") or (), native=native)
 
     def check_client_secret(self, client_secret: str) -> bool:
         if self._secret_digest is None:
@@ -105,6 +127,7 @@ class ClientRegistry:
         self._keyring = keyring
         self._clients: dict[str, RegisteredClient] | None = None
         self._cors_origins: frozenset[str] = frozenset()
+        self._declared_scopes: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def get(self, client_id: object) -> RegisteredClient | None:
@@ -120,6 +143,9 @@ class ClientRegistry:
             rows = db.scalars(select(Client)).all()
             clients = {r.client_id: RegisteredClient(r.config, r.secret_digest, self._keyring) for r in rows}
             self._cors_origins = frozenset().union(*(c.cors_origins for c in clients.values()))
+            declared = {d.name: d.claims for c in clients.values() for d in c.declared_scopes.values()}
+            if declared != self._declared_scopes:
+                self._declared_scopes = declared  # a new object only on a change: discovery rebuilds then
             self._clients = clients
 
     def cors_origins(self) -> frozenset[str]:
@@ -127,3 +153,10 @@ class ClientRegistry:
         if self._clients is None:
             self.reload()
         return self._cors_origins
+
+    def declared_scopes(self) -> dict[str, tuple[str, ...]]:
+        """Every custom scope some client registered ([[scopes]] in the clients file), with
+        its claims: the scope names the server accepts, and what discovery lists."""
+        if self._clients is None:
+            self.reload()
+        return self._declared_scopes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from idp.oidc.client_key_sets import ClientKeySets
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.signing_keys import KeyCache
 from idp.oidc.token_store import Lifetimes
@@ -22,9 +23,13 @@ class OidcContext:
     lifetimes: Lifetimes
     code_ttl_seconds: int
     id_token_ttl_seconds: int
+    client_key_sets: ClientKeySets  # private_key_jwt clients' jwks_uri, fetched off the request path
     # RateLimits (idp/security/rate_limits.py): the token endpoint's per-client limit,
     # counted after the client has authenticated, so nobody can spend another client's quota.
     rate_limits: Any = None
+    # IDP_CLIENT_ASSERTION_MAX_SECONDS: how far a private_key_jwt assertion's exp may lie after
+    # its iat and after its receipt (RFC 7523 §3)
+    client_assertion_max_seconds: int = 300
 
     @property
     def token_endpoint(self) -> str:

@@ -1,18 +1,27 @@
-"""Provider metadata (OIDC Discovery 1.0 §3, RFC 8414, RFC 9207 §3): one document, built
-once at start-up and served as precomputed bytes."""
+"""Provider metadata (OIDC Discovery 1.0 §3, RFC 8414, RFC 9207 §3): one document, served
+as precomputed bytes, built again only when the custom scopes that clients register (the
+clients file's [[scopes]]) change, so that scopes_supported and claims_supported list what
+idp releases: the standard scopes and claims, and the declared ones."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from idp.oidc.server import SUPPORTED_SCOPES
+from idp.oidc.clients import ClientRegistry
+from idp.oidc.server import ASSERTION_SIGNING_ALGS
 from idp.oidc.signing_keys import ID_TOKEN_ALGS
+from idp.scopes import ID_TOKEN_CLAIMS, STANDARD_SCOPES, SUPPORTED_SCOPES
 
 ACR_VALUES = ["pwd", "mfa", "phr"]  # the ladder of idp/login/policy.py
 
 
-def build_metadata(issuer: str) -> dict[str, Any]:
+def build_metadata(issuer: str, declared: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """`declared`: the custom scopes clients registered, with their claims."""
+    declared = declared or {}
+    claims = (*ID_TOKEN_CLAIMS, *(c for released in STANDARD_SCOPES.values() for c in released))
+    claims += tuple(c for name in sorted(declared) for c in declared[name])
     auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
     return {
         "issuer": issuer,
@@ -25,7 +34,7 @@ def build_metadata(issuer: str) -> dict[str, Any]:
         "end_session_endpoint": f"{issuer}/logout",
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
-        "scopes_supported": SUPPORTED_SCOPES,
+        "scopes_supported": [*SUPPORTED_SCOPES, *sorted(declared)],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
@@ -33,29 +42,14 @@ def build_metadata(issuer: str) -> dict[str, Any]:
         # per client (id_token_signed_response_alg); "EdDSA" is the older name of "Ed25519"
         "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGS),
         "token_endpoint_auth_methods_supported": auth_methods,
-        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256", "PS256"],
+        # private_key_jwt at each endpoint (RFC 8414 §2: required beside the method)
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_SIGNING_ALGS),
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_SIGNING_ALGS),
         "introspection_endpoint_auth_methods_supported": auth_methods[:3],
+        "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_SIGNING_ALGS),
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": [
-            "sub",
-            "iss",
-            "aud",
-            "exp",
-            "iat",
-            "auth_time",
-            "nonce",
-            "acr",
-            "amr",
-            "sid",
-            "azp",
-            "at_hash",
-            "name",
-            "preferred_username",
-            "email",
-            "email_verified",
-            "updated_at",
-        ],
+        "claims_supported": list(dict.fromkeys(claims)),
         "acr_values_supported": ACR_VALUES,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_parameter_supported": False,
@@ -65,5 +59,22 @@ def build_metadata(issuer: str) -> dict[str, Any]:
     }
 
 
-def metadata_bytes(issuer: str) -> bytes:
-    return json.dumps(build_metadata(issuer), separators=(",", ":")).encode()
+def metadata_bytes(issuer: str, declared: Mapping[str, tuple[str, ...]] | None = None) -> bytes:
+    return json.dumps(build_metadata(issuer, declared), separators=(",", ":")).encode()
+
+
+class DiscoveryDocument:
+    """The document's bytes, rebuilt when the registry's declared scopes change (its reload
+    keeps the same mapping object while they stay the same)."""
+
+    def __init__(self, issuer: str, clients: ClientRegistry) -> None:
+        self._issuer = issuer
+        self._clients = clients
+        self._built_for: object = None
+        self._bytes = b""
+
+    def current(self) -> bytes:
+        declared = self._clients.declared_scopes()
+        if declared is not self._built_for:
+            self._bytes, self._built_for = metadata_bytes(self._issuer, declared), declared
+        return self._bytes

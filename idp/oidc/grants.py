@@ -21,19 +21,22 @@ from sqlalchemy.orm import Session
 from idp.audit.trail import record_audit
 from idp.clock import clock_of, epoch
 from idp.db.models import AuthorizationCode, User
+from idp.login.memberships import memberships_of
+from idp.login.policy import may_use
 from idp.oidc import id_tokens
 from idp.oidc.request import IdpRequest
 from idp.oidc.token_store import (
+    TokenOwner,
     consume_authorization_code,
+    consume_grace_successor,
     consume_refresh_token,
     find_authorization_code,
     find_refresh_grant,
     is_refresh_usable,
     owner_of,
-    reload_refresh_grant,
-    revoke_family,
     within_grace,
 )
+from idp.revocation import revoke_family, revoke_user_grants_at_client
 from idp.security.keyring import new_secret
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_assertion_jwt", "none"]
@@ -48,6 +51,31 @@ class ApprovedLogin:
     auth_time: datetime
     acr: str
     amr: tuple[str, ...]
+
+
+def may_still_use(request: IdpRequest, db: Session, user_id: int) -> bool:
+    """The app's allowed_groups, checked again where tokens are issued from a grant (a code
+    redeemed, a refresh): one query, and only for a client that has them. A user taken out
+    of the groups since the code was issued, or a clients file that narrowed them, ends
+    here, with everything else the user holds at that app."""
+    client = request.client
+    if client.allowed_groups is None:
+        return True
+    request.memberships = memberships_of(db, user_id)
+    if may_use(client.allowed_groups, (group.name for group in request.memberships)):
+        return True
+    revoke_user_grants_at_client(db, user_id, client.client_id)
+    record_audit(
+        db,
+        "access.refused",
+        user_id=user_id,
+        client_id=client.client_id,
+        ip=request.client_ip,
+        outcome="refused",
+        reason="not_in_allowed_groups",
+        grant_type=request.payload.grant_type,
+    )
+    return False
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -143,7 +171,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: Any) -> User | None:
         user = self.request.db.get(User, authorization_code.row.user_id)
-        return None if user is None or user.disabled else user
+        if user is None or user.disabled or not may_still_use(self.request, self.request.db, user.id):
+            return None  # Authlib answers invalid_grant
+        return user
 
     def _revoke_after_reuse(self, db: Session, row: AuthorizationCode) -> None:
         # RFC 6749 §4.1.2: a code used twice revokes every token issued from it.
@@ -204,6 +234,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         owner = owner_of(row)
         if owner.disabled:
             raise InvalidGrantError("The refresh token is no longer valid.")
+        self._check_access(db, owner)
         self.request.user = owner
         token = self.issue_token(owner, view)
         successor = token["refresh_token"]
@@ -218,18 +249,21 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             ),
         )
         if not claimed:
-            # Raced with a concurrent refresh: inside the grace period it gets the same successor.
-            current = reload_refresh_grant(db, row.id)
-            if current is None or not within_grace(current, ctx.lifetimes, clock_of(db).now()):
+            # Raced with a concurrent refresh: inside the grace period it gets the same successor,
+            # once, and only while that successor is unused; any other replay is reuse.
+            handed_out = consume_grace_successor(db, row.id, ctx.lifetimes)
+            if handed_out is None:
                 self._revoke_after_reuse(db, row)
                 raise InvalidGrantError("The refresh token is no longer valid.")
-            self.request.reissued_refresh_token = ctx.keyring.decrypt(
-                "refresh-successor", current.successor_encrypted
-            ).decode()
+            self.request.reissued_refresh_token = ctx.keyring.decrypt("refresh-successor", handed_out).decode()
         self.save_token(token)
         if "openid" in token.get("scope", "").split():
             token["id_token"] = id_tokens.encode_refresh_id_token(self.request, token, row)
         return 200, token, self.TOKEN_RESPONSE_HEADER
+
+    def _check_access(self, db: Session, owner: TokenOwner) -> None:
+        if not may_still_use(self.request, db, owner.id):
+            raise InvalidGrantError("The refresh token is no longer valid.")
 
     def issue_token(self, user: Any, refresh_token: Any) -> dict[str, Any]:
         scope = self.request.payload.scope or refresh_token.get_scope()  # narrowing is allowed (RFC 6749 §6)

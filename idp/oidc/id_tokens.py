@@ -1,35 +1,23 @@
 """ID tokens (OIDC Core §2, §3.1.3.6): signed with the algorithm the client registered as
 `id_token_signed_response_alg` (OIDC Registration §2; RS256 when absent) under the current key
-of that family, carrying the login's auth_time/acr/amr/sid, the nonce and at_hash."""
+of that family, carrying the login's auth_time/acr/amr/sid, the nonce and at_hash, and the
+claims of the granted scopes (idp/oidc/claims.py) unless the client registered
+id_token_claims = "minimal" (then only userinfo has them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode
 from authlib.oidc.core.util import create_half_hash
 
 from idp.clock import clock_of, epoch
 from idp.db.models import RefreshToken, User
+from idp.login.memberships import memberships_of
+from idp.oidc.claims import GroupsLoader, build_user_info
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.request import IdpRequest
 from idp.oidc.signing_keys import ALG, family_of
-
-
-def build_user_info(user: Any, scope: str) -> UserInfo:
-    """Claims released by the scope; `user` is a User or a row with the same attributes."""
-    scopes = set(scope.split())
-    info = UserInfo(sub=user.subject)
-    if "profile" in scopes:
-        info["preferred_username"] = user.username
-        if user.name:
-            info["name"] = user.name
-        info["updated_at"] = epoch(user.updated_at)
-    if "email" in scopes and user.email:
-        info["email"] = user.email
-        info["email_verified"] = bool(user.email_verified)  # set by an admin (idp user add/set)
-    return info
 
 
 def id_token_alg(client: RegisteredClient | None) -> str:
@@ -55,7 +43,10 @@ def sign(request: IdpRequest, claims: dict[str, Any]) -> str:
 def _base_claims(request: IdpRequest, user: User, token: dict[str, Any]) -> dict[str, Any]:
     now = epoch(clock_of(request.db).now())
     client_id = request.client.get_client_id()
-    claims: dict[str, Any] = dict(build_user_info(user, token.get("scope", "")))
+    if request.client.minimal_id_token:
+        claims: dict[str, Any] = {"sub": user.subject}
+    else:
+        claims = build_user_info(user, token.get("scope", ""), request.client, _groups_of(request, user.id))
     claims.update(
         iss=request.ctx.issuer, aud=client_id, azp=client_id, iat=now, exp=now + request.ctx.id_token_ttl_seconds
     )
@@ -63,6 +54,19 @@ def _base_claims(request: IdpRequest, user: User, token: dict[str, Any]) -> dict
     if access_token and (at_hash := build_at_hash(access_token, id_token_alg(request.client))):
         claims["at_hash"] = at_hash
     return claims
+
+
+def _groups_of(request: IdpRequest, user_id: int) -> GroupsLoader:
+    """The user's group names, read when the groups claim is released: from the access check
+    of this very request when it read them (request.memberships), else with one query."""
+
+    def load() -> list[str]:
+        memberships = request.memberships
+        if memberships is None:
+            memberships = memberships_of(request.db, user_id)
+        return [membership.name for membership in memberships]
+
+    return load
 
 
 def encode_refresh_id_token(request: IdpRequest, token: dict[str, Any], row: RefreshToken) -> str:

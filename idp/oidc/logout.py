@@ -8,8 +8,8 @@ logout tokens the RPs it signed into are sent.
   redirect otherwise (an open redirector is worse than a "signed out" page).
 - A logout token is signed with the client's `id_token_signed_response_alg`, as its ID tokens
   are: Back-Channel Logout §2.6 has the RP check its alg as it checks an ID token's.
-- Ending a session revokes the refresh tokens bound to it (`sid`), except those granted
-  `offline_access`: that scope exists so an RP keeps access when the user is gone.
+- Ending a session revokes the grants (refresh and access tokens) it approved (`sid`), except
+  those granted `offline_access`: that scope exists so an RP keeps access when the user is gone.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from idp.login.sessions import (  # noqa: F401
     describe_ended,
     end_all_sessions,
     end_session,
-    revoke_all_refresh_tokens,
 )
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext

@@ -49,6 +49,9 @@ class IdpRequest(OAuth2Request):
         # the client that authenticated, as soon as it has (Authlib sets `client` only once the
         # whole request is valid; an error answer still belongs to the client that asked)
         self.authenticated_client: Any = None
+        # the user's groups, when this request had to read them already (an access check):
+        # the groups claim reuses them instead of a second query
+        self.memberships: tuple[Any, ...] | None = None
 
     @property
     def args(self) -> dict[str, str]:

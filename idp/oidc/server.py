@@ -3,8 +3,9 @@ SQL, responses as framework-neutral values (the web layer turns them into HTTP).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import bindparam, insert, select, update
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session
 from idp.audit.trail import record_audit
 from idp.clock import clock_of, epoch
 from idp.db.models import AccessToken, RefreshToken, User
+from idp.oidc.client_key_sets import KeySetUnavailable
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext
 from idp.oidc.grants import (
@@ -42,10 +45,13 @@ from idp.oidc.grants import (
 from idp.oidc.id_tokens import IdpOpenIDCode
 from idp.oidc.request import IdpRequest
 from idp.oidc.token_store import (
+    SUCCESSOR_ROTATED,
+    is_refresh_active,
     is_refresh_usable,
     new_token_value,
-    revoke_family,
 )
+from idp.revocation import revoke_family
+from idp.scopes import SUPPORTED_SCOPES  # and the [[scopes]] clients register (validate_requested_scope)
 from idp.state.store import StoreUnavailable
 
 # Table-level inserts built once: the ORM's insert path (and building a statement per
@@ -53,8 +59,10 @@ from idp.state.store import StoreUnavailable
 _INSERT_ACCESS_TOKEN = insert(AccessToken.__table__)
 _INSERT_REFRESH_TOKEN = insert(RefreshToken.__table__)
 _endpoint_db: ContextVar[Session] = ContextVar("idp_endpoint_db")
-SUPPORTED_SCOPES = ["openid", "profile", "email", "offline_access"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_assertion_jwt"]
+# What a client assertion may be signed with, and what discovery advertises for it: asymmetric
+# algorithms only (an HMAC made with a key the client publishes proves nothing)
+ASSERTION_SIGNING_ALGS = ("RS256", "ES256", "PS256")
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,11 @@ class IdpAuthorizationServer(AuthorizationServer):
     def validate_requested_scope(self, scope: str | None) -> None:
         if scope is not None and (not scope.strip() or len(scope) > 1000):
             raise InvalidScopeError()
-        super().validate_requested_scope(scope)
+        # a custom scope is known once some client registers it; whether *this* client may
+        # have it is the client's check (RegisteredClient.get_allowed_scope)
+        declared = self.ctx.clients.declared_scopes()
+        if scope and not all(value in declared or value in SUPPORTED_SCOPES for value in scope.split()):
+            raise InvalidScopeError()
 
     def create_oauth2_request(self, request: IdpRequest) -> IdpRequest:
         return request
@@ -284,7 +296,9 @@ class IdpAuthorizationServer(AuthorizationServer):
                 family_id=family_id,
                 client_id=request.client.get_client_id(),
                 user_id=user.id,
-                scope=token["scope"],
+                # RFC 6749 §6: a refresh that narrows the scope narrows the access token only;
+                # the new refresh token keeps the grant's scope, identical to its parent's
+                scope=parent.scope if parent is not None else token["scope"],
                 sid=origin.sid,
                 auth_time=origin.auth_time,
                 acr=origin.acr,
@@ -295,6 +309,7 @@ class IdpAuthorizationServer(AuthorizationServer):
                 rotated_at=None,
                 successor_digest=None,
                 successor_encrypted=None,
+                successor_handed_out=False,
                 revoked_at=None,
             ),
         )
@@ -302,12 +317,16 @@ class IdpAuthorizationServer(AuthorizationServer):
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
-    """private_key_jwt (RFC 7523 §2.2, OIDC Core §9) against the client's registered jwks."""
+    """private_key_jwt (RFC 7523 §2.2 and §3, OIDC Core §9) against the client's registered
+    jwks. `aud` is the issuer alone, as a string (draft-ietf-oauth-rfc7523bis: no audience
+    injection); `exp` lies at most IDP_CLIENT_ASSERTION_MAX_SECONDS after `iat` and after
+    receipt; the `jti` is single use for as long as the assertion would be accepted."""
 
     CLIENT_AUTH_METHOD = "client_assertion_jwt"
+    LEEWAY_SECONDS = 30  # clock skew allowed on exp, nbf and iat
 
     def __init__(self, ctx: OidcContext) -> None:
-        super().__init__(validate_jti=True, leeway=30)
+        super().__init__(validate_jti=True, leeway=self.LEEWAY_SECONDS)
         self.ctx = ctx
 
     def __call__(self, query_client: Any, request: Any) -> Any:
@@ -315,27 +334,75 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
             return super().__call__(query_client, request)
 
     def process_assertion_claims(self, assertion: str, resolve_key: Any) -> Any:
+        # not Authlib's: it allows HS256 and quotes the header's kid and alg in its errors
         with _fixed_assertion_errors():
-            return super().process_assertion_claims(assertion, resolve_key)
+            claims = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_SIGNING_ALGS).claims
+        self.verify_claims(claims)
+        return claims
+
+    def verify_claims(self, claims: Any) -> None:
+        # before Authlib's checks: they take an array holding a good audience, and record the jti
+        self._verify_audience(claims)
+        self._verify_lifetime(claims)
+        super().verify_claims(claims)
 
     def get_audiences(self) -> list[str]:
-        return [self.ctx.token_endpoint, self.ctx.issuer]
+        # for Authlib's check, once _verify_audience has allowed one of these, as a string
+        return [self.ctx.issuer, self.ctx.token_endpoint]
+
+    def _verify_audience(self, claims: Any) -> None:
+        aud = claims.get("aud")
+        client = self.ctx.clients.get(claims.get("sub"))  # the one whose key verified the signature
+        # OIDC Core §9's older advice, the token endpoint URL, only where the clients file allows it
+        compat = client is not None and client.accepts_token_endpoint_audience
+        if isinstance(aud, str) and (aud == self.ctx.issuer or (compat and aud == self.ctx.token_endpoint)):
+            return
+        raise InvalidClientError(
+            description=f"Invalid claim: 'aud' must be the issuer identifier, {self.ctx.issuer}, as a single string."
+        )
+
+    def _verify_lifetime(self, claims: Any) -> None:
+        # Comparisons, not differences: an integer too large for a float must not raise.
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not _is_numeric_date(exp):
+            return  # missing or malformed: Authlib's checks refuse it
+        longest = self.ctx.client_assertion_max_seconds
+        received = int(time.time())  # the wall clock, as joserfc's exp check
+        if exp > received + longest + self.leeway or (_is_numeric_date(iat) and exp > iat + longest):
+            raise InvalidClientError(
+                description=f"The assertion lives too long: exp may be at most {longest} seconds after iat "
+                "and after receipt (RFC 7523 section 3)."
+            )
 
     def validate_jti(self, claims: Any, jti: Any) -> bool:
         if not isinstance(jti, str) or not 8 <= len(jti) <= 200:
             return False
-        # the wall clock, not idp's Clock: the marker must outlive the window in which joserfc,
-        # checking `exp` against the wall clock, still accepts this assertion
-        lifetime = max(60, min(int(claims.get("exp", 0)) - int(time.time()) + 60, 3600))
-        return self.ctx.store.add(f"jti:{claims['sub']}:{jti}", b"1", ttl_seconds=lifetime)
+        # Kept until joserfc, checking exp against the wall clock (not idp's Clock), refuses the
+        # assertion anyway: exp plus leeway, at most the longest lifetime plus twice the leeway.
+        ttl_seconds = max(1, math.ceil(claims["exp"] + self.leeway - time.time()) + 1)
+        return self.ctx.store.add(f"jti:{claims['sub']}:{jti}", b"1", ttl_seconds=ttl_seconds)
 
-    def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
+    def resolve_client_public_key(self, client: RegisteredClient) -> KeySet | Callable[[Any], KeySet]:
         jwks = client.config.get("jwks")
-        if not jwks:
-            from idp.oidc.remote_jwks import fetch_client_jwks
+        if jwks:
+            return KeySet.import_key_set(jwks)
+        uri, key_sets = client.config.get("jwks_uri") or "", self.ctx.client_key_sets
 
-            jwks = fetch_client_jwks(client.config.get("jwks_uri") or "")
-        return KeySet.import_key_set(jwks)
+        def by_kid(token: Any) -> KeySet:
+            # joserfc calls this once the header's alg is allowed: an unknown kid may refetch
+            kid = token.headers().get("kid")
+            try:
+                return key_sets.get(uri, kid=kid if isinstance(kid, str) else None)
+            except KeySetUnavailable:
+                raise InvalidClientError(description=KeySetUnavailable.public_message) from None
+
+        return by_kid
+
+
+def _is_numeric_date(value: Any) -> bool:
+    return not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    )
 
 
 @contextmanager
@@ -413,7 +480,15 @@ def _lookup(model: type[AccessToken] | type[RefreshToken], *extra: Any) -> Any:
 
 _TOKEN_LOOKUPS = {
     "access": _lookup(AccessToken),
-    "refresh": _lookup(RefreshToken, RefreshToken.family_id, RefreshToken.family_expires_at),
+    "refresh": _lookup(
+        RefreshToken,
+        RefreshToken.family_id,
+        RefreshToken.family_expires_at,
+        RefreshToken.rotated_at,
+        RefreshToken.successor_encrypted,
+        RefreshToken.successor_handed_out,
+        SUCCESSOR_ROTATED.label("successor_rotated"),
+    ),
 }
 
 
@@ -469,6 +544,8 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
 
     def introspect_token(self, token: _TokenView) -> dict[str, Any]:
         row = token.row
+        if token.kind == "refresh" and not is_refresh_active(row, self.server.ctx.lifetimes, token.now):
+            return {"active": False}  # RFC 7662 §2.2: rotated out, and no grace hand-out still due
         payload: dict[str, Any] = {
             "active": True,
             "client_id": row.client_id,

@@ -9,7 +9,11 @@ serves it within one reload interval) but signs only from `signs_from`, PUBLISH_
 later. Signing at once would let one process issue tokens under a kid that another process's
 JWKS, or a relying party's cached copy of it, does not have yet. The old key signs until
 then and stays published until every ID token it signed has expired. Each family rotates on
-its own: a new ES256 key retires only the ES256 key before it."""
+its own: a new ES256 key retires only the ES256 key before it.
+
+A revoked key (idp/oidc/key_revocation.py) stays in the table for the record but is neither
+published nor chosen to sign; scheduled rotation (idp/oidc/key_schedule.py) runs on the same
+reload tick as the cache below."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -26,7 +30,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.clock import clock_of
-from idp.db.models import SigningKey
+from idp.db.models import Client, SigningKey
 from idp.security.keyring import Keyring, new_secret
 
 _PURPOSE = "signing-key"
@@ -49,7 +53,7 @@ _GENERATE: dict[str, Callable[[], PrivateKey]] = {
 }
 
 # Clock skew allowance for relying parties that validate a little late.
-_PUBLISH_MARGIN = timedelta(minutes=5)
+PUBLISH_MARGIN = timedelta(minutes=5)
 JWKS_MAX_AGE_SECONDS = 60  # Cache-Control max-age of /jwks (idp/web/static_documents.py)
 # From `keys rotate` to the first signature with the new key: two reload intervals (every
 # process publishes it) plus the JWKS max-age (every relying party's cached copy has it).
@@ -104,12 +108,13 @@ class ActiveKeys:
         return jwt.encode(header, claims, key, [alg])
 
 
-def create_signing_key(db: Session, keyring: Keyring, alg: str = ALG) -> SigningKey:
+def create_signing_key(db: Session, keyring: Keyring, alg: str = ALG, *, replaces: str | None = None) -> SigningKey:
     pem = _GENERATE[alg]().as_pem(private=True)
     kid = new_secret(12)
     public = _KEY_CLASS[alg].import_key(pem).as_dict(private=False)
     public.update({"kid": kid, "use": "sig", "alg": alg})
-    row = SigningKey(kid=kid, alg=alg, public_jwk=public, private_key_encrypted=keyring.encrypt(_PURPOSE, pem))
+    encrypted = keyring.encrypt(_PURPOSE, pem)
+    row = SigningKey(kid=kid, alg=alg, public_jwk=public, private_key_encrypted=encrypted, replaces_kid=replaces)
     db.add(row)
     db.flush()
     return row
@@ -132,21 +137,24 @@ def rotate_signing_key(
     signs_in_seconds: int = 0,
     alg: str = ALG,
     at: datetime | None = None,
+    replaces: str | None = None,
 ) -> SigningKey:
     """A new key of `alg`'s family, published now and signing `signs_in_seconds` from now (0:
     at once, for a compromised key, accepting that relying parties may briefly miss it). The
     family's keys signing until then stop at that moment, and stay published until their last
-    tokens expire."""
+    tokens expire. `replaces`: the kid a scheduled rotation replaces (unique: see SigningKey)."""
     family = family_of(alg)
     now = at or clock_of(db).now()
     if signing_key_of(published_keys(db), now, family) is None:
         signs_in_seconds = 0  # nothing of this family signs today: waiting would leave it without a key
     switch_at = now + timedelta(seconds=signs_in_seconds)
     still_signing = or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > switch_at)
-    for old in db.scalars(select(SigningKey).where(SigningKey.alg == family, still_signing)):
+    # a revoked key stays unpublished: giving it an unpublish_at in the future would publish it again
+    live = SigningKey.revoked_at.is_(None)
+    for old in db.scalars(select(SigningKey).where(SigningKey.alg == family, still_signing, live)):
         old.retired_at = switch_at
-        old.unpublish_at = switch_at + timedelta(seconds=id_token_ttl_seconds) + _PUBLISH_MARGIN
-    row = create_signing_key(db, keyring, family)
+        old.unpublish_at = switch_at + timedelta(seconds=id_token_ttl_seconds) + PUBLISH_MARGIN
+    row = create_signing_key(db, keyring, family, replaces=replaces)
     row.signs_from = switch_at if signs_in_seconds else None
     return row
 
@@ -182,6 +190,7 @@ def signing_key_of(keys: list[SigningKey], now: datetime, alg: str = ALG) -> Sig
         k
         for k in keys
         if k.alg == alg
+        and k.revoked_at is None
         and (k.signs_from is None or k.signs_from <= now)
         and (k.retired_at is None or k.retired_at > now)
     ]
@@ -194,8 +203,25 @@ def signing_keys_of(keys: list[SigningKey], now: datetime) -> dict[str, SigningK
 
 def published_keys(db: Session) -> list[SigningKey]:
     now = clock_of(db).now()
-    query = select(SigningKey).where(or_(SigningKey.unpublish_at.is_(None), SigningKey.unpublish_at > now))
+    published = or_(SigningKey.unpublish_at.is_(None), SigningKey.unpublish_at > now)
+    query = select(SigningKey).where(published, SigningKey.revoked_at.is_(None))
     return list(db.scalars(query.order_by(SigningKey.created_at.desc(), SigningKey.id.desc())))
+
+
+def listed_keys(db: Session) -> list[SigningKey]:
+    """What `idp keys list` shows: the published keys and every revoked one (kept for the record)."""
+    now = clock_of(db).now()
+    shown = or_(SigningKey.unpublish_at.is_(None), SigningKey.unpublish_at > now, SigningKey.revoked_at.is_not(None))
+    return list(
+        db.scalars(select(SigningKey).where(shown).order_by(SigningKey.created_at.desc(), SigningKey.id.desc()))
+    )
+
+
+def families_in_use(db: Session) -> set[str]:
+    """The key families that sign some client's ID and logout tokens. RS256 always: it is the
+    default of a client that names no alg, and of any other JWT."""
+    configs = db.scalars(select(Client.config))
+    return {ALG} | {family_of(config.get("id_token_signed_response_alg") or ALG) for config in configs}
 
 
 def build_active_keys(keys: list[SigningKey], keyring: Keyring, now: datetime) -> ActiveKeys:
@@ -213,13 +239,20 @@ def _private_key(row: SigningKey, keyring: Keyring) -> PrivateKey:
     return _KEY_CLASS[row.alg].import_key(pem, {"kid": row.kid, "use": "sig"})
 
 
+class Schedule(Protocol):
+    def rotate_due(self, keys: list[SigningKey], now: datetime) -> bool:
+        """Rotates what `keys` (the published ones, read at `now`) show is due; True if it did."""
+
+
 class KeyCache:
     """The active key set in memory. Loaded at start-up and reloaded by the app's background
-    refresher, never inside a request: a request may hold the only database connection."""
+    refresher, never inside a request: a request may hold the only database connection.
+    With a `schedule`, each reload is also its tick (idp/oidc/key_schedule.py)."""
 
-    def __init__(self, sessions: sessionmaker[Session], keyring: Keyring) -> None:
+    def __init__(self, sessions: sessionmaker[Session], keyring: Keyring, *, schedule: Schedule | None = None) -> None:
         self._sessions = sessions
         self._keyring = keyring
+        self._schedule = schedule
         self._keys: ActiveKeys | None = None
         self._published: tuple[object, ...] = ()
         self._lock = threading.Lock()
@@ -235,12 +268,21 @@ class KeyCache:
         return json.loads(self.get().jwks_bytes)  # type: ignore[no-any-return]
 
     def reload(self) -> None:
-        with self._lock, self._sessions() as db:
+        with self._lock:
+            keys, now = self._load()
+            # the schedule writes in a unit of work of its own, after _load has handed back its
+            # connection (SQLite's pool has one); a new key is then published by this very reload
+            if self._schedule is not None and self._schedule.rotate_due(keys, now):
+                self._load()
+
+    def _load(self) -> tuple[list[SigningKey], datetime]:
+        with self._sessions() as db:
             keys = published_keys(db)
             now = clock_of(db).now()
-            signing = sorted((alg, key.kid) for alg, key in signing_keys_of(keys, now).items())
-            # the signing keys change with time alone (signs_from, retired_at), not only with rows
-            published = (tuple((k.kid, k.retired_at, k.unpublish_at) for k in keys), tuple(signing))
-            if self._keys is None or published != self._published:  # decrypt and parse only on change
-                self._keys = build_active_keys(keys, self._keyring, now)
-                self._published = published
+        signing = sorted((alg, key.kid) for alg, key in signing_keys_of(keys, now).items())
+        # the signing keys change with time alone (signs_from, retired_at), not only with rows
+        published = (tuple((k.kid, k.retired_at, k.unpublish_at) for k in keys), tuple(signing))
+        if self._keys is None or published != self._published:  # decrypt and parse only on change
+            self._keys = build_active_keys(keys, self._keyring, now)
+            self._published = published
+        return keys, now

@@ -1,16 +1,17 @@
 """Access and refresh token records: minted at random, stored as keyed digests, revoked
-by family (every token that descends from one authorization code)."""
+by family (every token that descends from one authorization code; idp/revocation.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, bindparam, exists, select, update
+from sqlalchemy.orm import Session, aliased
 
 from idp.clock import clock_of
-from idp.db.models import AccessToken, AuthorizationCode, RefreshToken, User
+from idp.db.models import AuthorizationCode, RefreshToken, User
 from idp.security.keyring import Keyring, new_secret
 
 
@@ -34,6 +35,7 @@ class TokenOwner:
     email_verified: bool
     updated_at: datetime
     disabled: bool
+    attributes: dict[str, Any] | None = None  # profile and custom claims (idp/attributes.py)
 
 
 # One Core query for the token and its owner: the refresh grant's hot path (bench/) spent
@@ -47,10 +49,10 @@ _REFRESH_WITH_OWNER = select(
     User.email_verified.label("owner_email_verified"),
     User.updated_at.label("owner_updated_at"),
     User.disabled.label("owner_disabled"),
+    User.attributes.label("owner_attributes"),
 ).join(User, User.id == RefreshToken.user_id)
 # Built once: SQLAlchemy then reuses the compiled form instead of rebuilding each statement.
 _REFRESH_BY_DIGEST = _REFRESH_WITH_OWNER.where(RefreshToken.token_digest == bindparam("digest"))
-_REFRESH_BY_ID = _REFRESH_WITH_OWNER.where(RefreshToken.id == bindparam("token_id"))
 _CLAIM_REFRESH = (
     update(RefreshToken)
     .where(
@@ -62,6 +64,24 @@ _CLAIM_REFRESH = (
         successor_encrypted=bindparam("successor_encrypted"),
     )
 )
+_SUCCESSOR = aliased(RefreshToken, name="successor")
+# The successor a rotation named has itself been rotated: its grace hand-out is over.
+SUCCESSOR_ROTATED = exists().where(
+    _SUCCESSOR.token_digest == RefreshToken.successor_digest, _SUCCESSOR.rotated_at.is_not(None)
+)
+_HAND_OUT_SUCCESSOR = (
+    update(RefreshToken)
+    .where(
+        RefreshToken.id == bindparam("token_id"),
+        RefreshToken.revoked_at.is_(None),
+        RefreshToken.rotated_at >= bindparam("rotated_since"),
+        RefreshToken.successor_encrypted.is_not(None),
+        RefreshToken.successor_handed_out.is_(False),
+        ~SUCCESSOR_ROTATED,
+    )
+    .values(successor_handed_out=True)
+    .returning(RefreshToken.successor_encrypted)
+)
 
 
 def find_refresh_grant(db: Session, keyring: Keyring, raw: object) -> Row | None:  # type: ignore[type-arg]
@@ -69,10 +89,6 @@ def find_refresh_grant(db: Session, keyring: Keyring, raw: object) -> Row | None
     if not isinstance(raw, str) or not 16 <= len(raw) <= 256:
         return None
     return db.connection().execute(_REFRESH_BY_DIGEST, {"digest": keyring.digest(raw)}).first()
-
-
-def reload_refresh_grant(db: Session, token_id: int) -> Row | None:  # type: ignore[type-arg]
-    return db.connection().execute(_REFRESH_BY_ID, {"token_id": token_id}).first()
 
 
 def owner_of(row: Row) -> TokenOwner:  # type: ignore[type-arg]
@@ -85,6 +101,7 @@ def owner_of(row: Row) -> TokenOwner:  # type: ignore[type-arg]
         row.owner_email_verified,
         row.owner_updated_at,
         row.owner_disabled,
+        row.owner_attributes,
     )
 
 
@@ -127,20 +144,15 @@ def consume_refresh_token(
     return result.rowcount == 1
 
 
-def revoke_family(db: Session, family_id: str) -> None:
-    now = clock_of(db).now()
-    db.execute(
-        update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    db.execute(
-        update(AccessToken)
-        .where(AccessToken.family_id == family_id, AccessToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
+def consume_grace_successor(db: Session, token_id: int, lifetimes: Lifetimes) -> bytes | None:
+    """The encrypted successor of a rotated-out token, for the one request that raced its
+    rotation within the grace period. Claimed in one conditional UPDATE: a second replay, a
+    late one, or one after the successor was itself rotated gets None, and is reuse."""
+    if lifetimes.grace_seconds <= 0:
+        return None
+    rotated_since = clock_of(db).now() - timedelta(seconds=lifetimes.grace_seconds)
+    result = db.connection().execute(_HAND_OUT_SUCCESSOR, {"token_id": token_id, "rotated_since": rotated_since})
+    return result.scalar()
 
 
 def is_refresh_usable(token: RefreshToken | Row, now: datetime) -> bool:  # type: ignore[type-arg]
@@ -148,9 +160,21 @@ def is_refresh_usable(token: RefreshToken | Row, now: datetime) -> bool:  # type
 
 
 def within_grace(token: RefreshToken | Row, lifetimes: Lifetimes, now: datetime) -> bool:
+    """A rotated-out token whose successor may still be handed out once (the window is open
+    and nobody had it yet); whether the successor was rotated since, only its UPDATE knows."""
     if lifetimes.grace_seconds <= 0 or token.rotated_at is None or token.successor_encrypted is None:
         return False
+    if token.successor_handed_out:
+        return False
     return now - token.rotated_at <= timedelta(seconds=lifetimes.grace_seconds)
+
+
+def is_refresh_active(row: Row, lifetimes: Lifetimes, now: datetime) -> bool:  # type: ignore[type-arg]
+    """RFC 7662 §2.2 for a refresh token read with SUCCESSOR_ROTATED as `successor_rotated`:
+    usable and not rotated out, but for its one grace hand-out still to come."""
+    if not is_refresh_usable(row, now):
+        return False
+    return row.rotated_at is None or (within_grace(row, lifetimes, now) and not row.successor_rotated)
 
 
 def new_token_value() -> str:

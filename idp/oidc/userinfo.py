@@ -1,5 +1,5 @@
 """UserInfo (OIDC Core §5.3): the claims of the user an access token was issued for,
-released by the token's scope. Bearer tokens per RFC 6750 §2.1 and §2.2."""
+released by the token's scope (idp/oidc/claims.py). Bearer tokens per RFC 6750 §2.1 and §2.2."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
-from idp.db.models import AccessToken, User
-from idp.oidc.id_tokens import build_user_info
+from idp.db.models import AccessToken, Group, GroupMember, User
+from idp.oidc.claims import build_user_info
+from idp.oidc.clients import ClientRegistry
 from idp.security.keyring import Keyring
 
 
@@ -35,6 +36,7 @@ _TOKEN_AND_USER = (
         AccessToken.revoked_at,
         AccessToken.scope,
         AccessToken.client_id,
+        AccessToken.user_id,
         User.subject,
         User.username,
         User.name,
@@ -42,15 +44,22 @@ _TOKEN_AND_USER = (
         User.email_verified,
         User.updated_at,
         User.disabled,
+        User.attributes,
     )
     .join(User, User.id == AccessToken.user_id)
     .where(AccessToken.token_digest == bindparam("digest"))
+)
+# only for a token whose scope releases `groups`
+_GROUP_NAMES = (
+    select(Group.name)
+    .join(GroupMember, GroupMember.group_id == Group.id)
+    .where(GroupMember.user_id == bindparam("user_id"))
 )
 _INVALID = UserInfoError(401, "invalid_token", "The access token is invalid, expired or revoked.")
 
 
 def userinfo_for(
-    conn: Connection, keyring: Keyring, access_token: str | None, *, now: datetime
+    conn: Connection, keyring: Keyring, access_token: str | None, *, now: datetime, clients: ClientRegistry
 ) -> UserInfo | UserInfoError:
     if not access_token:
         return UserInfoError(401, "invalid_request", "No bearer token.")
@@ -61,4 +70,9 @@ def userinfo_for(
         return _INVALID
     if "openid" not in row.scope.split():
         return UserInfoError(403, "insufficient_scope", "The token was not issued for openid.")
-    return UserInfo(dict(build_user_info(row, row.scope)), row.client_id)
+    client = clients.get(row.client_id)
+
+    def load_groups() -> list[str]:
+        return list(conn.scalars(_GROUP_NAMES, {"user_id": row.user_id}))
+
+    return UserInfo(build_user_info(row, row.scope, client, load_groups), row.client_id)

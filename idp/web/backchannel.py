@@ -11,7 +11,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import httpx
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -21,12 +20,12 @@ from idp.oidc.clients import ClientRegistry
 from idp.oidc.id_tokens import id_token_alg
 from idp.oidc.logout import EndedSession, logout_token
 from idp.oidc.signing_keys import KeyCache
+from idp.security.outbound import Outbound, OutboundError, OutboundRefused
 from idp.web.services import Services
 
 log = logging.getLogger("idp.logout")
 
-ATTEMPTS = 3
-ATTEMPT_TIMEOUT_SECONDS = 5.0
+ATTEMPTS = 3  # each bounded by idp/security/outbound.py (3 s, 64 KiB, allowed networks only)
 TOTAL_SECONDS = 30.0  # the bound on one delivery, retries included
 BACKOFF_SECONDS = (0.5, 2.0)
 _in_flight: set[asyncio.Task[Delivered]] = set()
@@ -34,17 +33,20 @@ _in_flight: set[asyncio.Task[Delivered]] = set()
 
 @dataclass(frozen=True)
 class Sender:
-    """What a delivery needs: who we are, the key that signs, the RPs' URIs, the audit, the time."""
+    """What a delivery needs: who we are, the key that signs, the RPs' URIs, the audit, the
+    time, and the one way out (IDP_OUTBOUND_ALLOWED_NETWORKS)."""
 
     issuer: str
     keys: KeyCache
     clients: ClientRegistry
     sessions: sessionmaker[Session]
     clock: Clock
+    outbound: Outbound
 
     @classmethod
     def of(cls, services: Services) -> Sender:
-        return cls(services.oidc.issuer, services.oidc.keys, services.oidc.clients, services.sessions, services.clock)
+        oidc = services.oidc
+        return cls(oidc.issuer, oidc.keys, oidc.clients, services.sessions, services.clock, services.outbound)
 
 
 @dataclass(frozen=True)
@@ -106,29 +108,31 @@ async def _deliver(sender: Sender, client_id: str, uri: str, ended: EndedSession
 
 async def _post_with_retries(sender: Sender, client_id: str, uri: str, ended: EndedSession) -> tuple[str, str]:
     detail = ""
-    async with httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_SECONDS, follow_redirects=False) as http:
-        alg = id_token_alg(sender.clients.get(client_id))  # Back-Channel Logout §2.6: the alg of its ID tokens
-        for attempt in range(ATTEMPTS):
-            token = logout_token(
-                sender.issuer,
-                sender.keys,
-                client_id=client_id,
-                sub=ended.subject,
-                sid=ended.sid,
-                now=sender.clock.now(),
-                alg=alg,
-            )
-            try:
-                response = await http.post(uri, data={"logout_token": token}, headers={"cache-control": "no-store"})
-                if response.status_code in (200, 204):
-                    return "success", f"HTTP {response.status_code}"
-                detail = f"HTTP {response.status_code}"
-                if 400 <= response.status_code < 500 and response.status_code != 429:
-                    return "failure", detail  # the RP refused this token: sending it again will not help
-            except httpx.HTTPError as exc:
-                detail = type(exc).__name__
-            if attempt < len(BACKOFF_SECONDS):
-                await asyncio.sleep(BACKOFF_SECONDS[attempt])
+    alg = id_token_alg(sender.clients.get(client_id))  # Back-Channel Logout §2.6: the alg of its ID tokens
+    for attempt in range(ATTEMPTS):
+        token = logout_token(
+            sender.issuer,
+            sender.keys,
+            client_id=client_id,
+            sub=ended.subject,
+            sid=ended.sid,
+            now=sender.clock.now(),
+            alg=alg,
+        )
+        try:
+            reply = await sender.outbound.post_form(uri, {"logout_token": token})
+            if reply.status in (200, 204):
+                return "success", f"HTTP {reply.status}"
+            detail = f"HTTP {reply.status}"
+            if 400 <= reply.status < 500 and reply.status != 429:
+                return "failure", detail  # the RP refused this token: sending it again will not help
+        except OutboundRefused as exc:
+            log.warning("back-channel logout to %s refused: %s", client_id, exc.detail)
+            return "failure", f"refused: {exc.detail}"  # the same address would be refused again
+        except OutboundError as exc:
+            detail = exc.detail
+        if attempt < len(BACKOFF_SECONDS):
+            await asyncio.sleep(BACKOFF_SECONDS[attempt])
     return "failure", detail
 
 

@@ -5,6 +5,7 @@ threadpool, and turns what comes back into a response; refusals are handled in o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -19,6 +20,7 @@ from idp.login.outcomes import (
     Completed,
     Continue,
     Failed,
+    NotAllowed,
     Notice,
     Outcome,
     StepView,
@@ -31,7 +33,7 @@ from idp.web.blocking import run_blocking
 from idp.web.forms import read_form
 from idp.web.json_bodies import json_error, read_json
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import copy_cookies, error_page, redirect_source, render
+from idp.web.pages import copy_cookies, error_page, not_allowed_page, redirect_source, render
 from idp.web.throttle import too_many_json, too_many_page
 
 T = TypeVar("T")
@@ -75,8 +77,8 @@ async def show_login(request: Request) -> Response:
             if tx_id is None
             else await run_blocking(request, flow_of(request).where_next, tx_id, attempt_of(request))
         )
-        if isinstance(onward, Unmet):
-            return unmet_response(request, onward)
+        if isinstance(onward, (Unmet, NotAllowed)):
+            return ending_response(request, onward)
         if onward is not None:
             return RedirectResponse(step_url(onward.step, onward.tx.id), status_code=303, headers=NO_STORE)
         return await _show(request, FIRST_STEP, tx_id)
@@ -93,6 +95,8 @@ async def show_step(request: Request) -> Response:
 
 async def _show(request: Request, step: str, tx_id: str | None) -> Response:
     shown = await run_blocking(request, flow_of(request).page, step, tx_id, attempt_of(request))
+    if isinstance(shown, (Unmet, NotAllowed)):
+        return ending_response(request, shown)
     if isinstance(shown, Continue):
         return RedirectResponse(step_url(shown.step, shown.tx.id), status_code=303, headers=NO_STORE)
     return _page(request, shown)
@@ -138,8 +142,8 @@ def _page(request: Request, view: StepView, *, error: str | None = None, status:
 def _onward(request: Request, outcome: Outcome) -> Response:
     """Where the chain goes after a passed step: the next step, the parked request (with the
     session cookie), or the RP with unmet_authentication_requirements."""
-    if isinstance(outcome, Unmet):
-        return unmet_response(request, outcome)
+    if isinstance(outcome, (Unmet, NotAllowed)):
+        return ending_response(request, outcome)
     assert isinstance(outcome, (Continue, Completed))
     location = step_url(outcome.step, outcome.tx.id) if isinstance(outcome, Continue) else outcome.resume_url
     response: Response = RedirectResponse(location, status_code=303, headers=NO_STORE)
@@ -161,6 +165,18 @@ def _notice(request: Request, notice: Notice, location: str, redirect: Response)
     return copy_cookies(redirect, page)
 
 
+def ending_response(request: Request, outcome: Unmet | NotAllowed) -> Response:
+    """Where a chain that can go no further ends: the RP hears why (at once, or through the
+    page's only button when the user must be told something first)."""
+    if isinstance(outcome, NotAllowed):
+        params = outcome.tx.params
+        if not outcome.tx.client_id or not params.get("redirect_uri"):
+            return error_page(request, 403, "Your account may not use this application.")
+        back = _error_redirect(request, params, "access_denied", "This account may not use this application.")[1]
+        return not_allowed_page(request, outcome.tx.client_name or outcome.tx.client_id, back)
+    return unmet_response(request, outcome)
+
+
 def unmet_response(request: Request, outcome: Unmet) -> Response:
     """The level asked for cannot be reached by this user (e.g. phr without a passkey): the
     OIDC error goes back to the RP (OpenID's registered unmet_authentication_requirements),
@@ -169,6 +185,22 @@ def unmet_response(request: Request, outcome: Unmet) -> Response:
     redirect_uri = tx.params.get("redirect_uri")
     if not tx.client_id or not redirect_uri:
         return error_page(request, 403, "Your account cannot sign in at the level asked for.")
+    if outcome.ask_admin:
+        # a group's rule, not the RP's wish: only an administrator can give the user what it
+        # takes (an enrolment link), so say that before the RP hears of it
+        back = _error_redirect(
+            request,
+            tx.params,
+            "unmet_authentication_requirements",
+            "The user cannot authenticate at the level their group requires.",
+        )[1]
+        return error_page(
+            request,
+            403,
+            "Your group requires signing in with a passkey, and your account has none. "
+            "Ask an administrator for an enrolment link.",
+            return_to=back,
+        )
     return error_to_client(
         request, tx.params, "unmet_authentication_requirements", "The user cannot authenticate at the level requested."
     )
@@ -263,13 +295,17 @@ async def passkey_verify(request: Request) -> Response:
     if not isinstance(tx_id, str):
         return json_error(400, EXPIRED)
     try:
-        outcome = await _in_thread(flow_of(request).submit, "passkey", tx_id, data, attempt_of(request))
+        submit = functools.partial(flow_of(request).submit, keep_endings=True)
+        outcome = await _in_thread(submit, "passkey", tx_id, data, attempt_of(request))
     except TooManyAttempts as refusal:
         return too_many_json(refusal.verdict)
     except FlowRefused:
         return json_error(400, EXPIRED)
     if isinstance(outcome, Failed):
         return json_error(outcome.status, outcome.message)
+    if isinstance(outcome, (Unmet, NotAllowed)):
+        # the chain ends with a page (or the RP's error): the first step's page shows it
+        return JSONResponse({"redirect": f"/login?tx={outcome.tx.id}"}, headers=NO_STORE)
     answer = _onward(request, outcome)
     if "location" not in answer.headers:  # a page instead of a redirect (form_post to the RP): no way on in JSON
         return json_error(401, SIGN_IN_FAILED)

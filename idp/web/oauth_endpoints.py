@@ -126,7 +126,9 @@ async def userinfo(request: Request) -> Response:
 
     def unit_of_work() -> UserInfo | UserInfoError:
         with services.engine.connect() as conn:  # read-only: no transaction bookkeeping beyond the driver's
-            return userinfo_for(conn, services.keyring, access_token, now=services.clock.now())
+            return userinfo_for(
+                conn, services.keyring, access_token, now=services.clock.now(), clients=services.oidc.clients
+            )
 
     result = await run_blocking(request, unit_of_work)
     if isinstance(result, UserInfoError):

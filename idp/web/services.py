@@ -10,12 +10,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from idp.clock import Clock
 from idp.lockout import Lockout
 from idp.login.sessions import SessionPolicy
+from idp.mail.mailer import Mailer
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys
 from idp.oidc.context import OidcContext
+from idp.oidc.discovery import DiscoveryDocument
 from idp.oidc.server import IdpAuthorizationServer
 from idp.security.client_ip import Network
 from idp.security.keyring import Keyring
+from idp.security.outbound import Outbound
 from idp.security.passwords import PasswordHashing
 from idp.security.rate_limits import RateLimits
 from idp.settings import Settings
@@ -36,9 +39,11 @@ class Services:
     session_policy: SessionPolicy
     trusted_proxies: tuple[Network, ...]
     metrics_allowed: tuple[Network, ...]  # who may read /metrics; empty = off
-    discovery_bytes: bytes
+    discovery: DiscoveryDocument  # its bytes follow the scopes clients register
     blocking_inline: bool  # see idp/web/blocking.py
     rate_limits: RateLimits
     lockout: Lockout
     factors: SecondFactors
     passkeys: Passkeys
+    outbound: Outbound  # every call idp makes out (back-channel logout; jwks_uri through oidc)
+    mail: Mailer  # notices by e-mail, off the request path; off without IDP_SMTP_URL (idp/mail/)

@@ -36,7 +36,7 @@ class StaticDocumentsMiddleware:
                 return
             path = scope["path"]
             if path == DISCOVERY_PATH:
-                await _send(send, scope, _DISCOVERY_HEADERS, self.services.discovery_bytes)
+                await _send(send, scope, _DISCOVERY_HEADERS, self.services.discovery.current())
                 return
             if path == JWKS_PATH:
                 # in memory; the app's background refresher reloads it after a rotation

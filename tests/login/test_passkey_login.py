@@ -5,6 +5,7 @@ regression, rename and removal, and bad input (always a 4xx JSON answer, never a
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.testclient import TestClient
 
 from idp.db.models import AuditEvent, Passkey, User
 from idp.mfa.passkeys import NAME_MAX
+from idp.users import add_user
 from tests.conftest import ISSUER
 from tests.support.authenticator import SoftAuthenticator
 from tests.support.rp import (
@@ -262,43 +264,65 @@ def test_a_passkey_sign_in_to_idp_itself_lands_on_the_account_page(client):
 # ---- username-first ------------------------------------------------------------------------
 
 
-def test_username_first_options_list_alices_credential(client):
-    authenticator = SoftAuthenticator()
-    with_passkey(client, authenticator)
-    token = csrf_token(client)
-    options = sign_in_options(client, token, username=" Alice ")
-    assert options.status_code == 200
-    allowed = options.json()["publicKey"]["allowCredentials"]
-    assert [d["id"] for d in allowed] == [authenticator.credential().b64id]
-    verify = passkey_ceremony(client, authenticator, token, username="alice")
-    assert verify.status_code == 200, verify.text
+def add_passkeys(client: TestClient, username: str, id_lengths: tuple[int, ...]) -> None:
+    """Registers one passkey per length straight through the service (each on its own
+    authenticator), the way several devices would have over time."""
+    services = client.app.state.services
+    for length in id_lengths:
+        with services.sessions.begin() as db:
+            user = db.scalar(select(User).where(User.username == username))
+            challenge = services.passkeys.registration_options(db, user)
+        credential = SoftAuthenticator(credential_id_length=length).create(json.loads(challenge.options_json))
+        with services.sessions.begin() as db:
+            user = db.scalar(select(User).where(User.username == username))
+            services.passkeys.register(db, user, challenge.id, credential, f"Key {length}")
 
 
-def test_username_first_options_for_unknown_names_and_users_without_passkeys_look_the_same(client):
-    with_passkey(client, SoftAuthenticator())
+def test_username_first_options_reveal_neither_accounts_nor_their_passkeys(client):
+    """Enumeration by typing names: the options for a name with no account, and for accounts
+    with 0, 1 and 3 passkeys (credential ids of 16, 32 and 64 bytes), are the same bytes but
+    for the random challenge and challenge id, and hand nobody a credential id."""
+    with client.app.state.services.sessions.begin() as db:
+        add_user(db, username="carol", email=None, name="Carol", password_hash=None)  # no passkey
+    add_passkeys(client, "alice", (16, 32, 64))
+    add_passkeys(client, "bob", (64,))
     token = csrf_token(client)
     tx = query_of(start(client, AuthRequest()).headers["location"])["tx"]
 
-    def public_key(username: str) -> dict[str, Any]:
+    def answer(username: str) -> bytes:
         response = sign_in_options(client, token, tx, username=username)
         assert response.status_code == 200, response.text
-        assert sorted(response.json()) == ["challenge_id", "publicKey", "tx"]
-        return response.json()["publicKey"]
+        body = response.json()
+        assert body["publicKey"]["allowCredentials"] == []
+        random = (body["challenge_id"], body["publicKey"]["challenge"])
+        return response.content.replace(random[0].encode(), b"<id>").replace(random[1].encode(), b"<challenge>")
 
-    real = public_key("alice")
-    for username in ("nobody", "bob"):
-        fake = public_key(username)
-        assert sorted(fake) == sorted(real)
-        assert {k: v for k, v in fake.items() if k not in ("challenge", "allowCredentials")} == {
-            k: v for k, v in real.items() if k not in ("challenge", "allowCredentials")
-        }
-        assert len(fake["allowCredentials"]) == len(real["allowCredentials"])
-        assert [sorted(d) for d in fake["allowCredentials"]] == [sorted(d) for d in real["allowCredentials"]]
-        assert [len(d["id"]) for d in fake["allowCredentials"]] == [len(d["id"]) for d in real["allowCredentials"]]
-        assert len(fake["challenge"]) == len(real["challenge"])
-    first, second = public_key("nobody"), public_key("nobody")
-    assert first["allowCredentials"] == second["allowCredentials"], "the same fake on every probe"
-    assert first["challenge"] != second["challenge"]
+    answers = {name: answer(name) for name in ("nobody", "carol", "bob", "alice")}
+    assert len(set(answers.values())) == 1, answers
+
+
+def test_username_first_sign_in_takes_the_named_users_passkey_only(client):
+    """The options list nothing, the typed name binds the challenge: alice's passkey answers
+    for "alice" (typed any way) and is refused for "bob"."""
+    authenticator = SoftAuthenticator()
+    with_passkey(client, authenticator)
+    token = csrf_token(client)
+    refused = passkey_ceremony(client, authenticator, token, username="bob")
+    assert refused.status_code == 401 and refused.json()["error"].startswith(SIGN_IN_FAILED)
+    verify = passkey_ceremony(client, authenticator, token, username=" Alice ")
+    assert verify.status_code == 200, verify.text
+
+
+def test_a_username_first_assertion_without_a_user_handle_is_refused(client):
+    """Usernameless options (a typed name proves nothing) need the userHandle to name the
+    user (WebAuthn §7.2 step 6): an assertion without one is refused."""
+    authenticator = SoftAuthenticator()
+    with_passkey(client, authenticator)
+    token = csrf_token(client)
+    for username in (None, "alice"):
+        verify = passkey_ceremony(client, authenticator, token, username=username, user_handle=None)
+        assert verify.status_code == 401 and verify.json()["error"].startswith(SIGN_IN_FAILED)
+    assert passkey_ceremony(client, authenticator, token, username="alice").status_code == 200
 
 
 def test_username_first_options_take_the_same_time_for_a_name_with_and_without_passkeys(client):
@@ -505,7 +529,7 @@ def test_a_counter_regression_is_refused_audited_and_counted(client):
 def test_a_forged_assertion_with_a_low_counter_is_not_reported_as_a_counter_regression(client):
     """The counter-regression audit says "this authenticator may be cloned": only an assertion
     signed by the credential's key is evidence of that. Anyone who knows the credential id
-    (username-first options list it) can send an unsigned one with a low counter."""
+    (it is listed to its proven owner, and may leak) can send an unsigned one with a low counter."""
     authenticator = SoftAuthenticator()
     with_passkey(client, authenticator)
     token = csrf_token(client)

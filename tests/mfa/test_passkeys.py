@@ -5,12 +5,15 @@ use); challenges are single use, expire, and are bound to their transaction and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
@@ -167,33 +170,30 @@ def test_a_synced_passkey_signs_in_as_swk(passkeys, sessions):
     assert signed.methods == ("swk", "user")
 
 
-def test_username_first_and_step_up_options_name_the_users_credentials(passkeys, sessions):
+def test_options_for_a_proven_user_list_their_credentials_and_may_get_no_user_handle(passkeys, sessions):
+    """Once an earlier step proved the user (a password, a step-up session), the options name
+    that user's passkeys, and the assertion may leave the userHandle out (WebAuthn §7.2: the
+    RP knows the user already; security keys often omit it)."""
     authenticator = SoftAuthenticator()
     register(passkeys, sessions, authenticator)
-    credential = authenticator.credential()
-    for kw in ({"username": "alice"}, {"user_id": user_id(sessions, "alice")}):
-        tx = new_tx()
-        challenge_id, options = sign_in_options(passkeys, sessions, tx, **kw)
-        assert [d["id"] for d in options["allowCredentials"]] == [credential.b64id]
-        assert options["allowCredentials"][0]["type"] == "public-key"
-        signed = sign_in(passkeys, sessions, tx, challenge_id, authenticator.get(options))
-        assert signed.user_id == user_id(sessions, "alice")
+    tx = new_tx()
+    challenge_id, options = sign_in_options(passkeys, sessions, tx, user_id=user_id(sessions, "alice"))
+    assert [d["id"] for d in options["allowCredentials"]] == [authenticator.credential().b64id]
+    assert options["allowCredentials"][0]["type"] == "public-key"
+    signed = sign_in(passkeys, sessions, tx, challenge_id, authenticator.get(options, user_handle=None))
+    assert signed.user_id == user_id(sessions, "alice")
 
 
-def test_fake_descriptors_for_unknown_names_and_users_without_passkeys_look_real_and_are_stable(passkeys, sessions):
-    register(passkeys, sessions, SoftAuthenticator())
-    real = sign_in_options(passkeys, sessions, new_tx(), username="alice")[1]["allowCredentials"]
-    for name in ("nobody", "bob"):
-        first = sign_in_options(passkeys, sessions, new_tx(), username=name)[1]["allowCredentials"]
-        second = sign_in_options(passkeys, sessions, new_tx(), username=name)[1]["allowCredentials"]
-        assert first == second, "the same name must get the same answer on every probe"
-        assert len(first) == len(real)
-        assert [sorted(d) for d in first] == [sorted(d) for d in real]
-        assert [len(d["id"]) for d in first] == [len(d["id"]) for d in real]
-        assert first[0]["id"] != real[0]["id"]
-    nobody = sign_in_options(passkeys, sessions, new_tx(), username="nobody")[1]["allowCredentials"]
-    bob = sign_in_options(passkeys, sessions, new_tx(), username="bob")[1]["allowCredentials"]
-    assert nobody != bob
+def test_username_first_options_list_nothing_and_the_named_users_passkey_answers_them(passkeys, sessions):
+    """A typed name proves nothing, so its options are usernameless (the same for every name,
+    tests/login/test_passkey_login.py); it binds the challenge to that name's passkeys."""
+    authenticator = SoftAuthenticator()
+    register(passkeys, sessions, authenticator)
+    tx = new_tx()
+    challenge_id, options = sign_in_options(passkeys, sessions, tx, username="alice")
+    assert options["allowCredentials"] == []
+    signed = sign_in(passkeys, sessions, tx, challenge_id, authenticator.get(options))
+    assert signed.user_id == user_id(sessions, "alice")
 
 
 def test_an_unknown_name_can_be_signed_in_by_no_passkey(passkeys, sessions):
@@ -277,6 +277,27 @@ def _case_registration_type(world: World, options: dict[str, Any]) -> dict[str, 
     return assertion
 
 
+def _case_cross_origin(world: World, options: dict[str, Any]) -> dict[str, Any]:
+    return world.authenticator.get(options, cross_origin=True)
+
+
+def _case_top_origin(world: World, options: dict[str, Any]) -> dict[str, Any]:
+    """A correctly signed assertion whose client data names the page that framed the call."""
+    assertion = world.authenticator.get(options)
+    client_data = json.loads(base64url_to_bytes(assertion["response"]["clientDataJSON"]))
+    client_data["topOrigin"] = "https://evil.example"
+    encoded = json.dumps(client_data).encode()
+    signed = base64url_to_bytes(assertion["response"]["authenticatorData"]) + hashlib.sha256(encoded).digest()
+    key = world.authenticator.credential().private_key
+    assertion["response"]["clientDataJSON"] = bytes_to_base64url(encoded)
+    assertion["response"]["signature"] = bytes_to_base64url(key.sign(signed, ec.ECDSA(hashes.SHA256())))
+    return assertion
+
+
+def _case_no_user_handle(world: World, options: dict[str, Any]) -> dict[str, Any]:
+    return world.authenticator.get(options, user_handle=None)
+
+
 def _case_malformed(world: World, options: dict[str, Any]) -> object:
     assertion = world.authenticator.get(options)
     assertion["response"]["authenticatorData"] = "!!not base64!!"
@@ -292,6 +313,9 @@ SIGN_IN_FAILURES = {
     "bad signature": _case_bad_signature,
     "challenge not the one issued": _case_wrong_challenge,
     "clientData type webauthn.create": _case_registration_type,
+    "crossOrigin true: made in another site's frame": _case_cross_origin,
+    "topOrigin: made in another site's frame": _case_top_origin,
+    "usernameless without userHandle: nothing names the user": _case_no_user_handle,
     "malformed authenticatorData": _case_malformed,
 }
 
@@ -339,7 +363,7 @@ def test_a_challenge_expires_after_five_minutes(app, sessions):
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0])
     services = app.state.services
-    passkeys = Passkeys(services.keyring, store, services.passkeys.rp)
+    passkeys = Passkeys(store, services.passkeys.rp)
     authenticator = SoftAuthenticator()
     passkey_id = register(passkeys, sessions, authenticator)
     assert CHALLENGE_TTL_SECONDS == 300
@@ -536,6 +560,7 @@ REGISTRATION_FAILURES = {
     "wrong RP ID hash": {"rp_id": "evil.example"},
     "user verification missing": {"user_verified": False},
     "challenge not the one issued": {"challenge": bytes_to_base64url(b"\x01" * 32)},
+    "crossOrigin true: made in another site's frame": {"cross_origin": True},
 }
 
 

@@ -267,7 +267,7 @@ def assertion_claims(**changes: Any) -> dict[str, Any]:
     claims = {
         "iss": "backend",
         "sub": "backend",
-        "aud": f"{ISSUER}/token",
+        "aud": ISSUER,
         "iat": now,
         "exp": now + 60,
         "jti": uuid.uuid4().hex,

@@ -311,7 +311,7 @@ def test_random_client_assertion_headers_never_cause_a_server_error(client):
             {
                 "iss": "backend",
                 "sub": "backend",
-                "aud": "http://localhost:8000/token",
+                "aud": "http://localhost:8000",
                 "exp": now + 600,
                 "jti": "fuzz-jti-0001",
             }

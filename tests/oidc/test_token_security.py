@@ -176,7 +176,7 @@ def test_client_credentials_grant_issues_an_access_token_without_refresh(client)
     assert introspect(client, body["access_token"])["active"] is True
 
 
-def _assertion(audience="http://localhost:8000/token", jti=None, key=RP_KEY):
+def _assertion(audience="http://localhost:8000", jti=None, key=RP_KEY):  # the issuer
     now = int(time.time())  # joserfc checks an assertion against the wall clock, not the app's
     claims = {
         "iss": "backend",

@@ -79,7 +79,7 @@ def assertion() -> str:
     claims = {
         "iss": "backend",
         "sub": "backend",
-        "aud": f"{ISSUER}/token",
+        "aud": ISSUER,
         "iat": now,
         "exp": now + 60,
         "jti": uuid.uuid4().hex,

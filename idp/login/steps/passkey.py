@@ -39,7 +39,9 @@ class PasskeyStep(Step):
         return {}
 
     def challenge(self, ctx: StepContext, form: Mapping[str, object]) -> dict[str, Any]:
-        """The options; a chain that already named its user signs in that user only."""
+        """The options. A chain whose earlier step proved its user lists that user's passkeys
+        and signs in that user only; before that they are usernameless whatever name was
+        typed (no enumeration), and a typed name only binds the challenge to its owner."""
         assert ctx.tx is not None
         username = form.get("username")
         passkeys = ctx.services.passkeys
@@ -64,7 +66,7 @@ class PasskeyStep(Step):
             regression = ("passkey.counter_regression",) if exc.reason == "sign counter went backwards" else ()
             # a credential no account has gets a phantom counter of its own, with the same
             # arithmetic and warnings as a real one: the warnings must not tell which
-            # credential ids (the ones username-first options list) are real
+            # credential ids (listed to a proven user, or leaked elsewhere) are real
             key = passkeys.credential_key(form.get("credential")) if blamed is None else None
             return Rejected(blamed, name=f"passkey\x00{key}" if key else None, reason=exc.reason, audit_also=regression)
         return Passed(signed.methods, signed.user_id, audit={"methods": list(signed.methods)})
