@@ -11,12 +11,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from idp import retired_names
+from idp.attributes import AttributeRejected, AttributeValue, apply_changes
 from idp.audit.trail import record_audit
 from idp.clock import clock_of
 from idp.db.models import User
 from idp.login.steps.password import normalize_username
-from idp.oidc.logout import EndedSession, end_all_sessions, revoke_all_refresh_tokens
-from idp.security.keyring import new_secret
+from idp.oidc.logout import EndedSession, end_all_sessions
+from idp.revocation import revoke_all_grants
+from idp.security.keyring import Keyring, new_secret
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,127}$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
@@ -35,6 +38,7 @@ class UserSummary:
     subject: str
     locked_until: datetime | None = None
     require_mfa: bool = False
+    deleted: bool = False  # a tombstone (`idp user delete`), listed by its pseudonym
 
 
 NAME_MAX = 200  # users.name
@@ -48,14 +52,24 @@ class UserChanges:
     email: str | None = None
     name: str | None = None
     email_verified: bool | None = None
+    # (name, value) per --attr, in order; value "" removes it (idp/attributes.py checks both)
+    attributes: tuple[tuple[str, str], ...] = ()
 
     def is_empty(self) -> bool:
-        return all(getattr(self, f.name) is None for f in fields(self))
+        return all(getattr(self, f.name) in (None, ()) for f in fields(self))
 
 
 def check_new_user(
-    db: Session, username: str, email: str | None, *, name: str | None = None, email_verified: bool = False
+    db: Session,
+    username: str,
+    email: str | None,
+    *,
+    name: str | None = None,
+    email_verified: bool = False,
+    keyring: Keyring | None = None,
 ) -> str:
+    """`keyring`: also refuse a deleted user's retired username or verified address (the
+    CLI always gives it; idp/retired_names.py)."""
     username_folded = normalize_username(username)
     if not USERNAME_PATTERN.match(username_folded):
         raise UserError(f"username {username!r}: use 1-128 letters, digits and . _ @ + -")
@@ -67,8 +81,10 @@ def check_new_user(
         raise UserError("--email-verified: needs --email (there is no address to verify)")
     if db.scalar(select(User.id).where(User.username == username_folded)) is not None:
         raise UserError(f"user {username_folded!r} already exists")
+    if keyring is not None and retired_names.is_retired(db, keyring, retired_names.USERNAME, username_folded):
+        raise UserError(f"username {username_folded!r} belonged to a deleted user and is retired")
     if email_verified:
-        _check_verified_address_free(db, email, user_id=None)
+        _check_verified_address_free(db, email, user_id=None, keyring=keyring)
     return username_folded
 
 
@@ -107,20 +123,26 @@ def add_user(
     return user
 
 
-def update_user(db: Session, username: str, changes: UserChanges) -> list[str]:
+def update_user(db: Session, username: str, changes: UserChanges, *, keyring: Keyring | None = None) -> list[str]:
     """`idp user set`: applies `changes` and returns the names of the fields that changed,
-    audited as one `user.updated` event (none when nothing changed)."""
+    audited as one `user.updated` event (none when nothing changed). `keyring`: as for
+    check_new_user, a retired verified address is refused."""
     _check_changes(changes)
     user = get_user(db, username)
     wanted = _wanted_fields(user, changes)
     if wanted["email_verified"]:
-        _check_verified_address_free(db, wanted["email"], user_id=user.id)
+        _check_verified_address_free(db, wanted["email"], user_id=user.id, keyring=keyring)
     changed = [field for field, value in wanted.items() if getattr(user, field) != value]
-    if not changed:
+    attributes = _wanted_attributes(user, changes)
+    changed_attributes = sorted(_changed_keys(user.attributes or {}, attributes))
+    if not changed and not changed_attributes:
         return []
     for field in changed:
         setattr(user, field, wanted[field])
+    if changed_attributes:
+        user.attributes = attributes or None  # a new dict: the JSON column sees the change
     _flush(db, user.email)
+    # attribute names only: their values (a phone number, a birthdate) stay out of the trail
     record_audit(
         db,
         "user.updated",
@@ -129,8 +151,23 @@ def update_user(db: Session, username: str, changes: UserChanges) -> list[str]:
         by="cli",
         changed=changed,
         email_verified=user.email_verified,
+        **({"attributes_changed": changed_attributes} if changed_attributes else {}),
     )
-    return changed
+    return changed + [f"attr:{name}" for name in changed_attributes]
+
+
+def _wanted_attributes(user: User, changes: UserChanges) -> dict[str, AttributeValue]:
+    current = user.attributes or {}
+    if not changes.attributes:
+        return dict(current)
+    try:
+        return apply_changes(current, changes.attributes)
+    except AttributeRejected as exc:
+        raise UserError(str(exc)) from None
+
+
+def _changed_keys(before: dict[str, object], after: dict[str, object]) -> set[str]:
+    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
 
 
 def _check_changes(changes: UserChanges) -> None:
@@ -152,13 +189,18 @@ def _wanted_fields(user: User, changes: UserChanges) -> dict[str, object]:
     return {"email": email, "email_verified": verified, "name": name}
 
 
-def _check_verified_address_free(db: Session, email: object, *, user_id: int | None) -> None:
-    """A verified address belongs to one user; the other user is not named."""
+def _check_verified_address_free(
+    db: Session, email: object, *, user_id: int | None, keyring: Keyring | None = None
+) -> None:
+    """A verified address belongs to one user; the other user is not named. A deleted
+    user's stays theirs (retired), unless the deletion allowed its reuse."""
     query = select(User.id).where(func.lower(User.email) == func.lower(email), User.email_verified.is_(True))
     if user_id is not None:
         query = query.where(User.id != user_id)
     if db.scalar(query.limit(1)) is not None:
         raise _verified_elsewhere(email)
+    if keyring is not None and retired_names.is_retired(db, keyring, retired_names.EMAIL, str(email)):
+        raise UserError(f"--email-verified: {email} was verified for a deleted user and is retired")
 
 
 def _verified_elsewhere(email: object) -> UserError:
@@ -187,20 +229,89 @@ def list_users(db: Session) -> list[UserSummary]:
             u.subject,
             u.locked_until if u.locked_until and u.locked_until > now else None,
             u.require_mfa,
+            u.deleted_at is not None,
         )
         for u in rows
     ]
 
 
 def get_user(db: Session, username: str) -> User:
-    user = db.scalar(select(User).where(User.username == normalize_username(username)))
+    """A live account (not a deleted user's tombstone: no command changes one)."""
+    user = find_user(db, username)
+    if user is not None and user.deleted_at is not None:
+        raise UserError(f"user {username!r} was deleted")
     if user is None:
         raise UserError(f"no user {username!r}")
     return user
 
 
+def find_user(db: Session, username: str) -> User | None:
+    """An account or a tombstone (by its pseudonym), or None."""
+    return db.scalar(select(User).where(User.username == normalize_username(username)))
+
+
+def describe_user(db: Session, username: str) -> list[tuple[str, str]]:
+    """`idp user show`: what an admin needs to know about one account, as labelled lines
+    (never a secret: no hash, no TOTP secret, no credential id)."""
+    from idp.db.models import BackupCode, IdpSession, Passkey, TotpCredential
+    from idp.groups import memberships_of
+
+    user = find_user(db, username)
+    if user is None:
+        raise UserError(f"no user {username!r}")
+    if user.deleted_at is not None:  # a tombstone: nothing but its ids is left
+        return [("user", user.username), ("sub", user.subject), ("state", f"deleted {_when(user.deleted_at)}")]
+    now = clock_of(db).now()
+    state = "disabled" if user.disabled else "active"
+    if user.locked_until is not None and user.locked_until > now:
+        state += f", locked until {_when(user.locked_until)}"
+    elif user.failed_logins and user.failures_since is not None:  # the lockout's window began then
+        state += f", {user.failed_logins} failed attempt(s) since {_when(user.failures_since)}"
+    last_sign_in = db.scalar(select(func.max(IdpSession.auth_time)).where(IdpSession.user_id == user.id))
+    totp = db.scalar(
+        select(TotpCredential.id).where(TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None))
+    )
+    codes = db.scalar(
+        select(func.count()).select_from(BackupCode).where(BackupCode.user_id == user.id, BackupCode.used_at.is_(None))
+    )
+    passkeys = db.scalars(select(Passkey.name).where(Passkey.user_id == user.id).order_by(Passkey.id)).all()
+    sessions = db.scalar(
+        select(func.count())
+        .select_from(IdpSession)
+        .where(IdpSession.user_id == user.id, IdpSession.ended_at.is_(None), IdpSession.expires_at > now)
+    )
+    groups = [m.name + (f" (min {m.min_acr})" if m.min_acr else "") for m in memberships_of(db, user.id)]
+    attributes = user.attributes or {}
+    return [
+        ("user", user.username),
+        ("sub", user.subject),
+        ("name", user.name or "-"),
+        ("email", (user.email or "-") + (" (verified)" if user.email and user.email_verified else "")),
+        ("state", state + (", MFA required" if user.require_mfa else "")),
+        ("password", _password_state(user)),
+        ("totp", "yes" if totp is not None else "no"),
+        ("backup codes", f"{int(codes or 0)} unused"),
+        ("passkeys", ", ".join(passkeys) if passkeys else "none"),
+        ("groups", ", ".join(groups) or "-"),
+        ("attributes", ", ".join(f"{k}={v}" for k, v in sorted(attributes.items())) or "-"),
+        ("sessions", str(int(sessions or 0))),
+        ("last sign-in", _when(last_sign_in) if last_sign_in is not None else "never"),
+        ("created", _when(user.created_at)),
+    ]
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _password_state(user: User) -> str:
+    if user.password_hash is None:
+        return "none"
+    return "set, must be changed at the next sign-in" if user.password_must_change else "set"
+
+
 def disable_user(db: Session, username: str) -> list[EndedSession]:
-    """Disabled users cannot sign in; their sessions end and their refresh tokens die. The
+    """Disabled users cannot sign in; their sessions end and their grants die. The
     ended sessions are returned for their back-channel logouts."""
     user = get_user(db, username)
     user.disabled = True
@@ -251,7 +362,8 @@ def reset_mfa(db: Session, username: str) -> list[EndedSession]:
 
 
 def _end_sessions_and_refresh_tokens(db: Session, user_id: int) -> list[EndedSession]:
-    """Every session ended, every refresh token revoked, offline_access ones included."""
+    """Every session ended, every grant (refresh and access tokens) revoked, offline_access
+    ones included."""
     ended = end_all_sessions(db, user_id)
-    revoke_all_refresh_tokens(db, user_id)
+    revoke_all_grants(db, user_id)
     return ended

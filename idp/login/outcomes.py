@@ -81,7 +81,19 @@ class Completed:
 @dataclass(frozen=True)
 class Unmet:
     """The user cannot reach the level the RP asked for (e.g. phr without a passkey): the
-    transaction is consumed and the RP gets unmet_authentication_requirements."""
+    transaction is consumed and the RP gets unmet_authentication_requirements. When a
+    group's minimum set the level (`ask_admin`), the user is told first: only an
+    administrator can give them what it takes (an enrolment link for a passkey)."""
+
+    tx: LoginTransaction
+    ask_admin: bool = False
+
+
+@dataclass(frozen=True)
+class NotAllowed:
+    """The user is known, and is not in any of the app's allowed_groups: the chain ends
+    there (the transaction consumed, no session started, no further factor asked), and the
+    page's only button returns access_denied to the RP."""
 
     tx: LoginTransaction
 
@@ -95,4 +107,4 @@ class Challenge:
     new_transaction: bool = False
 
 
-Outcome = Continue | Failed | Completed | Unmet
+Outcome = Continue | Failed | Completed | Unmet | NotAllowed

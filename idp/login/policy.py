@@ -17,7 +17,9 @@ mfa and pwd too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from idp.mfa.held import UserFactors
 
@@ -33,8 +35,55 @@ TOTP = "totp"  # a TOTP code (its page offers the backup_code step instead)
 CODE = TOTP
 PASSKEY = "passkey"  # a passkey as the next step (after a password, or for a step-up to phr)
 ENROL_TOTP = "enrol_totp"
+NEW_PASSWORD = "new_password"  # an admin's `set-password --must-change`: once every factor asked for is proven
 DONE = "done"
 UNMET = "unmet"
+NOT_ALLOWED = "not_allowed"  # the user may not use the app the chain signs in to
+
+
+class GroupPolicy(Protocol):
+    """A group the user is in, as policy reads it (idp.groups.Membership)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def min_acr(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """The level a user must reach for one request, and each source that asked for it
+    (`idp explain` prints them; the flow and the authorization endpoint use `level`)."""
+
+    level: str
+    sources: tuple[tuple[str, str], ...]  # (level, why), strongest first
+
+    @property
+    def by_group(self) -> bool:
+        """A group's minimum is what sets the level (an administrator's rule, not the RP's)."""
+        return any(level == self.level and why.startswith("group ") for level, why in self.sources)
+
+
+def may_use(allowed_groups: Collection[str] | None, member_of: Iterable[str]) -> bool:
+    """A client open to everyone (no allowed_groups), or the user is in one of its groups."""
+    return allowed_groups is None or not set(allowed_groups).isdisjoint(member_of)
+
+
+def requirement(requested: str, factors: UserFactors | None, groups: Iterable[GroupPolicy] = ()) -> Requirement:
+    """What this user must reach: what was asked (acr_values, else the client's default),
+    raised to mfa once they have, or must have, a second factor, and to the strictest
+    minimum of their groups, whatever the client asks."""
+    sources = [(requested, "asked for by the request (acr_values) or the client (default_acr_values)")]
+    if factors is not None and factors.has_second_factor:
+        sources.append(("mfa", "the user has a second factor: every sign-in uses it"))
+    if factors is not None and factors.require_mfa:
+        sources.append(("mfa", "an administrator requires MFA of this user (idp user require-mfa)"))
+    for group in groups:
+        if group.min_acr in LEVELS:
+            sources.append((group.min_acr, f"group {group.name} requires at least {group.min_acr}"))
+    ranked = sorted(sources, key=lambda source: -LEVELS.get(source[0], 0))
+    return Requirement(ranked[0][0], tuple(ranked))
 
 
 def requested_level(acr_values: str | None, client_default: Sequence[str] = ()) -> str:
@@ -46,11 +95,8 @@ def requested_level(acr_values: str | None, client_default: Sequence[str] = ()) 
     return "pwd"
 
 
-def required_level(requested: str, factors: UserFactors | None) -> str:
-    """What this user must reach: at least mfa once they have, or must have, a second factor."""
-    if factors is not None and (factors.has_second_factor or factors.require_mfa) and LEVELS[requested] < LEVELS["mfa"]:
-        return "mfa"
-    return requested
+def required_level(requested: str, factors: UserFactors | None, groups: Iterable[GroupPolicy] = ()) -> str:
+    return requirement(requested, factors, groups).level
 
 
 def acr_of(methods: Iterable[str]) -> str:
@@ -78,7 +124,9 @@ def next_step(required: str, methods: Iterable[str], factors: UserFactors | None
     if not done & FIRST_FACTORS:
         return PASSWORD  # first factor first (or a passkey, offered on the same page): a code alone is nothing
     if satisfies(acr_of(done), required):
-        return DONE
+        # last, not right after the password: whoever sets the new password has proven every
+        # factor, so knowing the temporary password alone cannot take the account over
+        return NEW_PASSWORD if factors is not None and factors.password_must_change else DONE
     if required not in SUPPORTED_ACR:
         return UNMET
     assert factors is not None  # past the first factor, the user is known

@@ -6,6 +6,7 @@ or ask the login chain or the consent page for what is missing."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Error,
@@ -26,7 +28,9 @@ from idp.clock import clock_of
 from idp.db.models import Consent, SessionClient, User
 from idp.login.policy import (
     SUPPORTED_ACR,
+    GroupPolicy,
     UserFactors,
+    may_use,
     requested_level,
     required_level,
     satisfies,
@@ -80,6 +84,16 @@ class ErrorPage:
 
 
 @dataclass(frozen=True)
+class NotAllowedHere:
+    """The session's user may not use this app (not in its allowed_groups): a page saying
+    so, whose only button is `back` (access_denied, with state and iss, to the verified
+    redirect_uri)."""
+
+    client_name: str
+    back: RedirectToClient
+
+
+@dataclass(frozen=True)
 class NeedLogin:
     client_name: str
     login_hint: str | None
@@ -97,7 +111,7 @@ class NeedConsent:
     session_sid: str  # the session the consent is asked of: the decision counts for it only
 
 
-Outcome = RedirectToClient | ErrorPage | NeedLogin | NeedConsent
+Outcome = RedirectToClient | ErrorPage | NeedLogin | NeedConsent | NotAllowedHere
 
 
 def decide(
@@ -108,8 +122,10 @@ def decide(
     authenticated_now: bool = False,
     consent_decision: bool | None = None,
     factors: UserFactors | None = None,
+    groups: Sequence[GroupPolicy] = (),
 ) -> Outcome:
-    """`factors`: the session user's second factors (None without a session)."""
+    """`factors` and `groups`: the session user's second factors and groups (None and ()
+    without a session)."""
     if not request.payload.redirect_uri:
         return ErrorPage(400, "The request has no redirect_uri.")  # OIDC Core §3.1.2.1: REQUIRED
     if not _printable_ascii(request.payload.redirect_uri):
@@ -152,7 +168,9 @@ def decide(
                 raise LoginRequiredError(redirect_uri=grant.redirect_uri)
             return NeedLogin(request.client.client_name, _login_hint(request), requested)
         assert session is not None
-        if not satisfies(session.acr, required_level(requested, factors)):
+        if not may_use(request.client.allowed_groups, (group.name for group in groups)):
+            return _not_allowed(request, grant.redirect_uri, session, prompts)
+        if not satisfies(session.acr, required_level(requested, factors, groups)):
             if "none" in prompts:  # a step-up needs the user: OIDC Core §3.1.2.6
                 raise _redirectable(
                     InvalidRequestError, grant.redirect_uri, "interaction_required", "A stronger sign-in is required."
@@ -177,6 +195,25 @@ def decide(
         return _issue(server, request, grant, session, approved=True)
     except OAuth2Error as error:
         return _error_outcome(request, error)
+
+
+def _not_allowed(request: IdpRequest, redirect_uri: str, session: CurrentSession, prompts: set[str]) -> Outcome:
+    """Checked on every authorization, whatever signed the user in: a new sign-in comes back
+    here with its session, as do single sign-on and prompt=none."""
+    record_audit(
+        request.db,
+        "access.refused",
+        user_id=session.user.id,
+        client_id=request.client.client_id,
+        ip=request.client_ip,
+        outcome="refused",
+        reason="not_in_allowed_groups",
+        prompt_none="none" in prompts,
+    )
+    error = AccessDeniedError("This account may not use this application.", redirect_uri=redirect_uri)
+    back = _error_outcome(request, error)
+    assert isinstance(back, RedirectToClient)  # the redirect_uri is verified: the error goes back
+    return back if "none" in prompts else NotAllowedHere(request.client.client_name, back)
 
 
 def _grant_registered_scopes(server: IdpAuthorizationServer, request: IdpRequest) -> None:

@@ -10,12 +10,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from idp.login import transaction as tx_store
+from idp.login.memberships import memberships_of
 from idp.login.sessions import find_session
 from idp.oidc.authorize import (
     CurrentSession,
     ErrorPage,
     NeedConsent,
     NeedLogin,
+    NotAllowedHere,
     Outcome,
     RedirectToClient,
     decide,
@@ -25,7 +27,7 @@ from idp.oidc.request import IdpRequest
 from idp.web import cookies, login_binding
 from idp.web.blocking import run_blocking
 from idp.web.oauth_endpoints import NO_STORE, request_ip, services_of
-from idp.web.pages import error_page, redirect_source, render
+from idp.web.pages import error_page, not_allowed_page, redirect_source, render
 from idp.web.params import BadParameters, read_params
 from idp.web.throttle import check_limits, too_many_page
 
@@ -112,6 +114,7 @@ async def run_authorization(
             # "authenticated for this request" only if the chain ran in this very browser session
             fresh = tx is not None and current is not None and tx.authenticated_sid == current.sid
             factors = services.factors.factors_of(db, current.user) if current is not None else None
+            groups = memberships_of(db, current.user.id) if current is not None else ()
             return decide(
                 services.server,
                 oauth_request,
@@ -119,6 +122,7 @@ async def run_authorization(
                 authenticated_now=fresh,
                 consent_decision=consent,
                 factors=factors,
+                groups=groups,
             )
 
     return await run_blocking(request, unit_of_work)
@@ -134,6 +138,8 @@ async def respond(
         return to_client(request, outcome)
     if isinstance(outcome, ErrorPage):
         return error_page(request, outcome.status, outcome.message)
+    if isinstance(outcome, NotAllowedHere):
+        return not_allowed_page(request, outcome.client_name, outcome.back.location)
     carried_on = tx is not None and isinstance(outcome, NeedConsent)  # consent after the chain: the same one
     if not carried_on:
         # a new transaction is state anyone can make idp hold without signing in: counted per address
@@ -179,12 +185,12 @@ async def respond(
     await run_blocking(request, tx_store.save_transaction, services.store, tx, ttl_seconds=ttl)
     location = f"{target}?tx={tx.id}"
     if isinstance(outcome, NeedLogin) and outcome.step_up:  # straight to the step the chain needs
-        from idp.login.outcomes import Unmet
-        from idp.web.login import flow_of, step_url, unmet_response
+        from idp.login.outcomes import NotAllowed, Unmet
+        from idp.web.login import ending_response, flow_of, step_url
 
         onward = await run_blocking(request, flow_of(request).step_for, tx)
-        if isinstance(onward, Unmet):  # e.g. phr asked of a user without a passkey: the RP hears it now
-            return login_binding.attach(request, unmet_response(request, onward))
+        if isinstance(onward, (Unmet, NotAllowed)):  # e.g. phr asked of a user without a passkey
+            return login_binding.attach(request, ending_response(request, onward))
         location = step_url(onward.step, tx.id) if onward is not None else location
     return login_binding.attach(request, RedirectResponse(location, status_code=303, headers=NO_STORE))
 

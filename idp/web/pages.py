@@ -142,6 +142,17 @@ def error_page(request: Request, status: int, message: str, *, return_to: str | 
     return response
 
 
+def not_allowed_page(request: Request, client_name: str, return_to: str) -> Response:
+    """The account is known and may not use this app (its allowed_groups): a 403 that says
+    which app, and whose only button returns access_denied to it."""
+    return error_page(
+        request,
+        403,
+        f"Your account may not use {client_name}. If you think it should, ask an administrator.",
+        return_to=return_to,
+    )
+
+
 def copy_cookies(source: Response, target: Response) -> Response:
     """The cookies `source` sets, set by `target` too (a page or JSON answer shown instead
     of the redirect that would have carried them)."""

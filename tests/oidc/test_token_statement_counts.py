@@ -110,3 +110,20 @@ def test_userinfo(app, client):
 def _warm(client):
     """The first request of an app loads keys and clients; count steady-state requests."""
     client.get("/jwks")
+
+
+def test_the_app_access_check_costs_a_refresh_one_statement_and_client_credentials_none(app, client):
+    """Issue 17: allowed_groups is checked again at every refresh (one query for the user's
+    groups, only for a client that has them), never for client_credentials (no user)."""
+    from tests.oidc.test_app_access import groups, restrict
+
+    groups(client, ("staff", None, ["alice"]))
+    restrict(client, "shop", ["staff"])
+    tokens = tokens_for(client)
+    with counted(app) as statements:
+        assert refresh(client, tokens["refresh_token"]).status_code == 200
+    assert len(statements) == PINNED["refresh_token"] + 1, statements
+    with counted(app) as statements:
+        response = client.post("/token", data={"grant_type": "client_credentials", "scope": "profile"}, auth=SHOP)
+    assert response.status_code == 200, response.text
+    assert len(statements) == PINNED["client_credentials (secret)"], statements
