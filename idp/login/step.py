@@ -53,6 +53,9 @@ class Rejected:
     name: str | None = None
     reason: str | None = None  # for the audit trail only; never shown
     audit_also: tuple[str, ...] = ()  # further audit kinds to write (e.g. passkey.counter_regression)
+    # not a wrong credential but a form the step cannot take (a new password the policy
+    # refuses): these words are shown (status 400), audited, and counted nowhere
+    refusal: str | None = None
 
 
 @dataclass

@@ -76,7 +76,13 @@ class SecondFactors:
         )
         left = self.backup_codes_left(db, user.id) if count_backup_codes else 0
         passkeys = int(db.scalar(select(func.count()).select_from(Passkey).where(Passkey.user_id == user.id)) or 0)
-        return UserFactors(totp=confirmed, backup_codes=left, require_mfa=user.require_mfa, passkeys=passkeys)
+        return UserFactors(
+            totp=confirmed,
+            backup_codes=left,
+            require_mfa=user.require_mfa,
+            passkeys=passkeys,
+            password_must_change=user.password_must_change and user.password_hash is not None,
+        )
 
     def backup_codes_left(self, db: Session, user_id: int) -> int:
         return int(

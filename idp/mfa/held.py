@@ -12,6 +12,7 @@ class UserFactors:
     backup_codes: int = 0  # unused backup codes
     require_mfa: bool = False  # `idp user require-mfa`
     passkeys: int = 0  # registered passkeys
+    password_must_change: bool = False  # `idp user set-password --must-change`: the chain sets a new one
 
     @property
     def has_second_factor(self) -> bool:

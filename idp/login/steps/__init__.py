@@ -3,6 +3,6 @@ composition root (idp/app.py) registers them with the flow: `STANDARD_STEPS`."""
 
 from __future__ import annotations
 
-from idp.login.steps import backup_code, enrol_totp, passkey, password, totp
+from idp.login.steps import backup_code, enrol_totp, new_password, passkey, password, totp
 
-STANDARD_STEPS = (password.STEP, totp.STEP, backup_code.STEP, passkey.STEP, enrol_totp.STEP)
+STANDARD_STEPS = (password.STEP, totp.STEP, backup_code.STEP, passkey.STEP, enrol_totp.STEP, new_password.STEP)
