@@ -13,6 +13,7 @@ from idp.account import events, proof, reauth
 from idp.account.current import Caller
 from idp.account.errors import FormRefused, lockout_words
 from idp.account.services import AccountServices
+from idp.mail import notices
 from idp.mfa import backup_codes
 
 GENERATED = "mfa.backup_codes.generated"  # the first set, with a newly confirmed authenticator
@@ -60,3 +61,5 @@ def store(services: AccountServices, caller: Caller, new: NewCodes, hashes: Sequ
     with services.sessions.begin() as db:
         services.factors.replace_backup_codes(db, new.user_id, list(zip(new.codes, hashes, strict=True)))
         events.record(db, new.kind, new.user_id, caller, count=len(new.codes))
+    if new.kind == REGENERATED:  # the first set comes with the authenticator, whose notice says so
+        services.mail.notify(notices.BACKUP_CODES_REGENERATED, new.user_id, ip=caller.ip)

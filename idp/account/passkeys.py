@@ -13,6 +13,7 @@ from idp.account.current import Caller, get_user
 from idp.account.errors import AccountRefused
 from idp.account.services import AccountServices
 from idp.login.sessions import EndedSession
+from idp.mail import notices
 from idp.mfa.passkeys import Challenge, PasskeyError, clean_name
 
 NOT_ADDED = "The passkey could not be added. Try again."
@@ -38,6 +39,7 @@ def register(services: AccountServices, caller: Caller, data: dict[str, Any]) ->
         with services.sessions.begin() as db:
             events.record_failure(db, "passkey.registration_failed", who.user_id, caller, reason=exc.reason)
         raise AccountRefused(NOT_ADDED, 400) from None
+    services.mail.notify(notices.PASSKEY_ADDED, who.user_id, ip=caller.ip)
 
 
 def rename(services: AccountServices, caller: Caller, passkey_id: object, name: object) -> None:
@@ -75,4 +77,5 @@ def remove(services: AccountServices, caller: Caller, passkey_id: object) -> lis
             sessions_ended=len(ended),
             refresh_tokens_revoked=ends_sessions,
         )
+    services.mail.notify(notices.PASSKEY_REMOVED, who.user_id, ip=caller.ip)
     return ended

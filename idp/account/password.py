@@ -19,6 +19,7 @@ from idp.account.services import AccountServices
 from idp.db.models import User
 from idp.lockout import FailureRecord
 from idp.login.sessions import EndedSession
+from idp.mail import notices
 from idp.security.password_policy import PasswordRejected, check_password
 
 NO_PASSWORD = "This account signs in without a password."
@@ -71,6 +72,7 @@ def finish_change(
 ) -> list[EndedSession]:
     """`new_hash` None: the current password was wrong. Returns the sessions ended (the
     caller schedules their back-channel logouts once this has committed)."""
+    ended: list[EndedSession] | None = None
     with services.sessions.begin() as db:
         if new_hash is None:
             failure = services.lockout.record_failure(db, change.user_id)
@@ -79,7 +81,10 @@ def finish_change(
             failure = LOCKED
             events.record(db, "password.change_failed", change.user_id, caller, failure=failure, reason="locked")
         else:
-            return _store(db, change, new_hash, caller)
+            ended = _store(db, change, new_hash, caller)
+    if ended is not None:  # committed: now the notice
+        services.mail.notify(notices.PASSWORD_CHANGED, change.user_id, ip=caller.ip)
+        return ended
     raise FormRefused(
         lockout_words(failure, WRONG_CURRENT, lock_seconds=services.lockout.seconds), 401, section="password"
     )

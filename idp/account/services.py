@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.lockout import Lockout
 from idp.login.sessions import SessionPolicy
+from idp.mail.mailer import Mailer
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys
 from idp.security.keyring import Keyring
@@ -37,3 +38,6 @@ class AccountServices(Protocol):
 
     @property
     def passkeys(self) -> Passkeys: ...
+
+    @property
+    def mail(self) -> Mailer: ...  # notices, queued once a change has committed

@@ -17,6 +17,7 @@ from idp.account.backup_codes import NewCodes
 from idp.account.current import Caller, SignedIn, get_user
 from idp.account.errors import AccountRefused, FormRefused, SetupRefused, lockout_words
 from idp.account.services import AccountServices
+from idp.mail import notices
 from idp.mfa import totp
 
 ALREADY_SET_UP = "The authenticator app is already set up."
@@ -88,6 +89,7 @@ def finish_confirm(services: AccountServices, caller: Caller, who: SignedIn, cod
     if check.failure is not None:  # raised after the commit: the failure stays counted
         words = lockout_words(check.failure, WRONG_CODE, lock_seconds=services.lockout.seconds)
         raise SetupRefused(words, 401, _setup(services, who.username, secret))
+    services.mail.notify(notices.TOTP_ENABLED, who.user_id, ip=caller.ip)
     return backup_codes.new_codes(who.user_id, backup_codes.GENERATED)
 
 
@@ -120,6 +122,7 @@ def finish_disable(
             events.record(db, "mfa.totp.disabled", started.user_id, caller)
     if failure is not None:
         raise FormRefused(lockout_words(failure, proof.WRONG, lock_seconds=services.lockout.seconds), 401)
+    services.mail.notify(notices.TOTP_DISABLED, started.user_id, ip=caller.ip)
 
 
 def _setup(services: AccountServices, username: str, secret: str) -> TotpSetup:
