@@ -606,8 +606,11 @@ def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
     except ClientsFileError as exc:
         raise CommandError(str(exc)) from None
     print(f"clients: {len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed")
+    for username, client_id in report.withdrawn:
+        print(f"{username} may no longer use {client_id} (its allowed_groups narrowed): tokens there revoked")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    _tell_relying_parties(settings, list(report.ended))
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:

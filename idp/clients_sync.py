@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from idp.audit.trail import record_audit
 from idp.clients_file import ClientConfig, ClientsFileError, parse_clients_file
 from idp.db.models import Client, Group
+from idp.groups import withdraw_where_no_longer_allowed
+from idp.login.sessions import EndedSession
 from idp.security.keyring import Keyring
 from idp.security.outbound import Outbound
 
@@ -22,6 +24,10 @@ class SyncReport:
     updated: tuple[str, ...]
     removed: tuple[str, ...]
     warnings: tuple[str, ...] = ()  # what the admin should know about clients the file allows
+    # users who lost an app because its allowed_groups narrowed: (username, client_id), and
+    # their RP sessions there, for back-channel logouts after the commit
+    withdrawn: tuple[tuple[str, str], ...] = ()
+    ended: tuple[EndedSession, ...] = ()
 
 
 def sync_clients_file(
@@ -100,6 +106,7 @@ def sync_clients(db: Session, keyring: Keyring, configs: list[ClientConfig]) -> 
     _check_groups_exist(db, configs)
     existing = {row.client_id: row for row in db.scalars(select(Client))}
     added, updated = [], []
+    narrowed: list[tuple[str, tuple[str, ...]]] = []
     for config in configs:
         stored = _stored_config(config)
         digest = keyring.digest(config.client_secret) if config.client_secret else None
@@ -108,11 +115,22 @@ def sync_clients(db: Session, keyring: Keyring, configs: list[ClientConfig]) -> 
             db.add(Client(client_id=config.client_id, secret_digest=digest, config=stored))
             added.append(config.client_id)
         elif row.config != stored or row.secret_digest != digest:
+            before = row.config.get("allowed_groups")
+            if config.allowed_groups is not None and (before is None or not set(config.allowed_groups) >= set(before)):
+                narrowed.append((config.client_id, config.allowed_groups))
             row.config, row.secret_digest = stored, digest
             updated.append(config.client_id)
     for row in existing.values():
         db.delete(row)
-    report = SyncReport(tuple(added), tuple(updated), tuple(existing))
+    withdrawn, ended = [], []
+    db.flush()  # the new configs first: what the withdrawal reads and what the refresh checks agree
+    for client_id, allowed in narrowed:
+        # a narrowed app ends at once what users outside its groups hold there, as removing
+        # them from a group would (the refresh check alone would leave access tokens alive)
+        users, their_sessions = withdraw_where_no_longer_allowed(db, client_id, allowed)
+        withdrawn += [(username, client_id) for username in users]
+        ended += their_sessions
+    report = SyncReport(tuple(added), tuple(updated), tuple(existing), withdrawn=tuple(withdrawn), ended=tuple(ended))
     if added or updated or existing:
         record_audit(db, "clients.synced", added=report.added, updated=report.updated, removed=report.removed)
     return report

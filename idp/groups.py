@@ -11,7 +11,7 @@ stays: it may serve other apps)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
@@ -19,12 +19,13 @@ from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
 from idp.clients_file import GROUP_NAME
-from idp.db.models import Client, Group, GroupMember, IdpSession, SessionClient, User
+from idp.clock import clock_of
+from idp.db.models import AccessToken, Client, Group, GroupMember, IdpSession, RefreshToken, SessionClient, User
 
 # re-exported: the claims and the token side read memberships from here too
 from idp.login.memberships import Membership as Membership
 from idp.login.memberships import memberships_of as memberships_of
-from idp.login.policy import LEVELS
+from idp.login.policy import LEVELS, may_use
 from idp.login.sessions import EndedSession
 from idp.login.steps.password import normalize_username
 from idp.revocation import revoke_user_grants_at_client
@@ -158,19 +159,49 @@ def remove_members(db: Session, raw_name: str, usernames: Sequence[str]) -> Memb
         for client_id in requiring:
             if allowed[client_id] & still_in:
                 continue  # another of the app's groups still lets them in
-            revoke_user_grants_at_client(db, user.id, client_id)
-            ended.extend(_end_rp_sessions(db, user, client_id))
+            ended.extend(_withdraw(db, user, client_id, reason="removed_from_group", group=group.name))
             withdrawn.append((user.username, client_id))
-            record_audit(
-                db,
-                "access.withdrawn",
-                user_id=user.id,
-                client_id=client_id,
-                outcome="success",
-                reason="removed_from_group",
-                group=group.name,
-            )
     return MemberRemoval(tuple(removed), tuple(withdrawn), tuple(ended))
+
+
+def withdraw_where_no_longer_allowed(
+    db: Session, client_id: str, allowed_groups: Collection[str]
+) -> tuple[list[str], list[EndedSession]]:
+    """A client whose allowed_groups a clients file just narrowed (or set): every user who
+    holds something there (a live grant, a session signed in there) and is no longer in any
+    of its groups loses it at once, as a removal from a group would do; returns their
+    usernames and the RP sessions to send back-channel logouts to."""
+    now = clock_of(db).now()
+    holders = (
+        select(RefreshToken.user_id)
+        .where(RefreshToken.client_id == client_id, RefreshToken.revoked_at.is_(None))
+        .union(
+            select(AccessToken.user_id).where(
+                AccessToken.client_id == client_id,
+                AccessToken.revoked_at.is_(None),
+                AccessToken.expires_at > now,
+                AccessToken.user_id.is_not(None),
+            ),
+            select(IdpSession.user_id)
+            .join(SessionClient, SessionClient.session_id == IdpSession.id)
+            .where(SessionClient.client_id == client_id, IdpSession.ended_at.is_(None)),
+        )
+    )
+    usernames, ended = [], []
+    for user in db.scalars(select(User).where(User.id.in_(holders)).order_by(User.username)):
+        if may_use(allowed_groups, (m.name for m in memberships_of(db, user.id))):
+            continue
+        ended.extend(_withdraw(db, user, client_id, reason="allowed_groups_narrowed"))
+        usernames.append(user.username)
+    return usernames, ended
+
+
+def _withdraw(db: Session, user: User, client_id: str, *, reason: str, **detail: object) -> list[EndedSession]:
+    revoke_user_grants_at_client(db, user.id, client_id)
+    record_audit(
+        db, "access.withdrawn", user_id=user.id, client_id=client_id, outcome="success", reason=reason, **detail
+    )
+    return _end_rp_sessions(db, user, client_id)
 
 
 def clients_requiring(db: Session, name: str) -> tuple[str, ...]:

@@ -6,12 +6,15 @@ or the defect it pins: without the check, the refused user gets a code or a toke
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select, update
 
+from idp.clients_file import parse_clients_toml
+from idp.clients_sync import sync_clients
 from idp.db.models import AuditEvent, Client, IdpSession
 from idp.groups import add_group, add_members, remove_members
 from tests.login.test_chain import at_step, enrol_totp, id_token_of, post_code, to_client
@@ -26,6 +29,7 @@ from tests.support.rp import (
     submit_login,
     tokens_for,
 )
+from tests.support.seed import _toml_with_inline_jwks
 
 ISSUER = "http://localhost:8000"
 
@@ -209,3 +213,33 @@ def test_prompt_none_below_a_group_minimum_is_interaction_required(client):
 def test_client_credentials_is_not_checked_against_groups(staff_only):
     response = staff_only.post("/token", data={"grant_type": "client_credentials", "scope": "profile"}, auth=SHOP)
     assert response.status_code == 200
+
+
+def test_a_clients_file_that_narrows_the_groups_ends_what_outsiders_hold_there_at_once(staff_only):
+    """Defect pinned: a sync that narrowed an app's allowed_groups left the access tokens of
+    users outside the new groups working until they expired (only their next refresh was
+    refused). Now the sync withdraws the app from them as a removal from a group does."""
+    tokens = tokens_for(staff_only)
+    groups(staff_only, ("ops", None, []))
+    services = staff_only.app.state.services
+    configs = [
+        dataclasses.replace(c, allowed_groups=("ops",)) if c.client_id == "shop" else c
+        for c in parse_clients_toml(_toml_with_inline_jwks())
+    ]
+    with services.sessions.begin() as db:
+        report = sync_clients(db, services.keyring, configs)
+    services.oidc.clients.reload()
+    assert report.withdrawn == (("alice", "shop"),)
+    assert [e.clients for e in report.ended] == [("shop",)]
+    userinfo = staff_only.get("/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert userinfo.status_code == 401
+    assert audit_kinds(staff_only, "access.withdrawn")[-1].detail["reason"] == "allowed_groups_narrowed"
+    # widening again takes nothing more away, and gives nothing back
+    with services.sessions.begin() as db:
+        again = sync_clients(
+            db,
+            services.keyring,
+            [dataclasses.replace(c, allowed_groups=("ops", "staff")) if c.client_id == "shop" else c for c in configs],
+        )
+    assert again.withdrawn == ()
+    assert refresh(staff_only, tokens["refresh_token"]).status_code == 400
