@@ -614,6 +614,7 @@ def _clients_sync(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.audit.trail import record_audit
     from idp.oidc.signing_keys import KEY_ALGS, PUBLISH_LEAD_SECONDS, family_of, rotate_signing_keys
 
     signs_in = PUBLISH_LEAD_SECONDS if args.signs_in is None else args.signs_in
@@ -632,6 +633,15 @@ def _keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
             algs=algs,
         )
         for row in rows:
+            record_audit(
+                db,
+                "key.rotated",
+                outcome="success",
+                by="cli",
+                kid=row.kid,
+                alg=row.alg,
+                signs_from=row.signs_from.isoformat() if row.signs_from else None,
+            )
             when = "now" if row.signs_from is None else f"from {row.signs_from:%Y-%m-%d %H:%M:%S}Z ({signs_in} s)"
             print(
                 f"new {row.alg} signing key {row.kid}: published now, signs {when}; "

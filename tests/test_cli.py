@@ -730,6 +730,15 @@ def test_keys_rotate_alg_rotates_that_algorithms_key_only(idp: Idp, option: str,
     assert all(states[first[alg]] == "active" for alg in KEY_ALGS if alg != family)
 
 
+def test_keys_rotate_is_audited_per_new_key(idp: Idp) -> None:
+    """Every change is audited: a rotation by the admin too (the scheduled one already was)."""
+    only = rotated(idp.ok("keys", "rotate", "--alg", "ES256", "--signs-in", "0"))
+    events = [json.loads(line) for line in idp.ok("audit", "tail", "--kind", "key.rotated").splitlines()]
+    assert [(e["detail"]["kid"], e["detail"]["alg"], e["detail"]["by"]) for e in events] == [
+        (only["ES256"], "ES256", "cli")
+    ]
+
+
 @pytest.mark.parametrize("value", ["HS256", "none", "PS256", "ed25519"])
 def test_keys_rotate_refuses_an_unknown_alg_and_changes_nothing(idp: Idp, value: str) -> None:
     idp.ok("keys", "rotate")
