@@ -111,6 +111,8 @@ class ActiveKeys:
 def create_signing_key(db: Session, keyring: Keyring, alg: str = ALG, *, replaces: str | None = None) -> SigningKey:
     pem = _GENERATE[alg]().as_pem(private=True)
     kid = new_secret(12)
+    while kid.startswith("-"):  # an admin types kids as arguments (`idp keys revoke KID`): no option look-alikes
+        kid = new_secret(12)
     public = _KEY_CLASS[alg].import_key(pem).as_dict(private=False)
     public.update({"kid": kid, "use": "sig", "alg": alg})
     encrypted = keyring.encrypt(_PURPOSE, pem)

@@ -342,3 +342,16 @@ def test_two_processes_that_find_the_same_key_due_at_once_make_one_successor(set
     for app in apps:
         app.state.services.oidc.keys.reload()  # neither process is the worse for it
         assert len(app.state.services.oidc.keys.jwks()["keys"]) == 5
+
+
+def test_a_kid_never_looks_like_an_option(client, monkeypatch):
+    """Defect found by a flaky CLI test: a kid is url-safe base64, and one that began with "-"
+    could not be given to `idp keys revoke KID` (argparse took it for an option)."""
+    from idp.oidc import signing_keys
+
+    drawn = iter(["-starts-with-a-dash", "fine-kid-0123456"])
+    monkeypatch.setattr(signing_keys, "new_secret", lambda size: next(drawn))
+    services = client.app.state.services
+    with services.sessions.begin() as db:
+        row = signing_keys.create_signing_key(db, services.keyring, "ES256")
+        assert row.kid == "fine-kid-0123456"
