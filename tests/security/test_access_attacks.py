@@ -4,9 +4,10 @@ with grace, grant revocation ending access tokens, introspection).
 
 For each piece of state (a login transaction, an IdP session, an authorization code, a
 refresh token, a consent, a group membership, a parked request) each test asks who else
-could present it, in which order, or twice. A test whose docstring starts "Defect found by
-this attack, fixed:" failed when written (a code issued before access ended stayed
-redeemable); the others passed at once and stay as guards of a security decision."""
+could present it, in which order, or twice. The four tests whose docstrings say "Found by
+this review" failed when written (a code issued before access ended stayed redeemable)
+and pass since the fix; the others passed at once and stay as guards of a security
+decision."""
 
 from __future__ import annotations
 
@@ -359,17 +360,10 @@ def test_a_consent_given_while_allowed_opens_nothing_after_removal(staff_only):
 
 
 def test_a_code_issued_before_removal_is_not_redeemable_after(staff_only):
-    """Defect found by this attack, fixed: an authorization code issued to alice just before `idp group remove-member
-    staff alice` is redeemed after it (within the code's 60 s): 200 with an access token,
-    a refresh token and an ID token, though she may no longer use shop. The access token
-    then works at userinfo (200) and introspection for its 900 s; only a refresh attempt
-    is refused (and that refusal revokes it). Removal revokes refresh and access tokens
-    but not outstanding codes, and the code grant never checks allowed_groups (README:
-    "the check runs on every path that yields tokens"). Expected: invalid_grant. Fix:
-    the may_use(client.allowed_groups, memberships) check at redemption in
-    AuthorizationCodeGrant (idp/oidc/grants.py, create_token_response or
-    authenticate_user, as RefreshTokenGrant._check_access does), which also covers a
-    clients file that narrowed the groups."""
+    """Attack: a code issued to alice just before she is taken out of shop's group, redeemed
+    within its lifetime. Found by this review (it yielded live tokens); fixed: the code
+    grant checks allowed_groups at redemption (grants.may_still_use), and the removal
+    expires her unredeemed codes there (revocation._expire_codes)."""
     client = staff_only
     request, code = sign_in_and_get_code(client)
     take_out(client, "staff", "alice")
@@ -378,11 +372,8 @@ def test_a_code_issued_before_removal_is_not_redeemable_after(staff_only):
 
 
 def test_a_code_issued_before_the_clients_file_narrowed_the_groups_is_not_redeemable_after(staff_only):
-    """Defect found by this attack, fixed: as above when nobody is removed but a clients file sync narrows shop's
-    allowed_groups to a group alice is not in: her outstanding code is redeemed (200) for an
-    access token that works at userinfo for its 900 s, though every other path (SSO,
-    prompt=none, refresh) refuses her. Same fix: the allowed_groups check at code
-    redemption (idp/oidc/grants.py)."""
+    """Attack: as above, with nobody removed but the clients file narrowing shop's groups.
+    Found by this review; fixed by the same check at redemption."""
     client = staff_only
     request, code = sign_in_and_get_code(client)
     make_groups(client, ("ops", None, []))
@@ -392,14 +383,9 @@ def test_a_code_issued_before_the_clients_file_narrowed_the_groups_is_not_redeem
 
 
 def test_a_code_issued_before_logout_yields_no_live_tokens_after(client):
-    """Defect found by this attack, fixed: logout revokes the grants its session approved (offline_access aside), but an
-    authorization code the session approved and the RP had not redeemed yet is redeemed
-    after the logout for live tokens (userinfo 200, refresh 200) carrying the ended sid:
-    revoke_session_grants (idp/revocation.py) ends only the families already redeemed (it
-    updates token rows; rows inserted later by the code's redemption are never revoked).
-    Expected: the redemption is refused (invalid_grant). Fix: have revoke_session_grants
-    and revoke_user_grants_at_client / revoke_all_grants also mark unredeemed codes used
-    (or revoked), or check at redemption that the code's sid is still alive."""
+    """Attack: a code issued before logout, redeemed after it: its tokens would be born after
+    the session's grants were revoked. Found by this review; fixed: ending a session's
+    grants expires their unredeemed codes (offline_access grants aside, as for tokens)."""
     signed_in = tokens_for(client, AuthRequest(scope=ONLINE))
     request, code = sign_in_and_get_code(client, AuthRequest(scope=ONLINE))  # single sign-on
     out = client.get("/logout", params={"id_token_hint": signed_in["id_token"]}, follow_redirects=False)
@@ -409,15 +395,9 @@ def test_a_code_issued_before_logout_yields_no_live_tokens_after(client):
 
 
 def test_a_code_issued_before_a_password_change_yields_no_live_tokens_after(client):
-    """Defect found by this attack, fixed: a password change revokes every grant of the user (offline_access too), but
-    an authorization code issued just before it is redeemed after it for live tokens
-    (userinfo 200, refresh 200): revoke_all_grants (idp/revocation.py) updates only token
-    rows that exist, and AuthorizationCodeGrant.authenticate_user (idp/oidc/grants.py)
-    checks only `disabled`. Whoever stole the password and started a sign-in keeps access.
-    Expected: invalid_grant. Fix: as for logout, end unredeemed codes in revoke_all_grants
-    (and revoke_user_grants_at_client), e.g. set used_at / a revoked_at on
-    AuthorizationCode rows, or refuse at redemption a code older than the user's last
-    revocation."""
+    """Attack: whoever stole the password started a sign-in; the owner changes the password;
+    the thief redeems the code. Found by this review; fixed: revoking every grant of a user
+    expires their unredeemed codes too."""
     request, code = sign_in_and_get_code(client, AuthRequest(scope=ONLINE))
     changed = client.post(
         "/account/password",
