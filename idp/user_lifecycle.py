@@ -26,6 +26,7 @@ from idp.db.models import (
     Consent,
     GroupMember,
     IdpSession,
+    OneTimeLink,
     Passkey,
     SessionClient,
     TotpCredential,
@@ -38,7 +39,7 @@ from idp.users import get_user
 
 # What a deleted user leaves behind nothing of, besides the tombstone (and revoked token
 # records, which hold digests and scopes only).
-_REMOVED = (TotpCredential, BackupCode, Passkey, GroupMember, Consent, AuthorizationCode)
+_REMOVED = (TotpCredential, BackupCode, Passkey, GroupMember, Consent, AuthorizationCode, OneTimeLink)
 
 
 def enable_user(db: Session, username: str) -> bool:

@@ -121,6 +121,31 @@ class RetiredName(Base):
     retired_at: Mapped[datetime] = mapped_column(default=_clock_now)
 
 
+class OneTimeLink(Base):
+    """An invitation, recovery, password-reset or address-verification link (idp/links/).
+    The secret travels in the link's query string and is kept here only as a keyed digest;
+    `link_id` is the public name admins list and revoke it by. Single use: confirmed once (by
+    one browser, whose binding digest it then keeps), used once, and superseded by a newer
+    link of the same kind or a password change."""
+
+    __tablename__ = "one_time_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    link_id: Mapped[str] = mapped_column(String(16), unique=True)  # public, not a secret
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # invite | recover | reset | verify
+    secret_digest: Mapped[str] = mapped_column(String(128), unique=True)
+    issued_by: Mapped[str] = mapped_column(String(16))  # cli | self (Forgot password) | system
+    email: Mapped[str | None] = mapped_column(String(320))  # verify: the address it proves
+    created_at: Mapped[datetime] = mapped_column(default=_clock_now)
+    expires_at: Mapped[datetime] = mapped_column()
+    confirmed_at: Mapped[datetime | None] = mapped_column()
+    browser: Mapped[str | None] = mapped_column(String(128))  # the confirming browser's binding digest
+    used_at: Mapped[datetime | None] = mapped_column()
+    session_sid: Mapped[str | None] = mapped_column(String(64))  # the session its sign-in started
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+
+
 class Group(Base):
     """A named set of users: which apps they may use (a client's allowed_groups), the least
     assurance every sign-in of theirs reaches (min_acr), the `groups` claim."""

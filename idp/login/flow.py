@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from idp.audit.refusals import audit_refusal
 from idp.audit.trail import record_audit
 from idp.db.models import User
+from idp.links import records as link_records
 from idp.lockout import Lockout
 from idp.login import policy
 from idp.login import transaction as tx_store
@@ -476,8 +477,11 @@ class LoginFlow:
             client_id=tx.client_id or None,
             step_up=tx.step_up_sid is not None,
             **({"cleared_lock": True} if cleared_lock else {}),
+            **({"link_id": tx.link_id} if tx.link_id else {}),
         )
         cookie, sid, ended = self._session_for(db, tx, user, acr, amr, attempt)
+        if tx.link_id is not None:  # the session an invitation started has its grace (idp/links/)
+            link_records.note_session(db, tx.link_id, sid)
         finished = tx.finished_by(sid)
         return Completed(finished, tx.resume_url, cookie, sid, tuple(ended), notice, new_transaction=new)
 

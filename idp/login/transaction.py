@@ -42,6 +42,8 @@ class LoginTransaction:
     browser: str = ""  # keyed digest of the creating browser's binding secret; "" binds to no browser
     consent_sid: str | None = None  # the session a consent page was shown to (no chain ran)
     proven: tuple[str, ...] = field(default_factory=tuple)  # methods proven in this chain (not carried over)
+    link_id: str | None = None  # the one-time link (idp/links/) this chain was started from
+    enrolling: bool = False  # an invitation's or a recovery's chain: it may enrol what the level needs
 
     @property
     def finished(self) -> bool:

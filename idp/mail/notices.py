@@ -22,5 +22,16 @@ TOTP_ENABLED = Notice("totp_enabled", "An authenticator app was turned on for yo
 TOTP_DISABLED = Notice("totp_disabled", "The authenticator app was turned off for your account")
 BACKUP_CODES_REGENERATED = Notice("backup_codes_regenerated", "New backup codes were made for your account")
 PASSWORD_CHANGED = Notice("password_changed", "Your password was changed")
+ACCOUNT_RECOVERED = Notice("account_recovered", "Your account was recovered with a recovery link")
+PASSWORD_RESET = Notice("password_reset", "Your password was reset")
 
-ALL = (PASSKEY_ADDED, PASSKEY_REMOVED, TOTP_ENABLED, TOTP_DISABLED, BACKUP_CODES_REGENERATED, PASSWORD_CHANGED)
+ALL = (
+    PASSKEY_ADDED,
+    PASSKEY_REMOVED,
+    TOTP_ENABLED,
+    TOTP_DISABLED,
+    BACKUP_CODES_REGENERATED,
+    PASSWORD_CHANGED,
+    ACCOUNT_RECOVERED,
+    PASSWORD_RESET,
+)

@@ -1,0 +1,436 @@
+"""One-time links as stored (table one_time_links): issued, listed, confirmed by one browser,
+used once, revoked. Every change is a conditional UPDATE, so two requests racing for the
+same link cannot both win, and each is audited in the caller's unit of work.
+
+A link's secret (≥ 128 bits: 32 random bytes) is shown once (the CLI's output or the mail)
+and kept only as a keyed digest. Its life:
+
+- issued: a newer link of the same kind for the same user supersedes the older ones;
+- confirmed: the POST of the confirmation page (never the GET a mail scanner makes) binds
+  it to that browser's login binding; from then on only that browser may use it, for
+  CONFIRMED_FOR at most (past the link's own expiry too: it was confirmed in time);
+- used: the one change it allows (a password, a recovery, an address verified);
+- revoked: by the admin (`idp user revoke-link`), by a newer link of its kind, or by a
+  password change (`revoke_open`)."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from idp.audit.trail import record_audit
+from idp.clock import clock_of
+from idp.db.models import BackupCode, OneTimeLink, Passkey, TotpCredential
+from idp.security.keyring import Keyring, new_secret
+
+Kind = Literal["invite", "recover", "reset", "verify"]
+KINDS: tuple[Kind, ...] = ("invite", "recover", "reset", "verify")
+
+# how long a link waits to be confirmed, unless the admin says otherwise (`--expires`)
+LIFETIMES: dict[str, timedelta] = {
+    "invite": timedelta(hours=72),
+    "recover": timedelta(hours=24),
+    "reset": timedelta(minutes=30),  # Forgot password: the user is at the screen right now
+    "verify": timedelta(hours=48),
+}
+MAX_LIFETIME = timedelta(days=14)
+MIN_LIFETIME = timedelta(minutes=5)
+CONFIRMED_FOR = timedelta(minutes=30)  # from the confirming POST to the change it allows
+GRACE = timedelta(minutes=15)  # after an invitation's sign-in: one credential without re-authentication
+# kinds a password change revokes (an address verification proves the address, not the password)
+PASSWORD_KINDS: tuple[Kind, ...] = ("invite", "recover", "reset")
+
+SECRET_BYTES = 32
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{40,64}")
+_LINK_ID_SHAPE = re.compile(r"[a-z0-9]{12}")
+Refusal = Literal["unknown", "expired", "used", "revoked", "other_browser"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    link_id: str
+    secret: str  # shown once: in the mail or the CLI's output, never stored
+    kind: Kind
+    user_id: int
+    expires_at: datetime
+    superseded: int  # older links of the same kind revoked by this one
+
+
+@dataclass(frozen=True)
+class Link:
+    link_id: str
+    user_id: int
+    kind: Kind
+    email: str | None
+    issued_by: str
+    created_at: datetime
+    expires_at: datetime
+    confirmed_at: datetime | None
+    used_at: datetime | None
+    revoked_at: datetime | None
+    revoked_reason: str | None
+
+    def state(self, now: datetime) -> str:
+        """pending, confirmed, used, revoked (with why) or expired: for `idp user links`."""
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return f"revoked ({self.revoked_reason})"
+        if self.confirmed_at is not None:
+            return "confirmed" if now < self.confirmed_at + CONFIRMED_FOR else "expired"
+        return "pending" if now < self.expires_at else "expired"
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Refusal
+    user_id: int | None = None
+
+
+def _link(row: OneTimeLink) -> Link:
+    return Link(
+        link_id=row.link_id,
+        user_id=row.user_id,
+        kind=row.kind,  # type: ignore[arg-type]
+        email=row.email,
+        issued_by=row.issued_by,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        confirmed_at=row.confirmed_at,
+        used_at=row.used_at,
+        revoked_at=row.revoked_at,
+        revoked_reason=row.revoked_reason,
+    )
+
+
+def secret_digest(keyring: Keyring, secret: str) -> str:
+    return keyring.digest("one-time-link:" + secret)
+
+
+def well_formed(secret: object) -> bool:
+    """Could be a secret idp made (checked before any lookup: a long or odd value costs nothing)."""
+    return isinstance(secret, str) and _SECRET_SHAPE.fullmatch(secret) is not None
+
+
+def well_formed_id(link_id: object) -> bool:
+    return isinstance(link_id, str) and _LINK_ID_SHAPE.fullmatch(link_id) is not None
+
+
+def lifetime_of(kind: Kind, wanted: timedelta | None) -> timedelta:
+    """The admin's `--expires`, within bounds (ValueError naming them), else the kind's default."""
+    if wanted is None:
+        return LIFETIMES[kind]
+    if not MIN_LIFETIME <= wanted <= MAX_LIFETIME:
+        raise ValueError("must be between 5 minutes and 14 days")
+    return wanted
+
+
+def _open(now: datetime) -> object:
+    """Neither used nor revoked, and still waiting for (or within) its confirmation."""
+    return and_(
+        OneTimeLink.used_at.is_(None),
+        OneTimeLink.revoked_at.is_(None),
+        or_(
+            and_(OneTimeLink.confirmed_at.is_(None), OneTimeLink.expires_at > now),
+            OneTimeLink.confirmed_at > now - CONFIRMED_FOR,
+        ),
+    )
+
+
+def issue(
+    db: Session,
+    keyring: Keyring,
+    user_id: int,
+    kind: Kind,
+    *,
+    lifetime: timedelta | None = None,
+    by: str = "cli",
+    email: str | None = None,
+    ip: str | None = None,
+) -> Issued:
+    now = clock_of(db).now()
+    superseded = revoke_open(db, user_id, kinds=(kind,), reason="superseded", audit=False)
+    secret = new_secret(SECRET_BYTES)
+    expires_at = now + lifetime_of(kind, lifetime)
+    link_id = secrets.token_hex(6)
+    db.add(
+        OneTimeLink(
+            link_id=link_id,
+            user_id=user_id,
+            link_kind=kind,
+            secret_digest=secret_digest(keyring, secret),
+            issued_by=by,
+            email=email,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    db.flush()
+    record_audit(
+        db,
+        "link.issued",
+        user_id=user_id,
+        ip=ip,
+        outcome="success",
+        link_kind=kind,
+        link_id=link_id,
+        by=by,
+        expires_at=expires_at.isoformat(timespec="seconds"),
+        superseded=superseded,
+    )
+    return Issued(link_id, secret, kind, user_id, expires_at, superseded)
+
+
+def peek(db: Session, keyring: Keyring, secret: str) -> Link | Refused:
+    """What the confirmation page (a GET) may say about a link: it changes nothing."""
+    row = db.scalar(select(OneTimeLink).where(OneTimeLink.secret_digest == secret_digest(keyring, secret)))
+    if row is None:
+        return Refused("unknown")
+    refusal = _refusal(row, clock_of(db).now())
+    if refusal is not None and not (refusal == "other_browser"):
+        return Refused(refusal, row.user_id)
+    return _link(row)
+
+
+def _refusal(row: OneTimeLink, now: datetime, browser: str | None = None) -> Refusal | None:
+    if row.used_at is not None:
+        return "used"
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.confirmed_at is None:
+        return "expired" if now >= row.expires_at else None
+    if now >= row.confirmed_at + CONFIRMED_FOR:
+        return "expired"
+    if browser is None or row.browser is None or not hmac.compare_digest(row.browser, browser):
+        return "other_browser"
+    return None
+
+
+def confirm(
+    db: Session, keyring: Keyring, secret: str, browser: str, *, ip: str | None, user_agent: str | None
+) -> Link | Refused:
+    """The confirming POST: binds a pending link to `browser` (one conditional UPDATE); the same
+    browser confirming again (a double click, a reload) gets the same link; any other is refused.
+    Audited either way (link.confirmed, link.refused with the reason)."""
+    now = clock_of(db).now()
+    digest = secret_digest(keyring, secret)
+    claimed = db.execute(
+        update(OneTimeLink)
+        .where(
+            OneTimeLink.secret_digest == digest,
+            OneTimeLink.confirmed_at.is_(None),
+            OneTimeLink.used_at.is_(None),
+            OneTimeLink.revoked_at.is_(None),
+            OneTimeLink.expires_at > now,
+        )
+        .values(confirmed_at=now, browser=browser)
+        .returning(OneTimeLink.id)
+    ).first()
+    row = db.scalar(select(OneTimeLink).where(OneTimeLink.secret_digest == digest))
+    if row is None:
+        record_audit(
+            db, "link.refused", ip=ip, user_agent=user_agent, outcome="refused", reason="unknown", at="confirm"
+        )
+        return Refused("unknown")
+    if claimed is not None:
+        record_audit(
+            db,
+            "link.confirmed",
+            user_id=row.user_id,
+            ip=ip,
+            user_agent=user_agent,
+            outcome="success",
+            link_kind=row.kind,
+            link_id=row.link_id,
+        )
+        return _link(row)
+    refusal = _refusal(row, now, browser)
+    if refusal is None:  # this browser confirmed it already
+        return _link(row)
+    _audit_refused(db, row, refusal, ip=ip, user_agent=user_agent, at="confirm")
+    return Refused(refusal, row.user_id)
+
+
+def bound(
+    db: Session, link_id: str, browser: str | None, *, ip: str | None = None, user_agent: str | None = None
+) -> Link | Refused:
+    """The link `link_id` as confirmed by this browser, still unused: what the pages after the
+    confirmation act on. A refusal is audited (who presented someone else's link id)."""
+    row = db.scalar(select(OneTimeLink).where(OneTimeLink.link_id == link_id)) if well_formed_id(link_id) else None
+    if row is None:
+        return Refused("unknown")
+    refusal = _refusal(row, clock_of(db).now(), browser)
+    if refusal == "other_browser" and row.confirmed_at is None:
+        refusal = "unknown"  # not confirmed yet: nothing to act on
+    if refusal is not None:
+        _audit_refused(db, row, refusal, ip=ip, user_agent=user_agent, at="use")
+        return Refused(refusal, row.user_id)
+    return _link(row)
+
+
+def use(db: Session, link_id: str, browser: str, *, ip: str | None, user_agent: str | None) -> bool:
+    """Spends the link (one conditional UPDATE): True once; False when another request of the
+    same browser spent it first, or it was revoked or ran out meanwhile."""
+    now = clock_of(db).now()
+    spent = db.execute(
+        update(OneTimeLink)
+        .where(
+            OneTimeLink.link_id == link_id,
+            OneTimeLink.browser == browser,
+            OneTimeLink.used_at.is_(None),
+            OneTimeLink.revoked_at.is_(None),
+            OneTimeLink.confirmed_at > now - CONFIRMED_FOR,
+        )
+        .values(used_at=now)
+        .returning(OneTimeLink.user_id, OneTimeLink.kind)
+    ).first()
+    if spent is None:
+        return False
+    record_audit(
+        db,
+        "link.used",
+        user_id=spent.user_id,
+        ip=ip,
+        user_agent=user_agent,
+        outcome="success",
+        link_kind=spent.kind,
+        link_id=link_id,
+    )
+    return True
+
+
+def use_unbound(
+    db: Session, keyring: Keyring, secret: str, *, ip: str | None, user_agent: str | None
+) -> Link | Refused:
+    """An address verification: its confirming POST is its use (nothing follows in the
+    browser, so there is nothing to bind)."""
+    now = clock_of(db).now()
+    digest = secret_digest(keyring, secret)
+    spent = db.execute(
+        update(OneTimeLink)
+        .where(
+            OneTimeLink.secret_digest == digest,
+            OneTimeLink.kind == "verify",
+            OneTimeLink.used_at.is_(None),
+            OneTimeLink.revoked_at.is_(None),
+            OneTimeLink.expires_at > now,
+        )
+        .values(confirmed_at=now, used_at=now)
+        .returning(OneTimeLink.id)
+    ).first()
+    row = db.scalar(select(OneTimeLink).where(OneTimeLink.secret_digest == digest))
+    if row is None or row.kind != "verify":
+        record_audit(db, "link.refused", ip=ip, user_agent=user_agent, outcome="refused", reason="unknown", at="use")
+        return Refused("unknown")
+    if spent is None:
+        refusal = _refusal(row, now) or "used"
+        _audit_refused(db, row, refusal, ip=ip, user_agent=user_agent, at="use")
+        return Refused(refusal, row.user_id)
+    record_audit(
+        db,
+        "link.used",
+        user_id=row.user_id,
+        ip=ip,
+        user_agent=user_agent,
+        outcome="success",
+        link_kind=row.kind,
+        link_id=row.link_id,
+    )
+    return _link(row)
+
+
+def note_session(db: Session, link_id: str, sid: str) -> None:
+    """The session the link's sign-in started (the invitation's grace is this session's)."""
+    db.execute(update(OneTimeLink).where(OneTimeLink.link_id == link_id).values(session_sid=sid))
+
+
+def revoke(db: Session, user_id: int, link_id: str, *, by: str = "cli") -> bool:
+    """`idp user revoke-link`: False when the user has no such open link."""
+    now = clock_of(db).now()
+    done = db.execute(
+        update(OneTimeLink)
+        .where(OneTimeLink.user_id == user_id, OneTimeLink.link_id == link_id, _open(now))  # type: ignore[arg-type]
+        .values(revoked_at=now, revoked_reason="admin")
+        .returning(OneTimeLink.kind)
+    ).first()
+    if done is None:
+        return False
+    record_audit(db, "link.revoked", user_id=user_id, outcome="success", link_id=link_id, link_kind=done.kind, by=by)
+    return True
+
+
+def revoke_open(
+    db: Session, user_id: int, *, kinds: tuple[Kind, ...] = PASSWORD_KINDS, reason: str, audit: bool = True
+) -> int:
+    """Revokes every open link of `kinds` of the user (a password change: every invitation,
+    recovery and reset link); the number revoked."""
+    now = clock_of(db).now()
+    revoked = db.execute(
+        update(OneTimeLink)
+        .where(OneTimeLink.user_id == user_id, OneTimeLink.kind.in_(kinds), _open(now))  # type: ignore[arg-type]
+        .values(revoked_at=now, revoked_reason=reason)
+        .returning(OneTimeLink.link_id)
+    ).all()
+    if revoked and audit:
+        record_audit(
+            db, "link.revoked", user_id=user_id, outcome="success", reason=reason, link_ids=[r[0] for r in revoked]
+        )
+    return len(revoked)
+
+
+def links_of(db: Session, user_id: int) -> list[Link]:
+    rows = db.scalars(
+        select(OneTimeLink).where(OneTimeLink.user_id == user_id).order_by(OneTimeLink.created_at, OneTimeLink.id)
+    )
+    return [_link(row) for row in rows]
+
+
+def in_grace(db: Session, user_id: int, sid: str) -> bool:
+    """The session `sid` was started by an invitation within GRACE, and no credential was
+    added since it started: it may add one without signing in again."""
+    now = clock_of(db).now()
+    link = db.scalar(
+        select(OneTimeLink).where(
+            OneTimeLink.user_id == user_id,
+            OneTimeLink.session_sid == sid,
+            OneTimeLink.kind == "invite",
+            OneTimeLink.used_at.is_not(None),
+        )
+    )
+    if link is None or link.confirmed_at is None or now >= link.confirmed_at + GRACE:
+        return False
+    since = link.used_at
+    added = (
+        db.scalar(select(Passkey.id).where(Passkey.user_id == user_id, Passkey.created_at > since).limit(1))
+        or db.scalar(
+            select(TotpCredential.id)
+            .where(TotpCredential.user_id == user_id, TotpCredential.confirmed_at > since)
+            .limit(1)
+        )
+        or db.scalar(select(BackupCode.id).where(BackupCode.user_id == user_id, BackupCode.created_at > since).limit(1))
+    )
+    return added is None
+
+
+def _audit_refused(
+    db: Session, row: OneTimeLink, reason: Refusal, *, ip: str | None, user_agent: str | None, at: str
+) -> None:
+    record_audit(
+        db,
+        "link.refused",
+        user_id=row.user_id,
+        ip=ip,
+        user_agent=user_agent,
+        outcome="refused",
+        reason=reason,
+        link_kind=row.kind,
+        link_id=row.link_id,
+        at=at,
+    )
