@@ -144,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_lifecycle.register_user_commands(user, _OneLineParser)
 
+    from idp import cli_links
+
+    cli_links.register_user_commands(user, _OneLineParser)
+
     from idp import cli_groups
 
     cli_groups.register(commands, _OneLineParser)
@@ -319,6 +323,7 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.cli_links import begin_address_verification, finish_address_verification
     from idp.users import UserError, add_user, check_new_user
 
     sessions, keyring = _database(settings), _keyring(settings)
@@ -338,7 +343,7 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
             check_new_user(
                 db, args.username, args.email, name=args.name, email_verified=args.email_verified, keyring=keyring
             )
-            add_user(
+            user = add_user(
                 db,
                 username=username,
                 email=args.email,
@@ -348,7 +353,9 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
             )
         except UserError as exc:
             raise CommandError(str(exc)) from None
+        verification = begin_address_verification(settings, db, keyring, user, address_changed=True)
     print(f"added user {username}" + ("" if password_hash else " (no password: cannot sign in with one)"))
+    finish_address_verification(settings, sessions, verification)
 
 
 def _hash_password(settings: Settings, password: str, *, username: str, email: str | None) -> str:
@@ -372,7 +379,8 @@ def _hash_password(settings: Settings, password: str, *, username: str, email: s
 
 def _user_set(settings: Settings, args: argparse.Namespace) -> None:
     from idp.attributes import AttributeRejected, parse_assignment
-    from idp.users import UserChanges, UserError, update_user
+    from idp.cli_links import begin_address_verification, finish_address_verification
+    from idp.users import UserChanges, UserError, get_user, update_user
 
     verified = None if args.email_verified is None else args.email_verified == "yes"
     try:
@@ -382,12 +390,16 @@ def _user_set(settings: Settings, args: argparse.Namespace) -> None:
     changes = UserChanges(email=args.email, name=args.name, email_verified=verified, attributes=attributes)
     if changes.is_empty():
         raise CommandError("user set: nothing to change; give at least one option (see idp user set --help)")
-    with _database(settings).begin() as db:
+    sessions, keyring = _database(settings), _keyring(settings)
+    with sessions.begin() as db:
         try:
-            changed = update_user(db, args.username, changes, keyring=_keyring(settings))
+            changed = update_user(db, args.username, changes, keyring=keyring)
         except UserError as exc:
             raise CommandError(str(exc)) from None
+        user = get_user(db, args.username)
+        verification = begin_address_verification(settings, db, keyring, user, address_changed="email" in changed)
     print(f"updated user {args.username}: {', '.join(changed)}" if changed else f"user {args.username} unchanged")
+    finish_address_verification(settings, sessions, verification)
 
 
 def _read_password(from_stdin: bool) -> str | None:

@@ -32,6 +32,7 @@ from idp.db.models import (
     TotpCredential,
     User,
 )
+from idp.links import records as link_records
 from idp.login.sessions import EndedSession, end_all_sessions
 from idp.revocation import revoke_all_grants
 from idp.security.keyring import Keyring
@@ -62,6 +63,7 @@ def set_password(db: Session, username: str, password_hash: str, *, must_change:
     user.password_must_change = must_change
     ended = end_all_sessions(db, user.id)
     revoke_all_grants(db, user.id)
+    link_records.revoke_open(db, user.id, reason="password_changed")
     record_audit(
         db,
         "user.password_set",

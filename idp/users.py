@@ -16,6 +16,7 @@ from idp.attributes import AttributeRejected, AttributeValue, apply_changes
 from idp.audit.trail import record_audit
 from idp.clock import clock_of
 from idp.db.models import User
+from idp.links import records as link_records
 from idp.login.steps.password import normalize_username
 from idp.oidc.logout import EndedSession, end_all_sessions
 from idp.revocation import revoke_all_grants
@@ -142,6 +143,8 @@ def update_user(db: Session, username: str, changes: UserChanges, *, keyring: Ke
     if changed_attributes:
         user.attributes = attributes or None  # a new dict: the JSON column sees the change
     _flush(db, user.email)
+    if "email" in changed:  # links mailed to the old address die with it (idp/links/)
+        link_records.revoke_sent_to_old_address(db, user.id, user.email)
     # attribute names only: their values (a phone number, a birthdate) stay out of the trail
     record_audit(
         db,

@@ -1,6 +1,6 @@
 """Recent security activity on /account: the user's last credential changes (passkeys
 added or removed, the authenticator app turned on or off, backup codes generated, the
-password changed), read from the audit trail, each with when and from which device, so a
+password changed, a recovery or reset by link), read from the audit trail, each with when and from which device, so a
 change the user did not make stands out."""
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ CREDENTIAL_CHANGES = {
     "mfa.backup_codes.generated": "Backup codes generated",
     "mfa.backup_codes.regenerated": "New backup codes generated",
     "password.changed": "Password changed",
+    # one-time links (idp/links/): the recovery shows until it scrolls off, as the issue asks
+    "account.recovered": "Account recovered with a recovery link",
+    "password.reset": "Password reset with an e-mailed link",
+    "user.password_set": "Password set by an administrator or an invitation",
+    "email.verified": "E-mail address confirmed",
 }
 
 

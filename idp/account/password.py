@@ -17,6 +17,7 @@ from idp.account.current import Caller, get_user
 from idp.account.errors import AccountRefused, FormRefused, lockout_words
 from idp.account.services import AccountServices
 from idp.db.models import User
+from idp.links import records as link_records
 from idp.lockout import FailureRecord
 from idp.login.sessions import EndedSession
 from idp.mail import notices
@@ -103,4 +104,5 @@ def _store(db: Session, change: PasswordChange, new_hash: str, caller: Caller) -
         db, change.user_id, change.session_id, caller, reason="password.changed"
     )
     events.record(db, "password.changed", change.user_id, caller, sessions_ended=len(ended))
+    link_records.revoke_open(db, change.user_id, reason="password_changed")  # whoever holds an old link: nothing
     return ended

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from idp.links.records import Issued, Kind
+from idp.links.records import Issued, Kind, Offer
 from idp.mail.mailer import Mailer
 from idp.mail.outbox import Job
 
@@ -38,7 +38,8 @@ def url_of(issuer: str, secret: str) -> str:
     return f"{issuer}/link?t={secret}"
 
 
-def job_of(issued: Issued, issuer: str, *, at: str) -> Job:
+def job_of(issued: Issued | Offer, issuer: str, *, at: str) -> Job:
+    """The link's mail; an Offer for nobody (user_id None) makes a job the outbox drops."""
     return Job(
         template=f"link_{issued.kind}",
         subject=SUBJECTS[issued.kind],

@@ -18,16 +18,16 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, Table, and_, false, func, insert, literal, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
 from idp.clock import clock_of
-from idp.db.models import BackupCode, OneTimeLink, Passkey, TotpCredential
+from idp.db.models import BackupCode, IdpSession, OneTimeLink, Passkey, TotpCredential, User
 from idp.security.keyring import Keyring, new_secret
 
 Kind = Literal["invite", "recover", "reset", "verify"]
@@ -164,7 +164,7 @@ def issue(
         OneTimeLink(
             link_id=link_id,
             user_id=user_id,
-            link_kind=kind,
+            kind=kind,
             secret_digest=secret_digest(keyring, secret),
             issued_by=by,
             email=email,
@@ -186,6 +186,62 @@ def issue(
         superseded=superseded,
     )
     return Issued(link_id, secret, kind, user_id, expires_at, superseded)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What issue_if_reachable made: a secret and an id in every case, stored only for
+    `user_id` (None: the name is nobody a link may reach, and nothing was written)."""
+
+    link_id: str
+    secret: str = field(repr=False)
+    kind: Kind
+    user_id: int | None
+    expires_at: datetime
+    superseded: int
+
+
+def issue_if_reachable(db: Session, keyring: Keyring, username: str, kind: Kind, *, by: str) -> Offer:
+    """issue() for a name anyone may type (Forgot password?), with the same two statements
+    whether or not the name is an account the link may reach: an UPDATE superseding its open
+    links of `kind` and an INSERT … SELECT of the new one, each touching no row for anybody
+    else. Nothing is audited here: the caller writes its one row, whoever asked. `username`
+    is already normalized."""
+    now = clock_of(db).now()
+    reachable = _reachable(username)
+    superseded = db.execute(
+        update(OneTimeLink)
+        .where(OneTimeLink.user_id.in_(reachable.scalar_subquery()), OneTimeLink.kind == kind, _open(now))  # type: ignore[arg-type]
+        .values(revoked_at=now, revoked_reason="superseded")
+        .returning(OneTimeLink.link_id)
+        .execution_options(synchronize_session=False)  # nothing of it is loaded in this unit of work
+    ).all()
+    secret, link_id, expires_at = new_secret(SECRET_BYTES), secrets.token_hex(6), now + lifetime_of(kind, None)
+    links = cast(Table, OneTimeLink.__table__)
+    values = {
+        "link_id": link_id,
+        "kind": kind,
+        "secret_digest": secret_digest(keyring, secret),
+        "issued_by": by,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    row = reachable.with_only_columns(User.id, *(literal(v, links.c[k].type).label(k) for k, v in values.items()))
+    inserted = db.execute(insert(links).from_select(["user_id", *values], row).returning(links.c.user_id)).first()
+    user_id = inserted.user_id if inserted is not None else None
+    return Offer(link_id, secret, kind, user_id, expires_at, len(superseded))
+
+
+def _reachable(username: str) -> Select[int]:
+    """The account a mailed link may reach by that name: enabled, not deleted, and with a
+    verified address (whoever controls an unverified one could take the account over)."""
+    return select(User.id).where(
+        User.username == username,
+        User.disabled == false(),
+        User.deleted_at.is_(None),
+        func.coalesce(User.email, "") != "",
+        User.email_verified == true(),
+    )
 
 
 def peek(db: Session, keyring: Keyring, secret: str) -> Link | Refused:
@@ -385,6 +441,32 @@ def revoke_open(
     return len(revoked)
 
 
+def revoke_sent_to_old_address(db: Session, user_id: int, new_email: str | None) -> int:
+    """The address changed (an admin correcting a typo, say): every open link mailed to
+    another address is revoked, whatever its kind, so whoever reads the old mailbox keeps
+    nothing. Printed links (no address recorded) stay."""
+    now = clock_of(db).now()
+    sent_elsewhere = OneTimeLink.email.is_not(None)
+    if new_email is not None:
+        sent_elsewhere = and_(sent_elsewhere, func.lower(OneTimeLink.email) != new_email.lower())  # type: ignore[assignment]
+    revoked = db.execute(
+        update(OneTimeLink)
+        .where(OneTimeLink.user_id == user_id, sent_elsewhere, _open(now))  # type: ignore[arg-type]
+        .values(revoked_at=now, revoked_reason="address_changed")
+        .returning(OneTimeLink.link_id)
+    ).all()
+    if revoked:
+        record_audit(
+            db,
+            "link.revoked",
+            user_id=user_id,
+            outcome="success",
+            reason="address_changed",
+            link_ids=[r[0] for r in revoked],
+        )
+    return len(revoked)
+
+
 def links_of(db: Session, user_id: int) -> list[Link]:
     rows = db.scalars(
         select(OneTimeLink).where(OneTimeLink.user_id == user_id).order_by(OneTimeLink.created_at, OneTimeLink.id)
@@ -393,8 +475,8 @@ def links_of(db: Session, user_id: int) -> list[Link]:
 
 
 def in_grace(db: Session, user_id: int, sid: str) -> bool:
-    """The session `sid` was started by an invitation within GRACE, and no credential was
-    added since it started: it may add one without signing in again."""
+    """The session `sid` was started by an invitation confirmed within GRACE, and no
+    credential was added since the session began: it may add one without signing in again."""
     now = clock_of(db).now()
     link = db.scalar(
         select(OneTimeLink).where(
@@ -406,7 +488,11 @@ def in_grace(db: Session, user_id: int, sid: str) -> bool:
     )
     if link is None or link.confirmed_at is None or now >= link.confirmed_at + GRACE:
         return False
-    since = link.used_at
+    # since the session began, not since the link was used: what the chain enrolled before
+    # it (the TOTP or passkey the user's groups require) is not the one the grace allows
+    since = db.scalar(select(IdpSession.created_at).where(IdpSession.sid == sid))
+    if since is None:
+        return False
     added = (
         db.scalar(select(Passkey.id).where(Passkey.user_id == user_id, Passkey.created_at > since).limit(1))
         or db.scalar(

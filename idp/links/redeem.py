@@ -160,8 +160,8 @@ def choose_password(
     in one unit of work the link spent and the account changed; a ChoosePassword with the
     error when the form cannot be taken (nothing spent)."""
     services = ctx.flow
-    with services.sessions() as db:
-        found = records.bound(db, link_id, attempt.browser)
+    with services.sessions.begin() as db:  # a refusal's audit row is kept
+        found = records.bound(db, link_id, attempt.browser, ip=attempt.ip, user_agent=attempt.user_agent)
         if isinstance(found, Refused):
             return found
         user = _live_user(db, found.user_id)
@@ -286,6 +286,10 @@ def _chain(link: Link, user: User, browser: str, *, proven_password: bool) -> Lo
         browser=browser,
         link_id=link.link_id,
         enrolling=link.kind in ("invite", "recover"),
+        # named from the start: only this user's password continues the chain, so nobody else
+        # signs in with the link's allowance to enrol
+        user_id=user.id,
+        username=user.username,
     )
     if proven_password:
         return tx.with_step("pwd", user_id=user.id, username=user.username)

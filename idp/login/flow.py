@@ -66,10 +66,13 @@ from idp.security.rate_limits import RateLimits
 from idp.state.store import StateStore
 
 if TYPE_CHECKING:
+    from idp.mail.mailer import Mailer
+    from idp.mail.notices import Notice as MailNotice
     from idp.mfa.factors import SecondFactors
     from idp.mfa.passkeys import Passkeys
 
 FIRST_STEP = policy.PASSWORD
+_MAIL_AFTER_COMMIT = "mail_after_commit"  # db.info: the passed step's mail notices, for after the commit
 
 
 class _FinishRefused(Exception):
@@ -97,6 +100,7 @@ class FlowServices:
     untouched_ttl_seconds: int  # the life of one no step has touched yet
     client_minimum: Callable[[str], Sequence[str]]  # a client's default_acr_values, as configured now
     client_allowed_groups: Callable[[str], Collection[str] | None]  # None: the client is open to everyone
+    mail: Mailer | None = None  # the notices a step's change sends (a passkey enrolled); None: none sent
 
 
 @dataclass(frozen=True)
@@ -195,27 +199,21 @@ class LoginFlow:
                 return Failed(self._view(step, ctx, db, form, page_tx=None if new else tx), step.empty_words, 400)
         self._admit(credential_checks(attempt.ip, step.account_key(ctx, form)), attempt)
         prepared = step.prepare(ctx, form)
+        mail: list[MailNotice] = []
         try:
             with self.services.sessions.begin() as db:
                 outcome = self._decide(step, ctx, db, form, prepared, new)
+                mail = db.info.pop(_MAIL_AFTER_COMMIT, [])
         except _FinishRefused as refusal:
             # everything the request wrote is rolled back (a claimed code stays unused, no
             # success is audited); what is kept is the refusal itself
             with self.services.sessions.begin() as db:
-                if refusal.locked:
-                    record_audit(
-                        db,
-                        "login.refused",
-                        user_id=refusal.user_id,
-                        ip=attempt.ip,
-                        user_agent=attempt.user_agent,
-                        outcome="refused",
-                        reason="locked",
-                    )
+                self._audit_refusal(db, refusal, attempt)
                 outcome = Failed(
                     self._view(step, ctx, db, {}, page_tx=None if new else tx),
                     failure_message(self.services.lockout, LOCKED, step.failed_words),
                 )
+        self._notify(mail, tx, attempt)  # committed: the change it tells of is there to see
         return self._after(outcome, attempt, keep_endings)
 
     def challenge(
@@ -229,6 +227,8 @@ class LoginFlow:
         step = self.step(name)
         tx = self._transaction(step, tx_id, attempt, create=True)
         assert tx is not None
+        if not step.first:
+            self._require_turn(step, tx)  # a later step's challenge (an enrolment's options) only on its turn
         self._admit(limits, attempt)
         ctx = StepContext(self.services, tx, attempt, None)
         data = step.challenge(ctx, form)
@@ -264,6 +264,43 @@ class LoginFlow:
             tx_store.consume_transaction(self.services.store, tx.id)
             return Unmet(tx, ask_admin=state.set_by_group)
         return Continue(tx, state.next_step)
+
+    def hand_over(self, tx: LoginTransaction, attempt: Attempt) -> Outcome:
+        """A chain begun by a one-time link (idp/links/redeem.py), saved and bound to this
+        browser: where it goes next (the password step for an invitation to an account that
+        has a password; the second factor after a reset; an enrolment), or, when the password
+        the link let the user choose is all the level needs, its end at once: the session,
+        as any step's end would start it (the lock checked again, audited)."""
+        step = self.step(FIRST_STEP)
+        try:
+            with self.services.sessions.begin() as db:
+                state = self._state_of(db, tx) if tx.user_id is not None else None
+                if state is None or state.next_step == FIRST_STEP:
+                    return Continue(tx, FIRST_STEP)
+                if state.next_step == policy.NOT_ALLOWED:
+                    outcome: Outcome = NotAllowed(tx)
+                elif state.next_step == policy.DONE:
+                    ctx = StepContext(self.services, tx, attempt, state.factors, state.next_step)
+                    outcome = self._finish(step, ctx, db, tx, None, False)
+                elif self._unreachable(state):
+                    outcome = Unmet(tx, ask_admin=state.set_by_group)
+                else:
+                    outcome = Continue(tx, state.next_step)
+        except _FinishRefused as refusal:
+            with self.services.sessions.begin() as db:
+                self._audit_refusal(db, refusal, attempt)
+            tx_store.consume_transaction(self.services.store, tx.id)
+            if not refusal.locked:
+                raise TransactionGone() from None
+            # the lock answers 401 as at any sign-in (the link is spent, the password it set
+            # stays). Whoever holds the link owns the account: they are told why, and when
+            minutes = max(1, self.services.lockout.seconds // 60)
+            words = (
+                "Your new password is set, but sign-in for this account is paused after too many "
+                f"failed attempts. Sign in again in {minutes} minutes."
+            )
+            return Failed(StepView(step.name, step.template, None), words)
+        return self._after(outcome, attempt)
 
     # ---- the transaction ---------------------------------------------------------------
 
@@ -316,12 +353,27 @@ class LoginFlow:
                 # checked once the user is known, before any further factor, enrolment or consent
                 return ChainState(requested, policy.NOT_ALLOWED, factors)
         needed = policy.requirement(requested, factors, groups)
-        step = policy.next_step(needed.level, tx.steps_done, factors)
-        if step == policy.ENROL_TOTP and tx.step_up_sid is not None and "pwd" not in tx.proven:
+        step = policy.next_step(needed.level, tx.steps_done, factors, can_enrol_passkey=tx.enrolling)
+        enrolment = step in (policy.ENROL_TOTP, policy.ENROL_PASSKEY)
+        if enrolment and tx.step_up_sid is not None and "pwd" not in tx.proven:
             # adding a credential needs a recent sign-in: a step-up's password credit is the
             # session's, maybe hours old (or a stolen cookie's), so the password comes first
             step = policy.PASSWORD
         return ChainState(needed.level, step, factors, set_by_group=needed.by_group)
+
+    @staticmethod
+    def _audit_refusal(db: Session, refusal: _FinishRefused, attempt: Attempt) -> None:
+        """What a refused chain's end keeps once its own writes are rolled back: the lock's refusal."""
+        if refusal.locked:
+            record_audit(
+                db,
+                "login.refused",
+                user_id=refusal.user_id,
+                ip=attempt.ip,
+                user_agent=attempt.user_agent,
+                outcome="refused",
+                reason="locked",
+            )
 
     def _audit_not_allowed(self, db: Session, tx: LoginTransaction, attempt: Attempt) -> None:
         record_audit(
@@ -340,6 +392,16 @@ class LoginFlow:
         passkey was removed or the client's level raised since the chain began): the RP must
         hear unmet_authentication_requirements, not the user see a dead end."""
         return state.next_step == policy.UNMET or (state.next_step != policy.DONE and state.next_step not in self.steps)
+
+    def _require_turn(self, step: Step, tx: LoginTransaction) -> None:
+        """A later step acts on the chain's user only, and only when the policy names it (or
+        a step it may replace): raises NotThisStep otherwise."""
+        if tx.user_id is None:
+            raise NotThisStep()
+        with self.services.sessions() as db:
+            state = self._state_of(db, tx)
+        if not self._accepts(step, state):
+            raise NotThisStep()
 
     def _accepts(self, step: Step, state: ChainState) -> bool:
         """The step the policy names next, or one that may replace it and the user has."""
@@ -425,6 +487,7 @@ class LoginFlow:
             **result.audit,
         )
         notice = result.notice(db) if result.notice is not None else None
+        db.info.setdefault(_MAIL_AFTER_COMMIT, []).extend(result.mail)  # sent by `submit` after the commit
         chained = tx
         for method in result.methods:
             chained = chained.with_step(method, user_id=result.user_id, username=result.username)
@@ -541,6 +604,13 @@ class LoginFlow:
             # account's too, so a right password costs what a wrong one does)
             self.services.rate_limits.record("login_failures_ip", attempt.ip or "-")
         return outcome
+
+    def _notify(self, mail: Sequence[MailNotice], tx: LoginTransaction, attempt: Attempt) -> None:
+        """The notices of the change a passed step committed, to the chain's user."""
+        if self.services.mail is None or tx.user_id is None:
+            return
+        for notice in mail:
+            self.services.mail.notify(notice, tx.user_id, ip=attempt.ip)
 
     def _view(
         self, step: Step, ctx: StepContext, db: Session, form: Mapping[str, object], *, page_tx: LoginTransaction | None

@@ -157,6 +157,9 @@ def _onward(request: Request, outcome: Outcome) -> Response:
     return login_binding.attach(request, response) if outcome.new_transaction else response
 
 
+onward = _onward  # for the pages that hand a chain over (idp/web/links.py)
+
+
 def _notice(request: Request, notice: Notice, location: str, redirect: Response) -> Response:
     """A page shown once between a step and the rest of the chain: its Continue link goes
     where the chain was going, with the same cookies."""
@@ -288,6 +291,11 @@ def _storable(text: str) -> bool:
 
 
 async def passkey_verify(request: Request) -> Response:
+    return await _submit_json(request, "passkey", SIGN_IN_FAILED)
+
+
+async def _submit_json(request: Request, step: str, no_way_on: str) -> Response:
+    """A step's form posted as JSON by passkeys.js: {"redirect": where the chain goes next}."""
     data = await read_json(request)
     if isinstance(data, Response):
         return data
@@ -296,7 +304,7 @@ async def passkey_verify(request: Request) -> Response:
         return json_error(400, EXPIRED)
     try:
         submit = functools.partial(flow_of(request).submit, keep_endings=True)
-        outcome = await _in_thread(submit, "passkey", tx_id, data, attempt_of(request))
+        outcome = await _in_thread(submit, step, tx_id, data, attempt_of(request))
     except TooManyAttempts as refusal:
         return too_many_json(refusal.verdict)
     except FlowRefused:
@@ -308,5 +316,33 @@ async def passkey_verify(request: Request) -> Response:
         return JSONResponse({"redirect": f"/login?tx={outcome.tx.id}"}, headers=NO_STORE)
     answer = _onward(request, outcome)
     if "location" not in answer.headers:  # a page instead of a redirect (form_post to the RP): no way on in JSON
-        return json_error(401, SIGN_IN_FAILED)
+        return json_error(401, no_way_on)
     return copy_cookies(answer, JSONResponse({"redirect": answer.headers["location"]}, headers=NO_STORE))
+
+
+# ---- the passkey enrolment step over JSON (an invitation's chain, idp/static/passkeys.js) ---------
+
+NOT_ADDED = "The passkey could not be added. Try again."
+
+
+async def enrol_passkey_options(request: Request) -> Response:
+    """Registration options for the chain's user, on the enrolment step's turn only."""
+    data = await read_json(request)
+    if isinstance(data, Response):
+        return data
+    tx_id = data.get("tx")
+    if not isinstance(tx_id, str):
+        return json_error(400, EXPIRED)
+    attempt = attempt_of(request)
+    limits = [("passkey_options_ip", attempt.ip or "-")]  # checks no credential: a count of its own
+    try:
+        challenge = await run_blocking(request, flow_of(request).challenge, "enrol_passkey", tx_id, {}, attempt, limits)
+    except TooManyAttempts as refusal:
+        return too_many_json(refusal.verdict)
+    except FlowRefused:
+        return json_error(400, EXPIRED)  # another browser's, finished, or not this step's turn: nothing to learn
+    return JSONResponse({**challenge.data, "tx": challenge.tx.id}, headers=NO_STORE)
+
+
+async def enrol_passkey_verify(request: Request) -> Response:
+    return await _submit_json(request, "enrol_passkey", NOT_ADDED)

@@ -10,8 +10,10 @@ from idp.web import (
     account_passkeys,
     authorize,
     consent,
+    forgot,
     health,
     home,
+    links,
     login,
     logout,
     metrics_endpoint,
@@ -30,11 +32,21 @@ routes = [
     # static_documents.StaticDocumentsMiddleware (precomputed bytes)
     Route("/authorize", authorize.authorize, methods=["GET", "POST"]),
     Route("/authorize/resume", authorize.resume, methods=["GET"]),
+    # one-time links (idp/web/links.py): the secret in the query string, never the path
+    Route("/link", links.show_confirmation, methods=["GET"]),
+    Route("/link", links.confirm, methods=["POST"]),
+    Route("/link/password", links.show_password, methods=["GET"]),
+    Route("/link/password", links.choose_password, methods=["POST"]),
     Route("/login", login.show_login, methods=["GET"]),
     Route("/login", login.submit_login, methods=["POST"]),
     # the passkey step's JSON (idp/static/passkeys.js)
     Route("/login/passkey/options", login.passkey_options, methods=["POST"]),
     Route("/login/passkey/verify", login.passkey_verify, methods=["POST"]),
+    Route("/login/forgot", forgot.show_form, methods=["GET"]),  # Forgot password? (idp/web/forgot.py)
+    Route("/login/forgot", forgot.submit, methods=["POST"]),
+    # the passkey enrolment step's JSON (an invitation's chain, idp/static/passkeys.js)
+    Route("/login/enrol_passkey/options", login.enrol_passkey_options, methods=["POST"]),
+    Route("/login/enrol_passkey/verify", login.enrol_passkey_verify, methods=["POST"]),
     # every registered step (idp/login/steps/): its page and its form, /login/<step name>
     Route("/login/{step}", login.show_step, methods=["GET"]),
     Route("/login/{step}", login.submit_step, methods=["POST"]),

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
 from idp.db.models import User
+from idp.links import records as link_records
 from idp.login.sessions import end_all_sessions, find_session
 from idp.login.step import Passed, Rejected, Step, StepContext
 from idp.revocation import revoke_all_grants
@@ -103,6 +104,7 @@ class NewPasswordStep(Step):
             keep = held[0].id if held is not None and held[1].id == user_id else None
             ended = end_all_sessions(db, user_id, except_session_id=keep)
             revoke_all_grants(db, user_id)
+            link_records.revoke_open(db, user_id, reason="password_changed")
             db.info.setdefault("ended_sids", []).extend(one.sid for one in ended)  # their back-channel logouts
             record_audit(
                 db,
