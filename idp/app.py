@@ -232,6 +232,7 @@ def build_login_flow(services: Services, steps: Sequence[Step] = STANDARD_STEPS)
             untouched_ttl_seconds=services.settings.login_untouched_ttl_seconds,
             client_minimum=client_minimum,
             client_allowed_groups=client_allowed_groups,
+            mail=services.mail,
         ),
         steps,
     )

@@ -31,6 +31,7 @@ class SignedIn:
     session_id: int  # this browser's session (idp_sessions.id)
     auth_time: datetime  # its last interactive sign-in
     acr: str  # the level that sign-in reached (pwd < mfa < phr)
+    sid: str  # its public id (idp_sessions.sid): what an invitation's link notes as the session it started
 
 
 def get_signed_in(db: Session, services: AccountServices, caller: Caller) -> SignedIn:
@@ -47,6 +48,7 @@ def get_signed_in(db: Session, services: AccountServices, caller: Caller) -> Sig
         session_id=row.id,
         auth_time=row.auth_time,
         acr=row.acr,
+        sid=row.sid,
     )
 
 

@@ -9,10 +9,15 @@ also needs one at the user's current assurance level.
   pwd. Otherwise a password-only session, e.g. one older than the user's TOTP, could plant
   a passkey that skips the second factor from then on.
 
+- The invitation's grace (idp/links/records.py `in_grace`): the session an invitation's
+  chain started may add ONE credential without either rule, within 15 minutes of the link's
+  confirmation: the user just proved the link and chose (or typed) the password, and asking
+  them to sign in again at once to add their first factor would only teach them to.
+
 A refusal is audited (account.reauth_required, with the action and why) in its own unit of
 work and raised as NeedsReauth before anything else is looked at; the user signs in again
-and comes back. The login chain's own enrolment step (/login/enrol) is not an account
-action and does not come here."""
+and comes back. The login chain's own enrolment steps (/login/enrol_totp,
+/login/enrol_passkey) are not account actions and do not come here."""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from idp.account.current import Caller, SignedIn, get_signed_in, get_user
 from idp.account.errors import NeedsReauth, ReauthReason
 from idp.account.services import AccountServices
 from idp.clock import clock_of
+from idp.links import records as link_records
 from idp.login import policy
 from idp.settings import Settings
 
@@ -69,8 +75,8 @@ def admit(services: AccountServices, caller: Caller, action: Sensitive | None = 
 
 
 def reason_to_refuse(db: Session, services: AccountServices, who: SignedIn, action: Sensitive) -> ReauthReason | None:
-    if action.adds_credential and _invitation_grace(who):
-        return None
+    if action.adds_credential and link_records.in_grace(db, who.user_id, who.sid):
+        return None  # the invitation's grace: one credential, by the session its chain started
     if needs_reauth(services.settings, who.auth_time, now=clock_of(db).now()):
         return "stale"
     if action.adds_credential and not policy.satisfies(who.acr, required_level(db, services, who.user_id)):
@@ -81,9 +87,3 @@ def reason_to_refuse(db: Session, services: AccountServices, who: SignedIn, acti
 def required_level(db: Session, services: AccountServices, user_id: int) -> str:
     """What the login chain would ask of this user today, with nothing asked by an RP."""
     return policy.required_level("pwd", services.factors.factors_of(db, get_user(db, user_id)))
-
-
-def _invitation_grace(who: SignedIn) -> bool:
-    """Seam for a later issue: the 15 minutes after an invitation link, in which its session
-    may add a first credential without signing in again. No grace exists yet."""
-    return False

@@ -35,6 +35,7 @@ TOTP = "totp"  # a TOTP code (its page offers the backup_code step instead)
 CODE = TOTP
 PASSKEY = "passkey"  # a passkey as the next step (after a password, or for a step-up to phr)
 ENROL_TOTP = "enrol_totp"
+ENROL_PASSKEY = "enrol_passkey"  # an invitation's or a recovery's chain, for a level only a passkey reaches
 NEW_PASSWORD = "new_password"  # an admin's `set-password --must-change`: once every factor asked for is proven
 DONE = "done"
 UNMET = "unmet"
@@ -117,9 +118,18 @@ def satisfies(acr: str, required: str) -> bool:
     return LEVELS.get(acr, 0) >= LEVELS[required]
 
 
-def next_step(required: str, methods: Iterable[str], factors: UserFactors | None, *, can_enrol: bool = True) -> str:
+def next_step(
+    required: str,
+    methods: Iterable[str],
+    factors: UserFactors | None,
+    *,
+    can_enrol: bool = True,
+    can_enrol_passkey: bool = False,
+) -> str:
     """The step that comes next, given the methods done so far in this login (or carried
-    over from the IdP session for a step-up)."""
+    over from the IdP session for a step-up). `can_enrol_passkey`: the chain may add the
+    user's first passkey (an invitation's or a recovery's, LoginTransaction.enrolling);
+    any other chain cannot, since a password alone must not be enough to plant a passkey."""
     done = set(methods)
     if not done & FIRST_FACTORS:
         return PASSWORD  # first factor first (or a passkey, offered on the same page): a code alone is nothing
@@ -131,7 +141,14 @@ def next_step(required: str, methods: Iterable[str], factors: UserFactors | None
         return UNMET
     assert factors is not None  # past the first factor, the user is known
     if required == "phr":  # only a passkey is phishing-resistant
-        return PASSKEY if factors.passkeys else UNMET
+        if factors.passkeys:
+            return PASSKEY
+        if not can_enrol_passkey:
+            return UNMET
+        if factors.totp and "otp" not in done:
+            return CODE  # the factor the user holds first: a passkey planted on the password alone would skip it
+        # enrolled, the new passkey then signs in as the PASSKEY step: that is what makes it phr
+        return ENROL_PASSKEY
     if factors.totp:
         return CODE
     if factors.passkeys:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from idp.login.outcomes import Attempt, Notice
 from idp.login.transaction import LoginTransaction
+from idp.mail.notices import Notice as MailNotice
 from idp.mfa.held import UserFactors
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Passed:
     claim: Callable[[Session], bool] | None = None  # in the flow's write transaction; False: lost a race
     notice: Callable[[Session], Notice | None] | None = None  # after the claim, same transaction
     audit: dict[str, Any] = field(default_factory=dict)  # extra detail for the success's audit row
+    mail: tuple[MailNotice, ...] = ()  # notices to the user, queued once the flow's transaction committed
 
 
 @dataclass(frozen=True)

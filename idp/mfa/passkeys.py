@@ -80,6 +80,20 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """A registration that verified, not stored yet (`add` stores it): the login chain's
+    enrolment writes it only once every other check of its request has passed."""
+
+    user_id: int
+    credential_id: bytes
+    public_key: bytes
+    sign_count: int
+    transports: tuple[str, ...]
+    name: str
+    backed_up: bool
+
+
+@dataclass(frozen=True)
 class SignedIn:
     user_id: int
     passkey_id: int
@@ -110,9 +124,11 @@ class Passkeys:
             raise PasskeyError("challenge issued for another ceremony")
         return record
 
-    # ---- registration (/account) -----------------------------------------------------------
+    # ---- registration (/account, and the login chain's enrolment) -----------------------------
 
-    def registration_options(self, db: Session, user: User) -> Challenge:
+    def registration_options(self, db: Session, user: User, *, tx_id: str | None = None) -> Challenge:
+        """`tx_id`: the login transaction an enrolment runs in; its challenge answers only
+        there, and /account's (None) only on /account."""
         if user.webauthn_handle is None:
             user.webauthn_handle = secrets.token_bytes(32)
             db.flush()
@@ -129,13 +145,28 @@ class Passkeys:
             ),
             exclude_credentials=[self._descriptor(p.credential_id, p.transports) for p in existing],
         )
-        challenge_id = self._issue("register", options.challenge, user_id=user.id)
+        challenge_id = self._issue("register", options.challenge, user_id=user.id, tx_id=tx_id)
         return Challenge(challenge_id, webauthn.options_to_json(options))
 
     def register(self, db: Session, user: User, challenge_id: object, credential: object, name: object) -> Passkey:
+        return self.add(db, self.verify_registration(db, user, challenge_id, credential, name))
+
+    def verify_registration(
+        self,
+        db: Session,
+        user: User,
+        challenge_id: object,
+        credential: object,
+        name: object,
+        *,
+        expected_tx_id: str | None = None,
+    ) -> Registration:
+        """Checks a registration (and spends its challenge) without storing it."""
         record = self._take(challenge_id, "register")
         if record.get("user_id") != user.id:
             raise PasskeyError("challenge issued to another user")
+        if record.get("tx_id") != expected_tx_id:
+            raise PasskeyError("challenge issued for another ceremony")
         _verify_same_origin(credential)
         try:
             verified = webauthn.verify_registration_response(
@@ -149,15 +180,26 @@ class Passkeys:
             raise PasskeyError(f"registration did not verify: {type(exc).__name__}") from None
         if db.scalar(select(Passkey.id).where(Passkey.credential_id == verified.credential_id)) is not None:
             raise PasskeyError("credential already registered")
-        transports = [t for t in _transports_of(credential) if t in _TRANSPORTS]
-        row = Passkey(
+        return Registration(
             user_id=user.id,
             credential_id=verified.credential_id,
             public_key=verified.credential_public_key,
             sign_count=verified.sign_count,
-            transports=transports,
+            transports=tuple(t for t in _transports_of(credential) if t in _TRANSPORTS),
             name=clean_name(name),
             backed_up=bool(verified.credential_backed_up),
+        )
+
+    @staticmethod
+    def add(db: Session, registration: Registration) -> Passkey:
+        row = Passkey(
+            user_id=registration.user_id,
+            credential_id=registration.credential_id,
+            public_key=registration.public_key,
+            sign_count=registration.sign_count,
+            transports=list(registration.transports),
+            name=registration.name,
+            backed_up=registration.backed_up,
         )
         db.add(row)
         db.flush()

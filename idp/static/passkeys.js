@@ -1,6 +1,7 @@
 /* Passkeys (WebAuthn) on the hosted pages: sign-in on /login (a button, and the browser's
    autofill via conditional mediation), the passkey step of the login chain
-   (/login/passkey), and registration on /account.
+   (/login/passkey), registration on /account, and the enrolment step of an invitation's
+   chain (/login/enrol_passkey).
 
    No build step, no dependencies, no inline script (the CSP is script-src 'self'). Loaded
    with `defer`; everything is wired from data-* attributes:
@@ -9,6 +10,7 @@
      [data-passkey="sign-in"]        /login: container of the "Use a passkey" button
      [data-passkey="step"]           /login/passkey: container of the "Use your passkey" button
      [data-passkey="register"]       /account: the "Add a passkey" form
+     [data-passkey="enrol"]          /login/enrol_passkey: the same form, in the login chain
      [data-passkey-tx]               the login transaction id, when the page has one
      [data-passkey-button]           the button that starts the ceremony
      [data-passkey-error]            the role="alert" element for messages
@@ -335,9 +337,14 @@
     });
   }
 
-  // ---- registration (/account) --------------------------------------------------------------
+  // ---- registration (/account, and the login chain's enrolment) ----------------------------
 
-  function wireRegister(form) {
+  var REGISTRATION_URLS = {
+    register: { options: "/account/passkeys/options", verify: "/account/passkeys" },
+    enrol: { options: "/login/enrol_passkey/options", verify: "/login/enrol_passkey/verify" }
+  };
+
+  function wireRegister(form, urls) {
     if (!supported() || typeof navigator.credentials.create !== "function") {
       showUnsupported(form.parentElement || form);
       return;
@@ -352,18 +359,21 @@
       clearError(form);
       busy(button, true);
       var csrf = csrfToken(form);
+      var tx = form.getAttribute("data-passkey-tx");
       var challengeId;
-      post("/account/passkeys/options", { csrf_token: csrf }).then(function (data) {
+      // the enrolment's calls name their login transaction; /account's have none
+      function body(fields) { return tx ? Object.assign({ tx: tx }, fields) : fields; }
+      post(urls.options, body({ csrf_token: csrf })).then(function (data) {
         challengeId = data.challenge_id;
         return navigator.credentials.create({ publicKey: creationOptions(data.publicKey) });
       }).then(function (credential) {
         if (!credential) { throw new Error("no credential"); }
-        return post("/account/passkeys", {
+        return post(urls.verify, body({
           csrf_token: csrf,
           challenge_id: challengeId,
           name: nameField ? nameField.value.trim() : "",
           credential: attestationJSON(credential)
-        });
+        }));
       }).then(function (data) {
         window.location.assign(data.redirect || "/account");
         return new Promise(function () {}); // busy until the page reloads
@@ -385,7 +395,9 @@
     for (var i = 0; i < roots.length; i++) {
       var kind = roots[i].getAttribute("data-passkey");
       if (kind === "sign-in" || kind === "step") { wireSignIn(roots[i]); }
-      else if (kind === "register") { wireRegister(roots[i]); }
+      else if (Object.prototype.hasOwnProperty.call(REGISTRATION_URLS, kind)) {
+        wireRegister(roots[i], REGISTRATION_URLS[kind]);
+      }
     }
   }
 

@@ -9,7 +9,9 @@ import pytest
 from idp.login.policy import (
     CODE,
     DONE,
+    ENROL_PASSKEY,
     ENROL_TOTP,
+    PASSKEY,
     PASSWORD,
     UNMET,
     UserFactors,
@@ -72,6 +74,34 @@ TABLE = [
 @pytest.mark.parametrize(("acr_values", "client_default", "methods", "factors", "can_enrol", "expected"), TABLE)
 def test_next_step(acr_values, client_default, methods, factors, can_enrol, expected):  # type: ignore[no-untyped-def]
     assert step_for(acr_values, client_default, methods, factors, can_enrol) == expected
+
+
+PASSKEY_HELD = UserFactors(passkeys=1)
+
+# An enrolling chain (an invitation's or a recovery's, LoginTransaction.enrolling) may add the
+# passkey a phr level needs; any other chain cannot. (level, methods done, factors,
+# can_enrol_passkey, next step)
+PASSKEY_ENROLMENT = [
+    pytest.param("phr", ["pwd"], NONE, True, ENROL_PASSKEY, id="phr-enrolling-no-passkey-enrol-passkey"),
+    pytest.param("phr", ["pwd"], NONE, False, UNMET, id="phr-not-enrolling-no-passkey-unmet"),
+    pytest.param("phr", ["pwd"], TOTP, True, CODE, id="phr-enrolling-with-totp-the-code-first"),
+    pytest.param("phr", ["pwd", "otp"], TOTP, True, ENROL_PASSKEY, id="phr-enrolling-totp-proven-enrol-passkey"),
+    pytest.param("phr", ["pwd", "otp"], TOTP, False, UNMET, id="phr-not-enrolling-totp-proven-unmet"),
+    pytest.param("phr", ["pwd"], PASSKEY_HELD, True, PASSKEY, id="phr-enrolling-has-a-passkey-signs-in-with-it"),
+    pytest.param("phr", ["pwd", "hwk", "user"], PASSKEY_HELD, True, DONE, id="phr-enrolled-then-signed-in-done"),
+    pytest.param("phr", [], NONE, True, PASSWORD, id="phr-enrolling-password-first"),
+    pytest.param("mfa", ["pwd"], NONE, True, ENROL_TOTP, id="mfa-enrolling-no-factor-still-totp"),
+    pytest.param("pwd", ["pwd"], NONE, True, DONE, id="pwd-enrolling-nothing-to-enrol-done"),
+]
+
+
+@pytest.mark.parametrize(("required", "methods", "factors", "can_enrol_passkey", "expected"), PASSKEY_ENROLMENT)
+def test_next_step_passkey_enrolment(required, methods, factors, can_enrol_passkey, expected):  # type: ignore[no-untyped-def]
+    assert next_step(required, methods, factors, can_enrol_passkey=can_enrol_passkey) == expected
+
+
+def test_next_step_enrols_no_passkey_unless_asked():
+    assert next_step("phr", ["pwd"], NONE) == UNMET
 
 
 @pytest.mark.parametrize(
