@@ -120,7 +120,7 @@ class Settings:
     lockout_attempts: int = _meta(5, "failed password/code attempts that lock an account", lo=1, hi=100)
     lockout_seconds: int = _meta(1800, "how long a locked account stays locked", lo=10, hi=86400)
     # Rate limits, in the `limits` notation ("N/[M]second|minute|hour|day", e.g. "30/10minutes",
-    # several joined by ";"), or "off". Login, passkey-options, authorize and token limits are
+    # several joined by ";"), or "off". Login, passkey-options, authorize, reset and token limits are
     # shared by every process through Redis when IDP_REDIS_URL is set (per process while Redis is
     # unreachable); the site-wide limit is per process, a flood guard checked before anything
     # else (nginx's limit_req is the cross-process first line in front of it). "Per client
@@ -148,6 +148,12 @@ class Settings:
     #   one NAT may have 300 people start a sign-in in the same minute.
     rate_limit_site_ip: str = "100/second"
     # ^ IDP_RATE_LIMIT_SITE_IP: every request, per client IP, per process.
+    rate_limit_reset_ip: str = "10/minute;50/hour"
+    # ^ IDP_RATE_LIMIT_RESET_IP: "Forgot password?" requests per client IP: each may send a
+    #   mail, so this bounds the mail one address can make idp send to anyone.
+    rate_limit_reset_account: str = "3/hour"
+    # ^ IDP_RATE_LIMIT_RESET_ACCOUNT: "Forgot password?" requests per account name typed,
+    #   known or not: bounds the reset mail one mailbox can receive.
 
     @property
     def issuer_is_local(self) -> bool:

@@ -3,7 +3,8 @@ process (smtplib blocks), so a sign-in or an /account page never waits on SMTP. 
 queue; a failed attempt is tried again after each of `retry_delays_seconds` (3 attempts
 over about a minute), unless the failure is permanent. Each message ends audited once:
 mail.sent, or mail.failed with its reason; the row names the recipient's user_id and the
-mail's kind, never the address or the body.
+mail's kind, never the address or the body. A job for nobody (user_id None) is queued and
+dropped unaudited: it exists so that asking for a reset costs the same for every name.
 
 The queue is in memory: mail still queued when a process dies is lost (README, E-mail).
 Notices are best effort (the audit trail and /account's activity keep the change itself);
@@ -39,7 +40,10 @@ CAPACITY = 1000  # messages waiting per process; beyond it a message is dropped 
 class Job:
     template: str  # templates/mail/<template>.txt and .html; the audit's `kind`
     subject: str
-    user_id: int  # the recipient: their address on file is read when the mail is sent
+    # the recipient: their address on file is read when the mail is sent. None: nobody (a
+    # reset asked for a name no link may reach); queued all the same, so that such a request
+    # costs what any other does, then nothing is sent and nothing audited
+    user_id: int | None
     facts: Mapping[str, object] = field(default_factory=dict, repr=False)  # links will carry tokens
     verified_only: bool = False  # True for one-time links: only to a verified address
 
@@ -169,6 +173,8 @@ class Outbox:
         return True
 
     def _recipient(self, job: Job) -> Recipient | None:
+        if job.user_id is None:
+            return None
         with self.sessions() as db:
             user = db.get(User, job.user_id)
             if user is None or not user.email or (job.verified_only and not user.email_verified):
@@ -182,6 +188,8 @@ class Outbox:
         self._done()
 
     def _audit(self, job: Job, kind: str, outcome: str, **detail: Any) -> None:
+        if job.user_id is None:  # nobody's mail: nothing happened to anyone
+            return
         try:
             with self.sessions.begin() as db:
                 record_audit(db, kind, user_id=job.user_id, outcome=outcome, mail=job.template, **detail)

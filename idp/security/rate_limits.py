@@ -1,7 +1,7 @@
 """Rate limits (issue 4; issue 14 item 10) on the `limits` library: fixed windows, several
 per rule.
 
-- Login, passkey-options, authorize and token limits are counted in Redis when IDP_REDIS_URL
+- Login, passkey-options, authorize, reset and token limits are counted in Redis when IDP_REDIS_URL
   is set, so each limit holds across every process. While Redis cannot be reached they fall back
   to per-process counters (and say so in the log, once per outage); Redis is tried again
   after FALLBACK_SECONDS, so everything resumes by itself.
@@ -24,6 +24,8 @@ A login's limits fit an office behind one NAT without helping a password sprayer
 - `login_account` counts every step per account name typed, known or not.
 - `authorize_ip` counts the authorization requests that park a login or consent transaction
   (issue 15): state anyone can make idp hold without signing in.
+- `reset_ip` and `reset_account` count "Forgot password?" requests (issue 18) per client IP
+  and per account name typed, known or not: each may send a mail.
 - Per-IP keys are the address, or its /64 for IPv6 (a subscriber's prefix, whose
   addresses they may rotate through at will).
 """
@@ -50,9 +52,18 @@ from idp.settings import Settings
 log = logging.getLogger("idp.rate_limits")
 
 FALLBACK_SECONDS = 5.0  # how long to stay on per-process counters after a Redis failure
-SHARED_SCOPES = ("login_ip", "login_failures_ip", "login_account", "passkey_options_ip", "authorize_ip", "token_client")
+SHARED_SCOPES = (
+    "login_ip",
+    "login_failures_ip",
+    "login_account",
+    "passkey_options_ip",
+    "authorize_ip",
+    "token_client",
+    "reset_ip",
+    "reset_account",
+)
 LOCAL_SCOPES = ("site_ip",)
-IP_SCOPES = ("login_ip", "login_failures_ip", "passkey_options_ip", "authorize_ip", "site_ip")
+IP_SCOPES = ("login_ip", "login_failures_ip", "passkey_options_ip", "authorize_ip", "site_ip", "reset_ip")
 FAILURE_SCOPES = ("login_failures_ip",)  # spent by `record` after a failure, only tested by `admit`
 IPV6_PREFIX = 64
 
@@ -97,6 +108,8 @@ class RateLimits:
             "authorize_ip": _rules(settings.rate_limit_authorize_ip),
             "token_client": _rules(settings.rate_limit_token_client),
             "site_ip": _rules(settings.rate_limit_site_ip),
+            "reset_ip": _rules(settings.rate_limit_reset_ip),
+            "reset_account": _rules(settings.rate_limit_reset_account),
         }
         self._local = FixedWindowRateLimiter(MemoryStorage())
         self._shared: FixedWindowRateLimiter | None = None

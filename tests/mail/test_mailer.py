@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from idp.app import create_app
 from idp.db.models import AuditEvent, User
 from idp.mail import notices
+from idp.mail.outbox import Job
 from idp.settings import Settings
 from idp.state.memory import MemoryStore
 from tests.support.clock import ManualClock
@@ -244,3 +245,17 @@ def test_a_notice_goes_to_an_unverified_address_too(mail_app):
         notify_and_wait(app)
 
         assert len(server.wait_for(1)) == 1
+
+
+def test_a_job_for_nobody_is_queued_then_dropped_without_mail_or_audit(mail_app):
+    """A reset asked for a name no link may reach still queues its job (the same work as any
+    other request: idp/links/forgot.py); the outbox sends it nowhere and audits nothing."""
+    with smtp_server("plain") as server:
+        app = mail_app(server.url(starttls=False))
+        mail = app.state.services.mail
+
+        mail.submit(Job("link_reset", "Reset your password", None, {"link": "-", "expires": "-", "at": "-"}, True))
+
+        assert mail.wait_idle(10.0)
+        assert server.received == []
+    assert mail_audits(app) == []
