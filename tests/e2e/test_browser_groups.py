@@ -58,6 +58,7 @@ from tests.support.journeys import (
     VirtualAuthenticator,
     arrive,
     assert_id_token,
+    document_statuses,
     end_of_session,
     reach,
     serving_relying_party_site,
@@ -183,18 +184,6 @@ def csp(page: Page) -> Iterator[CspViolations]:
 
 
 # --- what the user sees, what the RP receives ------------------------------------------------------
-
-
-def document_statuses(page: Page) -> list[tuple[str, int]]:
-    """(URL, HTTP status) of every top-level document the browser receives from now on."""
-    seen: list[tuple[str, int]] = []
-    page.on(
-        "response",
-        lambda r: (
-            seen.append((r.url, r.status)) if r.request.is_navigation_request() and r.frame == page.main_frame else None
-        ),
-    )
-    return seen
 
 
 def at_rp(rp: RelyingParty) -> Callable[[str], bool]:

@@ -344,3 +344,15 @@ def virtual_authenticator(page: Page) -> VirtualAuthenticator:
         },
     )
     return VirtualAuthenticator(cdp, added["authenticatorId"])
+
+
+def document_statuses(page: Page) -> list[tuple[str, int]]:
+    """(URL, HTTP status) of every top-level document the browser receives from now on."""
+    seen: list[tuple[str, int]] = []
+    page.on(
+        "response",
+        lambda r: (
+            seen.append((r.url, r.status)) if r.request.is_navigation_request() and r.frame == page.main_frame else None
+        ),
+    )
+    return seen
