@@ -16,6 +16,7 @@ from idp.audit.trail import record_audit
 from idp.db.models import User
 from idp.login.outcomes import Notice
 from idp.login.step import Passed, Rejected, Step, StepContext
+from idp.mail import notices
 from idp.mfa import backup_codes, totp
 
 
@@ -103,7 +104,11 @@ class EnrolTotpStep(Step):
             return True
 
         return Passed(
-            ("otp",), user_id, claim=enable, notice=lambda db: Notice("backup_codes.html", {"codes": matched.codes})
+            ("otp",),
+            user_id,
+            claim=enable,
+            notice=lambda db: Notice("backup_codes.html", {"codes": matched.codes}),
+            mail=(notices.TOTP_ENABLED,),  # as when it is turned on at /account
         )
 
 
