@@ -354,7 +354,10 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> None:
         except UserError as exc:
             raise CommandError(str(exc)) from None
         verification = begin_address_verification(settings, db, keyring, user, address_changed=True)
-    print(f"added user {username}" + ("" if password_hash else " (no password: cannot sign in with one)"))
+    print(
+        f"added user {username}"
+        + ("" if password_hash else f" (no password yet: `idp user invite {username}` lets them choose one)")
+    )
     finish_address_verification(settings, sessions, verification)
 
 

@@ -397,7 +397,7 @@ def test_user_set_email_with_mail_on_sends_a_verification_link_to_the_new_addres
 def test_user_add_email_with_mail_on_sends_a_verification_link(mailing, db, smtp):
     out = mailing.ok("user", "add", "alice", "--email", ADDRESS)
 
-    assert out.splitlines()[0] == "added user alice (no password: cannot sign in with one)"
+    assert out.splitlines()[0] == "added user alice (no password yet: `idp user invite alice` lets them choose one)"
     assert "address verification link for alice sent to a…@example.com" in out
     assert only_mail(smtp).rcpt_tos == (ADDRESS,)
     assert [(link.kind, link.email) for link in links(db)] == [("verify", ADDRESS)]
