@@ -178,9 +178,10 @@ def _issue_for(
 
     why_shown = _why_shown(settings, user, kind, asked_to_print=asked_to_print)
     mailed = why_shown is None
-    # the address a use of the link verifies: only the one it was mailed to (a printed
-    # invitation, handed over in person, proves nothing about the address)
-    email = user.email if kind == "verify" or (kind == "invite" and mailed) else None
+    # the address it was mailed to: an invitation's use verifies only that one (a printed
+    # invitation, handed over in person, proves nothing about the address), and changing
+    # the address revokes every link mailed to the old one
+    email = user.email if kind == "verify" or mailed else None
     issued = issue(db, keyring, user.id, kind, lifetime=lifetime, by="cli", email=email)
     return Handover(issued, user.username, user.email if mailed else None, why_shown)
 

@@ -40,15 +40,16 @@ from idp.settings import Settings
 class Sensitive:
     name: str  # the audit's `action`
     adds_credential: bool = False
+    completes: bool = False  # the call that stores the credential (spends an invitation's grace)
 
 
 TOTP_SETUP = Sensitive("totp.setup", adds_credential=True)
-TOTP_CONFIRM = Sensitive("totp.confirm", adds_credential=True)
+TOTP_CONFIRM = Sensitive("totp.confirm", adds_credential=True, completes=True)
 TOTP_DISABLE = Sensitive("totp.disable")
-BACKUP_CODES = Sensitive("backup_codes.regenerate", adds_credential=True)
+BACKUP_CODES = Sensitive("backup_codes.regenerate", adds_credential=True, completes=True)
 PASSWORD_CHANGE = Sensitive("password.change")
 PASSKEY_OPTIONS = Sensitive("passkey.options", adds_credential=True)
-PASSKEY_REGISTER = Sensitive("passkey.register", adds_credential=True)
+PASSKEY_REGISTER = Sensitive("passkey.register", adds_credential=True, completes=True)
 PASSKEY_REMOVE = Sensitive("passkey.remove")
 
 
@@ -75,8 +76,18 @@ def admit(services: AccountServices, caller: Caller, action: Sensitive | None = 
 
 
 def reason_to_refuse(db: Session, services: AccountServices, who: SignedIn, action: Sensitive) -> ReauthReason | None:
-    if action.adds_credential and link_records.in_grace(db, who.user_id, who.sid):
-        return None  # the invitation's grace: one credential, by the session its chain started
+    reason = _usual_reason(db, services, who, action)
+    if reason is None or not action.adds_credential or not link_records.in_grace(db, who.user_id, who.sid):
+        return reason
+    # the invitation's grace: one credential, by the session its chain started. The call that
+    # stores it spends the grace here, in the admission's unit of work, so two racing
+    # registrations cannot both pass on it (a registration that then fails spent it too)
+    if action.completes and not link_records.claim_grace(db, who.user_id, who.sid):
+        return reason
+    return None
+
+
+def _usual_reason(db: Session, services: AccountServices, who: SignedIn, action: Sensitive) -> ReauthReason | None:
     if needs_reauth(services.settings, who.auth_time, now=clock_of(db).now()):
         return "stale"
     if action.adds_credential and not policy.satisfies(who.acr, required_level(db, services, who.user_id)):

@@ -141,7 +141,9 @@ class OneTimeLink(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column()
     browser: Mapped[str | None] = mapped_column(String(128))  # the confirming browser's binding digest
     used_at: Mapped[datetime | None] = mapped_column()
-    session_sid: Mapped[str | None] = mapped_column(String(64))  # the session its sign-in started
+    session_sid: Mapped[str | None] = mapped_column(
+        String(64)
+    )  # the session an invitation started, until its grace is spent
     revoked_at: Mapped[datetime | None] = mapped_column()
     revoked_reason: Mapped[str | None] = mapped_column(String(32))
 

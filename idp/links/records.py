@@ -211,7 +211,14 @@ def issue_if_reachable(db: Session, keyring: Keyring, username: str, kind: Kind,
     reachable = _reachable(username)
     superseded = db.execute(
         update(OneTimeLink)
-        .where(OneTimeLink.user_id.in_(reachable.scalar_subquery()), OneTimeLink.kind == kind, _open(now))  # type: ignore[arg-type]
+        .where(
+            OneTimeLink.user_id.in_(reachable.scalar_subquery()),
+            OneTimeLink.kind == kind,
+            # pending ones only: a stranger typing the name must not end a reset the user is
+            # in the middle of (confirmed in their browser)
+            OneTimeLink.confirmed_at.is_(None),
+            _open(now),  # type: ignore[arg-type]
+        )
         .values(revoked_at=now, revoked_reason="superseded")
         .returning(OneTimeLink.link_id)
         .execution_options(synchronize_session=False)  # nothing of it is loaded in this unit of work
@@ -226,8 +233,13 @@ def issue_if_reachable(db: Session, keyring: Keyring, username: str, kind: Kind,
         "created_at": now,
         "expires_at": expires_at,
     }
-    row = reachable.with_only_columns(User.id, *(literal(v, links.c[k].type).label(k) for k, v in values.items()))
-    inserted = db.execute(insert(links).from_select(["user_id", *values], row).returning(links.c.user_id)).first()
+    # the address it is mailed to, recorded: changing the address revokes the link
+    row = reachable.with_only_columns(
+        User.id, User.email, *(literal(v, links.c[k].type).label(k) for k, v in values.items())
+    )
+    inserted = db.execute(
+        insert(links).from_select(["user_id", "email", *values], row).returning(links.c.user_id)
+    ).first()
     user_id = inserted.user_id if inserted is not None else None
     return Offer(link_id, secret, kind, user_id, expires_at, len(superseded))
 
@@ -322,9 +334,8 @@ def bound(
     row = db.scalar(select(OneTimeLink).where(OneTimeLink.link_id == link_id)) if well_formed_id(link_id) else None
     if row is None:
         return Refused("unknown")
-    refusal = _refusal(row, clock_of(db).now(), browser)
-    if refusal == "other_browser" and row.confirmed_at is None:
-        refusal = "unknown"  # not confirmed yet: nothing to act on
+    # not confirmed yet: nothing to act on, and nothing said about it (the id is not a secret)
+    refusal = "unknown" if row.confirmed_at is None else _refusal(row, clock_of(db).now(), browser)
     if refusal is not None:
         _audit_refused(db, row, refusal, ip=ip, user_agent=user_agent, at="use")
         return Refused(refusal, row.user_id)
@@ -503,6 +514,18 @@ def in_grace(db: Session, user_id: int, sid: str) -> bool:
         or db.scalar(select(BackupCode.id).where(BackupCode.user_id == user_id, BackupCode.created_at > since).limit(1))
     )
     return added is None
+
+
+def claim_grace(db: Session, user_id: int, sid: str) -> bool:
+    """Spends the invitation's grace of session `sid` (one conditional UPDATE: of two requests
+    racing to add a credential with it, one wins); False when it was spent already."""
+    claimed = db.execute(
+        update(OneTimeLink)
+        .where(OneTimeLink.user_id == user_id, OneTimeLink.session_sid == sid, OneTimeLink.kind == "invite")
+        .values(session_sid=None)
+        .returning(OneTimeLink.id)
+    ).first()
+    return claimed is not None
 
 
 def _audit_refused(

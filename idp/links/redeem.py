@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from idp import retired_names
 from idp.audit.trail import record_audit
-from idp.db.models import BackupCode, Passkey, TotpCredential, User
+from idp.db.models import BackupCode, OneTimeLink, Passkey, TotpCredential, User
 from idp.links import records
 from idp.links.records import Link, Refused
 from idp.login import transaction as tx_store
@@ -41,6 +43,7 @@ from idp.login.transaction import LoginTransaction
 from idp.mail import notices
 from idp.mail.mailer import Mailer
 from idp.revocation import revoke_all_grants
+from idp.security.keyring import Keyring
 from idp.security.password_policy import (
     MIN_LENGTH_SINGLE_FACTOR,
     MIN_LENGTH_WITH_SECOND_FACTOR,
@@ -106,8 +109,8 @@ def preview(ctx: LinkContext, secret: str) -> Preview | Refused:
         found = records.peek(db, ctx.flow.keyring, secret)
         if isinstance(found, Refused):
             return found
-        user = db.get(User, found.user_id)
-        if user is None or user.deleted_at is not None:
+        user = _live_user(db, found.user_id)
+        if user is None:  # disabled or deleted: nothing to show, nothing to confirm
             return Refused("unknown")
         return Preview(found.kind, user.username, found.expires_at)
 
@@ -122,21 +125,28 @@ def confirm(ctx: LinkContext, secret: str, attempt: Attempt) -> ChoosePassword |
                 return _verify(db, keyring, secret, attempt)
     except _NotVerified as refusal:  # rolled back: the link stays unspent
         return Refused("revoked", refusal.user_id)
-    with ctx.flow.sessions.begin() as db:
-        found = records.confirm(db, keyring, secret, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent)
-        if isinstance(found, Refused):
-            return found
-        user = _live_user(db, found.user_id)
-        if user is None:
-            return Refused("unknown")
-        if found.kind == "invite" and user.password_hash is not None:
-            # an account with a password: the link alone signs nobody in; the chain asks for it
-            if not records.use(db, found.link_id, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent):
-                return Refused("used", user.id)
-            tx = _chain(found, user, attempt.new_browser, proven_password=False)
-            _verify_address(db, found, user, attempt)
-        else:
-            return _choose(db, ctx, found, user)
+    try:
+        with ctx.flow.sessions.begin() as db:
+            found = records.confirm(
+                db, keyring, secret, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent
+            )
+            if isinstance(found, Refused):
+                return found
+            user = _live_user(db, found.user_id)
+            if user is None:
+                raise _Gone()  # disabled or deleted: the binding and its audit row roll back
+            if found.kind == "invite" and user.password_hash is not None:
+                # an account with a password: the link alone signs nobody in; the chain asks for it
+                if not records.use(
+                    db, found.link_id, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent
+                ):
+                    return Refused("used", user.id)
+                tx = _chain(found, user, attempt.new_browser, proven_password=False)
+                _verify_address(db, keyring, found, user, attempt)
+            else:
+                return _choose(db, ctx, found, user)
+    except _Gone:
+        return Refused("unknown")
     tx_store.save_transaction(ctx.flow.store, tx, ttl_seconds=ctx.flow.ttl_seconds)
     return SignIn(tx)
 
@@ -188,7 +198,7 @@ def choose_password(
             user = _live_user(db, found.user_id)
             if user is None:
                 raise _Gone()  # rolls the use back: disabled or deleted meanwhile
-            ended = _apply(db, found, user, new_hash, remove, attempt)
+            ended = _apply(db, services.keyring, found, user, new_hash, remove, attempt)
             tx = _chain(found, user, attempt.browser, proven_password=True)
     except _Gone:
         return Refused("unknown", found.user_id)
@@ -209,7 +219,7 @@ def _again(page: ChoosePassword, error: str) -> ChoosePassword:
 
 
 def _apply(
-    db: Session, link: Link, user: User, new_hash: str, remove: Collection[str], attempt: Attempt
+    db: Session, keyring: Keyring, link: Link, user: User, new_hash: str, remove: Collection[str], attempt: Attempt
 ) -> list[EndedSession]:
     """The account's change, in the unit of work that spent the link."""
     user.password_hash = new_hash
@@ -218,7 +228,7 @@ def _apply(
     common = {"ip": attempt.ip, "user_agent": attempt.user_agent, "outcome": "success", "link_id": link.link_id}
     if link.kind == "invite":
         record_audit(db, "user.password_set", user_id=user.id, by="invitation", **common)
-        _verify_address(db, link, user, attempt)
+        _verify_address(db, keyring, link, user, attempt)
         return []
     removed = _remove_factors(db, user.id, remove)
     ended = end_all_sessions(db, user.id)
@@ -301,19 +311,17 @@ def _live_user(db: Session, user_id: int) -> User | None:
     return None if user is None or user.deleted_at is not None or user.disabled else user
 
 
-def _is_verification(db: Session, keyring: object, secret: str) -> bool:
-    from idp.db.models import OneTimeLink
-
-    digest = records.secret_digest(keyring, secret)  # type: ignore[arg-type]
+def _is_verification(db: Session, keyring: Keyring, secret: str) -> bool:
+    digest = records.secret_digest(keyring, secret)
     return db.scalar(select(OneTimeLink.kind).where(OneTimeLink.secret_digest == digest)) == "verify"
 
 
-def _verify(db: Session, keyring: object, secret: str, attempt: Attempt) -> Verified | Refused:
-    found = records.use_unbound(db, keyring, secret, ip=attempt.ip, user_agent=attempt.user_agent)  # type: ignore[arg-type]
+def _verify(db: Session, keyring: Keyring, secret: str, attempt: Attempt) -> Verified | Refused:
+    found = records.use_unbound(db, keyring, secret, ip=attempt.ip, user_agent=attempt.user_agent)
     if isinstance(found, Refused):
         return found
     user = _live_user(db, found.user_id)
-    if user is None or not _verify_address(db, found, user, attempt):
+    if user is None or not _verify_address(db, keyring, found, user, attempt):
         raise _NotVerified(found.user_id)
     return Verified(user.username)
 
@@ -324,9 +332,10 @@ class _NotVerified(Exception):
         self.user_id = user_id
 
 
-def _verify_address(db: Session, link: Link, user: User, attempt: Attempt) -> bool:
+def _verify_address(db: Session, keyring: Keyring, link: Link, user: User, attempt: Attempt) -> bool:
     """The address the link was sent to is the user's: verified, unless the address on file
-    changed since, or another account has it verified (a verified address is one user's)."""
+    changed since, another account has it verified (a verified address is one user's), or it
+    is a deleted user's retired address (as `idp user set --email-verified` refuses it)."""
     if link.email is None or user.email is None or user.email.lower() != link.email.lower():
         return False
     if user.email_verified:
@@ -334,9 +343,14 @@ def _verify_address(db: Session, link: Link, user: User, attempt: Attempt) -> bo
     taken = db.scalar(
         select(User.id).where(func.lower(User.email) == user.email.lower(), User.email_verified, User.id != user.id)
     )
-    if taken is not None:
+    if taken is not None or retired_names.is_retired(db, keyring, retired_names.EMAIL, user.email):
         return False
-    user.email_verified = True
+    try:
+        with db.begin_nested():  # another account verifying it at this moment: the unique index decides
+            user.email_verified = True
+            db.flush()
+    except IntegrityError:
+        return False
     record_audit(
         db,
         "email.verified",

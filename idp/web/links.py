@@ -88,6 +88,9 @@ async def _admitted(request: Request) -> Response | None:
 
 
 async def show_confirmation(request: Request) -> Response:
+    throttled = await _admitted(request)  # a client over its failure budget learns nothing more
+    if throttled is not None:
+        return throttled
     secret = request.query_params.get("t")
     if not records.well_formed(secret):
         return _refused(request, Refused("unknown"))
@@ -129,6 +132,9 @@ async def confirm(request: Request) -> Response:
 
 
 async def show_password(request: Request) -> Response:
+    throttled = await _admitted(request)
+    if throttled is not None:
+        return throttled
     link_id = request.query_params.get("l")
     if not records.well_formed_id(link_id):
         return _refused(request, Refused("unknown"))

@@ -523,3 +523,20 @@ def test_the_invitations_grace_is_not_spent_by_what_the_chain_enrolled(
     assert passkey_options(browser).status_code == 200
     clock.advance(300)  # past the grace: the usual rule again
     assert passkey_options(browser).status_code in (401, 403)
+
+
+def test_a_strangers_forgot_password_request_does_not_end_a_reset_in_progress(
+    app: Starlette, browser: TestClient
+) -> None:
+    """alice confirmed her reset link; someone types her name into Forgot password?: her
+    reset goes on (only links still pending are superseded by a self-service request)."""
+    services = app.state.services
+    with services.sessions.begin() as db:
+        db.scalar(select(User).where(User.username == "alice")).email_verified = True
+    with services.sessions.begin() as db:
+        first = records.issue_if_reachable(db, services.keyring, "alice", "reset", by="self")
+    location = confirm(browser, first.secret).headers["location"]
+    with services.sessions.begin() as db:
+        second = records.issue_if_reachable(db, services.keyring, "alice", "reset", by="self")
+        assert second.user_id is not None and second.superseded == 0
+    assert choose(browser, location).status_code == 303
