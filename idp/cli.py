@@ -516,9 +516,20 @@ def _user_require_mfa(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _user_reset_mfa(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.cli_notices import notify
+    from idp.mail import notices
+    from idp.users import UserError, get_user
+
+    sessions = _database(settings)
+    with sessions() as db:
+        try:
+            user_id = get_user(db, args.username).id
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
     _tell_relying_parties(
         settings, _with_user_command(settings, args.username, "second factors removed for", "reset_mfa")
     )
+    notify(settings, sessions, notices.FACTORS_REMOVED_BY_ADMIN, user_id)
 
 
 def _audit_tail(settings: Settings, args: argparse.Namespace) -> None:

@@ -101,6 +101,8 @@ def _delete(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _set_password(settings: Settings, args: argparse.Namespace) -> None:
+    from idp.cli_notices import notify
+    from idp.mail import notices
     from idp.user_lifecycle import set_password
     from idp.users import UserError, get_user
 
@@ -111,7 +113,7 @@ def _set_password(settings: Settings, args: argparse.Namespace) -> None:
             user = get_user(db, args.username)
         except UserError as exc:
             raise cli.CommandError(str(exc)) from None
-        username, email = user.username, user.email
+        username, email, user_id = user.username, user.email, user.id
     password = cli._read_password(args.password_stdin)
     if password is None:
         raise cli.CommandError("no password given: use --password-stdin (or run it in a terminal)")
@@ -124,6 +126,7 @@ def _set_password(settings: Settings, args: argparse.Namespace) -> None:
     then = "; it must be changed at the next sign-in" if args.must_change else ""
     print(f"new password set for user {username}{then}")
     cli._tell_relying_parties(settings, ended)
+    notify(settings, sessions, notices.PASSWORD_SET_BY_ADMIN, user_id)
 
 
 def _clients_list(settings: Settings, args: argparse.Namespace) -> None:

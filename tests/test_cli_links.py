@@ -39,7 +39,7 @@ class Cli:
         self.settings = settings
         self.mail_url = ""
 
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, input_text: str = "") -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
         env.update(
             IDP_ISSUER=ISSUER,
@@ -50,7 +50,7 @@ class Cli:
         if self.mail_url:
             env.update(IDP_SMTP_URL=self.mail_url, IDP_MAIL_FROM="id@example.com")
         return subprocess.run(
-            [sys.executable, "-m", "idp", *args], env=env, input="", capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "idp", *args], env=env, input=input_text, capture_output=True, text=True, timeout=120
         )
 
     def ok(self, *args: str) -> str:

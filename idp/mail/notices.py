@@ -24,6 +24,9 @@ BACKUP_CODES_REGENERATED = Notice("backup_codes_regenerated", "New backup codes 
 PASSWORD_CHANGED = Notice("password_changed", "Your password was changed")
 ACCOUNT_RECOVERED = Notice("account_recovered", "Your account was recovered with a recovery link")
 PASSWORD_RESET = Notice("password_reset", "Your password was reset")
+# changes an administrator made with the `idp` command line
+PASSWORD_SET_BY_ADMIN = Notice("password_set_by_admin", "An administrator set a new password for your account")
+FACTORS_REMOVED_BY_ADMIN = Notice("factors_removed_by_admin", "An administrator removed your second factors")
 
 ALL = (
     PASSKEY_ADDED,
@@ -34,4 +37,6 @@ ALL = (
     PASSWORD_CHANGED,
     ACCOUNT_RECOVERED,
     PASSWORD_RESET,
+    PASSWORD_SET_BY_ADMIN,
+    FACTORS_REMOVED_BY_ADMIN,
 )
