@@ -22,7 +22,7 @@ from idp.db.engine import make_engine, make_sessionmaker
 from idp.db.migrate import is_current
 from idp.lockout import Lockout
 from idp.login.flow import FlowServices, LoginFlow
-from idp.login.sessions import SessionPolicy
+from idp.login.sessions import EndedSession, SessionPolicy
 from idp.login.step import Step
 from idp.login.steps import STANDARD_STEPS
 from idp.login.steps.password import normalize_username
@@ -85,11 +85,14 @@ def build_services(
     keyring = Keyring(master_key_of(settings))
     with sessions.begin() as db:
         ensure_signing_key(db, keyring)
+    ended_at_start: tuple[EndedSession, ...] = ()
     if settings.clients_file:
         from idp.clients_sync import sync_clients_file
 
-        for warning in sync_clients_file(sessions, keyring, settings.clients_file).warnings:
+        report = sync_clients_file(sessions, keyring, settings.clients_file)
+        for warning in report.warnings:
             log.warning("%s", warning)
+        ended_at_start = report.ended
     store = store if store is not None else open_store(settings.redis_url)  # an empty MemoryStore is falsy
     rate_limits = RateLimits(settings, digest=keyring.digest)
     lockout = Lockout(store, attempts=settings.lockout_attempts, seconds=settings.lockout_seconds)
@@ -145,6 +148,7 @@ def build_services(
         passkeys=Passkeys(store, RelyingParty.from_issuer(settings.issuer)),
         outbound=outbound,
         mail=build_mailer(settings, sessions, clock, retry_delays_seconds=mail_retry_delays_seconds),
+        ended_at_start=ended_at_start,
     )
 
 
@@ -171,6 +175,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for ended in services.ended_at_start:  # the RPs of sessions the start-up sync ended hear of it
+            backchannel.schedule(services, ended)
         refresher = asyncio.create_task(_refresh_caches(services))
         census = asyncio.create_task(keep_census_fresh(services.sessions, services.hashing))
         yield

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.clock import Clock
 from idp.lockout import Lockout
-from idp.login.sessions import SessionPolicy
+from idp.login.sessions import EndedSession, SessionPolicy
 from idp.mail.mailer import Mailer
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys
@@ -47,3 +47,6 @@ class Services:
     passkeys: Passkeys
     outbound: Outbound  # every call idp makes out (back-channel logout; jwks_uri through oidc)
     mail: Mailer  # notices by e-mail, off the request path; off without IDP_SMTP_URL (idp/mail/)
+    # sessions the start-up sync of IDP_CLIENTS_FILE ended (an app withdrawn from users): their
+    # back-channel logouts go out once the server runs (idp/app.py's lifespan)
+    ended_at_start: tuple[EndedSession, ...] = ()

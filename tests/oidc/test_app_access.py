@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select, update
+from starlette.testclient import TestClient
 
 from idp.clients_file import parse_clients_toml
 from idp.clients_sync import sync_clients
@@ -243,3 +244,34 @@ def test_a_clients_file_that_narrows_the_groups_ends_what_outsiders_hold_there_a
         )
     assert again.withdrawn == ()
     assert refresh(staff_only, tokens["refresh_token"]).status_code == 400
+
+
+def test_a_start_up_sync_that_withdraws_an_app_sends_the_back_channel_logouts(staff_only, settings, tmp_path):
+    """Defect pinned: a clients file narrowed while idp was down was synced at start-up,
+    which revoked the outsiders' tokens but never told the RP their sessions were over (only
+    `idp clients sync` sent the logouts). Now the started server sends them."""
+    from idp.app import create_app
+    from idp.state.memory import MemoryStore
+    from tests.support.loopback_http import answering, loopback_server, wait_until
+    from tests.support.seed import CLIENTS_TOML
+
+    tokens_for(staff_only)  # alice holds a session that signed in to Shop
+    groups(staff_only, ("ops", None, []))
+    with loopback_server(answering(200)) as rp:
+        narrowed = CLIENTS_TOML.replace(
+            'scope = "openid profile email offline_access"',
+            'scope = "openid profile email offline_access"\n'
+            'allowed_groups = ["ops"]\n'
+            f'backchannel_logout_uri = "{rp.url("/backchannel-logout")}"',
+            1,
+        )
+        clients_file = tmp_path / "clients.toml"
+        clients_file.write_text(narrowed + _toml_with_inline_jwks().removeprefix(CLIENTS_TOML))
+        restarted = create_app(
+            dataclasses.replace(settings, clients_file=str(clients_file)), store=MemoryStore(), clock=None
+        )
+        with TestClient(restarted, base_url=ISSUER):
+            assert wait_until(lambda: rp.connections >= 1), "no back-channel logout after the start-up sync"
+        assert rp.heads and rp.heads[0].startswith("POST /backchannel-logout ")
+    [delivered] = audit_kinds(staff_only, "logout.backchannel")
+    assert (delivered.client_id, delivered.outcome) == ("shop", "success")
