@@ -14,6 +14,8 @@ from bench.scenarios import SCENARIOS, Scenario
 BACKEND_NAMES = {"sqlite": "SQLite + in-process store", "postgres": "PostgreSQL + Redis"}
 IDP_COLUMNS = ("scenario", "idp /s", "p50 ms", "p99 ms", "errors", "CPU %", "RSS MB")
 PEER_COLUMNS = ("peer /s", "peer p50", "peer p99", "peer errors", "peer CPU %", "peer RSS MB", "idp/peer")
+# node-oidc-provider with its Redis adapter (the PostgreSQL + Redis sections): its production shape
+REDIS_PEER_COLUMNS = ("peer+Redis /s", "peer+Redis p99", "peer+Redis errors", "peer+Redis RSS MB", "idp/peer+Redis")
 REFERENCE_COLUMNS = ("Keycloak /s/vCPU", "idp/Keycloak", "load CPU %")
 NO_PASSWORD = "†"
 
@@ -34,7 +36,8 @@ class Section:
     load_cpus: list[int] = field(default_factory=list)
     idp_idle_rss: list[int] = field(default_factory=list)  # bytes, per process
     peer_idle_rss: list[int] = field(default_factory=list)
-    runs: dict[tuple[str, str], Measured] = field(default_factory=dict)  # (scenario id, "idp"|"peer")
+    redis_peer_idle_rss: list[int] = field(default_factory=list)
+    runs: dict[tuple[str, str], Measured] = field(default_factory=dict)  # (scenario id, "idp"|"peer"|"peer-redis")
     skipped: str = ""
     floor: Measured | None = None  # bench/floor.py under the client_credentials request
 
@@ -53,10 +56,16 @@ def _section(section: Section, ceiling: Argon2Ceiling) -> str:
     if section.skipped:
         return "\n".join([*lines, f"Skipped: {section.skipped}", ""])
     with_peer = any(server == "peer" for _, server in section.runs)
-    columns = IDP_COLUMNS + (PEER_COLUMNS if with_peer else ()) + REFERENCE_COLUMNS
+    with_redis_peer = any(server == "peer-redis" for _, server in section.runs)
+    columns = (
+        IDP_COLUMNS
+        + (PEER_COLUMNS if with_peer else ())
+        + (REDIS_PEER_COLUMNS if with_redis_peer else ())
+        + REFERENCE_COLUMNS
+    )
     lines += [_placement(section), "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += [
-        "| " + " | ".join(_row(section, scenario, with_peer)) + " |"
+        "| " + " | ".join(_row(section, scenario, with_peer, with_redis_peer)) + " |"
         for scenario in SCENARIOS
         if (scenario.id, "idp") in section.runs
     ]
@@ -74,7 +83,8 @@ def _placement(section: Section) -> str:
         where = "not pinned: too few cores, so the servers and the load generators share every core."
     idle = _idle(section.idp_idle_rss)
     peer = f"; peer idle RSS {_idle(section.peer_idle_rss)}" if section.peer_idle_rss else ""
-    return f"{where} idp idle RSS {idle}{peer}."
+    redis_peer = f"; peer+Redis idle RSS {_idle(section.redis_peer_idle_rss)}" if section.redis_peer_idle_rss else ""
+    return f"{where} idp idle RSS {idle}{peer}{redis_peer}."
 
 
 def _cpus(cpus: list[int]) -> str:
@@ -98,7 +108,7 @@ def _ms(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _row(section: Section, scenario: Scenario, with_peer: bool) -> list[str]:
+def _row(section: Section, scenario: Scenario, with_peer: bool, with_redis_peer: bool = False) -> list[str]:
     idp, peer = section.runs[(scenario.id, "idp")], section.runs.get((scenario.id, "peer"))
     cells = [f"{scenario.title} ({scenario.unit}/s)", *_measures(idp)]
     if with_peer:
@@ -106,6 +116,11 @@ def _row(section: Section, scenario: Scenario, with_peer: bool) -> list[str]:
         peer_cells = _measures(peer)
         cells += [peer_cells[0] + (mark if peer and peer.result else ""), *peer_cells[1:]]
         cells.append(_ratio(idp, peer) if scenario.peer_comparable else f"n/a{NO_PASSWORD}")
+    if with_redis_peer:
+        redis_peer = section.runs.get((scenario.id, "peer-redis"))
+        rate, _, p99, errors, _, rss = _measures(redis_peer)
+        cells += [rate, p99, errors, rss]
+        cells.append(_ratio(idp, redis_peer) if scenario.peer_comparable else f"n/a{NO_PASSWORD}")
     cells += _keycloak(idp, scenario, section.workers)
     cells.append(_load_cpu(idp, peer))
     return cells
@@ -233,6 +248,10 @@ HOW_TO_READ = f"""\
   PostgreSQL and Redis are outside the tree: their CPU is not in idp's column (nor pinned).
 - **idp/peer** is idp's throughput over the peer's, measured in the same run, alternating
   (idp A, peer A, idp B, peer B …), on the same core. Above 1.00× idp is faster.
+- **peer+Redis** (PostgreSQL + Redis sections): the same peer with its Redis adapter
+  (bench/peers/oidc-provider/redis_adapter.mjs), the shape oidc-provider documents for
+  production: every session, code, token and grant in Redis, as idp keeps them out of
+  process too. **idp/peer+Redis** is idp's throughput over it, in the same alternation.
 - {NO_PASSWORD} The peer has no password step: its "password login" row is a plain code flow
   through a fresh session (its login and consent interactions, no hashing), so no ratio.
 - **Keycloak /s/vCPU** is Keycloak's published sizing figure per vCPU (15 password logins,

@@ -24,6 +24,7 @@ from bench.report import Measured, Section, render_report, render_tables
 from bench.scenarios import SCENARIOS, Scenario, wrk_request
 from bench.servers import (
     PEER_DIR,
+    REDIS_URL,
     REPO,
     Meter,
     Server,
@@ -157,12 +158,19 @@ def run_section(backend: str, workers: int, options: Options, workdir: Path) -> 
         servers = [stack.enter_context(start_idp(workdir / f"idp-{name}", backend, workers, section.server_cpus))]
         if options.peer:
             servers.append(stack.enter_context(start_peer(workdir / f"peer-{name}", section.server_cpus[:1])))
+            if backend == "postgres":  # the peer's production shape beside idp's: its Redis adapter
+                servers.append(
+                    stack.enter_context(
+                        start_peer(workdir / f"peer-redis-{name}", section.server_cpus[:1], redis_url=REDIS_URL)
+                    )
+                )
         section.idp_idle_rss = servers[0].idle_rss_bytes
         section.peer_idle_rss = servers[1].idle_rss_bytes if options.peer else []
+        section.redis_peer_idle_rss = servers[2].idle_rss_bytes if len(servers) > 2 else []
         for server in servers:
             asyncio.run(mint_tokens(_target(server)))  # the first flow gives consent, once
         for scenario in SCENARIOS:
-            for server in servers:  # alternating: idp A, peer A, idp B, peer B …
+            for server in servers:  # alternating: idp A, peer A, (peer-redis A,) idp B, peer B …
                 measured = run_scenario(scenario, server, options, section.load_cpus)
                 section.runs[(scenario.id, server.name)] = measured
                 _progress(f"{name} {server.name:4} {scenario.id}: {_summary(measured)}")
@@ -243,7 +251,7 @@ def _settings_lines(options: Options) -> list[str]:
         f"{options.duration_seconds:g} s measured per scenario and server, after {options.warmup_seconds:g} s of warm-up",
         f"{options.connections} concurrent connections: `wrk -t1 -c{options.connections} --latency` for single "
         f"requests; {options.connections} virtual browsers in bench/driver.py (raw asyncio HTTP/1.1 on uvloop) for flows",
-        f"peer: {'node-oidc-provider ' + peer_version + ' (bench/peers/oidc-provider, in-memory adapter)' if options.peer else 'not run (--no-peer)'}",
+        f"peer: {'node-oidc-provider ' + peer_version + ' (bench/peers/oidc-provider, in-memory adapter; in the PostgreSQL + Redis sections also with its Redis adapter, redis_adapter.mjs)' if options.peer else 'not run (--no-peer)'}",
         "idp started as an admin would: `idp db upgrade`, `idp user add --password-stdin`, IDP_CLIENTS_FILE, "
         "`idp serve --workers N`; a fresh SQLite file or PostgreSQL schema per start",
         "idp's rate limits all checked on every request (site per IP, token per client, login per IP and account; "

@@ -251,13 +251,20 @@ def install_peer() -> None:
 
 
 @contextmanager
-def start_peer(workdir: Path, cpus: Sequence[int]) -> Iterator[Server]:
+def start_peer(workdir: Path, cpus: Sequence[int], *, redis_url: str = "") -> Iterator[Server]:
+    """node-oidc-provider: its in-memory adapter, or with `redis_url` its Redis adapter
+    (bench/peers/oidc-provider/redis_adapter.mjs: every session, code, token and grant in
+    Redis), named "peer" and "peer-redis" in the results."""
     workdir.mkdir(parents=True)
     port = free_port()
     env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", ISSUER=f"http://localhost:{port}", NODE_ENV="production")
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
     node = shutil.which("node") or "node"
+    name = "peer-redis" if redis_url else "peer"
     with _running(
-        "peer", [node, "server.mjs"], env=env, cwd=PEER_DIR, port=port, cpus=cpus, processes=1, log_dir=workdir
+        name, [node, "server.mjs"], env=env, cwd=PEER_DIR, port=port, cpus=cpus, processes=1, log_dir=workdir
     ) as server:
         yield server
 

@@ -62,9 +62,14 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import Provider from 'oidc-provider';
 
+import { flushPeerKeys, redisAdapter } from './redis_adapter.mjs';
+
 const PORT = Number.parseInt(process.env.PORT || '3000', 10);
 const HOST = process.env.HOST || '127.0.0.1';
 const ISSUER = process.env.ISSUER || `http://localhost:${PORT}`;
+// REDIS_URL set: every session, interaction, code, token and grant lives in Redis
+// (redis_adapter.mjs), the provider's production shape; unset: its in-memory adapter.
+const REDIS_URL = process.env.REDIS_URL || '';
 
 const FIXED_SUB = 'fixed-user-sub';
 const FIXED_ACCOUNT = {
@@ -86,6 +91,7 @@ const signingJwk = {
 };
 
 const configuration = {
+  ...(REDIS_URL ? { adapter: redisAdapter(REDIS_URL) } : {}),
   clients: [
     {
       client_id: 'bench',
@@ -198,6 +204,7 @@ const configuration = {
   },
 };
 
+if (REDIS_URL) await flushPeerKeys(REDIS_URL);
 const provider = new Provider(ISSUER, configuration);
 provider.proxy = false;
 
