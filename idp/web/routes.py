@@ -23,6 +23,14 @@ from idp.web import (
 STATIC_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "static"
 
 routes = [
+    # the machine endpoints first: Starlette tries routes in order, and these take most of the
+    # traffic (no other route's path overlaps theirs, so the order changes nothing else)
+    # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405
+    # OPTIONS: CORS preflights from browser apps (idp/web/cors.py)
+    Route("/token", oauth_endpoints.token, methods=["GET", "POST", "OPTIONS"]),
+    Route("/revoke", oauth_endpoints.revoke, methods=["GET", "POST", "OPTIONS"]),
+    Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
+    Route("/userinfo", oauth_endpoints.userinfo, methods=["GET", "POST", "OPTIONS"]),
     Route("/", home.home, methods=["GET"]),
     Route("/favicon.ico", home.favicon, methods=["GET"]),  # browsers ask for it anyway: the SVG icon
     Route("/healthz", health.healthz, methods=["GET"]),  # the process answers
@@ -66,11 +74,5 @@ routes = [
     Route("/logout", logout.end_session_endpoint, methods=["GET", "POST"]),  # RP-Initiated Logout
     Route("/consent", consent.show_consent, methods=["GET"]),
     Route("/consent", consent.submit_consent, methods=["POST"]),
-    # GET is routed too, so that a wrong method gets a JSON OAuth error rather than a text 405
-    # OPTIONS: CORS preflights from browser apps (idp/web/cors.py)
-    Route("/token", oauth_endpoints.token, methods=["GET", "POST", "OPTIONS"]),
-    Route("/revoke", oauth_endpoints.revoke, methods=["GET", "POST", "OPTIONS"]),
-    Route("/introspect", oauth_endpoints.introspect, methods=["GET", "POST"]),
-    Route("/userinfo", oauth_endpoints.userinfo, methods=["GET", "POST", "OPTIONS"]),
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
