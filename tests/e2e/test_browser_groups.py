@@ -436,7 +436,9 @@ def test_a_non_member_signing_in_with_a_passkey_is_refused_the_same_way(
     reach(page, csp, passkey_button(page), "the login page's passkey button")
     page.wait_for_load_state("networkidle")
     authenticator.touched(True)
-    with page.expect_request(lambda r: urlsplit(r.url).path == "/login/passkey/verify"):
+    # the answer, not only the request: its audit row is committed once it has come back
+    # (networkidle, reached before the click, would not wait for the verification in flight)
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/login/passkey/verify"):
         passkey_button(page).click()
     authenticator.touched(False)  # one answer: not the autofill request the page starts again
     page.wait_for_load_state("networkidle")
