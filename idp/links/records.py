@@ -20,7 +20,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Select, Table, and_, false, func, insert, literal, or_, select, true, update
 from sqlalchemy.orm import Session
@@ -262,7 +262,7 @@ def peek(db: Session, keyring: Keyring, secret: str) -> Link | Refused:
     if row is None:
         return Refused("unknown")
     refusal = _refusal(row, clock_of(db).now())
-    if refusal is not None and not (refusal == "other_browser"):
+    if refusal not in (None, "other_browser"):  # confirmed (by whichever browser): still shown, changed by nothing
         return Refused(refusal, row.user_id)
     return _link(row)
 
@@ -308,16 +308,7 @@ def confirm(
         )
         return Refused("unknown")
     if claimed is not None:
-        record_audit(
-            db,
-            "link.confirmed",
-            user_id=row.user_id,
-            ip=ip,
-            user_agent=user_agent,
-            outcome="success",
-            link_kind=row.kind,
-            link_id=row.link_id,
-        )
+        _audit(db, "link.confirmed", row.user_id, row.kind, row.link_id, ip=ip, user_agent=user_agent)
         return _link(row)
     refusal = _refusal(row, now, browser)
     if refusal is None:  # this browser confirmed it already
@@ -360,16 +351,7 @@ def use(db: Session, link_id: str, browser: str, *, ip: str | None, user_agent: 
     ).first()
     if spent is None:
         return False
-    record_audit(
-        db,
-        "link.used",
-        user_id=spent.user_id,
-        ip=ip,
-        user_agent=user_agent,
-        outcome="success",
-        link_kind=spent.kind,
-        link_id=link_id,
-    )
+    _audit(db, "link.used", spent.user_id, spent.kind, link_id, ip=ip, user_agent=user_agent)
     return True
 
 
@@ -400,16 +382,7 @@ def use_unbound(
         refusal = _refusal(row, now) or "used"
         _audit_refused(db, row, refusal, ip=ip, user_agent=user_agent, at="use")
         return Refused(refusal, row.user_id)
-    record_audit(
-        db,
-        "link.used",
-        user_id=row.user_id,
-        ip=ip,
-        user_agent=user_agent,
-        outcome="success",
-        link_kind=row.kind,
-        link_id=row.link_id,
-    )
+    _audit(db, "link.used", row.user_id, row.kind, row.link_id, ip=ip, user_agent=user_agent)
     return _link(row)
 
 
@@ -438,42 +411,31 @@ def revoke_open(
 ) -> int:
     """Revokes every open link of `kinds` of the user (a password change: every invitation,
     recovery and reset link); the number revoked."""
-    now = clock_of(db).now()
-    revoked = db.execute(
-        update(OneTimeLink)
-        .where(OneTimeLink.user_id == user_id, OneTimeLink.kind.in_(kinds), _open(now))  # type: ignore[arg-type]
-        .values(revoked_at=now, revoked_reason=reason)
-        .returning(OneTimeLink.link_id)
-    ).all()
-    if revoked and audit:
-        record_audit(
-            db, "link.revoked", user_id=user_id, outcome="success", reason=reason, link_ids=[r[0] for r in revoked]
-        )
-    return len(revoked)
+    return _revoke_where(db, user_id, OneTimeLink.kind.in_(kinds), reason=reason, audit=audit)
 
 
 def revoke_sent_to_old_address(db: Session, user_id: int, new_email: str | None) -> int:
     """The address changed (an admin correcting a typo, say): every open link mailed to
     another address is revoked, whatever its kind, so whoever reads the old mailbox keeps
     nothing. Printed links (no address recorded) stay."""
-    now = clock_of(db).now()
     sent_elsewhere = OneTimeLink.email.is_not(None)
     if new_email is not None:
         sent_elsewhere = and_(sent_elsewhere, func.lower(OneTimeLink.email) != new_email.lower())  # type: ignore[assignment]
+    return _revoke_where(db, user_id, sent_elsewhere, reason="address_changed")
+
+
+def _revoke_where(db: Session, user_id: int, which: object, *, reason: str, audit: bool = True) -> int:
+    """Revokes the user's open links `which` selects, audited as one row; the number revoked."""
+    now = clock_of(db).now()
     revoked = db.execute(
         update(OneTimeLink)
-        .where(OneTimeLink.user_id == user_id, sent_elsewhere, _open(now))  # type: ignore[arg-type]
-        .values(revoked_at=now, revoked_reason="address_changed")
+        .where(OneTimeLink.user_id == user_id, which, _open(now))  # type: ignore[arg-type]
+        .values(revoked_at=now, revoked_reason=reason)
         .returning(OneTimeLink.link_id)
     ).all()
-    if revoked:
+    if revoked and audit:
         record_audit(
-            db,
-            "link.revoked",
-            user_id=user_id,
-            outcome="success",
-            reason="address_changed",
-            link_ids=[r[0] for r in revoked],
+            db, "link.revoked", user_id=user_id, outcome="success", reason=reason, link_ids=[r[0] for r in revoked]
         )
     return len(revoked)
 
@@ -531,15 +493,30 @@ def claim_grace(db: Session, user_id: int, sid: str) -> bool:
 def _audit_refused(
     db: Session, row: OneTimeLink, reason: Refusal, *, ip: str | None, user_agent: str | None, at: str
 ) -> None:
+    _audit(db, "link.refused", row.user_id, row.kind, row.link_id, ip=ip, user_agent=user_agent, reason=reason, at=at)
+
+
+def _audit(
+    db: Session,
+    event: str,
+    user_id: int,
+    kind: str,
+    link_id: str,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    **detail: Any,
+) -> None:
+    """One link's event: its kind and id, never its secret; refused when `detail` says why."""
+    outcome = "refused" if "reason" in detail else "success"
     record_audit(
         db,
-        "link.refused",
-        user_id=row.user_id,
+        event,
+        user_id=user_id,
         ip=ip,
         user_agent=user_agent,
-        outcome="refused",
-        reason=reason,
-        link_kind=row.kind,
-        link_id=row.link_id,
-        at=at,
+        outcome=outcome,
+        link_kind=kind,
+        link_id=link_id,
+        **detail,
     )

@@ -123,30 +123,23 @@ def confirm(ctx: LinkContext, secret: str, attempt: Attempt) -> ChoosePassword |
         with ctx.flow.sessions.begin() as db:
             if _is_verification(db, keyring, secret):
                 return _verify(db, keyring, secret, attempt)
-    except _NotVerified as refusal:  # rolled back: the link stays unspent
-        return Refused("revoked", refusal.user_id)
-    try:
-        with ctx.flow.sessions.begin() as db:
             found = records.confirm(
                 db, keyring, secret, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent
             )
             if isinstance(found, Refused):
                 return found
             user = _live_user(db, found.user_id)
-            if user is None:
-                raise _Gone()  # disabled or deleted: the binding and its audit row roll back
-            if found.kind == "invite" and user.password_hash is not None:
-                # an account with a password: the link alone signs nobody in; the chain asks for it
-                if not records.use(
-                    db, found.link_id, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent
-                ):
-                    return Refused("used", user.id)
-                tx = _chain(found, user, attempt.new_browser, proven_password=False)
-                _verify_address(db, keyring, found, user, attempt)
-            else:
+            if user is None:  # disabled or deleted: the binding and its audit row roll back
+                raise _RolledBack(Refused("unknown"))
+            if found.kind != "invite" or user.password_hash is None:
                 return _choose(db, ctx, found, user)
-    except _Gone:
-        return Refused("unknown")
+            # an account with a password: the link alone signs nobody in; the chain asks for it
+            if not records.use(db, found.link_id, attempt.new_browser, ip=attempt.ip, user_agent=attempt.user_agent):
+                return Refused("used", user.id)
+            tx = _chain(found, user, attempt.new_browser, proven_password=False)
+            _verify_address(db, keyring, found, user, attempt)
+    except _RolledBack as undone:
+        return undone.refusal
     tx_store.save_transaction(ctx.flow.store, tx, ttl_seconds=ctx.flow.ttl_seconds)
     return SignIn(tx)
 
@@ -197,11 +190,11 @@ def choose_password(
                 return Refused("used", found.user_id)
             user = _live_user(db, found.user_id)
             if user is None:
-                raise _Gone()  # rolls the use back: disabled or deleted meanwhile
+                raise _RolledBack(Refused("unknown", found.user_id))  # disabled or deleted meanwhile
             ended = _apply(db, services.keyring, found, user, new_hash, remove, attempt)
             tx = _chain(found, user, attempt.browser, proven_password=True)
-    except _Gone:
-        return Refused("unknown", found.user_id)
+    except _RolledBack as undone:
+        return undone.refusal
     tx_store.save_transaction(services.store, tx, ttl_seconds=services.ttl_seconds)
     if found.kind == "recover":
         ctx.mail.notify(notices.ACCOUNT_RECOVERED, found.user_id, ip=attempt.ip)
@@ -210,8 +203,13 @@ def choose_password(
     return SignIn(tx, tuple(ended))
 
 
-class _Gone(Exception):
-    pass
+class _RolledBack(Exception):
+    """Raised inside a unit of work so that everything it wrote (a binding, a spent link, their
+    audit rows) rolls back; `refusal` is what the caller answers then."""
+
+    def __init__(self, refusal: Refused) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
 
 
 def _again(page: ChoosePassword, error: str) -> ChoosePassword:
@@ -322,14 +320,10 @@ def _verify(db: Session, keyring: Keyring, secret: str, attempt: Attempt) -> Ver
         return found
     user = _live_user(db, found.user_id)
     if user is None or not _verify_address(db, keyring, found, user, attempt):
-        raise _NotVerified(found.user_id)
+        # the address changed, or another account verified it, since the link was sent: the
+        # link stays unspent
+        raise _RolledBack(Refused("revoked", found.user_id))
     return Verified(user.username)
-
-
-class _NotVerified(Exception):
-    def __init__(self, user_id: int) -> None:
-        super().__init__("the address changed, or another account verified it, since the link was sent")
-        self.user_id = user_id
 
 
 def _verify_address(db: Session, keyring: Keyring, link: Link, user: User, attempt: Attempt) -> bool:
