@@ -30,6 +30,7 @@ from idp.security.keyring import new_secret
 from tests.conftest import ISSUER
 from tests.login.test_passkey_login import csrf_token, passkey_ceremony
 from tests.support.authenticator import SoftAuthenticator
+from tests.support.rows import detached
 
 NOT_ADDED = "The passkey could not be added. Try again."
 EXPIRED = "This sign-in has expired. Reload the page and try again."
@@ -94,19 +95,13 @@ def enrol(client: TestClient, tx: str, authenticator: SoftAuthenticator) -> Any:
 
 
 def passkeys(client: TestClient) -> list[Passkey]:
-    with services_of(client).sessions() as db:
-        rows = list(db.scalars(select(Passkey).order_by(Passkey.id)))
-        for row in rows:
-            db.expunge(row)
-        return rows
+    return detached(services_of(client).sessions, select(Passkey).order_by(Passkey.id))
 
 
 def audits(client: TestClient, kind: str) -> list[AuditEvent]:
-    with services_of(client).sessions() as db:
-        rows = list(db.scalars(select(AuditEvent).where(AuditEvent.kind == kind).order_by(AuditEvent.id)))
-        for row in rows:
-            db.expunge(row)
-        return rows
+    return detached(
+        services_of(client).sessions, select(AuditEvent).where(AuditEvent.kind == kind).order_by(AuditEvent.id)
+    )
 
 
 def session_acr(client: TestClient) -> str | None:

@@ -45,6 +45,7 @@ from tests.links.test_link_pages import NEW_PASSWORD, add_invitee, enrol_totp, i
 from tests.login.test_passkey_login import csrf_token, passkey_ceremony
 from tests.support.authenticator import SoftAuthenticator
 from tests.support.clock import ManualClock
+from tests.support.rows import detached
 from tests.support.rp import SHOP, AuthRequest, follow_to_client, form_value, query_of, refresh, start
 from tests.support.rp import redeem as redeem_code
 from tests.support.seed import PASSWORD, seed
@@ -105,28 +106,17 @@ def has_password(app: Starlette, username: str, password: str) -> bool:
 
 def live_sessions(app: Starlette, username: str) -> list[IdpSession]:
     uid = uid_of(app, username)
-    with services(app).sessions() as db:
-        rows = list(db.scalars(select(IdpSession).where(IdpSession.user_id == uid, IdpSession.ended_at.is_(None))))
-        for row in rows:
-            db.expunge(row)
-        return rows
+    return detached(
+        services(app).sessions, select(IdpSession).where(IdpSession.user_id == uid, IdpSession.ended_at.is_(None))
+    )
 
 
 def passkeys_of(app: Starlette, username: str) -> list[Passkey]:
-    uid = uid_of(app, username)
-    with services(app).sessions() as db:
-        rows = list(db.scalars(select(Passkey).where(Passkey.user_id == uid)))
-        for row in rows:
-            db.expunge(row)
-        return rows
+    return detached(services(app).sessions, select(Passkey).where(Passkey.user_id == uid_of(app, username)))
 
 
 def audits(app: Starlette, kind: str) -> list[AuditEvent]:
-    with services(app).sessions() as db:
-        rows = list(db.scalars(select(AuditEvent).where(AuditEvent.kind == kind).order_by(AuditEvent.id)))
-        for row in rows:
-            db.expunge(row)
-        return rows
+    return detached(services(app).sessions, select(AuditEvent).where(AuditEvent.kind == kind).order_by(AuditEvent.id))
 
 
 def row_state(app: Starlette, secret: str) -> tuple[Any, ...]:
