@@ -30,6 +30,7 @@ from idp.mail.mailer import build_mailer
 from idp.mail.outbox import RETRY_DELAYS_SECONDS
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys, RelyingParty
+from idp.observability import access_log
 from idp.oidc.client_key_sets import ClientKeySets
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.context import OidcContext
@@ -189,6 +190,7 @@ def create_app(
         services.hashing.close()
         services.store.close()
         services.engine.dispose()
+        access_log.flush()
 
     app = Starlette(
         routes=routes,

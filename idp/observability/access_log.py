@@ -22,15 +22,26 @@ log = logging.getLogger("idp.access")
 PATH_MAX = 200
 USER_AGENT_MAX = 200
 _direct: Callable[[str], None] | None = None  # set when `idp serve` logs requests
+_handler: BatchingStderrHandler | None = None
 
 
 def stderr_handler(fd: int = 2) -> logging.Handler:
     """The request log's handler under `idp serve` (idp/logging_config.py names this factory
     only when IDP_ACCESS_LOG is on): a batching stderr handler, also taken as the direct path."""
-    global _direct
+    global _direct, _handler
     handler = BatchingStderrHandler(fd=fd)
     _direct = handler.write_line
+    _handler = handler
     return handler
+
+
+def flush() -> None:
+    """Write out the lines still gathered, at the application's stop: a worker of
+    `idp serve --workers N` is a multiprocessing child, which leaves by os._exit without
+    running atexit, so logging.shutdown never flushes it (the last second of request lines
+    was lost at every stop)."""
+    if _handler is not None:
+        _handler.flush()
 
 
 def write_request_line(
