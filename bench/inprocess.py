@@ -3,7 +3,10 @@ no socket, no HTTP parser, no load generator. What it measures is idp's own work
 request (routing, client authentication, Authlib, SQL on SQLite, the response), so two
 checkouts can be compared on one machine in one sitting, a change's cost read directly.
 
-    .venv/bin/python -m bench.inprocess [--requests 2000]
+    .venv/bin/python -m bench.inprocess [--requests 2000] [--profile client_credentials]
+
+--profile runs cProfile around one scenario's timed requests and prints where the time went
+(own time and cumulative, the top 40 of each), for the README's "where the time goes".
 
 Run it from the checkout to measure (it imports `idp` from the current directory). The
 setup signs in through the hosted pages with the test suite's helpers; only the timed
@@ -14,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
@@ -94,6 +99,9 @@ def _settings(workdir: str) -> Any:
     )
 
 
+_PROFILE: dict[str, Any] = {"scenario": None, "profiler": None}
+
+
 def measure(requests: int) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as workdir:
@@ -156,17 +164,35 @@ async def _timed(
         if path != "/token" or b"authorization_code" not in body:
             await _call(app, method, path, body, headers)
     samples = []
+    profiler = _profiler_for(path, bodies[0])
+    if profiler is not None:
+        profiler.enable()
     for body in bodies:
         start = time.perf_counter_ns()
         status, _ = await _call(app, method, path, body, headers)
         samples.append(time.perf_counter_ns() - start)
         assert status == 200, (path, status)
+    if profiler is not None:
+        profiler.disable()
     return statistics.median(samples) / 1000
+
+
+def _profiler_for(path: str, body: bytes) -> cProfile.Profile | None:
+    wanted = _PROFILE["scenario"]
+    names = {"/introspect": "introspection", "/userinfo": "userinfo", "/jwks": "jwks"}
+    name = names.get(path) or (body.split(b"&")[0].removeprefix(b"grant_type=").decode() if body else "")
+    if wanted is None or name != wanted:
+        return None
+    _PROFILE["profiler"] = cProfile.Profile()
+    return _PROFILE["profiler"]
 
 
 async def _timed_refresh(app: Any, first: str, n: int) -> float:
     samples = []
     current = first
+    profiler = _profiler_for("/token", b"grant_type=refresh_token")
+    if profiler is not None:
+        profiler.enable()
     for _ in range(n):
         body = urlencode({"grant_type": "refresh_token", "refresh_token": current}).encode()
         start = time.perf_counter_ns()
@@ -174,15 +200,23 @@ async def _timed_refresh(app: Any, first: str, n: int) -> float:
         samples.append(time.perf_counter_ns() - start)
         assert status == 200, status
         current = json.loads(answer)["refresh_token"]
+    if profiler is not None:
+        profiler.disable()
     return statistics.median(samples) / 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--profile", metavar="SCENARIO", help="client_credentials, introspection, userinfo, ...")
     args = parser.parse_args()
+    _PROFILE["scenario"] = args.profile
     for name, micros in measure(args.requests).items():
         print(f"{name:20s} {micros:8.0f} µs (median of {args.requests if name != 'authorization_code' else 300})")
+    if _PROFILE["profiler"] is not None:
+        stats = pstats.Stats(_PROFILE["profiler"])
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

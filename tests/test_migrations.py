@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from idp.db.engine import make_engine
-from idp.db.migrate import alembic_config, is_current
+from idp.db.migrate import alembic_config, current_revision, head_revision, is_current
 from idp.db.models import Base
 
 
@@ -33,6 +33,30 @@ def test_migrations_match_the_models(database_url):
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_the_head_idp_reads_from_the_migration_files_is_alembics(database_url):
+    """is_current answers without Alembic (idp/db/migrate.py): its head must be Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    engine = make_engine(database_url)
+    try:
+        assert head_revision() == ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_a_database_one_migration_behind_or_never_migrated_is_not_current(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/behind.db")
+    try:
+        assert current_revision(engine) is None and not is_current(engine)
+        command.upgrade(alembic_config(engine), "head")
+        assert is_current(engine)
+        command.downgrade(alembic_config(engine), "-1")
+        assert current_revision(engine) is not None and not is_current(engine)
     finally:
         engine.dispose()
 

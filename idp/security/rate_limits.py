@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage
@@ -113,7 +112,13 @@ class RateLimits:
         }
         self._local = FixedWindowRateLimiter(MemoryStorage())
         self._shared: FixedWindowRateLimiter | None = None
+        self._shared_errors: tuple[type[BaseException], ...] = (StorageError, OSError)
         if settings.redis_url:
+            # imported only with Redis configured: the client and its asyncio half are 7 MB
+            # of every process's resident memory, which the in-process deployment never uses
+            import redis
+
+            self._shared_errors = (StorageError, redis.RedisError, OSError)
             storage = RedisStorage(
                 settings.redis_url,
                 key_prefix="idp:limits",
@@ -152,7 +157,7 @@ class RateLimits:
         key = self._digest(f"rate-limit:{scope}:{ip_bucket(key) if scope in IP_SCOPES else key}")
         try:
             return operation(limiter, items, scope, key)
-        except (StorageError, redis.RedisError, OSError) as exc:
+        except self._shared_errors as exc:
             if limiter is self._local:
                 raise
             self._fall_back(exc)
