@@ -209,19 +209,9 @@ def _section_notes(section: Section, ceiling: Argon2Ceiling) -> list[str]:
 
 
 def render_report(sections: list[Section], machine: Machine, ceiling: Argon2Ceiling, settings: list[str]) -> str:
-    dirty = " (working tree with uncommitted changes)" if machine.dirty else ""
     return "\n".join(
         [
-            f"# idp benchmark, {machine.date}, commit {machine.commit}{dirty}",
-            "",
-            "## Machine",
-            "",
-            f"- {machine.nproc} cores (nproc), {machine.cpu_model}, {machine.memory_gib:.0f} GiB, Linux {machine.kernel}",
-            f"- Python {machine.python}, Node {machine.node}, {machine.wrk}",
-            "",
-            "## Settings",
-            "",
-            *[f"- {line}" for line in settings],
+            *report_head("benchmark", machine, settings),
             f"- Argon2id: time_cost {ceiling.time_cost}, memory {ceiling.memory_kib // 1024} MiB, parallelism 1 "
             f"(idp's production defaults); ceiling {ceiling.verifications_per_second:.2f} verifications/s on one core",
             "",
@@ -234,6 +224,23 @@ def render_report(sections: list[Section], machine: Machine, ceiling: Argon2Ceil
             render_tables(sections, ceiling),
         ]
     )
+
+
+def report_head(what: str, machine: Machine, settings: list[str]) -> list[str]:
+    """A results file's title, machine and settings (bench.run's and bench.soak's)."""
+    dirty = " (working tree with uncommitted changes)" if machine.dirty else ""
+    return [
+        f"# idp {what}, {machine.date}, commit {machine.commit}{dirty}",
+        "",
+        "## Machine",
+        "",
+        f"- {machine.nproc} cores (nproc), {machine.cpu_model}, {machine.memory_gib:.0f} GiB, Linux {machine.kernel}",
+        f"- Python {machine.python}, Node {machine.node}, {machine.wrk}",
+        "",
+        "## Settings",
+        "",
+        *[f"- {line}" for line in settings],
+    ]
 
 
 HOW_TO_READ = f"""\

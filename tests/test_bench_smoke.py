@@ -1,9 +1,11 @@
 """`make bench` end to end with a tiny load (bench/run.py --quick): every scenario runs
-against a real `idp serve` on SQLite and finishes without errors. No timing is asserted:
-numbers from a test machine mean nothing."""
+against a real `idp serve` on SQLite and finishes without errors; so does `make soak`
+(bench/soak.py) for a few seconds of mixed traffic. No timing is asserted: numbers from a
+test machine mean nothing."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -14,50 +16,59 @@ import pytest
 
 from bench.loadgen import parse_wrk
 from bench.scenarios import SCENARIOS
+from bench.soak import Sample, Soak
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_TIMEOUT_SECONDS = 55
 
 
 def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
-    """Scenario cell -> {column name: cell} for every Markdown table in the output."""
+    """First cell -> {column name: cell} for the rows of every Markdown table in the output."""
     rows: dict[str, dict[str, str]] = {}
     header: list[str] = []
+    previous: list[str] = []
     for line in markdown.splitlines():
-        if not line.startswith("|") or line.startswith("|---"):
-            continue
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if cells[0] == "scenario":
-            header = cells
-        elif header:
-            rows[cells[0]] = dict(zip(header, cells, strict=True))
+        if line.startswith("|---"):
+            header = previous  # the line above the separator names the columns
+        elif line.startswith("|"):
+            previous = [cell.strip() for cell in line.strip("|").split("|")]
+            if header:
+                rows[previous[0]] = dict(zip(header, previous, strict=True))
+        else:
+            header = []
     return rows
 
 
-def test_make_bench_quick_runs_every_scenario_without_errors(tmp_path: Path) -> None:
+def _require_wrk() -> None:
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is not installed (CI is set: this must run, not skip)")
         pytest.skip("wrk is not installed (apt-get install wrk)")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--backends",
-            "sqlite",
-            "--no-peer",
-            "--duration",
-            "1",
-            "--output",
-            str(tmp_path / "result.md"),
-        ],
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=SMOKE_TIMEOUT_SECONDS,
         check=False,
+    )
+
+
+def test_make_bench_quick_runs_every_scenario_without_errors(tmp_path: Path) -> None:
+    _require_wrk()
+    done = _run(
+        "bench.run",
+        "--quick",
+        "--backends",
+        "sqlite",
+        "--no-peer",
+        "--duration",
+        "1",
+        "--output",
+        str(tmp_path / "result.md"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _table_rows(done.stdout)
@@ -67,6 +78,38 @@ def test_make_bench_quick_runs_every_scenario_without_errors(tmp_path: Path) -> 
         assert row["errors"] == "0", f"{scenario.id}: {row}\n{done.stdout}"
         assert row["idp /s"] != "failed", f"{scenario.id}: {row}"
     assert "Argon2 ceiling" in (tmp_path / "result.md").read_text()
+
+
+def test_make_soak_samples_rss_under_mixed_traffic_without_errors(tmp_path: Path) -> None:
+    _require_wrk()
+    done = _run(
+        "bench.soak",
+        "--minutes",
+        "0.2",
+        "--sample-seconds",
+        "2",
+        "--backend",
+        "sqlite",
+        "--no-peer",
+        "--output",
+        str(tmp_path / "soak.md"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    idp = _table_rows(done.stdout).get("idp")
+    assert idp is not None, done.stdout
+    assert int(idp["samples"]) >= 2, idp
+    assert idp["errors"] == "0", done.stdout
+    assert math.isfinite(float(idp["slope MB/min"])), idp
+    assert int(idp["served"].replace(",", "")) > 0, idp
+    assert "## Samples" in (tmp_path / "soak.md").read_text()
+
+
+def test_soak_slope_is_fitted_after_the_settle_window() -> None:
+    warm_up = [Sample(10, 300 * 2**20, 100.0), Sample(20, 200 * 2**20, 100.0)]  # set-up logins: left out
+    steady = [Sample(s, int((100 + s / 60) * 2**20), 100.0) for s in range(30, 600, 10)]  # +1 MB a minute
+    soak = Soak("idp", settle_seconds=30, samples=warm_up + steady)
+    assert soak.slope_mb_per_minute == pytest.approx(1.0)
+    assert soak.fitted[0] == steady[0]
 
 
 WRK_REPORT = """\
