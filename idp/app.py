@@ -31,6 +31,7 @@ from idp.mail.outbox import RETRY_DELAYS_SECONDS
 from idp.mfa.factors import SecondFactors
 from idp.mfa.passkeys import Passkeys, RelyingParty
 from idp.observability import access_log
+from idp.oidc.access_jwt import RevocationList
 from idp.oidc.client_key_sets import ClientKeySets
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.context import OidcContext
@@ -114,6 +115,7 @@ def build_services(
         code_ttl_seconds=settings.code_ttl_seconds,
         id_token_ttl_seconds=settings.id_token_ttl_seconds,
         client_key_sets=ClientKeySets(outbound),
+        revocations=RevocationList(sessions),
         client_assertion_max_seconds=settings.client_assertion_max_seconds,
         rate_limits=rate_limits,
     )
@@ -267,6 +269,7 @@ def _reload_caches(services: Services) -> None:
 def _reload_caches_of(ctx: OidcContext) -> None:
     ctx.clients.reload()
     ctx.keys.reload()
+    ctx.revocations.reload()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

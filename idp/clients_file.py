@@ -22,6 +22,7 @@ from joserfc.jwk import KeySet
 
 from idp.attributes import custom_claim_problem
 from idp.oidc.origins import origin_of
+from idp.revocation import JWT_ACCESS_MAX_SECONDS
 from idp.scopes import SUPPORTED_SCOPES, ScopeDeclaration
 
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
@@ -54,6 +55,9 @@ ACR_LADDER = ("pwd", "mfa", "phr")
 TOP_LEVEL_KEYS = ("clients", "default_allowed_groups", "scopes")
 GROUPS_CLAIM_VALUES = ("allowed", "all")  # the groups claim lists the client's allowed_groups, or every group
 ID_TOKEN_CLAIMS_VALUES = ("full", "minimal")  # "minimal": scope claims only at userinfo
+ACCESS_TOKEN_FORMATS = ("opaque", "jwt")  # "jwt": RFC 9068, verified without a lookup
+ACCESS_TOKEN_ALGS = ("ES256", "Ed25519")  # a JWT access token's signature (RFC 9864's name for EdDSA)
+_JWT_ONLY_KEYS = ("access_token_signing_alg", "access_token_lifetime", "access_token_audience")
 SCOPE_NAME = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 SCOPE_KEYS = ("name", "claims", "description")
 _NOT_OFFERED_SCOPES = ("address",)  # OIDC Core §5.4 names it; idp does not release addresses
@@ -129,6 +133,12 @@ class ClientConfig:
     # the `groups` claim lists the user's groups among allowed_groups ("allowed"), or all of them
     groups_claim: str = "allowed"
     id_token_claims: str = "full"  # "minimal": the scopes' claims only at userinfo, not in the ID token
+    # "jwt": access tokens are RFC 9068 JWTs that resource servers can verify with /jwks, and
+    # that userinfo and introspection check without a token lookup (no row is written)
+    access_token_format: str = "opaque"
+    access_token_signing_alg: str = "ES256"  # jwt only: ES256 | Ed25519
+    access_token_lifetime: int | None = None  # jwt only: seconds, at most 300 (None: min(300, the server's))
+    access_token_audience: tuple[str, ...] = ()  # jwt only: the aud claim (none given: the issuer)
     # derived, not a key: the [[scopes]] that this client's scope names, so that no later
     # reader (token endpoint, userinfo, consent, discovery) needs the file
     declared_scopes: tuple[ScopeDeclaration, ...] = ()
@@ -426,10 +436,38 @@ def _read_client(table: _Table, where: _Where, taken: dict[str, int], wide: _Fil
         allowed_groups=_allowed_groups(table, where, wide),
         groups_claim=_choice(table, "groups_claim", where, GROUPS_CLAIM_VALUES, default="allowed", why=""),
         id_token_claims=_choice(table, "id_token_claims", where, ID_TOKEN_CLAIMS_VALUES, default="full", why=""),
+        **_access_token_format(table, where),
     )
     _check_groups_claim(config, table, where)
     scopes = config.scope.split()
     return replace(config, declared_scopes=tuple(wide.scopes[s] for s in scopes if s in wide.scopes))
+
+
+def _access_token_format(table: _Table, where: _Where) -> dict[str, Any]:
+    chosen = _choice(table, "access_token_format", where, ACCESS_TOKEN_FORMATS, default="opaque", why="")
+    if chosen == "opaque":
+        for key in _JWT_ONLY_KEYS:
+            if key in table:
+                where.fail(key, 'used only with access_token_format = "jwt"')
+        return {"access_token_format": chosen}
+    lifetime = table.get("access_token_lifetime")
+    if lifetime is not None and (
+        isinstance(lifetime, bool) or not isinstance(lifetime, int) or not 1 <= lifetime <= JWT_ACCESS_MAX_SECONDS
+    ):
+        # a JWT cannot be recalled from a resource server that checks it alone: short-lived
+        where.fail("access_token_lifetime", f"must be an integer number of seconds from 1 to {JWT_ACCESS_MAX_SECONDS}")
+    audience = _strings(table, "access_token_audience", where, default=())
+    for index, value in enumerate(audience):
+        if not value or len(value) > 200 or value != value.strip():
+            where.fail("access_token_audience", "must be a resource server's identifier (1-200 characters)", index)
+    return {
+        "access_token_format": chosen,
+        "access_token_signing_alg": _choice(
+            table, "access_token_signing_alg", where, ACCESS_TOKEN_ALGS, default="ES256", why=""
+        ),
+        "access_token_lifetime": lifetime,
+        "access_token_audience": audience,
+    }
 
 
 def _check_groups_claim(config: ClientConfig, table: _Table, where: _Where) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -20,7 +21,17 @@ from sqlalchemy.orm import Session
 from idp.audit.trail import record_audit
 from idp.clients_file import GROUP_NAME
 from idp.clock import clock_of
-from idp.db.models import AccessToken, Client, Group, GroupMember, IdpSession, RefreshToken, SessionClient, User
+from idp.db.models import (
+    AccessToken,
+    AuthorizationCode,
+    Client,
+    Group,
+    GroupMember,
+    IdpSession,
+    RefreshToken,
+    SessionClient,
+    User,
+)
 
 # re-exported: the claims and the token side read memberships from here too
 from idp.login.memberships import Membership as Membership
@@ -28,7 +39,7 @@ from idp.login.memberships import memberships_of as memberships_of
 from idp.login.policy import LEVELS, may_use
 from idp.login.sessions import EndedSession
 from idp.login.steps.password import normalize_username
-from idp.revocation import revoke_user_grants_at_client
+from idp.revocation import JWT_ACCESS_MAX_SECONDS, revoke_user_grants_at_client
 
 MIN_ACR_VALUES = ("mfa", "phr")  # `pwd` is what everyone reaches: no minimum to set
 _MAX_DISPLAY_NAME = 200
@@ -185,6 +196,11 @@ def withdraw_where_no_longer_allowed(
             select(IdpSession.user_id)
             .join(SessionClient, SessionClient.session_id == IdpSession.id)
             .where(SessionClient.client_id == client_id, IdpSession.ended_at.is_(None)),
+            # a JWT access token leaves no row: whoever redeemed a code here lately may hold one
+            select(AuthorizationCode.user_id).where(
+                AuthorizationCode.client_id == client_id,
+                AuthorizationCode.used_at > now - timedelta(seconds=JWT_ACCESS_MAX_SECONDS),
+            ),
         )
     )
     usernames, ended = [], []

@@ -154,6 +154,10 @@ def test_every_client_config_field_is_an_allowed_key() -> None:
         allowed_groups=["staff"],
         groups_claim="allowed",
         id_token_claims="minimal",
+        access_token_format="jwt",
+        access_token_signing_alg="Ed25519",
+        access_token_lifetime=120,
+        access_token_audience=["https://api.shop.example"],
     )
     # jwks and jwks_uri belong to private_key_jwt; declared_scopes is derived from [[scopes]]
     assert set(table) == set(FIELD_NAMES) - {"jwks", "jwks_uri", "declared_scopes"}

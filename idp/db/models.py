@@ -270,6 +270,22 @@ class AccessToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
+class TokenRevocation(Base):
+    """A revocation that JWT access tokens (RFC 9068, a client's access_token_format = "jwt")
+    must hear of, as they have no row of their own to mark: every token of `scope`/`subject`
+    issued at or before `revoked_at` is dead. Kept only while such a token could still live
+    (`expires_at`: the revocation plus the longest JWT lifetime); every process holds the live
+    ones in memory (idp/oidc/access_jwt.py)."""
+
+    __tablename__ = "token_revocations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # token (subject: its jti) | grant (a family id) | user (a user id) | user_client ("user_id client_id")
+    scope: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class RefreshToken(Base):
     __tablename__ = "refresh_tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.db.models import Client
 from idp.oidc import redirects
+from idp.oidc.access_jwt import JwtAccessPolicy
 from idp.oidc.origins import origin_of
 from idp.scopes import ScopeDeclaration
 from idp.security.keyring import Keyring
@@ -37,6 +38,11 @@ class RegisteredClient(ClientMixin):
         self.groups_claim_all = row_config.get("groups_claim") == "all"
         # the scopes' claims only at userinfo, none in the ID token
         self.minimal_id_token = row_config.get("id_token_claims") == "minimal"
+        # None: opaque access tokens (a row each); else RFC 9068 JWTs (idp/oidc/access_jwt.py)
+        self.jwt_access = JwtAccessPolicy.of(row_config)
+        # read on every token request: split once here, not per call
+        self._scopes = frozenset(str(row_config.get("scope", "")).split())
+        self._grant_types = frozenset(row_config.get("grant_types") or ())
 
     def __repr__(self) -> str:
         return f"RegisteredClient({self.client_id!r})"
@@ -68,8 +74,8 @@ class RegisteredClient(ClientMixin):
         return self.config.get("token_endpoint_audience_compat") is True
 
     @property
-    def scopes(self) -> set[str]:
-        return set(str(self.config.get("scope", "")).split())
+    def scopes(self) -> frozenset[str]:
+        return self._scopes
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -105,7 +111,7 @@ class RegisteredClient(ClientMixin):
         return response_type in (self.config.get("response_types") or ["code"])
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in (self.config.get("grant_types") or [])
+        return grant_type in self._grant_types
 
 
 def _cors_origins(config: dict[str, Any]) -> frozenset[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from idp.oidc.access_jwt import RevocationList
 from idp.oidc.client_key_sets import ClientKeySets
 from idp.oidc.clients import ClientRegistry
 from idp.oidc.signing_keys import KeyCache
@@ -24,6 +25,7 @@ class OidcContext:
     code_ttl_seconds: int
     id_token_ttl_seconds: int
     client_key_sets: ClientKeySets  # private_key_jwt clients' jwks_uri, fetched off the request path
+    revocations: RevocationList  # what JWT access tokens must hear of (idp/oidc/access_jwt.py)
     # RateLimits (idp/security/rate_limits.py): the token endpoint's per-client limit,
     # counted after the client has authenticated, so nobody can spend another client's quota.
     rate_limits: Any = None

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer
@@ -33,6 +33,8 @@ from sqlalchemy.orm import Session
 from idp.audit.trail import record_audit
 from idp.clock import clock_of, epoch
 from idp.db.models import AccessToken, RefreshToken, User
+from idp.oidc import access_jwt
+from idp.oidc.access_jwt import JwtAccessPolicy
 from idp.oidc.client_key_sets import KeySetUnavailable
 from idp.oidc.clients import RegisteredClient
 from idp.oidc.context import OidcContext
@@ -50,7 +52,7 @@ from idp.oidc.token_store import (
     is_refresh_usable,
     new_token_value,
 )
-from idp.revocation import revoke_family
+from idp.revocation import mark_revoked, revoke_family
 from idp.scopes import SUPPORTED_SCOPES  # and the [[scopes]] clients register (validate_requested_scope)
 from idp.state.store import StoreUnavailable
 
@@ -266,19 +268,23 @@ class IdpAuthorizationServer(AuthorizationServer):
             grant_type=grant_type,
             refresh=("refresh_token" in token and user is not None and family_id is not None),
         )
-        request.db.connection().execute(
-            _INSERT_ACCESS_TOKEN,
-            dict(
-                token_digest=keyring.digest(token["access_token"]),
-                client_id=request.client.get_client_id(),
-                user_id=user.id if user else None,
-                scope=token["scope"],
-                family_id=family_id,
-                issued_at=now,
-                expires_at=now + timedelta(seconds=life.access_seconds),
-                revoked_at=None,
-            ),
-        )
+        policy = request.client.jwt_access
+        if policy is not None:
+            _issue_access_jwt(token, request, policy, user, code or parent, family_id, now)
+        else:
+            request.db.connection().execute(
+                _INSERT_ACCESS_TOKEN,
+                dict(
+                    token_digest=keyring.digest(token["access_token"]),
+                    client_id=request.client.get_client_id(),
+                    user_id=user.id if user else None,
+                    scope=token["scope"],
+                    family_id=family_id,
+                    issued_at=now,
+                    expires_at=now + timedelta(seconds=life.access_seconds),
+                    revoked_at=None,
+                ),
+            )
         if "refresh_token" not in token or user is None or family_id is None:
             token.pop("refresh_token", None)
             return
@@ -314,6 +320,37 @@ class IdpAuthorizationServer(AuthorizationServer):
             ),
         )
         request.issued_refresh_token = token["refresh_token"]
+
+
+def _issue_access_jwt(
+    token: dict[str, Any],
+    request: IdpRequest,
+    policy: JwtAccessPolicy,
+    user: Any,
+    origin: Any,
+    family_id: str | None,
+    now: datetime,
+) -> None:
+    """The access token becomes an RFC 9068 JWT (idp/oidc/access_jwt.py): no row is written;
+    the audit row above records the issuance as for any token."""
+    ctx = request.ctx
+    lifetime = policy.lifetime(ctx.lifetimes.access_seconds)
+    login = None
+    if user is not None and origin is not None:
+        login = access_jwt.Login(auth_time=origin.auth_time, acr=origin.acr, amr=list(origin.amr), sid=origin.sid)
+    token["access_token"] = access_jwt.issue(
+        ctx.keys,
+        issuer=ctx.issuer,
+        policy=policy,
+        client_id=request.client.get_client_id(),
+        scope=token["scope"],
+        now=now,
+        lifetime_seconds=lifetime,
+        subject=user.subject if user is not None else None,
+        login=login,
+        grant_id=family_id,
+    )
+    token["expires_in"] = lifetime
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
@@ -423,6 +460,8 @@ class _TokenLookup:
     server: IdpAuthorizationServer
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> _TokenView | None:
+        if isinstance(token_string, str) and access_jwt.looks_like_jwt(token_string):
+            return self._jwt_view(token_string)
         if not isinstance(token_string, str) or not 16 <= len(token_string) <= 256:
             return None
         db = _endpoint_db.get()
@@ -434,6 +473,13 @@ class _TokenLookup:
             if row is not None:
                 return _TokenView(kind, row, clock_of(db).now())
         return None
+
+    def _jwt_view(self, token_string: str) -> _TokenView | None:
+        """A JWT access token is checked, not looked up: its signature, expiry and the
+        revocation markers in memory (idp/oidc/access_jwt.py)."""
+        ctx, now = self.server.ctx, clock_of(_endpoint_db.get()).now()
+        claims = access_jwt.read(token_string, keys=ctx.keys, issuer=ctx.issuer, revocations=ctx.revocations, now=now)
+        return None if claims is None else _TokenView("jwt", _JwtRow(claims), now)
 
     def check_params(self, request: IdpRequest, client: Any) -> None:
         try:
@@ -492,6 +538,17 @@ _TOKEN_LOOKUPS = {
 }
 
 
+class _JwtRow:
+    """A verified JWT access token in the shape _TokenView reads from a row."""
+
+    def __init__(self, claims: access_jwt.AccessClaims) -> None:
+        self.claims = claims
+        self.client_id = claims.client_id
+        self.scope = claims.scope
+        self.expires_at = datetime.fromtimestamp(claims.expires_at, UTC)
+        self.revoked_at = None  # access_jwt.read returns no revoked token
+
+
 class _TokenView:
     def __init__(self, kind: str, row: Any, now: datetime) -> None:
         self.kind = kind
@@ -520,14 +577,19 @@ class Revocation(_TokenLookup, RevocationEndpoint):
         record_audit(
             request.db,
             "token.revoked",
-            user_id=row.user_id,
+            user_id=_user_id_of(request.db, row.claims) if token.kind == "jwt" else row.user_id,
             client_id=row.client_id,
             ip=request.client_ip,
             user_agent=request.headers.get("user-agent"),
             outcome="success",
             token_type=token.kind,
         )
-        if token.kind == "refresh":
+        if token.kind == "jwt":
+            claims = row.claims
+            until = datetime.fromtimestamp(claims.expires_at, UTC)
+            mark_revoked(request.db, [("token", claims.jti)], until=until)
+            self.server.ctx.revocations.note("token", claims.jti, clock_of(request.db).now())
+        elif token.kind == "refresh":
             revoke_family(request.db, row.family_id)  # RFC 7009 §2.1: and the access tokens of that grant
         elif row.revoked_at is None:
             request.db.execute(
@@ -544,6 +606,8 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
 
     def introspect_token(self, token: _TokenView) -> dict[str, Any]:
         row = token.row
+        if token.kind == "jwt":
+            return _introspect_jwt(row.claims, self.server.ctx.issuer)
         if token.kind == "refresh" and not is_refresh_active(row, self.server.ctx.lifetimes, token.now):
             return {"active": False}  # RFC 7662 §2.2: rotated out, and no grace hand-out still due
         payload: dict[str, Any] = {
@@ -560,3 +624,24 @@ class Introspection(_TokenLookup, IntrospectionEndpoint):
                 return {"active": False}
             payload.update(sub=row.subject, username=row.username)
         return payload
+
+
+def _introspect_jwt(claims: access_jwt.AccessClaims, issuer: str) -> dict[str, Any]:
+    """RFC 7662 §2.2 from the token alone: no username (that would be a lookup; the sub is
+    there), and a user the admin disabled is covered by the revocation markers."""
+    return {
+        "active": True,
+        "client_id": claims.client_id,
+        "scope": claims.scope,
+        "iss": issuer,
+        "token_type": "Bearer",
+        "exp": claims.expires_at,
+        "iat": claims.issued_at,
+        "sub": claims.subject,
+        "aud": claims.audience,
+        "jti": claims.jti,
+    }
+
+
+def _user_id_of(db: Session, claims: access_jwt.AccessClaims) -> int | None:
+    return db.scalar(select(User.id).where(User.subject == claims.subject)) if claims.for_user else None

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,6 +88,7 @@ def build_public_jwks(row: SigningKey) -> list[dict[str, Any]]:
 class ActiveKeys:
     signing: Mapping[str, PrivateKey]  # family → the private key (with kid) that signs now
     jwks_bytes: bytes  # precomputed public JWK Set document
+    verifying: KeySet  # the same public keys, parsed: what idp's own JWT access tokens are checked with
 
     @property
     def signing_key(self) -> PrivateKey:
@@ -231,8 +232,9 @@ def build_active_keys(keys: list[SigningKey], keyring: Keyring, now: datetime) -
     if not current:
         raise RuntimeError("no active signing key: run `idp keys rotate`")
     signing = {alg: _private_key(row, keyring) for alg, row in current.items()}
-    jwks = json.dumps({"keys": [jwk for k in keys for jwk in build_public_jwks(k)]}, separators=(",", ":")).encode()
-    return ActiveKeys(signing=signing, jwks_bytes=jwks)
+    public = {"keys": [jwk for k in keys for jwk in build_public_jwks(k)]}
+    jwks = json.dumps(public, separators=(",", ":")).encode()
+    return ActiveKeys(signing=signing, jwks_bytes=jwks, verifying=KeySet.import_key_set(public))
 
 
 def _private_key(row: SigningKey, keyring: Keyring) -> PrivateKey:

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 
 from idp.db.models import AccessToken, Group, GroupMember, User
+from idp.oidc import access_jwt
 from idp.oidc.claims import build_user_info
-from idp.oidc.clients import ClientRegistry
-from idp.security.keyring import Keyring
+from idp.oidc.context import OidcContext
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,17 @@ class UserInfoError:
     description: str
 
 
+# The user's columns the claims are built from (idp/oidc/claims.py)
+_USER_COLUMNS = (
+    User.subject,
+    User.username,
+    User.name,
+    User.email,
+    User.email_verified,
+    User.updated_at,
+    User.disabled,
+    User.attributes,
+)
 # One read-only query for token and user together; Core rows, not ORM objects: the ORM's
 # identity-map work was over half of a userinfo request's CPU.
 _TOKEN_AND_USER = (
@@ -37,18 +48,13 @@ _TOKEN_AND_USER = (
         AccessToken.scope,
         AccessToken.client_id,
         AccessToken.user_id,
-        User.subject,
-        User.username,
-        User.name,
-        User.email,
-        User.email_verified,
-        User.updated_at,
-        User.disabled,
-        User.attributes,
+        *_USER_COLUMNS,
     )
     .join(User, User.id == AccessToken.user_id)
     .where(AccessToken.token_digest == bindparam("digest"))
 )
+# A JWT access token (idp/oidc/access_jwt.py) is verified, not looked up: only its user is read.
+_USER_BY_SUBJECT = select(User.id.label("user_id"), *_USER_COLUMNS).where(User.subject == bindparam("subject"))
 # only for a token whose scope releases `groups`
 _GROUP_NAMES = (
     select(Group.name)
@@ -59,20 +65,36 @@ _INVALID = UserInfoError(401, "invalid_token", "The access token is invalid, exp
 
 
 def userinfo_for(
-    conn: Connection, keyring: Keyring, access_token: str | None, *, now: datetime, clients: ClientRegistry
+    conn: Connection, ctx: OidcContext, access_token: str | None, *, now: datetime
 ) -> UserInfo | UserInfoError:
     if not access_token:
         return UserInfoError(401, "invalid_request", "No bearer token.")
+    if access_jwt.looks_like_jwt(access_token):
+        return _for_jwt(conn, ctx, access_token, now)
     if not 16 <= len(access_token) <= 256:
         return _INVALID
-    row = conn.execute(_TOKEN_AND_USER, {"digest": keyring.digest(access_token)}).first()
+    row = conn.execute(_TOKEN_AND_USER, {"digest": ctx.keyring.digest(access_token)}).first()
     if row is None or row.revoked_at is not None or row.expires_at <= now or row.disabled:
         return _INVALID
-    if "openid" not in row.scope.split():
+    return _claims_of(conn, ctx, row, row.scope, row.client_id)
+
+
+def _for_jwt(conn: Connection, ctx: OidcContext, access_token: str, now: datetime) -> UserInfo | UserInfoError:
+    claims = access_jwt.read(access_token, keys=ctx.keys, issuer=ctx.issuer, revocations=ctx.revocations, now=now)
+    if claims is None or not claims.for_user:
+        return _INVALID
+    row = conn.execute(_USER_BY_SUBJECT, {"subject": claims.subject}).first()
+    if row is None or row.disabled:
+        return _INVALID
+    return _claims_of(conn, ctx, row, claims.scope, claims.client_id)
+
+
+def _claims_of(conn: Connection, ctx: OidcContext, row: Any, scope: str, client_id: str) -> UserInfo | UserInfoError:
+    if "openid" not in scope.split():
         return UserInfoError(403, "insufficient_scope", "The token was not issued for openid.")
-    client = clients.get(row.client_id)
+    client = ctx.clients.get(client_id)
 
     def load_groups() -> list[str]:
         return list(conn.scalars(_GROUP_NAMES, {"user_id": row.user_id}))
 
-    return UserInfo(build_user_info(row, row.scope, client, load_groups), row.client_id)
+    return UserInfo(build_user_info(row, scope, client, load_groups), client_id)

@@ -126,9 +126,7 @@ async def userinfo(request: Request) -> Response:
 
     def unit_of_work() -> UserInfo | UserInfoError:
         with services.engine.connect() as conn:  # read-only: no transaction bookkeeping beyond the driver's
-            return userinfo_for(
-                conn, services.keyring, access_token, now=services.clock.now(), clients=services.oidc.clients
-            )
+            return userinfo_for(conn, services.oidc, access_token, now=services.clock.now())
 
     result = await run_blocking(request, unit_of_work)
     if isinstance(result, UserInfoError):
