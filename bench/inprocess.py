@@ -27,11 +27,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from idp.app import create_app
 from idp.db.engine import make_engine
 from idp.db.migrate import upgrade
+from idp.db.models import Client
 from idp.settings import load_settings
 from idp.state.memory import MemoryStore
 from tests.support.rp import SHOP, AuthRequest, sign_in_and_get_code, tokens_for
@@ -99,10 +101,10 @@ def _settings(workdir: str) -> Any:
     )
 
 
-_PROFILE: dict[str, Any] = {"scenario": None, "profiler": None}
+_PROFILE: dict[str, Any] = {"scenario": None, "all": False, "profilers": {}}
 
 
-def measure(requests: int) -> dict[str, float]:
+def measure(requests: int, *, access_tokens: str = "opaque") -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as workdir:
         settings = _settings(workdir)
@@ -111,6 +113,8 @@ def measure(requests: int) -> dict[str, float]:
         engine.dispose()
         app = create_app(settings, store=MemoryStore())
         seed(app.state.services)
+        if access_tokens == "jwt":
+            _use_jwt_access_tokens(app.state.services)
         with TestClient(app, base_url=ISSUER) as client:
             tokens = tokens_for(client)
             codes = [sign_in_and_get_code(client, AuthRequest()) for _ in range(min(requests, 300))]
@@ -178,13 +182,70 @@ async def _timed(
 
 
 def _profiler_for(path: str, body: bytes) -> cProfile.Profile | None:
-    wanted = _PROFILE["scenario"]
     names = {"/introspect": "introspection", "/userinfo": "userinfo", "/jwks": "jwks"}
     name = names.get(path) or (body.split(b"&")[0].removeprefix(b"grant_type=").decode() if body else "")
-    if wanted is None or name != wanted:
+    if not _PROFILE["all"] and name != _PROFILE["scenario"]:
         return None
-    _PROFILE["profiler"] = cProfile.Profile()
-    return _PROFILE["profiler"]
+    profiler = _PROFILE["profilers"][name] = cProfile.Profile()
+    return profiler
+
+
+def _use_jwt_access_tokens(services: Any) -> None:
+    """The seeded client "shop" with access_token_format = "jwt" (as its clients file would say)."""
+    with services.sessions.begin() as db:
+        row = db.scalar(select(Client).where(Client.client_id == SHOP[0]))
+        row.config = {**row.config, "access_token_format": "jwt"}
+    services.oidc.clients.reload()
+
+
+# Where a function's own time goes, by the file (or built-in) it is in: the first match wins.
+LAYERS = (
+    ("database driver", ("sqlite3", "psycopg", "'execute' of", "'commit' of")),
+    ("SQLAlchemy", ("sqlalchemy",)),
+    ("Authlib", ("authlib",)),
+    ("crypto (JOSE, HMAC, hashes)", ("joserfc", "cryptography", "_hashlib", "hmac", "hashlib", "secrets", "urandom")),
+    ("rate limits", ("limits/", "rate_limits")),
+    ("audit, logs, metrics", ("idp/audit", "idp/observability", "prometheus_client", "logging", "json")),
+    ("Starlette", ("starlette", "anyio")),
+    ("idp (the rest)", ("/idp/",)),
+)
+OTHER = "other (stdlib, asyncio)"
+
+
+def layer_of(filename: str, function: str) -> str:
+    where = f"{filename} {function}"
+    return next((layer for layer, marks in LAYERS if any(mark in where for mark in marks)), OTHER)
+
+
+def time_by_layer(profiler: cProfile.Profile) -> dict[str, float]:
+    """Share (0-1) of the profiled own time per layer."""
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    totals: dict[str, float] = {}
+    for (filename, _, function), (_, _, own, _, _) in stats.items():
+        layer = layer_of(filename, function)
+        totals[layer] = totals.get(layer, 0.0) + own
+    whole = sum(totals.values()) or 1.0
+    return {layer: seconds / whole for layer, seconds in totals.items()}
+
+
+def where_the_time_goes(requests: int = 500, *, access_tokens: str = "opaque") -> str:
+    """A Markdown table: each machine scenario's median µs in-process (unprofiled), then the
+    share of its own time by layer under cProfile (which slows Python code more than C)."""
+    medians = measure(requests, access_tokens=access_tokens)
+    _PROFILE.update(all=True, profilers={})
+    measure(requests, access_tokens=access_tokens)
+    profilers: dict[str, cProfile.Profile] = _PROFILE["profilers"]
+    _PROFILE.update(all=False, profilers={})
+    columns = [layer for layer, _ in LAYERS] + [OTHER]
+    lines = [
+        "| scenario | µs/request | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for name, micros in medians.items():
+        shares = time_by_layer(profilers[name]) if name in profilers else {}
+        cells = [f"{shares.get(c, 0.0) * 100:.0f}%" for c in columns]
+        lines.append(f"| {name} | {micros:,.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 async def _timed_refresh(app: Any, first: str, n: int) -> float:
@@ -209,12 +270,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--profile", metavar="SCENARIO", help="client_credentials, introspection, userinfo, ...")
+    parser.add_argument("--layers", action="store_true", help="every scenario's time by layer, as a Markdown table")
+    parser.add_argument("--access-tokens", choices=("opaque", "jwt"), default="opaque")
     args = parser.parse_args()
+    if args.layers:
+        print(where_the_time_goes(args.requests, access_tokens=args.access_tokens))
+        return
     _PROFILE["scenario"] = args.profile
-    for name, micros in measure(args.requests).items():
+    for name, micros in measure(args.requests, access_tokens=args.access_tokens).items():
         print(f"{name:20s} {micros:8.0f} µs (median of {args.requests if name != 'authorization_code' else 300})")
-    if _PROFILE["profiler"] is not None:
-        stats = pstats.Stats(_PROFILE["profiler"])
+    if args.profile in _PROFILE["profilers"]:
+        stats = pstats.Stats(_PROFILE["profilers"][args.profile])
         stats.sort_stats("tottime").print_stats(40)
         stats.sort_stats("cumulative").print_stats(40)
 

@@ -52,6 +52,7 @@ class Options:
     output: Path | None
     workdir: Path | None
     ceiling_seconds: float
+    access_tokens: str = "opaque"  # idp's bench client: "jwt" registers access_token_format = "jwt"
 
 
 def parse_options(argv: Sequence[str] | None) -> Options:
@@ -74,6 +75,12 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         "--driver-procs", type=int, default=0, help="flow driver processes (default: one per load core)"
     )
     parser.add_argument("--no-peer", action="store_true", help="do not run node-oidc-provider")
+    parser.add_argument(
+        "--access-tokens",
+        choices=("opaque", "jwt"),
+        default="opaque",
+        help="idp's access tokens: opaque (the default) or RFC 9068 JWTs; the peer's stay opaque",
+    )
     parser.add_argument(
         "--workdir", type=Path, help="keep databases and server logs here (default: a temporary directory)"
     )
@@ -103,6 +110,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         output=args.output,
         workdir=args.workdir,
         ceiling_seconds=0.5 if quick else 3.0,
+        access_tokens=args.access_tokens,
     )
 
 
@@ -155,7 +163,8 @@ def run_section(backend: str, workers: int, options: Options, workdir: Path) -> 
     section.server_cpus, section.load_cpus = plan_cpus(workers)
     name = f"{backend}-{workers}"
     with ExitStack() as stack:
-        servers = [stack.enter_context(start_idp(workdir / f"idp-{name}", backend, workers, section.server_cpus))]
+        idp = start_idp(workdir / f"idp-{name}", backend, workers, section.server_cpus, options.access_tokens)
+        servers = [stack.enter_context(idp)]
         if options.peer:
             servers.append(stack.enter_context(start_peer(workdir / f"peer-{name}", section.server_cpus[:1])))
             if backend == "postgres":  # the peer's production shape beside idp's: its Redis adapter
@@ -248,6 +257,12 @@ def _settings_lines(options: Options) -> list[str]:
     peer_version = json.loads((PEER_DIR / "package.json").read_text())["dependencies"]["oidc-provider"]
     return [
         f"backends: {', '.join(options.backends)}; idp workers: {', '.join(map(str, options.workers))}",
+        f"idp access tokens: {options.access_tokens}"
+        + (
+            " (RFC 9068, ES256: userinfo and introspection verify them, no token row)"
+            if options.access_tokens == "jwt"
+            else ""
+        ),
         f"{options.duration_seconds:g} s measured per scenario and server, after {options.warmup_seconds:g} s of warm-up",
         f"{options.connections} concurrent connections: `wrk -t1 -c{options.connections} --latency` for single "
         f"requests; {options.connections} virtual browsers in bench/driver.py (raw asyncio HTTP/1.1 on uvloop) for flows",

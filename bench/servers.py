@@ -125,13 +125,15 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 @contextmanager
-def start_idp(workdir: Path, backend: str, workers: int, cpus: Sequence[int]) -> Iterator[Server]:
+def start_idp(
+    workdir: Path, backend: str, workers: int, cpus: Sequence[int], access_tokens: str = "opaque"
+) -> Iterator[Server]:
     """A fresh idp: new database (SQLite file, or a new PostgreSQL schema dropped afterwards),
     the benchmark client and user, then `idp serve` with `workers` processes."""
     workdir.mkdir(parents=True)
     port = free_port()
     schema = f"bench_{os.getpid()}_{workers}" if backend == "postgres" else ""
-    env = _idp_environment(workdir, backend, port, schema)
+    env = _idp_environment(workdir, backend, port, schema, access_tokens)
     if schema:
         _postgres(f"CREATE SCHEMA {schema}")
     try:
@@ -160,9 +162,10 @@ def start_idp(workdir: Path, backend: str, workers: int, cpus: Sequence[int]) ->
             _postgres(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def _idp_environment(workdir: Path, backend: str, port: int, schema: str) -> dict[str, str]:
+def _idp_environment(workdir: Path, backend: str, port: int, schema: str, access_tokens: str) -> dict[str, str]:
     clients_file = workdir / "clients.toml"
-    clients_file.write_text(seed.CLIENTS_TOML)
+    jwt = 'access_token_format = "jwt"\n' if access_tokens == "jwt" else ""
+    clients_file.write_text(seed.CLIENTS_TOML + jwt)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}  # nothing from the caller's set-up
     env.update(
         IDP_ISSUER=f"http://localhost:{port}",

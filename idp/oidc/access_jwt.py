@@ -22,6 +22,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.clock import epoch
@@ -33,6 +34,10 @@ TYP = "at+jwt"
 ALGS = ["ES256", "Ed25519"]  # what a JWT access token may be signed with (the clients file's choices)
 MAX_CHARS = 4096  # far above any token idp signs; a longer bearer value is not one of them
 CLOCK_SKEW_SECONDS = 60  # an iat this far in the future is still believed (another host's clock)
+# Verified tokens remembered per key set: a resource server presents the same token again
+# and again, and an ES256 verification through joserfc costs more than a SQLite lookup.
+# Expiry and revocation are still checked on every use. At most this many (a few MB).
+VERIFIED_KEPT = 2048
 
 
 @dataclass(frozen=True)
@@ -125,20 +130,16 @@ def read(token: str, *, keys: KeyCache, issuer: str, revocations: RevocationList
     an ID token or a logout token presented as one)."""
     if len(token) > MAX_CHARS or not looks_like_jwt(token):
         return None
-    try:
-        decoded = jwt.decode(token, keys.get().verifying, algorithms=ALGS)
-    except (JoseError, ValueError, TypeError):
-        return None
-    typ = str(decoded.header.get("typ", "")).lower()
-    if typ not in (TYP, "application/" + TYP):  # RFC 9068 §4: not an ID token or any other JWT
-        return None
-    c = decoded.claims
-    strings = ("sub", "client_id", "jti", "scope")
-    if c.get("iss") != issuer or not all(isinstance(c.get(name), str) for name in strings):
-        return None
-    issued_at, expires_at = c.get("iat"), c.get("exp")
-    if not isinstance(issued_at, int) or not isinstance(expires_at, int) or isinstance(issued_at, bool):
-        return None
+    active = keys.get()
+    c = active.verified.get(token)
+    if c is None:
+        c = _verified_claims(token, active.verifying, issuer)
+        if c is None:
+            return None
+        if len(active.verified) >= VERIFIED_KEPT:
+            active.verified.clear()
+        active.verified[token] = c
+    issued_at, expires_at = c["iat"], c["exp"]
     moment = epoch(now)
     if expires_at <= moment or issued_at > moment + CLOCK_SKEW_SECONDS:
         return None
@@ -162,6 +163,25 @@ def read(token: str, *, keys: KeyCache, issuer: str, revocations: RevocationList
         for_user=for_user,
         audience=audience if isinstance(audience, list) else [str(audience)],
     )
+
+
+def _verified_claims(token: str, verifying: KeySet, issuer: str) -> dict[str, Any] | None:
+    """What never changes for a token: its signature, its type, its issuer, its claims' types."""
+    try:
+        decoded = jwt.decode(token, verifying, algorithms=ALGS)
+    except (JoseError, ValueError, TypeError):
+        return None
+    typ = str(decoded.header.get("typ", "")).lower()
+    if typ not in (TYP, "application/" + TYP):  # RFC 9068 §4: not an ID token or any other JWT
+        return None
+    c = dict(decoded.claims)
+    strings = ("sub", "client_id", "jti", "scope")
+    if c.get("iss") != issuer or not all(isinstance(c.get(name), str) for name in strings):
+        return None
+    issued_at, expires_at = c.get("iat"), c.get("exp")
+    if not isinstance(issued_at, int) or not isinstance(expires_at, int) or isinstance(issued_at, bool):
+        return None
+    return c
 
 
 class RevocationList:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -89,6 +89,9 @@ class ActiveKeys:
     signing: Mapping[str, PrivateKey]  # family → the private key (with kid) that signs now
     jwks_bytes: bytes  # precomputed public JWK Set document
     verifying: KeySet  # the same public keys, parsed: what idp's own JWT access tokens are checked with
+    # JWT access tokens whose signature these keys verified (idp/oidc/access_jwt.py): tied to
+    # this key set, so a rotation or a revoked key starts an empty one
+    verified: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def signing_key(self) -> PrivateKey:
