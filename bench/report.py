@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.ceiling import Argon2Ceiling
 from bench.loadgen import LoadResult
@@ -269,3 +270,27 @@ HOW_TO_READ = f"""\
   generator, not the server, is the limit.
 - The password-login rate is also given as a share of the **Argon2 ceiling**: how many
   Argon2id verifications per second one core can do; the gap is everything else a login costs."""
+
+
+LAYERS_HEADING = "#### Where the time goes"
+LAYERS_NOTE = (
+    "In-process (`python -m bench.inprocess --layers`: the app called as a bare ASGI callable on "
+    "SQLite, no socket, no HTTP parser): each machine scenario's median µs per request, then "
+    "the share of its own time under cProfile by where the code lives. cProfile slows Python "
+    "code more than C, so the shares lean towards the Python layers; `--profile SCENARIO` "
+    "lists the functions."
+)
+README_BEGIN = "<!-- bench table -->"
+README_END = "<!-- /bench table -->"
+
+
+def update_readme(readme: Path, results: Path, machine: Machine, tables: str, layers: str) -> None:
+    """Puts this run's tables and the time-by-layer table between the README's markers."""
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    block = (
+        f"\nLatest run (`{results}`; {machine.nproc} × {machine.cpu_model}, commit {machine.commit}; ratios "
+        "from one run: compare them within a run, not figures across runs).\n\n"
+        f"{tables}\n\n{layers}\n"
+    )
+    readme.write_text(text[:start] + block + text[end:])

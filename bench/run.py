@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +21,15 @@ from bench.driver import Target, mint_tokens
 from bench.http1 import HTTPFailure
 from bench.loadgen import LoadError, LoadResult, run_driver, run_wrk
 from bench.machine import describe_machine
-from bench.report import Measured, Section, render_report, render_tables
+from bench.report import (
+    LAYERS_HEADING,
+    LAYERS_NOTE,
+    Measured,
+    Section,
+    render_report,
+    render_tables,
+    update_readme,
+)
 from bench.scenarios import SCENARIOS, Scenario, wrk_request
 from bench.servers import (
     PEER_DIR,
@@ -135,14 +144,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServerError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    print(render_tables(sections, ceiling))
+    tables = render_tables(sections, ceiling)
+    print(tables)
+    layers = None if options.quick else where_the_time_goes(options.access_tokens)
+    if layers is not None:
+        print(layers)
     output = options.output or (
         None if options.quick else REPO / "bench" / "results" / f"{machine.date}-{machine.commit}.md"
     )
     if output is not None:
-        output.write_text(render_report(sections, machine, ceiling, _settings_lines(options)) + "\n")
+        report = render_report(sections, machine, ceiling, _settings_lines(options))
+        output.write_text(report + (f"\n\n{layers}" if layers else "") + "\n")
         _progress(f"written to {output}")
+        if options.output is None and layers is not None:  # the default run is the README's
+            update_readme(REPO / "README.md", output.relative_to(REPO), machine, tables, layers)
+            _progress("README.md's bench table updated")
     return 1 if any(_is_bad(m) for s in sections for m in s.runs.values()) else 0
+
+
+def where_the_time_goes(access_tokens: str) -> str:
+    """bench/inprocess.py --layers in a process of its own (it imports idp and seeds a
+    database): each machine scenario's µs in-process and its own time by layer."""
+    command = [sys.executable, "-m", "bench.inprocess", "--layers", "--requests", "500"]
+    result = subprocess.run(
+        [*command, "--access-tokens", access_tokens], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    table = "\n".join(line for line in result.stdout.splitlines() if line.startswith("|"))
+    return f"{LAYERS_HEADING}\n\n{LAYERS_NOTE}\n\n{table}"
 
 
 def measure_floor(options: Options, workdir: Path) -> Measured:

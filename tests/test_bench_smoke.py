@@ -142,3 +142,43 @@ def test_wrk_report_is_read_in_any_latency_unit(p50: str, p99: str, expected_ms:
     assert (result.p50_ms, result.p99_ms) == pytest.approx(expected_ms)
     assert result.rate == 14856.0 and result.completed == 14856
     assert result.errors == 2 + 1 + 4  # socket errors and non-2xx answers
+
+
+def test_the_layers_table_covers_every_machine_scenario_and_adds_up() -> None:
+    """bench/inprocess.py --layers, as `make bench` runs it for the README: a row per
+    scenario, each row's shares of own time summing to the whole (and the JWT variant too)."""
+    for tokens in ("opaque", "jwt"):
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.inprocess", "--layers", "--requests", "30", "--access-tokens", tokens],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        rows = _table_rows(result.stdout)
+        assert set(rows) == {
+            "client_credentials",
+            "introspection",
+            "userinfo",
+            "jwks",
+            "refresh_token",
+            "authorization_code",
+        }
+        for name, row in rows.items():
+            shares = [float(v.rstrip("%")) for k, v in row.items() if k not in ("scenario", "µs/request")]
+            assert 97 <= sum(shares) <= 103, (name, row)  # each rounded to a whole percent
+            assert float(row["µs/request"].replace(",", "")) > 0
+
+
+def test_the_readme_block_is_replaced_and_nothing_else(tmp_path: Path) -> None:
+    from bench.machine import describe_machine
+    from bench.report import README_BEGIN, README_END, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    update_readme(readme, Path("bench/results/x.md"), describe_machine(), "| new | table |", "#### layers")
+    text = readme.read_text()
+    assert text.startswith(f"before\n{README_BEGIN}\nLatest run (`bench/results/x.md`;")
+    assert "old table" not in text and "| new | table |" in text and "#### layers" in text
+    assert text.endswith(f"{README_END}\nafter\n")
