@@ -16,6 +16,7 @@ for a user's token auth_time, acr, amr, sid when the login had one, and grant_id
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,7 @@ CLOCK_SKEW_SECONDS = 60  # an iat this far in the future is still believed (anot
 # and again, and an ES256 verification through joserfc costs more than a SQLite lookup.
 # Expiry and revocation are still checked on every use. At most this many (a few MB).
 VERIFIED_KEPT = 2048
+NOTED_KEPT_SECONDS = 30.0  # several reload intervals: by then the marker's row is committed and read
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,9 @@ def _verified_claims(token: str, verifying: KeySet, issuer: str) -> dict[str, An
     issued_at, expires_at = c.get("iat"), c.get("exp")
     if not isinstance(issued_at, int) or not isinstance(expires_at, int) or isinstance(issued_at, bool):
         return None
+    if not 0 < expires_at - issued_at <= JWT_ACCESS_MAX_SECONDS:
+        # never signed so by idp; and the revocation markers outlive only tokens this short
+        return None
     return c
 
 
@@ -192,6 +197,9 @@ class RevocationList:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
         self._revoked: dict[tuple[str, str], float] = {}
+        # markers this process noted itself, kept across reloads for NOTED_KEPT_SECONDS: a
+        # reload that read the table just before their commit must not forget them
+        self._noted: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def reload(self) -> None:
@@ -200,23 +208,30 @@ class RevocationList:
             for scope, subject, revoked_at in live_markers(db):
                 key = (scope, subject)
                 revoked[key] = max(revoked.get(key, 0.0), revoked_at.timestamp())
+            fresh = time.monotonic() - NOTED_KEPT_SECONDS
+            self._noted = {key: noted for key, noted in self._noted.items() if noted[1] > fresh}
+            for key, (revoked_at_ts, _) in self._noted.items():
+                revoked[key] = max(revoked.get(key, 0.0), revoked_at_ts)
             self._revoked = revoked
 
     def note(self, scope: str, subject: str, revoked_at: datetime) -> None:
-        """A marker this process just committed, believed at once (not only at the next reload)."""
+        """A marker this process is committing, believed at once (not only at the next reload)."""
         with self._lock:
             key = (scope, subject)
+            self._noted[key] = (revoked_at.timestamp(), time.monotonic())
             self._revoked = {**self._revoked, key: max(self._revoked.get(key, 0.0), revoked_at.timestamp())}
 
     def revoked(self, issued_at: int, *, jti: str, grant_id: object, subject: str | None, client_id: str) -> bool:
-        """Whether a marker made at or after the token's iat names it. iat has whole seconds:
-        a token issued in the second of a revocation that names it counts as revoked too."""
+        """Whether a marker names the token: by its jti or its grant, whatever its iat (no token
+        of either is issued after their revocation, and a host whose clock runs ahead signs iats
+        past it); by its user or user at a client, if made at or after the token's iat. iat has
+        whole seconds: a token issued in the second of such a revocation counts as revoked too."""
         revoked = self._revoked
         if not revoked:
             return False
-        keys = [("token", jti)]
-        if isinstance(grant_id, str):
-            keys.append(("grant", grant_id))
-        if subject is not None:
-            keys += [("user", subject), ("user_client", f"{subject} {client_id}")]
+        if ("token", jti) in revoked or (isinstance(grant_id, str) and ("grant", grant_id) in revoked):
+            return True
+        if subject is None:
+            return False
+        keys = [("user", subject), ("user_client", f"{subject} {client_id}")]
         return any(revoked.get(key, -1.0) >= issued_at for key in keys)

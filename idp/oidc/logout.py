@@ -61,8 +61,10 @@ def check_hint(ctx: OidcContext, hint: str) -> Hint:
     except (JoseError, ValueError, TypeError):
         raise InvalidHint("The id_token_hint is not an ID token issued here.") from None
     claims = token.claims
-    if "events" in claims or str(token.header.get("typ", "")).lower() == "logout+jwt":
-        raise InvalidHint("The id_token_hint is not an ID token issued here.")  # a logout token is not a hint
+    typ = str(token.header.get("typ", "")).lower()
+    if "events" in claims or typ in ("logout+jwt", "at+jwt", "application/at+jwt"):
+        # a logout token is not a hint, nor a JWT access token (whose holders include resource servers)
+        raise InvalidHint("The id_token_hint is not an ID token issued here.")
     aud = claims.get("aud")
     client_id = aud[0] if isinstance(aud, list) and len(aud) == 1 else aud
     if claims.get("iss") != ctx.issuer or not isinstance(client_id, str) or not isinstance(claims.get("sub"), str):

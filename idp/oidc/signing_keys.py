@@ -224,10 +224,15 @@ def listed_keys(db: Session) -> list[SigningKey]:
 
 
 def families_in_use(db: Session) -> set[str]:
-    """The key families that sign some client's ID and logout tokens. RS256 always: it is the
+    """The key families that sign some client's ID, logout and JWT access tokens. RS256 always: it is the
     default of a client that names no alg, and of any other JWT."""
     configs = db.scalars(select(Client.config))
-    return {ALG} | {family_of(config.get("id_token_signed_response_alg") or ALG) for config in configs}
+    families = {ALG}
+    for config in configs:
+        families.add(family_of(config.get("id_token_signed_response_alg") or ALG))
+        if config.get("access_token_format") == "jwt":  # its JWT access tokens (idp/oidc/access_jwt.py)
+            families.add(family_of(config.get("access_token_signing_alg") or "ES256"))
+    return families
 
 
 def build_active_keys(keys: list[SigningKey], keyring: Keyring, now: datetime) -> ActiveKeys:

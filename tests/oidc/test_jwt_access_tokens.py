@@ -344,3 +344,15 @@ def test_the_clients_file_takes_the_jwt_settings():
     )
     assert config.access_token_format == "jwt" and config.access_token_signing_alg == "ES256"
     assert config.access_token_lifetime is None and config.access_token_audience == ("https://api.example",)
+
+
+def test_the_key_family_a_jwt_client_signs_with_is_in_use(client):
+    """`idp keys revoke` refuses to leave a family in use without a key, and the schedule
+    rotates only families in use: a JWT client's access_token_signing_alg makes one."""
+    from idp.oidc.signing_keys import families_in_use
+
+    with client.app.state.services.sessions() as db:
+        assert "Ed25519" not in families_in_use(db)
+    use_jwt(client, access_token_signing_alg="Ed25519")
+    with client.app.state.services.sessions() as db:
+        assert "Ed25519" in families_in_use(db)
