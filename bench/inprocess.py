@@ -117,6 +117,8 @@ def measure(requests: int, *, access_tokens: str = "opaque") -> dict[str, float]
             _use_jwt_access_tokens(app.state.services)
         with TestClient(app, base_url=ISSUER) as client:
             tokens = tokens_for(client)
+            # the variant measured is the one asked for (a JWT has two dots, an opaque token none)
+            assert (tokens["access_token"].count(".") == 2) == (access_tokens == "jwt"), access_tokens
             codes = [sign_in_and_get_code(client, AuthRequest()) for _ in range(min(requests, 300))]
 
             def code_body(i: int) -> bytes:

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -27,9 +27,11 @@ from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session, sessionmaker
 
 from idp.clock import epoch
-from idp.oidc.signing_keys import KeyCache
 from idp.revocation import JWT_ACCESS_MAX_SECONDS, live_markers
 from idp.security.keyring import new_secret
+
+if TYPE_CHECKING:  # signing_keys asks JwtAccessPolicy which family a client signs with
+    from idp.oidc.signing_keys import KeyCache
 
 TYP = "at+jwt"
 ALGS = ["ES256", "Ed25519"]  # what a JWT access token may be signed with (the clients file's choices)

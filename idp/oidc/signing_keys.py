@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idp.clock import clock_of
 from idp.db.models import Client, SigningKey
+from idp.oidc.access_jwt import JwtAccessPolicy
 from idp.security.keyring import Keyring, new_secret
 
 _PURPOSE = "signing-key"
@@ -230,8 +231,8 @@ def families_in_use(db: Session) -> set[str]:
     families = {ALG}
     for config in configs:
         families.add(family_of(config.get("id_token_signed_response_alg") or ALG))
-        if config.get("access_token_format") == "jwt":  # its JWT access tokens (idp/oidc/access_jwt.py)
-            families.add(family_of(config.get("access_token_signing_alg") or "ES256"))
+        if (policy := JwtAccessPolicy.of(config)) is not None:  # its JWT access tokens
+            families.add(family_of(policy.alg))
     return families
 
 
