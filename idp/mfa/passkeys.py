@@ -24,33 +24,48 @@ single-use challenges in the state store, and the stored credentials.
 
 from __future__ import annotations
 
+import base64
 import builtins  # the class has a method named `list`
+import functools
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import webauthn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    AuthenticatorTransport,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from idp.clock import clock_of
 from idp.db.models import Passkey, User
 from idp.state.store import StateStore
 
+if TYPE_CHECKING:
+    from webauthn.helpers.structs import AuthenticatorTransport, PublicKeyCredentialDescriptor
+
+# py_webauthn is imported by the ceremonies that use it, not with this module: importing it
+# loads pyOpenSSL and every attestation format, 16 MB resident in each worker that may never
+# see a passkey (measured; issue 19's idle-RSS goal). The first ceremony pays the import.
+
 CHALLENGE_TTL_SECONDS = 300
 NAME_MAX = 64
-_TRANSPORTS = {t.value: t for t in AuthenticatorTransport}
+
+
+@functools.cache
+def _transports() -> dict[str, AuthenticatorTransport]:
+    from webauthn.helpers.structs import AuthenticatorTransport
+
+    return {t.value: t for t in AuthenticatorTransport}
+
+
+def base64url_to_bytes(value: str) -> bytes:
+    """py_webauthn's own decoding (its helper would import the whole package): padding is
+    optional, junk raises binascii.Error, a ValueError."""
+    return base64.urlsafe_b64decode(f"{value}===")
+
+
+def bytes_to_base64url(value: bytes) -> str:
+    return base64.urlsafe_b64encode(value).decode("ascii").rstrip("=")
 
 
 class PasskeyError(ValueError):
@@ -132,6 +147,13 @@ class Passkeys:
         if user.webauthn_handle is None:
             user.webauthn_handle = secrets.token_bytes(32)
             db.flush()
+        import webauthn
+        from webauthn.helpers.structs import (
+            AuthenticatorSelectionCriteria,
+            ResidentKeyRequirement,
+            UserVerificationRequirement,
+        )
+
         existing = self.list(db, user.id)
         options = webauthn.generate_registration_options(
             rp_id=self.rp.rp_id,
@@ -168,6 +190,9 @@ class Passkeys:
         if record.get("tx_id") != expected_tx_id:
             raise PasskeyError("challenge issued for another ceremony")
         _verify_same_origin(credential)
+        import webauthn
+        from webauthn.helpers.exceptions import WebAuthnException
+
         try:
             verified = webauthn.verify_registration_response(
                 credential=_credential_json(credential),
@@ -185,7 +210,7 @@ class Passkeys:
             credential_id=verified.credential_id,
             public_key=verified.credential_public_key,
             sign_count=verified.sign_count,
-            transports=tuple(t for t in _transports_of(credential) if t in _TRANSPORTS),
+            transports=tuple(t for t in _transports_of(credential) if t in _transports()),
             name=clean_name(name),
             backed_up=bool(verified.credential_backed_up),
         )
@@ -214,6 +239,9 @@ class Passkeys:
         list that user's passkeys. Otherwise they are usernameless, whatever name was typed
         (the same answer for every name: no enumeration); a typed name only binds the
         challenge, so that only that name's own passkey can answer it."""
+        import webauthn
+        from webauthn.helpers.structs import UserVerificationRequirement
+
         proven = self.list(db, user_id) if user_id is not None else []
         allow = [self._descriptor(p.credential_id, p.transports) for p in proven]
         options = webauthn.generate_authentication_options(
@@ -245,6 +273,9 @@ class Passkeys:
             raise PasskeyError("challenge replaced by a newer one")
         row, owner = _credential_and_owner(db, record, credential)
         _verify_same_origin(credential)
+        import webauthn
+        from webauthn.helpers.exceptions import WebAuthnException
+
         try:
             # the counter is checked below, after the signature: py_webauthn checks it first,
             # so an unsigned junk assertion could pass for a cloned authenticator
@@ -311,8 +342,11 @@ class Passkeys:
 
     @staticmethod
     def _descriptor(credential_id: bytes, transports: builtins.list[str]) -> PublicKeyCredentialDescriptor:
+        from webauthn.helpers.structs import PublicKeyCredentialDescriptor
+
+        known = _transports()
         return PublicKeyCredentialDescriptor(
-            id=credential_id, transports=[_TRANSPORTS[t] for t in transports if t in _TRANSPORTS] or None
+            id=credential_id, transports=[known[t] for t in transports if t in known] or None
         )
 
 

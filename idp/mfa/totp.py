@@ -9,7 +9,6 @@ import hmac
 import re
 
 import pyotp
-import segno
 
 DIGITS = 6
 PERIOD_SECONDS = 30
@@ -54,7 +53,10 @@ def provisioning_uri(secret: str, *, account: str, issuer: str) -> str:
 
 def qr_data_uri(uri: str) -> str:
     """The otpauth URI as an SVG QR code in a data: URI (the pages' CSP allows data: images,
-    and nothing is fetched from elsewhere)."""
+    and nothing is fetched from elsewhere). segno is imported here, by the enrolment pages
+    that draw one: a worker that never enrols keeps it out of memory."""
+    import segno
+
     return segno.make(uri, error="m").svg_data_uri(scale=5, border=2)
 
 
