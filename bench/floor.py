@@ -1,14 +1,38 @@
-"""The Python HTTP stack's floor: the same uvicorn (uvloop + httptools) and Starlette that
-idp runs, serving a token-shaped POST with no database, no client lookup and no crypto. No
-idp request can be faster than this on one core; the report sets idp's single-request rows
-beside it, so that the part of the gap to the peer that is the stack, not idp, is measured."""
+"""Floors for the client_credentials request: the same uvicorn (uvloop + httptools) and
+Starlette that idp runs, doing less than idp does. The report sets idp's rate beside each,
+so that the part of the gap to the peer that no Python server under our constraints could
+close is measured, not guessed. FLOOR_MODE picks one:
+
+- `stack` (the default): a token-shaped POST with no database, no client lookup, no crypto.
+  No idp request can be faster than this on one core.
+- `durable`: what any server that answers for its tokens must do, written as directly as
+  Python allows: the Basic credentials checked against a keyed digest in constant time, a
+  token minted, its digest and an audit row inserted with the stdlib sqlite3 driver (WAL,
+  synchronous=NORMAL, idp's settings) and committed before the answer, one JSON audit line.
+  No ORM, no OAuth library, no rate limit, no request log, no metrics.
+- `authlib`: `durable` with Authlib's AuthorizationServer and its ClientCredentialsGrant
+  deciding the request (the issue's constraint: Authlib stays the authorization server), the
+  same raw inserts in save_token.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import io
 import json
+import os
 import secrets
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, OAuth2Payload, OAuth2Request, grants
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,6 +69,181 @@ async def token(request: Request) -> Response:
     )
 
 
+# ---- durable: the same request, committed and audited, with nothing in between ----------------
+
+CLIENT_ID = "bench"  # bench/seed.py's client
+_KEY = secrets.token_bytes(32)
+
+
+def _digest(secret: str) -> str:
+    return hmac.new(_KEY, secret.encode(), hashlib.sha256).hexdigest()
+
+
+_SECRET_DIGEST = _digest("bench-secret-0123456789abcdefghijklmnopqrstuvwxyz")
+_SCHEMA = """
+CREATE TABLE access_tokens (id INTEGER PRIMARY KEY, token_digest TEXT UNIQUE NOT NULL, client_id TEXT NOT NULL,
+  user_id INTEGER, scope TEXT NOT NULL, family_id TEXT, issued_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+  revoked_at TEXT);
+CREATE TABLE audit_events (id INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, user_id INTEGER,
+  client_id TEXT, ip TEXT, user_agent TEXT, outcome TEXT, detail TEXT NOT NULL);
+CREATE INDEX audit_events_at ON audit_events(at);
+CREATE INDEX audit_events_kind ON audit_events(kind);
+"""
+
+
+def _database() -> sqlite3.Connection:
+    path = Path(tempfile.mkdtemp(prefix="idp-floor-")) / "floor.db"
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.executescript(_SCHEMA)
+    return connection
+
+
+_db = _database() if os.environ.get("FLOOR_MODE", "stack") != "stack" else None
+_audit_log = io.StringIO()  # the audit JSON line is built and written; where it goes is not the point
+
+
+def _basic(header: str | None) -> tuple[str, str] | None:
+    if not header or header[:6].lower() != "basic ":
+        return None
+    client_id, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+    return client_id, secret
+
+
+def _store(client_id: str, scope: str, ip: str | None, agent: str | None) -> str:
+    """The token row and the audit row, committed: what makes an answered token durable."""
+    assert _db is not None
+    access_token = secrets.token_urlsafe(32)
+    now = time.time()
+    issued, expires = _iso(now), _iso(now + 900)
+    detail = json.dumps({"grant_type": "client_credentials", "refresh": False})
+    _db.execute("BEGIN")
+    _db.execute(
+        "INSERT INTO access_tokens (token_digest, client_id, user_id, scope, family_id, issued_at, expires_at)"
+        " VALUES (?, ?, NULL, ?, NULL, ?, ?)",
+        (_digest(access_token), client_id, scope, issued, expires),
+    )
+    _db.execute(
+        "INSERT INTO audit_events (at, kind, client_id, ip, user_agent, outcome, detail)"
+        " VALUES (?, 'token.issued', ?, ?, ?, 'success', ?)",
+        (issued, client_id, ip, agent, detail),
+    )
+    _db.execute("COMMIT")
+    _audit_log.write(json.dumps({"event": "audit", "at": issued, "kind": "token.issued", "client_id": client_id}))
+    _audit_log.seek(0)
+    return access_token
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(epoch))
+
+
+async def durable_token(request: Request) -> Response:
+    form = dict(parse_qsl((await request.body()).decode()))
+    credentials = _basic(request.headers.get("authorization"))
+    if (
+        credentials is None
+        or credentials[0] != CLIENT_ID
+        or not hmac.compare_digest(_digest(credentials[1]), _SECRET_DIGEST)
+    ):
+        return JSONResponse({"error": "invalid_client"}, status_code=401)
+    if form.get("grant_type") != "client_credentials":
+        return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+    scope = form.get("scope", "")
+    peer = request.client.host if request.client else None
+    access_token = _store(CLIENT_ID, scope, peer, request.headers.get("user-agent"))
+    body = {"token_type": "Bearer", "access_token": access_token, "expires_in": 900, "scope": scope}
+    return JSONResponse(body, headers={"cache-control": "no-store", "pragma": "no-cache"})
+
+
+# ---- authlib: the durable request, decided by Authlib's grant -------------------------------
+
+
+class _Client(ClientMixin):  # type: ignore[misc]
+    def get_client_id(self) -> str:
+        return CLIENT_ID
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return hmac.compare_digest(_digest(client_secret), _SECRET_DIGEST)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == "client_secret_basic"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials"
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        return scope or ""
+
+
+_CLIENT = _Client()
+
+
+class _Payload(OAuth2Payload):  # type: ignore[misc]
+    def __init__(self, params: dict[str, str]) -> None:
+        self._data = params
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> dict[str, list[str]]:
+        return {k: [v] for k, v in self._data.items()}
+
+
+class _Request(OAuth2Request):  # type: ignore[misc]
+    def __init__(self, headers: Any, params: dict[str, str], ip: str | None) -> None:
+        super().__init__(method="POST", uri="http://localhost/token", headers=headers)
+        self.payload = _Payload(params)
+        self.client_ip = ip
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self.payload.data
+
+
+class _Server(AuthorizationServer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(scopes_supported=["profile", "email", "openid"])
+        self.register_token_generator("default", self._token)
+        self.register_grant(grants.ClientCredentialsGrant)
+
+    def query_client(self, client_id: str) -> _Client | None:
+        return _CLIENT if client_id == CLIENT_ID else None
+
+    def save_token(self, token: dict[str, Any], request: _Request) -> None:
+        token["access_token"] = _store(CLIENT_ID, token["scope"], request.client_ip, request.headers.get("user-agent"))
+
+    def create_oauth2_request(self, request: _Request) -> _Request:
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> tuple[int, Any, Any]:
+        return status, body, headers
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @staticmethod
+    def _token(
+        grant_type: str, client: _Client, user: Any = None, scope: str | None = None, **_: Any
+    ) -> dict[str, Any]:
+        return {"token_type": "Bearer", "access_token": "", "expires_in": 900, "scope": scope or ""}
+
+
+_server = _Server()
+
+
+async def authlib_token(request: Request) -> Response:
+    form = dict(parse_qsl((await request.body()).decode()))
+    peer = request.client.host if request.client else None
+    status, body, headers = _server.create_token_response(_Request(request.headers, form, peer))
+    answer = {k.lower(): v for k, v in headers if k.lower() != "content-type"}
+    return JSONResponse(body, status_code=status, headers=answer)
+
+
+_TOKEN = {"stack": token, "durable": durable_token, "authlib": authlib_token}[os.environ.get("FLOOR_MODE", "stack")]
 app = Starlette(
-    routes=[Route("/.well-known/openid-configuration", discovery), Route("/token", token, methods=["POST"])]
+    routes=[Route("/.well-known/openid-configuration", discovery), Route("/token", _TOKEN, methods=["POST"])]
 )

@@ -40,7 +40,7 @@ class Section:
     redis_peer_idle_rss: list[int] = field(default_factory=list)
     runs: dict[tuple[str, str], Measured] = field(default_factory=dict)  # (scenario id, "idp"|"peer"|"peer-redis")
     skipped: str = ""
-    floor: Measured | None = None  # bench/floor.py under the client_credentials request
+    floors: dict[str, Measured] = field(default_factory=dict)  # bench/floor.py's, under client_credentials
 
     @property
     def title(self) -> str:
@@ -170,22 +170,41 @@ def _load_cpu(idp: Measured, peer: Measured | None) -> str:
     )
 
 
+FLOOR_MODES = ("stack", "durable", "authlib")
+_FLOOR_TEXT = {
+    "stack": "the bare stack (body parsed, JSON answered: no database, no crypto)",
+    "durable": "a durable token written directly (secret checked, token and audit rows inserted with "
+    "stdlib sqlite3 and committed, an audit JSON line; no ORM, no OAuth library)",
+    "authlib": "the same durable token decided by Authlib's ClientCredentialsGrant",
+}
+
+
 def _floor_notes(section: Section) -> list[str]:
-    floor = section.floor.result if section.floor else None
-    if floor is None or floor.rate <= 0:
+    floors = {mode: m.result for mode, m in section.floors.items() if m.result is not None and m.result.rate > 0}
+    if "stack" not in floors:
         return []
     per_core = section.workers
-    lines = [
-        f"- Stack floor: a bare Starlette POST on the same uvicorn (bench/floor.py: body parsed, JSON "
-        f"answered, no database, no crypto) serves {_rate(floor.rate)} req/s on one core."
-    ]
+    lines = ["- Floors: bench/floor.py on the same uvicorn and Starlette, the client_credentials request, one core:"]
+    peer = section.runs.get(("client_credentials", "peer"))
+    idp = section.runs.get(("client_credentials", "idp"))
+    for mode in FLOOR_MODES:
+        if mode in floors:
+            rate = floors[mode].rate
+            beside = f" (the peer {peer.result.rate / rate:.2f}× it)" if peer and peer.result else ""
+            lines.append(f"  - {_FLOOR_TEXT[mode]}: {_rate(rate)} req/s{beside}.")
+    if idp and idp.result and "authlib" in floors:
+        lines.append(
+            f"  - idp's client_credentials is {idp.result.rate / per_core / floors['authlib'].rate:.0%} "
+            "of the Authlib floor."
+        )
+    floor = floors["stack"]
     for scenario_id in ("client_credentials", "introspection", "userinfo", "refresh"):
         idp = section.runs.get((scenario_id, "idp"))
         peer = section.runs.get((scenario_id, "peer"))
         if idp and idp.result:
             peer_text = f", the peer {peer.result.rate / floor.rate:.2f}× it" if peer and peer.result else ""
             lines.append(
-                f"  - {scenario_id}: idp {idp.result.rate / per_core / floor.rate:.0%} of the floor{peer_text}."
+                f"  - {scenario_id}: idp {idp.result.rate / per_core / floor.rate:.0%} of the stack floor{peer_text}."
             )
     return lines
 

@@ -211,8 +211,8 @@ def _postgres(statement: str) -> None:
 
 
 @contextmanager
-def start_floor(workdir: Path, cpus: Sequence[int]) -> Iterator[Server]:
-    """bench/floor.py on uvicorn with the loop, parser and flags `idp serve` uses."""
+def start_floor(workdir: Path, cpus: Sequence[int], mode: str = "stack") -> Iterator[Server]:
+    """bench/floor.py (FLOOR_MODE `mode`) on uvicorn with the loop, parser and flags `idp serve` uses."""
     workdir.mkdir(parents=True)
     port = free_port()
     command = [
@@ -232,7 +232,14 @@ def start_floor(workdir: Path, cpus: Sequence[int]) -> Iterator[Server]:
         "--no-server-header",
     ]
     with _running(
-        "floor", command, env=dict(os.environ), cwd=REPO, port=port, cpus=cpus, processes=1, log_dir=workdir
+        f"floor ({mode})",
+        command,
+        env=dict(os.environ) | {"FLOOR_MODE": mode},
+        cwd=REPO,
+        port=port,
+        cpus=cpus,
+        processes=1,
+        log_dir=workdir,
     ) as server:
         yield server
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,12 @@ def test_make_bench_quick_runs_every_scenario_without_errors(tmp_path: Path) -> 
         assert row is not None, f"no row for {scenario.id} in:\n{done.stdout}"
         assert row["errors"] == "0", f"{scenario.id}: {row}\n{done.stdout}"
         assert row["idp /s"] != "failed", f"{scenario.id}: {row}"
-    assert "Argon2 ceiling" in (tmp_path / "result.md").read_text()
+    report = (tmp_path / "result.md").read_text()
+    assert "Argon2 ceiling" in report
+    # each floor served the request: a floor that answered errors would read as fast
+    for mode in ("stack", "durable", "authlib"):
+        assert re.search(rf"floor \({mode}\): [0-9,.]+/s .* errors 0 ", done.stderr), done.stderr[-3000:]
+    assert re.search(r"same durable token decided by Authlib's ClientCredentialsGrant: [0-9,]+ req/s", report), report
 
 
 def test_make_soak_samples_rss_under_mixed_traffic_without_errors(tmp_path: Path) -> None:
