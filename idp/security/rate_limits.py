@@ -32,6 +32,7 @@ A login's limits fit an office behind one NAT without helping a password sprayer
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -154,7 +155,7 @@ class RateLimits:
         if not items:
             return ALLOWED
         limiter = self._limiter_for(scope)
-        key = self._digest(f"rate-limit:{scope}:{ip_bucket(key) if scope in IP_SCOPES else key}")
+        key = self._counter_key(scope, key)
         try:
             return operation(limiter, items, scope, key)
         except self._shared_errors as exc:
@@ -162,6 +163,13 @@ class RateLimits:
                 raise
             self._fall_back(exc)
             return operation(self._local, items, scope, key)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one RateLimits per process, kept for its life
+    def _counter_key(self, scope: str, key: str) -> str:
+        """The counter's name: the keyed digest of scope and bucket. Remembered, because every
+        request pays it for the site-wide limit (parsing the address and an HMAC were a fifth
+        of a JWKS request's time); bounded, because names and addresses come from clients."""
+        return self._digest(f"rate-limit:{scope}:{ip_bucket(key) if scope in IP_SCOPES else key}")
 
     def needs_network(self, scope: str) -> bool:
         return bool(self.rules[scope]) and scope in SHARED_SCOPES and self._shared is not None
