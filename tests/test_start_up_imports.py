@@ -16,6 +16,7 @@ LOADED_ON_DEMAND = {
     "redis": "only with IDP_REDIS_URL",
     "httpcore": "outbound calls (client key sets, back-channel logout)",
     "segno": "the TOTP enrolment page's QR code",
+    "jinja2": "the hosted pages and mail (a worker may answer only the machine endpoints)",
 }
 
 _PROBE = """
@@ -24,7 +25,7 @@ from starlette.testclient import TestClient
 from idp.asgi import create
 with TestClient(create()) as client:
     assert client.get("/readyz").status_code == 200
-    assert client.get("/login").status_code == 200
+    assert client.get("/jwks").status_code == 200
     assert client.get("/.well-known/openid-configuration").status_code == 200
 print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
 """

@@ -4,6 +4,7 @@ package's SMTP policy from checked values: no user's name or address can add a h
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,10 +13,12 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
-
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from typing import TYPE_CHECKING
 
 from idp.resources import resource_dir
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 NAME_MAX = 100
 
@@ -54,7 +57,13 @@ class Composer:
     def __init__(self, from_header: str, *, issuer: str) -> None:
         self.from_header = from_header
         self.issuer = issuer
-        self._env = Environment(
+
+    @functools.cached_property
+    def _env(self) -> Environment:
+        # made by the first message: Jinja2 stays out of a worker that never mails (idle RSS)
+        from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+        return Environment(
             loader=FileSystemLoader(resource_dir("templates") / "mail"),
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
             undefined=StrictUndefined,  # a missing fact is a bug, not an empty line in a mail

@@ -3,12 +3,12 @@ the cookie that token is bound to."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -18,15 +18,28 @@ from idp.resources import resource_dir
 from idp.security import csrf
 from idp.web import cookies
 
-_loader = FileSystemLoader([str(resource_dir("templates"))])
-_env = Environment(loader=_loader, autoescape=select_autoescape(["html"]))
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+_template_dirs = [str(resource_dir("templates"))]
+
+
+@functools.cache
+def _environment() -> Environment:
+    """Made by the first page rendered: a worker that only ever answers the machine
+    endpoints keeps Jinja2 out of its memory (issue 19's idle RSS)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(loader=FileSystemLoader(_template_dirs), autoescape=select_autoescape(["html"]))
 
 
 def add_template_dir(path: str) -> None:
     """A login step registered from outside idp brings its template (searched after idp's
     own, so it can never replace one of them)."""
-    if path not in _loader.searchpath:
-        _loader.searchpath.append(path)
+    if path not in _template_dirs:
+        _template_dirs.append(path)
+        if _environment.cache_info().currsize:  # already made: its loader copied the list
+            _environment().loader.searchpath.append(path)  # type: ignore[union-attr]
 
 
 def csrf_cookie_of(request: Request) -> str:
@@ -59,7 +72,7 @@ def render(
     context.update(
         csrf_field=csrf.FIELD_NAME, csrf_token=csrf.csrf_token_for(services.keyring, cookie), request=request
     )
-    html = _env.get_template(template).render(**context)
+    html = _environment().get_template(template).render(**context)
     response = HTMLResponse(html, status_code=status)
     # browsers apply form-action to every redirect after a form POST: a page whose form can end
     # at an RP (login steps, consent, logout confirmation) passes that RP's redirect_source
