@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from idp.audit.trail import record_audit
 from idp.clock import clock_of, epoch
 from idp.db.models import AccessToken, RefreshToken, User
+from idp.db.prepared import PreparedRead
 from idp.oidc import access_jwt
 from idp.oidc.access_jwt import JwtAccessPolicy
 from idp.oidc.client_key_sets import KeySetUnavailable
@@ -469,7 +470,7 @@ class _TokenLookup:
         digest = {"digest": self.server.ctx.keyring.digest(token_string)}
         kinds = ("refresh", "access") if token_type_hint == "refresh_token" else ("access", "refresh")
         for kind in kinds:
-            row = conn.execute(_TOKEN_LOOKUPS[kind], digest).first()
+            row = _TOKEN_LOOKUPS[kind].first(conn, digest)
             if row is not None:
                 return _TokenView(kind, row, clock_of(db).now())
         return None
@@ -502,10 +503,10 @@ class _UnsupportedTokenType(UnsupportedTokenTypeError):
         return [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache")]
 
 
-def _lookup(model: type[AccessToken] | type[RefreshToken], *extra: Any) -> Any:
-    # Core rows joined with the user in one query: the ORM's per-object work was most of
-    # an introspection request's CPU.
-    return (
+def _lookup(model: type[AccessToken] | type[RefreshToken], *extra: Any) -> PreparedRead:
+    # Core rows joined with the user in one query, run on the driver (idp/db/prepared.py):
+    # the ORM's per-object work was most of an introspection request's CPU.
+    return PreparedRead(
         select(
             model.id,
             model.client_id,
