@@ -12,19 +12,22 @@ import json
 import logging
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from idp.clock import clock_of
 from idp.db.models import AuditEvent, User
+from idp.db.prepared import PreparedInsert
 from idp.observability.metrics import count_audit_event
 from idp.observability.request_ids import current_request_id
 
 log = logging.getLogger("idp.audit")
 
-# A Core insert: the token endpoint writes one per grant, and ORM bookkeeping would cost
-# more than the row.
-_INSERT = insert(cast(Table, AuditEvent.__table__))
+# Run on the driver (idp/db/prepared.py): the token endpoint writes one per grant, and ORM
+# bookkeeping, then SQLAlchemy's execution machinery, cost more than the row.
+_INSERT = PreparedInsert(
+    cast(Table, AuditEvent.__table__), ("at", "kind", "user_id", "client_id", "ip", "user_agent", "outcome", "detail")
+)
 USER_AGENT_MAX = 300
 
 
@@ -44,8 +47,8 @@ def record_audit(
     request_id = current_request_id.get()
     if request_id is not None:  # ties the row to the request's log line (and nginx's)
         detail["request_id"] = request_id
-    db.connection().execute(
-        _INSERT,
+    _INSERT.run(
+        db.connection(),
         {
             "at": at,
             "kind": kind,

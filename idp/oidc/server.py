@@ -27,13 +27,13 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from idp.audit.trail import record_audit
 from idp.clock import clock_of, epoch
 from idp.db.models import AccessToken, RefreshToken, User
-from idp.db.prepared import PreparedRead
+from idp.db.prepared import PreparedInsert, PreparedRead
 from idp.oidc import access_jwt
 from idp.oidc.access_jwt import JwtAccessPolicy
 from idp.oidc.client_key_sets import KeySetUnavailable
@@ -57,10 +57,34 @@ from idp.revocation import mark_revoked, revoke_family
 from idp.scopes import SUPPORTED_SCOPES  # and the [[scopes]] clients register (validate_requested_scope)
 from idp.state.store import StoreUnavailable
 
-# Table-level inserts built once: the ORM's insert path (and building a statement per
-# request) cost more than the database work itself.
-_INSERT_ACCESS_TOKEN = insert(AccessToken.__table__)
-_INSERT_REFRESH_TOKEN = insert(RefreshToken.__table__)
+# Inserts built once and run on the driver (idp/db/prepared.py): the ORM's insert path, then
+# SQLAlchemy's execution machinery, cost more than the database work itself.
+_INSERT_ACCESS_TOKEN = PreparedInsert(
+    AccessToken.__table__,
+    ("token_digest", "client_id", "user_id", "scope", "family_id", "issued_at", "expires_at", "revoked_at"),
+)
+_INSERT_REFRESH_TOKEN = PreparedInsert(
+    RefreshToken.__table__,
+    (
+        "token_digest",
+        "family_id",
+        "client_id",
+        "user_id",
+        "scope",
+        "sid",
+        "auth_time",
+        "acr",
+        "amr",
+        "issued_at",
+        "expires_at",
+        "family_expires_at",
+        "rotated_at",
+        "successor_digest",
+        "successor_encrypted",
+        "successor_handed_out",
+        "revoked_at",
+    ),
+)
 _endpoint_db: ContextVar[Session] = ContextVar("idp_endpoint_db")
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "client_assertion_jwt"]
 # What a client assertion may be signed with, and what discovery advertises for it: asymmetric
@@ -273,8 +297,8 @@ class IdpAuthorizationServer(AuthorizationServer):
         if policy is not None:
             _issue_access_jwt(token, request, policy, user, code or parent, family_id, now)
         else:
-            request.db.connection().execute(
-                _INSERT_ACCESS_TOKEN,
+            _INSERT_ACCESS_TOKEN.run(
+                request.db.connection(),
                 dict(
                     token_digest=keyring.digest(token["access_token"]),
                     client_id=request.client.get_client_id(),
@@ -296,8 +320,8 @@ class IdpAuthorizationServer(AuthorizationServer):
         origin = code or parent
         assert origin is not None
         family_end = parent.family_expires_at if parent else now + timedelta(seconds=life.refresh_absolute_seconds)
-        request.db.connection().execute(
-            _INSERT_REFRESH_TOKEN,
+        _INSERT_REFRESH_TOKEN.run(
+            request.db.connection(),
             dict(
                 token_digest=keyring.digest(token["refresh_token"]),
                 family_id=family_id,

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 
 from idp.clock import clock_of
 from idp.db.models import AuthorizationCode, RefreshToken, User
+from idp.db.prepared import PreparedRead
 from idp.security.keyring import Keyring, new_secret
 
 
@@ -52,7 +53,8 @@ _REFRESH_WITH_OWNER = select(
     User.attributes.label("owner_attributes"),
 ).join(User, User.id == RefreshToken.user_id)
 # Built once: SQLAlchemy then reuses the compiled form instead of rebuilding each statement.
-_REFRESH_BY_DIGEST = _REFRESH_WITH_OWNER.where(RefreshToken.token_digest == bindparam("digest"))
+# Run on the driver (idp/db/prepared.py): the refresh grant's one read.
+_REFRESH_BY_DIGEST = PreparedRead(_REFRESH_WITH_OWNER.where(RefreshToken.token_digest == bindparam("digest")))
 _CLAIM_REFRESH = (
     update(RefreshToken)
     .where(
@@ -84,11 +86,12 @@ _HAND_OUT_SUCCESSOR = (
 )
 
 
-def find_refresh_grant(db: Session, keyring: Keyring, raw: object) -> Row | None:  # type: ignore[type-arg]
-    """The refresh token row (RefreshToken's columns) with its owner's columns (owner_*)."""
+def find_refresh_grant(db: Session, keyring: Keyring, raw: object) -> Any:
+    """The refresh token row (RefreshToken's columns, as attributes) with its owner's
+    columns (owner_*), or None."""
     if not isinstance(raw, str) or not 16 <= len(raw) <= 256:
         return None
-    return db.connection().execute(_REFRESH_BY_DIGEST, {"digest": keyring.digest(raw)}).first()
+    return _REFRESH_BY_DIGEST.first(db.connection(), {"digest": keyring.digest(raw)})
 
 
 def owner_of(row: Row) -> TokenOwner:  # type: ignore[type-arg]
