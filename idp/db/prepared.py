@@ -4,11 +4,12 @@ SQLAlchemy's per-execution machinery (execution context, cursor result, row prox
 Run on the unit of work's own connection, they are part of its transaction.
 
 Measured on userinfo (bench.inprocess, SQLite): that machinery was a fifth of the request,
-455 -> 358 µs with the token-and-user query run here. Only for single-row lookups on the
-hottest endpoints; everything else goes through `Connection.execute`.
+455 -> 358 µs with the token-and-user query run here. Only for the single-row lookups and
+inserts of the hottest endpoints; everything else goes through `Connection.execute`.
 
 The engine's `before_cursor_execute` listeners still see each statement (the statement
-counts in tests/oidc/test_token_statement_counts.py, any tracing an operator adds)."""
+counts in tests/oidc/test_token_statement_counts.py, any tracing an operator adds), with
+no execution context (None): there is none to give."""
 
 from __future__ import annotations
 
