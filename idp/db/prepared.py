@@ -25,7 +25,6 @@ class _Compiled(NamedTuple):
     sql: str
     positional: tuple[str, ...] | None  # bind names in order (qmark drivers), None for named
     processors: tuple[Callable[[Any], Any] | None, ...]
-    row: Callable[..., Any]
 
 
 class PreparedRead:
@@ -50,9 +49,7 @@ class PreparedRead:
             cursor.close()
         if raw is None:
             return None
-        return compiled.row(
-            *(value if p is None else p(value) for p, value in zip(compiled.processors, raw, strict=True))
-        )
+        return self._row(*(value if p is None else p(value) for p, value in zip(compiled.processors, raw, strict=True)))
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
         found = self._by_dialect.get(dialect.name)
@@ -62,7 +59,7 @@ class PreparedRead:
                 raise TypeError("PreparedRead takes only parameters the driver accepts as they are")
             processors = tuple(t.dialect_impl(dialect).result_processor(dialect, None) for t in self._types)
             positional = tuple(compiled.positiontup or ()) if compiled.positional else None
-            found = _Compiled(str(compiled), positional, processors, self._row)
+            found = _Compiled(str(compiled), positional, processors)
             self._by_dialect[dialect.name] = found
         return found
 
@@ -82,13 +79,16 @@ class PreparedInsert:
 
     def __init__(self, table: Table, columns: tuple[str, ...]) -> None:
         self.columns = columns
+        self._column_set = frozenset(columns)
         self.statement = insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
         self._by_dialect: dict[str, _CompiledInsert] = {}
 
     def run(self, conn: Connection, values: Mapping[str, Any]) -> None:
+        if values.keys() != self._column_set:  # a column left out would be stored as NULL
+            raise TypeError(f"PreparedInsert: values for {sorted(values)}, columns {sorted(self.columns)}")
         compiled = self._compiled(conn.dialect)
-        converted = [(name, value if p is None else p(value)) for (name, p), value in _ordered(compiled, values)]
-        arguments: Any = tuple(v for _, v in converted) if compiled.positional else dict(converted)
+        converted = {name: values[name] if p is None else p(values[name]) for name, p in compiled.binds}
+        arguments: Any = tuple(converted.values()) if compiled.positional else converted
         cursor = conn.connection.cursor()
         try:
             conn.dispatch.before_cursor_execute(conn, cursor, compiled.sql, arguments, None, False)
@@ -109,11 +109,3 @@ class PreparedInsert:
             found = _CompiledInsert(str(compiled), compiled.positional, binds)
             self._by_dialect[dialect.name] = found
         return found
-
-
-def _ordered(
-    compiled: _CompiledInsert, values: Mapping[str, Any]
-) -> list[tuple[tuple[str, Callable[[Any], Any] | None], Any]]:
-    if len(values) != len(compiled.binds):
-        raise TypeError(f"PreparedInsert: values for {sorted(values)}, columns {[n for n, _ in compiled.binds]}")
-    return [(bind, values[bind[0]]) for bind in compiled.binds]

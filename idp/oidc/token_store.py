@@ -52,8 +52,7 @@ _REFRESH_WITH_OWNER = select(
     User.disabled.label("owner_disabled"),
     User.attributes.label("owner_attributes"),
 ).join(User, User.id == RefreshToken.user_id)
-# Built once: SQLAlchemy then reuses the compiled form instead of rebuilding each statement.
-# Run on the driver (idp/db/prepared.py): the refresh grant's one read.
+# The refresh grant's one read, compiled once and run on the driver (idp/db/prepared.py).
 _REFRESH_BY_DIGEST = PreparedRead(_REFRESH_WITH_OWNER.where(RefreshToken.token_digest == bindparam("digest")))
 _CLAIM_REFRESH = (
     update(RefreshToken)
@@ -94,7 +93,8 @@ def find_refresh_grant(db: Session, keyring: Keyring, raw: object) -> Any:
     return _REFRESH_BY_DIGEST.first(db.connection(), {"digest": keyring.digest(raw)})
 
 
-def owner_of(row: Row) -> TokenOwner:  # type: ignore[type-arg]
+def owner_of(row: Any) -> TokenOwner:
+    """`row`: a find_refresh_grant row."""
     return TokenOwner(
         row.user_id,
         row.owner_subject,
